@@ -1,0 +1,113 @@
+"""Host memory that backs guest RAM.
+
+A :class:`HostMemory` is an anonymous, page-aligned ``mmap`` owned by Python.
+The System allocates it, registers it with ``Vm.set_user_memory_region`` and
+devices, loaders and the mock vCPU all read and write the very same bytes, so
+guest memory looks identical whichever backend runs the guest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import warnings
+from typing import Optional
+
+from .errors import ClosedError
+
+PAGE_SIZE = mmap.PAGESIZE
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+class HostMemory:
+    """An anonymous shared mapping of ``size`` bytes (a multiple of the page size).
+
+    ``view`` is a writable memoryview of the whole mapping and ``address`` its
+    host virtual address (what KVM's ``userspace_addr`` wants). Large sizes are
+    mapped with MAP_NORESERVE so that untouched guest RAM costs nothing.
+    """
+
+    def __init__(self, size: int, *, noreserve: bool = True) -> None:
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size must be an int, got {type(size).__name__}")
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"size must be a positive multiple of {PAGE_SIZE}, got {size:#x}")
+        flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | (_MAP_NORESERVE if noreserve else 0)
+        self.size = size
+        self._mm: Optional[mmap.mmap] = mmap.mmap(-1, size, flags=flags)
+        # The ctypes anchor exports a pointer into the mmap; it lives until close(),
+        # which drops it (and every view) before closing the mapping.
+        self._anchor: Optional[ctypes.Array[ctypes.c_char]] = (ctypes.c_char * size).from_buffer(
+            self._mm
+        )
+        self.address: int = ctypes.addressof(self._anchor)
+        self.view: memoryview = memoryview(self._mm)
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def _check(self) -> mmap.mmap:
+        if self._mm is None:
+            raise ClosedError("HostMemory is closed")
+        return self._mm
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes starting at ``offset``."""
+        self._check()
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"read [{offset:#x}, +{length:#x}) outside a {self.size:#x}-byte buffer")
+        return bytes(self.view[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` in at ``offset``."""
+        self._check()
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError(
+                f"write [{offset:#x}, +{len(data):#x}) outside a {self.size:#x}-byte buffer"
+            )
+        self.view[offset : offset + len(data)] = data
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes:
+        self._check()
+        return bytes(self.view[key])
+
+    def __setitem__(self, key: slice, value: bytes) -> None:
+        self._check()
+        self.view[key] = value
+
+    def close(self) -> None:
+        """Unmap. Idempotent. Views handed out earlier must not be used afterwards."""
+        if self._mm is None:
+            return
+        try:
+            self.view.release()
+        except BufferError:
+            pass
+        self._anchor = None
+        mm, self._mm = self._mm, None
+        try:
+            mm.close()
+        except BufferError:
+            # Someone still holds an exported view; the mapping stays until it is freed.
+            pass
+
+    def __enter__(self) -> "HostMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_mm", None) is not None:
+            warnings.warn(
+                f"HostMemory of {self.size:#x} bytes was not closed", ResourceWarning, stacklevel=2
+            )
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._mm is None else f"at {self.address:#x}"
+        return f"<HostMemory {self.size:#x} bytes {state}>"
