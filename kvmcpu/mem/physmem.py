@@ -1,0 +1,271 @@
+"""Guest physical memory laid out like a PC, and memory-size strings.
+
+:class:`PhysicalMemory` allocates guest RAM as :class:`~kvmcpu.hostmem.HostMemory`
+regions the way QEMU's ``pc`` machine does: RAM from 0 up to the start of the
+PCI hole (3 GiB by default), the rest from 4 GiB up. The System registers each
+region with ``Vm.set_user_memory_region``; loaders and devices read and write
+guest memory through :meth:`PhysicalMemory.read`/:meth:`PhysicalMemory.write`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, List, NamedTuple, Tuple, Union
+
+from kvmcpu.errors import ConfigError, GuestError
+from kvmcpu.hostmem import PAGE_SIZE, HostMemory
+
+__all__ = [
+    "E820_RAM",
+    "E820_RESERVED",
+    "BIOS_AREA_START",
+    "BIOS_AREA_END",
+    "BIOS_ROM_START",
+    "E820Entry",
+    "PhysicalMemory",
+    "RamRegion",
+    "parse_size",
+]
+
+#: e820 type of usable RAM.
+E820_RAM = 1
+#: e820 type of reserved memory.
+E820_RESERVED = 2
+#: Start of the reserved EBDA / VGA / BIOS area below 1 MiB (639 KiB, as SeaBIOS reports).
+BIOS_AREA_START = 0x9FC00
+#: End of the reserved area below 1 MiB.
+BIOS_AREA_END = 0x100000
+#: Start of the 256 KiB BIOS ROM alias below 4 GiB that QEMU reports as reserved.
+BIOS_ROM_START = 0xFFFC0000
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(0x[0-9a-f]+|\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Union[str, int]) -> int:
+    """A memory size in bytes from ``"128M"``, ``"2GiB"``, ``"4096"`` or an int.
+
+    Suffixes K, M, G, T (optionally followed by B or iB) are binary multiples,
+    as in QEMU's ``-m``; a bare number is bytes.
+
+    Raises:
+        ConfigError: the value is not a size, or is negative.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid memory size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"invalid memory size {value!r}: negative")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid memory size {value!r}: expected a string like '128M'")
+    m = _SIZE_RE.match(value)
+    if m is None or (m.group(3) and m.group(3).lower() == "ib" and not m.group(2)):
+        raise ConfigError(
+            f"invalid memory size {value!r}: expected a number with an optional "
+            f"K/M/G/T suffix (e.g. '128M', '2GiB')"
+        )
+    number = int(m.group(1), 0)
+    return number * _UNITS[m.group(2).upper()]
+
+
+class RamRegion(NamedTuple):
+    """One block of guest RAM: its guest-physical address and its host buffer."""
+
+    gpa: int
+    host: HostMemory
+
+    @property
+    def size(self) -> int:
+        return self.host.size
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.host.size
+
+
+class E820Entry(NamedTuple):
+    """One BIOS e820 map entry (what ``int 15h, eax=e820h`` returns)."""
+
+    addr: int
+    size: int
+    type: int
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+class PhysicalMemory:
+    """Guest RAM of ``size`` bytes split around the PCI hole, like a PC.
+
+    Args:
+        size: RAM size in bytes or a size string (``"128M"``); a page multiple.
+        hole_start: where the PCI/MMIO hole below 4 GiB starts (RAM above it is
+            moved to ``hole_end``).
+        hole_end: where RAM resumes (4 GiB).
+        noreserve: map with MAP_NORESERVE so untouched RAM costs nothing.
+
+    Raises:
+        ConfigError: a size or hole that is not page-aligned, or an empty RAM.
+    """
+
+    def __init__(
+        self,
+        size: Union[int, str],
+        *,
+        hole_start: int = 0xC000_0000,
+        hole_end: int = 0x1_0000_0000,
+        noreserve: bool = True,
+    ) -> None:
+        nbytes = parse_size(size)
+        if nbytes <= 0 or nbytes % PAGE_SIZE:
+            raise ConfigError(
+                f"memory size {size!r} must be a positive multiple of {PAGE_SIZE} bytes"
+            )
+        if hole_start % PAGE_SIZE or hole_end % PAGE_SIZE or not 0 < hole_start <= hole_end:
+            raise ConfigError(
+                f"PCI hole [{hole_start:#x}, {hole_end:#x}) must be page-aligned and "
+                f"start above 0"
+            )
+        self.hole_start = hole_start
+        self.hole_end = hole_end
+        low = min(nbytes, hole_start)
+        high = nbytes - low
+        self.regions: List[RamRegion] = [RamRegion(0, HostMemory(low, noreserve=noreserve))]
+        if high:
+            self.regions.append(RamRegion(hole_end, HostMemory(high, noreserve=noreserve)))
+        #: Total RAM in bytes.
+        self.ram_size = nbytes
+        #: RAM below the hole (bytes from address 0).
+        self.below_hole = low
+        #: RAM above the hole (bytes from :attr:`hole_end`).
+        self.above_hole = high
+
+    # -- addressing ----------------------------------------------------------------
+    def is_ram(self, gpa: int, size: int = 1) -> bool:
+        """True when ``[gpa, gpa + size)`` is RAM (possibly spanning regions)."""
+        return all(self._split(gpa, size, strict=False))
+
+    def _split(
+        self, gpa: int, size: int, *, strict: bool = True
+    ) -> Iterator[Tuple[HostMemory, int, int, int]]:
+        # Yields (host, offset in host, offset in the access, length) per piece; a
+        # falsy tuple marks a hole when not strict.
+        done = 0
+        while done < size:
+            addr = gpa + done
+            for region in self.regions:
+                if region.gpa <= addr < region.end:
+                    n = min(size - done, region.end - addr)
+                    yield (region.host, addr - region.gpa, done, n)
+                    done += n
+                    break
+            else:
+                if strict:
+                    raise GuestError(
+                        f"guest-physical access [{gpa:#x}, {gpa + size:#x}) is outside RAM "
+                        f"(no RAM at {addr:#x}; {self.describe()})"
+                    )
+                yield ()  # type: ignore[misc]
+                return
+
+    def read(self, gpa: int, size: int) -> bytes:
+        """Copy ``size`` bytes of guest RAM from ``gpa``.
+
+        Raises:
+            GuestError: part of the range is not RAM.
+        """
+        if size < 0 or gpa < 0:
+            raise ValueError(f"invalid read of {size} bytes at {gpa:#x}")
+        out = bytearray(size)
+        for host, off, pos, n in self._split(gpa, size):
+            out[pos : pos + n] = host.view[off : off + n]
+        return bytes(out)
+
+    def write(self, gpa: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Copy ``data`` into guest RAM at ``gpa`` (may span regions).
+
+        Raises:
+            GuestError: part of the range is not RAM (nothing is written then).
+        """
+        if gpa < 0:
+            raise ValueError(f"invalid write at {gpa:#x}")
+        mv = memoryview(data).cast("B")
+        pieces = list(self._split(gpa, len(mv)))
+        for host, off, pos, n in pieces:
+            host.view[off : off + n] = mv[pos : pos + n]
+
+    def fill(self, gpa: int, size: int, byte: int = 0) -> None:
+        """Set ``size`` bytes at ``gpa`` to ``byte`` (zero-filling a BSS)."""
+        pieces = list(self._split(gpa, size))
+        for host, off, _pos, n in pieces:
+            host.view[off : off + n] = bytes([byte]) * n
+
+    def view(self, gpa: int, size: int) -> memoryview:
+        """A writable view of ``size`` bytes at ``gpa`` (must lie in one region)."""
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + size <= region.end:
+                off = gpa - region.gpa
+                return region.host.view[off : off + size]
+        raise GuestError(f"[{gpa:#x}, {gpa + size:#x}) is not inside one RAM region")
+
+    def read_u32(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 4), "little")
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+    # -- the firmware's view -------------------------------------------------------
+    def e820(self) -> List[E820Entry]:
+        """The e820 map a QEMU/SeaBIOS PC reports for this RAM, sorted by address.
+
+        Base memory is RAM up to 639 KiB; 0x9FC00-0x100000 (EBDA, VGA, BIOS) is
+        reserved; RAM from 1 MiB to the hole; the BIOS ROM alias just below 4 GiB
+        is reserved; RAM above 4 GiB when there is any.
+        """
+        low = self.below_hole
+        entries = [E820Entry(0, min(low, BIOS_AREA_START), E820_RAM)]
+        entries.append(E820Entry(BIOS_AREA_START, BIOS_AREA_END - BIOS_AREA_START,
+                                 E820_RESERVED))
+        if low > BIOS_AREA_END:
+            entries.append(E820Entry(BIOS_AREA_END, low - BIOS_AREA_END, E820_RAM))
+        if self.hole_end == 0x1_0000_0000 and self.hole_start <= BIOS_ROM_START:
+            entries.append(E820Entry(BIOS_ROM_START, 0x1_0000_0000 - BIOS_ROM_START,
+                                     E820_RESERVED))
+        if self.above_hole:
+            entries.append(E820Entry(self.hole_end, self.above_hole, E820_RAM))
+        return entries
+
+    @property
+    def mem_lower_kib(self) -> int:
+        """Conventional memory in KiB (the multiboot ``mem_lower``: 639 on a PC)."""
+        return min(self.below_hole, BIOS_AREA_START) // 1024
+
+    @property
+    def mem_upper_kib(self) -> int:
+        """KiB of RAM from 1 MiB up to the first hole (the multiboot ``mem_upper``)."""
+        return max(0, self.below_hole - BIOS_AREA_END) // 1024
+
+    def describe(self) -> str:
+        """The RAM regions as text, e.g. ``RAM [0x0, 0x8000000)``."""
+        return "RAM " + ", ".join(f"[{r.gpa:#x}, {r.end:#x})" for r in self.regions)
+
+    # -- lifetime ------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap every region. Idempotent."""
+        for region in self.regions:
+            region.host.close()
+
+    @property
+    def closed(self) -> bool:
+        return all(r.host.closed for r in self.regions)
+
+    def __enter__(self) -> PhysicalMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<PhysicalMemory {self.ram_size:#x} bytes: {self.describe()}>"
