@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Assemble every ``guests/*.asm`` into the flat image ``guests/*.bin`` beside it.
+
+The built images are committed, so the tests and tox need no assembler; run
+this after editing a source (needs ``nasm``):
+
+    python guests/build.py            # rebuild every image in place
+    python guests/build.py --check    # rebuild into a temporary directory and
+                                      # fail if any committed image differs
+    python guests/build.py --out DIR  # write the images into DIR instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+GUESTS_DIR = Path(__file__).resolve().parent
+
+
+def sources() -> List[Path]:
+    """Every assembly source, sorted by name."""
+    return sorted(GUESTS_DIR.glob("*.asm"))
+
+
+def nasm_path() -> Optional[str]:
+    """The nasm executable, or None when it is not installed."""
+    return shutil.which("nasm")
+
+
+def build(out_dir: Path, nasm: str = "nasm") -> List[Path]:
+    """Assemble every source into ``out_dir`` as ``NAME.bin``; returns the images."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for src in sources():
+        dest = out_dir / (src.stem + ".bin")
+        subprocess.run([nasm, "-f", "bin", "-o", str(dest), str(src)], check=True)
+        images.append(dest)
+    return images
+
+
+def check(nasm: str = "nasm") -> List[str]:
+    """Rebuild into a temporary directory; returns the names whose bytes differ."""
+    with tempfile.TemporaryDirectory() as tmp:
+        differ = []
+        for image in build(Path(tmp), nasm):
+            committed = GUESTS_DIR / image.name
+            if not committed.exists() or committed.read_bytes() != image.read_bytes():
+                differ.append(image.name)
+        return differ
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="fail if a committed image differs from a fresh build")
+    parser.add_argument("--out", type=Path, default=None, help="output directory")
+    args = parser.parse_args(argv)
+    nasm = nasm_path()
+    if nasm is None:
+        print("build.py: nasm is not installed (apt-get install nasm)", file=sys.stderr)
+        return 1
+    if args.check:
+        differ = check(nasm)
+        if differ:
+            print(f"build.py: out of date: {', '.join(differ)}", file=sys.stderr)
+            return 1
+        print(f"build.py: {len(sources())} images up to date")
+        return 0
+    images = build(args.out or GUESTS_DIR, nasm)
+    for image in images:
+        print(f"{image.name:16s} {image.stat().st_size:5d} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
