@@ -1,0 +1,173 @@
+"""The PC platform's devices and :func:`pc_devices`, which wires the default set.
+
+Every device implements the bus interface documented in
+:mod:`kvmcpu.devices.base` (``read(offset, size)`` / ``write(offset, size,
+value)``) and checkpoints its state with ``serialize(cp)`` / ``unserialize(cp)``.
+
+Default PC layout (what :func:`pc_devices` maps):
+
+==========  ===========  ======================================  =====
+bus         range        device                                  IRQ
+==========  ===========  ======================================  =====
+io          0x20-0x21    8259A master (:class:`PicPair`)
+io          0x40-0x43    8254 PIT (:class:`Pit`)                 0
+io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)
+io          0x80         POST code (:class:`PostCard`)
+io          0xa0-0xa1    8259A slave
+io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
+io          0x3f8-0x3ff  16550A COM1 (:class:`Uart16550`)        4
+io          0x510-0x511  fw_cfg (:class:`FwCfg`)
+io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`)
+mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
+==========  ===========  ======================================  =====
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, List, Tuple
+
+from kvmcpu.devices.base import BusDevice, Device, size_mask
+from kvmcpu.devices.cmos import CMOS_PORT, Cmos
+from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
+from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
+from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
+from kvmcpu.devices.m5ops import M5OP_ADDR, M5OP_SIZE, M5Ops, M5OpsHandler
+from kvmcpu.devices.pci import PCI_CONFIG_ADDRESS, PciHost
+from kvmcpu.devices.pic import I8259, MASTER_PORT, SLAVE_PORT, PicPair
+from kvmcpu.devices.pit import PIT_PORT, Pit
+from kvmcpu.devices.post import POST_PORT, PostCard
+from kvmcpu.devices.uart import COM1_IRQ, COM1_PORT, Sink, Uart16550
+
+if TYPE_CHECKING:
+    from kvmcpu.mem.bus import Bus
+    from kvmcpu.mem.physmem import PhysicalMemory
+    from kvmcpu.sim.eventq import EventQueue
+
+__all__ = [
+    "DEBUG_EXIT_CAUSE",
+    "BusDevice",
+    "Cmos",
+    "DebugExit",
+    "Device",
+    "FwCfg",
+    "I8259",
+    "InterruptController",
+    "IrqLine",
+    "KernelIrqChip",
+    "M5Ops",
+    "M5OpsHandler",
+    "PcDevices",
+    "PciHost",
+    "PicPair",
+    "Pit",
+    "PostCard",
+    "Uart16550",
+    "e820_file",
+    "pc_devices",
+    "size_mask",
+]
+
+
+def e820_file(memory: PhysicalMemory) -> bytes:
+    """QEMU's fw_cfg ``etc/e820`` table: per entry le64 address, le64 length, le32 type."""
+    return b"".join(struct.pack("<QQI", e.addr, e.size, e.type) for e in memory.e820())
+
+
+@dataclass
+class PcDevices:
+    """The devices :func:`pc_devices` created (``pic``/``pit`` are None when left out)."""
+
+    uart: Uart16550
+    debug_exit: DebugExit
+    fw_cfg: FwCfg
+    pci: PciHost
+    post: PostCard
+    cmos: Cmos
+    m5ops: M5Ops
+    pic: PicPair | None
+    pit: Pit | None
+    #: Where device interrupts go: the PIC pair, or the controller passed in.
+    irqchip: InterruptController
+
+    def named(self) -> Iterator[Tuple[str, object]]:
+        """(name, device) for every device present, in a stable order (for checkpoints)."""
+        for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
+                     "pit"):
+            dev = getattr(self, name)
+            if dev is not None:
+                yield name, dev
+
+    def all(self) -> List[object]:
+        return [dev for _, dev in self.named()]
+
+
+def pc_devices(
+    io: Bus,
+    mmio: Bus,
+    *,
+    memory: PhysicalMemory | None = None,
+    nb_cpus: int = 1,
+    uart_sink: Sink = None,
+    uart_input: bytes = b"",
+    on_exit: Callable[[int, str], object] | None = None,
+    m5_handler: M5OpsHandler | None = None,
+    irqchip: InterruptController | None = None,
+    pit: bool = True,
+    queue: EventQueue | None = None,
+    clock: Callable[[], float] | None = None,
+    on_interrupt: Callable[[bool], None] | None = None,
+) -> PcDevices:
+    """Create the default PC devices and map them on ``io`` and ``mmio``.
+
+    Args:
+        io: the IO-port bus.
+        mmio: the MMIO bus.
+        memory: guest RAM (fw_cfg RAM size and ``etc/e820``, CMOS memory bytes).
+        nb_cpus: CPUs reported by fw_cfg.
+        uart_sink: where COM1 output goes besides ``uart.output``.
+        uart_input: bytes COM1 will receive.
+        on_exit: isa-debug-exit's ``on_exit(status, cause)``.
+        m5_handler: receives m5ops (exit, stats, checkpoint, work items).
+        irqchip: an external interrupt controller (e.g. :class:`KernelIrqChip`
+            for KVM's in-kernel irqchip); None creates the userspace 8259A pair.
+        pit: create the 8254 PIT (leave it out when KVM's in-kernel PIT is used).
+        queue: the event queue the PIT schedules on (default: the main queue).
+        clock: the CMOS clock (seconds since the epoch); default host time.
+        on_interrupt: the PIC pair's INTR output callback (see :class:`PicPair`).
+    """
+    ram_size = memory.ram_size if memory is not None else 0
+    below = memory.below_hole if memory is not None else 0
+    above = memory.above_hole if memory is not None else 0
+
+    pic: PicPair | None = None
+    if irqchip is None:
+        pic = PicPair("pic", on_output=on_interrupt)
+        irqchip = pic
+        io.add(MASTER_PORT, 2, pic.master, name="pic.master")
+        io.add(SLAVE_PORT, 2, pic.slave, name="pic.slave")
+
+    pit_dev: Pit | None = None
+    if pit:
+        pit_dev = Pit("pit", irq=IrqLine(irqchip, 0), queue=queue)
+        io.add(PIT_PORT, 4, pit_dev)
+
+    uart = Uart16550("uart0", sink=uart_sink, irq=IrqLine(irqchip, COM1_IRQ), input=uart_input)
+    io.add(COM1_PORT, 8, uart)
+    debug_exit = DebugExit("debug_exit", on_exit=on_exit)
+    io.add(DEBUG_EXIT_PORT, 4, debug_exit)
+    fw_cfg = FwCfg("fw_cfg", ram_size=ram_size, nb_cpus=nb_cpus)
+    if memory is not None:
+        fw_cfg.add_file("etc/e820", e820_file(memory))
+    io.add(FW_CFG_PORT, 2, fw_cfg)
+    pci = PciHost("pci")
+    io.add(PCI_CONFIG_ADDRESS, 8, pci)
+    post = PostCard("post")
+    io.add(POST_PORT, 1, post)
+    cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock)
+    io.add(CMOS_PORT, 2, cmos)
+    m5ops = M5Ops("m5ops", handler=m5_handler)
+    mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
+    return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
+                     cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip)
