@@ -521,6 +521,7 @@ class CheckpointIn(_Scoped):
         self.directory = directory
         where = str(directory)
         self._sections = {p: SectionIn(p, v, where) for p, v in sections.items()}
+        self._opened: Set[str] = set()
         self._images = images
         self.version = FORMAT_VERSION
 
@@ -659,11 +660,17 @@ class CheckpointIn(_Scoped):
             CheckpointError: there is no such section.
         """
         try:
-            return self._sections[path]
+            sec = self._sections[path]
         except KeyError:
             raise CheckpointError(
                 f"checkpoint {self.directory}: section [{path}] is missing"
             ) from None
+        self._opened.add(path)
+        return sec
+
+    def unopened_sections(self) -> List[str]:
+        """Sections nobody asked for (objects that no longer exist, or unknown extras)."""
+        return [p for p in self._sections if p not in self._opened]
 
     @property
     def current(self) -> SectionIn:

@@ -413,18 +413,18 @@ class Root(SimObject):
                 raise CheckpointError(f"checkpoint {cp.directory}: [Globals] curTick < 0")
             self.eventq.set_cur_tick(tick)
             for obj in objs:
+                cp.section(obj.path())  # opened: not reported as an unknown section
                 with cp.scope(obj.path()):
                     obj.load_state(cp)
-            known = {o.path() for o in objs} | {GLOBALS_SECTION}
-            for path in cp.sections():
-                if path not in known and not any(path.startswith(k + ".") for k in known):
-                    for key in cp.section(path).keys():
-                        cp.section(path).raw(key)  # reported here once, as a section
-                    warnings.warn(
-                        f"checkpoint {cp.directory}: section [{path}] matches no object; ignored",
-                        UnknownCheckpointKeyWarning,
-                        stacklevel=2,
-                    )
+            for path in cp.unopened_sections():
+                section = cp.section(path)
+                for key in section.keys():
+                    section.raw(key)  # reported here once, as a whole section
+                warnings.warn(
+                    f"checkpoint {cp.directory}: section [{path}] matches no object; ignored",
+                    UnknownCheckpointKeyWarning,
+                    stacklevel=2,
+                )
             cp.warn_unused()
         self.statistics.reset()
         for obj in objs:
