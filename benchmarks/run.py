@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Run the side-by-side benchmarks and print (or save) their figures.
+
+    python benchmarks/run.py [NAME ...] [--json FILE] [--quick]
+
+Every ``benchmarks/bench_NAME.py`` exposing ``run(quick: bool = False) -> dict``
+is a benchmark. The dict holds ``figures`` (name -> number), ``ratio``,
+``target`` and ``higher_is_better``, or ``{"skipped": "reason"}`` when the
+prerequisites (KVM, a C compiler ...) are missing. The table shows each
+benchmark's main figures, its ratio against its target and PASS/MISS;
+``--json FILE`` writes ``{"machine": {...}, "benchmarks": {NAME: {...}}}``.
+A benchmark is not a test: MISS does not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the source checkout's kvmcpu
+
+
+def discover() -> Dict[str, Path]:
+    """NAME -> path of every benchmarks/bench_NAME.py."""
+    return {p.stem[len("bench_"):]: p for p in sorted(HERE.glob("bench_*.py"))}
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"kvmcpu_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _kvm_module() -> str:
+    mods = [m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if Path("/sys/module", m).exists()]
+    if not mods:
+        return "kvm" if Path("/sys/module/kvm").exists() else "none"
+    return ", ".join(mods)
+
+
+def machine() -> Dict[str, Any]:
+    """The facts that make figures comparable between machines."""
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kvm_module": _kvm_module(),
+    }
+
+
+def run_one(name: str, path: Path, quick: bool) -> Dict[str, Any]:
+    """Import and run one benchmark; errors become {"error": ...}."""
+    t0 = time.perf_counter()
+    try:
+        result: Dict[str, Any] = dict(_load(name, path).run(quick=quick))
+    except Exception as err:  # noqa: BLE001 - one broken benchmark must not stop the others
+        traceback.print_exc()
+        return {"error": f"{type(err).__name__}: {err}"}
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def verdict(result: Dict[str, Any]) -> str:
+    if "skipped" in result:
+        return "SKIP"
+    if "error" in result:
+        return "ERROR"
+    ratio, target = result.get("ratio"), result.get("target")
+    if ratio is None or target is None:
+        return "-"
+    ok = ratio >= target if result.get("higher_is_better", True) else ratio <= target
+    return "PASS" if ok else "MISS"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def print_table(results: Dict[str, Dict[str, Any]]) -> None:
+    print(f"{'benchmark':20s} {'ratio':>8s} {'target':>10s}  verdict  figures")
+    for name, res in results.items():
+        v = verdict(res)
+        if v in ("SKIP", "ERROR"):
+            print(f"{name:20s} {'':>8s} {'':>10s}  {v:7s}  {res.get('skipped') or res.get('error')}")
+            continue
+        op = ">=" if res.get("higher_is_better", True) else "<="
+        ratio = _fmt(res.get("ratio"))
+        target = f"{op} {_fmt(res.get('target'))}"
+        figs = res.get("figures", {})
+        print(f"{name:20s} {ratio:>8s} {target:>10s}  {v:7s}")
+        for key, value in figs.items():
+            print(f"{'':42s}  {key} = {_fmt(value)}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Run kvmcpu's benchmarks.")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="benchmarks to run (default: all); e.g. exit_roundtrip")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="write the results as JSON")
+    parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
+    args = parser.parse_args(argv)
+    available = discover()
+    names = args.names or list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; "
+                     f"available: {', '.join(available)}")
+    results = {name: run_one(name, available[name], args.quick) for name in names}
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "benchmarks": results}, indent=2))
+        print(f"wrote {args.json}")
+    return 1 if any(verdict(r) == "ERROR" for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
