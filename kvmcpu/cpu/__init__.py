@@ -1,0 +1,1 @@
+"""The CPU model: ThreadContext (``thread``) and the KVM CPU (``kvm``)."""
