@@ -211,6 +211,8 @@ class SimLoopExitEvent(Event):
 ExitEvent = SimLoopExitEvent
 
 _Entry = Tuple[int, int, int, Event]
+_heappush = heapq.heappush
+_heappop = heapq.heappop
 
 
 class EventQueue:
@@ -253,7 +255,7 @@ class EventQueue:
         event._seq = seq
         event._when = when
         event._queue = self
-        heapq.heappush(self._heap, (when, event._priority, seq, event))
+        _heappush(self._heap, (when, event._priority, seq, event))
 
     def deschedule(self, event: Event) -> None:
         """Remove a scheduled (or squashed) event from this queue.
@@ -374,7 +376,7 @@ class EventQueue:
                 self.deschedule(limit)
             self.schedule(limit, self.cur_tick + max_ticks)
         heap = self._heap
-        pop = heapq.heappop
+        pop = _heappop
         result: SimLoopExitEvent
         # The loop is inlined (not service_one) because it is the simulator's hot path.
         try:
