@@ -1,0 +1,804 @@
+"""BaseKvmCPU: a simulated CPU whose instructions run in a KVM vCPU (gem5 ``cpu/kvm/base.hh``).
+
+The CPU is an event-driven state machine ticked on the simulation's event
+queue, with gem5's semantics:
+
+* ``tick()`` in Running (or RunningServiceCompletion) enters the guest with
+  :meth:`kvmRun` for the time left until the next event, then moves to
+  RunningService unless the run timer ended the run (INTR). The exit is
+  serviced on the *next* tick (:meth:`handleKvmExit`), after the time the
+  guest ran has been accounted, so devices see accesses at the right tick.
+* A serviced IN or MMIO read is completed by the following KVM entry. When
+  draining (or when the next event is due before a full entry is possible)
+  that entry is a zero-length *half entry* (``immediate_exit`` on the real
+  backend) so the guest register is written before anything else happens.
+* Every exit kind has an overridable ``handleKvmExit*`` method returning the
+  ticks spent servicing it, and is counted in the stats with gem5's names.
+  Exits nobody can handle raise :class:`~kvmcpu.errors.VcpuRunError` with
+  the decoded exit and a register dump.
+* The ThreadContext and the vCPU are kept coherent with gem5's dirty flags:
+  ``threadContextDirty`` (the TC is newer: push before entering) and
+  ``kvmStateDirty`` (the vCPU is newer: pull before reading the TC).
+
+Architecture code (:class:`~kvmcpu.cpu.kvm.x86.X86KvmCPU`) implements
+:meth:`updateKvmState`, :meth:`updateThreadContext` and the IO exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from typing import Any, Callable, List, Optional
+
+from ...backends.base import Vcpu
+from ...backends.exits import (
+    DebugExit,
+    ExceptionExit,
+    Exit,
+    FailEntryExit,
+    HltExit,
+    HypercallExit,
+    InternalErrorExit,
+    IntrExit,
+    IoExit,
+    IrqWindowOpenExit,
+    MmioExit,
+    ShutdownExit,
+    SystemEventExit,
+    UnknownExit,
+)
+from ...errors import SimulationError, VcpuRunError
+from ...sim import stats as st
+from ...sim.checkpoint import CheckpointIn, CheckpointOut
+from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
+from ...sim.params import param
+from ...sim.simobject import ClockedObject, ClockedObjectParams, DrainState, SimObject
+from ...uapi import ExitReason
+from ..thread import ThreadContext
+from .perfevent import CounterSource, choose_counters
+from .timer import (
+    DEFAULT_MIN_QUANTUM_NS,
+    BaseKvmTimer,
+    BudgetKvmTimer,
+    PerfKvmTimer,
+    PosixKvmTimer,
+)
+from .vm import KvmVM
+
+log = logging.getLogger("kvmcpu.cpu.kvm")
+
+
+class Status(enum.Enum):
+    """The CPU's tick() state (gem5 ``BaseKvmCPU::Status``)."""
+
+    Idle = "Idle"
+    Running = "Running"
+    RunningService = "RunningService"
+    RunningServiceCompletion = "RunningServiceCompletion"
+
+
+class ThreadStatus(enum.Enum):
+    """The hardware thread's state (gem5 ``ThreadContext::Status``)."""
+
+    Active = "Active"
+    Suspended = "Suspended"
+    Halted = "Halted"
+
+
+class GuestTripleFault(VcpuRunError):
+    """The guest triple-faulted (KVM_EXIT_SHUTDOWN) and nothing handled it."""
+
+
+@dataclasses.dataclass
+class BaseKvmCPUParams(ClockedObjectParams):
+    """Parameters of a KVM CPU (gem5's BaseKvmCPU.py names)."""
+
+    cpu_id: int = param(-1, "vCPU id (-1: the next id the VM hands out)", check=lambda v: v >= -1)
+    usePerf: bool = param(True, "count cycles/instructions with perf where the host has a PMU")
+    usePerfOverflow: bool = param(
+        False, "use a perf counter overflow as the run timer instead of a POSIX timer"
+    )
+    useCoalescedMMIO: bool = param(False, "drain KVM's coalesced MMIO ring after every run")
+    alwaysSyncTC: bool = param(False, "update the thread context after every KVM entry")
+    hostFreq: float = param(2e9, "host CPU frequency in Hz (host cycles -> time)",
+                            check=lambda v: v > 0)
+    hostFactor: float = param(1.0, "simulated time per host time", check=lambda v: v > 0)
+    quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
+                         check=lambda v: v >= 0)
+    minQuantumNs: int = param(DEFAULT_MIN_QUANTUM_NS,
+                              "shortest run-timer quantum honoured on real KVM (host ns)",
+                              check=lambda v: v > 0)
+
+
+class KvmCPUStats:
+    """The CPU's statistics (gem5 names and descriptions)."""
+
+    def __init__(self, group: st.Group) -> None:
+        def scalar(name: str, desc: str, unit: st.Unit = st.Count) -> st.Scalar:
+            return st.Scalar(group, name, desc, unit)
+
+        self.numCycles = scalar("numCycles", "Number of cpu cycles simulated", st.Cycle)
+        self.numInsts = scalar("numInsts", "Number of instructions committed")
+        self.numVMExits = scalar("numVMExits", "total number of KVM exits")
+        self.numVMHalfEntries = scalar(
+            "numVMHalfEntries", "number of KVM entries to finalize pending operations"
+        )
+        self.numExitSignal = scalar("numExitSignal", "exits due to signal delivery")
+        self.numMMIO = scalar("numMMIO", "number of VM exits due to memory mapped IO")
+        self.numCoalescedMMIO = scalar(
+            "numCoalescedMMIO", "number of coalesced memory mapped IO requests"
+        )
+        self.numIO = scalar("numIO", "number of VM exits due to legacy IO")
+        self.numHalt = scalar(
+            "numHalt", "number of VM exits due to wait for interrupt instructions"
+        )
+        self.numInterrupts = scalar("numInterrupts", "number of interrupts delivered")
+        self.numHypercalls = scalar("numHypercalls", "number of hypercalls")
+        self.hostSecondsInKvm = scalar(
+            "hostSecondsInKvm", "host seconds spent inside KVM_RUN", st.Second
+        )
+        self.exitsPerHostSecond = st.Formula(
+            group, "exitsPerHostSecond", "KVM exits per host second spent in KVM_RUN",
+            st.Count / st.Second,
+        )
+        self.exitsPerHostSecond.set_formula(self.numVMExits / self.hostSecondsInKvm)
+
+
+class BaseKvmCPU(ClockedObject):
+    """The architecture-independent KVM CPU.
+
+    Args:
+        name, parent: position in the SimObject tree (``system.cpu0``).
+        vm: the shared :class:`KvmVM`.
+        io_bus: the IO-port bus (``access(port, data, is_write, requestor=)``).
+        mmio_bus: the MMIO bus the data port reaches.
+        **overrides: :class:`BaseKvmCPUParams` values.
+    """
+
+    params_class = BaseKvmCPUParams
+    params: BaseKvmCPUParams
+
+    def __init__(self, name: str, parent: Optional[SimObject] = None, *, vm: KvmVM,
+                 io_bus: Any = None, mmio_bus: Any = None, **overrides: Any) -> None:
+        super().__init__(name, parent, **overrides)
+        self.vm = vm
+        self.io_bus = io_bus
+        self.mmio_bus = mmio_bus
+        self.status = Status.Idle
+        self.thread_status = ThreadStatus.Halted
+        self.tc = ThreadContext()
+        self.threadContextDirty = True
+        self.kvmStateDirty = False
+        self.vcpu_id = self.params.cpu_id if self.params.cpu_id >= 0 else vm.alloc_vcpu_id()
+        self.vcpu: Optional[Vcpu] = None
+        self.run_timer: Optional[BaseKvmTimer] = None
+        self.counters: Optional[CounterSource] = None
+        self.switched_out = False
+        self.ctr_insts = 0
+        self.last_exit: Optional[Exit] = None
+        self._pending_exit: Optional[Exit] = None
+        self._last_suspend = 0
+        self._use_coalesced = False
+        self._drain_half_entry_done = False
+        self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
+        self.stats = KvmCPUStats(self.stats_group)
+        #: Called with a HypercallExit; returns the value for the guest's rax.
+        self.hypercall_handler: Optional[Callable[[HypercallExit], int]] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def startup(self) -> None:
+        """Create the vCPU, find the coalesced ring, choose the run timer and counters."""
+        if self.switched_out:
+            return
+        self._create_vcpu()
+
+    def _create_vcpu(self) -> None:
+        if self.vcpu is not None:
+            return
+        self.vm.cpu_startup()
+        vcpu = self.vm.create_vcpu(self.vcpu_id)
+        self.vcpu = vcpu
+        p = self.params
+        self._use_coalesced = bool(p.useCoalescedMMIO and self.vm.kvm.capCoalescedMMIO())
+        if p.useCoalescedMMIO and not self._use_coalesced:
+            log.info("%s: coalesced MMIO not supported by the backend", self.path())
+        self.counters = choose_counters(vcpu, use_perf=p.usePerf, host_freq=p.hostFreq)
+        self.run_timer = self._make_timer(vcpu)
+        self.stats.numCycles.desc = f"Number of cpu cycles simulated (from {self.counters.describe})"
+        how = "measured" if self.counters.exact_instructions else "estimated"
+        self.stats.numInsts.desc = (
+            f"Number of instructions committed ({how}: {self.counters.describe})"
+        )
+        self.startup_thread()
+
+    def _make_timer(self, vcpu: Vcpu) -> BaseKvmTimer:
+        p = self.params
+        if hasattr(vcpu, "set_budget"):
+            return BudgetKvmTimer(vcpu, self.clock_period())
+        if p.usePerfOverflow:
+            for hardware in (True, False):
+                try:
+                    return PerfKvmTimer(hardware=hardware, host_factor=p.hostFactor,
+                                        host_freq=p.hostFreq, min_quantum_ns=p.minQuantumNs)
+                except OSError as err:
+                    log.info("%s: perf overflow timer (hardware=%s) unavailable: %s",
+                             self.path(), hardware, err)
+        return PosixKvmTimer(host_factor=p.hostFactor, host_freq=p.hostFreq,
+                             min_quantum_ns=p.minQuantumNs)
+
+    def startup_thread(self) -> None:
+        """Thread-specific set-up: let the timer signal through KVM_RUN only."""
+        vcpu = self.vcpu
+        timer = self.run_timer
+        if vcpu is None or timer is None:
+            return
+        signo = getattr(timer, "signo", None)
+        if signo is not None:
+            import signal
+
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            vcpu.set_signal_mask(set(blocked) - {signo})
+
+    startupThread = startup_thread
+
+    def close(self) -> None:
+        """Release the run timer, counters and vCPU. Idempotent."""
+        if self.tick_event.scheduled():
+            self.deschedule(self.tick_event)
+        if self.run_timer is not None:
+            self.run_timer.close()
+            self.run_timer = None
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
+        if self.vcpu is not None:
+            self.vcpu.close()
+            self.vcpu = None
+        self.status = Status.Idle
+
+    # ---------------------------------------------------------------- contexts
+    def getContext(self, tn: int = 0) -> ThreadContext:
+        """The thread context, synchronised from the vCPU first."""
+        if tn != 0:
+            raise ValueError(f"KVM CPUs have one thread, got thread {tn}")
+        self.syncThreadContext()
+        return self.tc
+
+    def activateContext(self, delay: int = 0) -> None:
+        """Start (or restart) the thread ``delay`` cycles from now."""
+        if self.switched_out:
+            raise SimulationError(f"{self.path()}: activateContext on a switched-out CPU")
+        if self.status is not Status.Idle or self.tick_event.scheduled():
+            raise SimulationError(f"{self.path()}: activateContext while {self.status.value}")
+        now = self.cur_tick()
+        if self.thread_status is ThreadStatus.Suspended and now > self._last_suspend:
+            self.stats.numCycles += self.ticks_to_cycles(now - self._last_suspend)
+        self.thread_status = ThreadStatus.Active
+        self.schedule(self.tick_event, self.clock_edge(delay))
+        self.status = Status.Running
+
+    def suspendContext(self) -> None:
+        """Stop the thread until :meth:`wakeup`."""
+        self.thread_status = ThreadStatus.Suspended
+        self._last_suspend = self.cur_tick()
+        if self.status is Status.Idle:
+            return
+        if self.tick_event.scheduled():
+            self.deschedule(self.tick_event)
+        self.status = Status.Idle
+
+    def haltContext(self) -> None:
+        """Halt the thread (equivalent to suspending, as in gem5)."""
+        self.suspendContext()
+        self.thread_status = ThreadStatus.Halted
+
+    deallocateContext = haltContext
+
+    def wakeup(self) -> None:
+        """Something (an interrupt) wants the thread running again."""
+        if self.vcpu is not None and self.status is not Status.Idle:
+            return
+        if self.thread_status is ThreadStatus.Suspended and not self.switched_out:
+            if self.drain_state is DrainState.Running:
+                self.activateContext()
+
+    def totalInsts(self) -> int:
+        """Instructions executed by this CPU (see numInsts for how they are counted)."""
+        return self.ctr_insts
+
+    def totalOps(self) -> int:
+        """Same as totalInsts (KVM cannot count micro-ops)."""
+        return self.ctr_insts
+
+    def getDataPort(self) -> Any:
+        """The MMIO bus the CPU's data accesses go to."""
+        return self.mmio_bus
+
+    def getInstPort(self) -> Any:
+        """KVM fetches instructions from guest RAM itself; there is no instruction port."""
+        return None
+
+    def verifyMemoryMode(self) -> None:
+        """KVM CPUs access memory atomically and uncached; nothing else is modelled."""
+        if self.mmio_bus is None:
+            log.debug("%s: no MMIO bus connected; MMIO exits follow the bus policy", self.path())
+
+    # ------------------------------------------------------------------- tick()
+    def tick(self) -> None:
+        """One step of the state machine (see the module docstring)."""
+        status = self.status
+        delay = 0
+        if status is Status.RunningService:
+            delay = self.handleKvmExit()
+            if self.try_drain():
+                self.status = Status.Idle
+        elif status is Status.Running or status is Status.RunningServiceCompletion:
+            eq = self.eventq
+            ticks_to_execute = eq.next_tick() - eq.cur_tick
+            quantum = self.params.quantum
+            if quantum and ticks_to_execute > quantum:
+                ticks_to_execute = quantum
+            self.syncKvmState()
+            timer = self.run_timer
+            half = self.drain_state is DrainState.Draining or (
+                status is Status.RunningServiceCompletion
+                and timer is not None
+                and ticks_to_execute < timer.resolution()
+            )
+            if half:
+                delay = self.kvmRunDrain() if self.drain_state is DrainState.Draining \
+                    else self.kvmRun(0)
+            else:
+                delay = self.kvmRun(ticks_to_execute)
+            if self.status is Status.Idle:
+                return
+            self.kvmStateDirty = True
+            if self.params.alwaysSyncTC:
+                self.syncThreadContext()
+            ex = self.last_exit
+            if isinstance(ex, IntrExit):
+                self.status = Status.Running
+                if not half and delay < ticks_to_execute:
+                    # The run timer expired: land just past the event it was armed for.
+                    delay = ticks_to_execute
+            else:
+                self.status = Status.RunningService
+            if self.try_drain():
+                self.status = Status.Idle
+        else:
+            raise SimulationError(f"{self.path()}: tick() in state {status.value}")
+        if self.status is not Status.Idle:
+            self.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay)))
+
+    def try_drain(self) -> bool:
+        """Signal drain done when draining and at a safe point (gem5 tryDrain)."""
+        if self.drain_state is not DrainState.Draining:
+            return False
+        if not self.archIsDrained():
+            return False
+        if self.status is Status.Idle or self.status is Status.Running:
+            self.syncThreadContext()
+            self.signal_drain_done()
+            return True
+        return False
+
+    tryDrain = try_drain
+
+    def kvmRunDrain(self) -> int:
+        """Enter only to complete pending operations (a half entry)."""
+        return self.kvmRun(0)
+
+    def kvmRun(self, ticks: int) -> int:
+        """Enter the guest for about ``ticks`` of simulated time; returns ticks executed.
+
+        ``ticks == 0`` is a half entry: KVM completes a pending IN/MMIO read and
+        returns at once without running guest code.
+        """
+        vcpu = self.vcpu
+        if vcpu is None:
+            raise SimulationError(f"{self.path()}: kvmRun before startup()")
+        stats = self.stats
+        timer = self.run_timer
+        counters = self.counters
+        if ticks == 0:
+            stats.numVMHalfEntries += 1
+            vcpu.kvm_run.immediate_exit = 1
+            ex = self.ioctlRun()
+            vcpu.kvm_run.immediate_exit = 0
+            ticks_executed = self.clock_period()
+        else:
+            if timer is not None:
+                res = timer.resolution()
+                if ticks < res:
+                    ticks = res
+                timer.arm(ticks)
+            if counters is not None:
+                counters.begin()
+            t0 = time.perf_counter_ns()
+            ex = self.ioctlRun()
+            elapsed = time.perf_counter_ns() - t0
+            if timer is not None:
+                timer.disarm()
+                timer.discard_pending()
+            stats.hostSecondsInKvm += elapsed * 1e-9
+            if counters is not None:
+                host_cycles, insts = counters.end()
+            else:
+                host_cycles = insts = 0
+            if isinstance(timer, BudgetKvmTimer):
+                ticks_executed = host_cycles * self.clock_period()
+                stats.numCycles += host_cycles
+            else:
+                ticks_executed = timer.ticks_from_host_ns(elapsed) if timer is not None else 0
+                stats.numCycles += int(host_cycles * self.params.hostFactor)
+            stats.numInsts += insts
+            self.ctr_insts += insts
+        if isinstance(ex, IntrExit):
+            stats.numExitSignal += 1
+        stats.numVMExits += 1
+        self.last_exit = ex
+        if self._use_coalesced:
+            ticks_executed += self.flushCoalescedMMIO()
+        return ticks_executed
+
+    def ioctlRun(self) -> Exit:
+        """Enter KVM_RUN once (architectures override to deliver interrupts first)."""
+        vcpu = self.vcpu
+        assert vcpu is not None  # noqa: S101 - kvmRun checked
+        return vcpu.run()
+
+    def flushCoalescedMMIO(self) -> int:
+        """Service every write waiting in the coalesced MMIO ring; returns ticks spent."""
+        vcpu = self.vcpu
+        if vcpu is None:
+            return 0
+        ticks = 0
+        for ent in vcpu.drain_coalesced_mmio():
+            self.stats.numCoalescedMMIO += 1
+            data = memoryview(bytearray(ent.data))
+            if ent.pio:
+                ticks += self._io_access(ent.phys_addr, data, True)
+            else:
+                ticks += self.doMMIOAccess(ent.phys_addr, data, len(data), True)
+        return ticks
+
+    # ---------------------------------------------------------------- exits
+    def handleKvmExit(self) -> int:
+        """Service the exit of the last run; returns ticks spent (gem5 handleKvmExit)."""
+        ex = self.last_exit
+        self.status = Status.Running
+        stats = self.stats
+        if isinstance(ex, IoExit):
+            self.status = Status.RunningServiceCompletion
+            stats.numIO += 1
+            return self.handleKvmExitIO(ex)
+        if isinstance(ex, MmioExit):
+            self.status = Status.RunningServiceCompletion
+            stats.numMMIO += 1
+            return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
+        if isinstance(ex, HltExit):
+            stats.numHalt += 1
+            return self.handleKvmExitHalt(ex)
+        if isinstance(ex, IrqWindowOpenExit):
+            return self.handleKvmExitIRQWindowOpen(ex)
+        if isinstance(ex, HypercallExit):
+            stats.numHypercalls += 1
+            return self.handleKvmExitHypercall(ex)
+        if isinstance(ex, IntrExit):
+            return 0
+        if isinstance(ex, ShutdownExit):
+            return self.handleKvmExitShutdown(ex)
+        if isinstance(ex, FailEntryExit):
+            return self.handleKvmExitFailEntry(ex)
+        if isinstance(ex, InternalErrorExit):
+            return self.handleKvmExitInternalError(ex)
+        if isinstance(ex, ExceptionExit):
+            return self.handleKvmExitException(ex)
+        if isinstance(ex, SystemEventExit):
+            return self.handleKvmExitSystemEvent(ex)
+        if isinstance(ex, DebugExit):
+            return self.handleKvmExitDebug(ex)
+        if isinstance(ex, UnknownExit):
+            return self.handleKvmExitUnknown(ex)
+        raise self._fatal(f"unexpected exit {ex!r}", ex)
+
+    def _fatal(self, message: str, ex: Optional[Exit], cls: type = VcpuRunError) -> VcpuRunError:
+        try:
+            dump = self.dump()
+        except Exception as err:  # noqa: BLE001 - the state may be unreadable
+            dump = f"(register dump unavailable: {err})"
+        err_obj: VcpuRunError = cls(f"{self.path()}: {message}", ex, dump)
+        return err_obj
+
+    def handleKvmExitIO(self, ex: IoExit) -> int:
+        """Legacy port IO; architectures implement it."""
+        raise self._fatal(
+            f"unhandled guest IO (port {ex.port:#x}, size {ex.size}, count {ex.count})", ex
+        )
+
+    def handleKvmExitHalt(self, ex: HltExit) -> int:
+        """HLT: suspend the thread until an interrupt wakes it."""
+        self.suspendContext()
+        return 0
+
+    def handleKvmExitHypercall(self, ex: HypercallExit) -> int:
+        """A hypercall: handled by :attr:`hypercall_handler`, else an error (as gem5)."""
+        if self.hypercall_handler is None:
+            raise self._fatal(f"unhandled hypercall nr={ex.nr:#x} args={ex.args}", ex)
+        ex.ret = self.hypercall_handler(ex)
+        return 0
+
+    def handleKvmExitIRQWindowOpen(self, ex: IrqWindowOpenExit) -> int:
+        """The guest can take interrupts; architectures deliver them here."""
+        return 0
+
+    def handleKvmExitShutdown(self, ex: ShutdownExit) -> int:
+        """Triple fault."""
+        raise self._fatal("guest triple fault (KVM_EXIT_SHUTDOWN)", ex, GuestTripleFault)
+
+    def handleKvmExitFailEntry(self, ex: FailEntryExit) -> int:
+        """KVM could not enter the guest."""
+        raise self._fatal(
+            "failed to enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason "
+            f"{ex.hardware_entry_failure_reason:#x}, cpu {ex.cpu})", ex,
+        )
+
+    def handleKvmExitInternalError(self, ex: InternalErrorExit) -> int:
+        """KVM's internal error (e.g. an instruction its emulator cannot run)."""
+        insn = f", instruction bytes {ex.insn_bytes.hex(' ')}" if ex.insn_bytes else ""
+        raise self._fatal(
+            f"KVM internal error (suberror {ex.suberror}, data "
+            f"{[hex(d) for d in ex.data]}{insn})", ex,
+        )
+
+    def handleKvmExitException(self, ex: ExceptionExit) -> int:
+        """An exception KVM could not deliver."""
+        raise self._fatal(
+            f"unhandled guest exception {ex.exception} (error code {ex.error_code:#x})", ex
+        )
+
+    def handleKvmExitSystemEvent(self, ex: SystemEventExit) -> int:
+        """Shutdown/reset/crash requested by the guest: end the simulation."""
+        names = {1: "shutdown", 2: "reset", 3: "crash"}
+        kind = names.get(ex.type, f"type {ex.type}")
+        self.suspendContext()
+        exit_sim_loop(f"guest system event: {kind}", 0 if ex.type == 1 else 1, queue=self.eventq)
+        return 0
+
+    def handleKvmExitDebug(self, ex: DebugExit) -> int:
+        """A guest-debug exit (breakpoint, single step): stop the simulation loop."""
+        exit_sim_loop(f"debug exit at {ex.pc:#x} (exception {ex.exception})", 0,
+                      queue=self.eventq)
+        return 0
+
+    def handleKvmExitUnknown(self, ex: UnknownExit) -> int:
+        """An exit the package does not know."""
+        try:
+            name = ExitReason(ex.reason).name
+        except ValueError:
+            name = "unknown"
+        raise self._fatal(
+            f"unexpected exit reason {ex.reason} ({name}), hardware reason "
+            f"{ex.hardware_exit_reason:#x}", ex,
+        )
+
+    def doMMIOAccess(self, paddr: int, data: memoryview, size: int, is_write: bool) -> int:
+        """Send one MMIO access to the data port; returns its latency in ticks."""
+        bus = self.mmio_bus
+        if bus is None:
+            raise self._fatal(f"MMIO {'write' if is_write else 'read'} at {paddr:#x} "
+                              "with no MMIO bus connected", self.last_exit)
+        return int(bus.access(paddr, data[:size], is_write, requestor=self))
+
+    def _io_access(self, port: int, data: memoryview, is_write: bool) -> int:
+        bus = self.io_bus
+        if bus is None:
+            raise self._fatal(f"IO {'write' if is_write else 'read'} at port {port:#x} "
+                              "with no IO bus connected", self.last_exit)
+        return int(bus.access(port, data, is_write, requestor=self))
+
+    # ------------------------------------------------------------- interrupts
+    def kvmInterrupt(self, vector: int) -> None:
+        """Inject an external interrupt (KVM_INTERRUPT)."""
+        self.stats.numInterrupts += 1
+        vcpu = self.vcpu
+        if vcpu is None:
+            raise SimulationError(f"{self.path()}: interrupt before startup()")
+        vcpu.interrupt(vector)
+
+    def kvmNonMaskableInterrupt(self) -> None:
+        """Inject an NMI (KVM_NMI)."""
+        self.stats.numInterrupts += 1
+        vcpu = self.vcpu
+        if vcpu is None:
+            raise SimulationError(f"{self.path()}: NMI before startup()")
+        vcpu.nmi()
+
+    def archIsDrained(self) -> bool:
+        """Architectures say no while an event is injected but not yet taken."""
+        return True
+
+    # -------------------------------------------------------- state access
+    def getRegisters(self) -> Any:
+        return self._vcpu().get_regs()
+
+    def setRegisters(self, regs: Any) -> None:
+        self._vcpu().set_regs(regs)
+
+    def getSpecialRegisters(self) -> Any:
+        return self._vcpu().get_sregs()
+
+    def setSpecialRegisters(self, sregs: Any) -> None:
+        self._vcpu().set_sregs(sregs)
+
+    def getFPUState(self) -> Any:
+        return self._vcpu().get_fpu()
+
+    def setFPUState(self, fpu: Any) -> None:
+        self._vcpu().set_fpu(fpu)
+
+    def setOneReg(self, reg_id: int, value: int) -> None:
+        self._vcpu().set_one_reg(reg_id, value)
+
+    def getOneReg(self, reg_id: int) -> int:
+        return self._vcpu().get_one_reg(reg_id)
+
+    def getOneRegU64(self, reg_id: int) -> int:
+        return self.getOneReg(reg_id) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def getOneRegU32(self, reg_id: int) -> int:
+        return self.getOneReg(reg_id) & 0xFFFF_FFFF
+
+    def setOneRegU64(self, reg_id: int, value: int) -> None:
+        self.setOneReg(reg_id, value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def setOneRegU32(self, reg_id: int, value: int) -> None:
+        self.setOneReg(reg_id, value & 0xFFFF_FFFF)
+
+    def getAndFormatOneReg(self, reg_id: int) -> str:
+        """A ONE_REG register formatted in hex."""
+        return hex(self.getOneReg(reg_id))
+
+    def getKvmRunState(self) -> Any:
+        """The vCPU's kvm_run structure."""
+        return self._vcpu().kvm_run
+
+    def getGuestData(self, offset: int) -> memoryview:
+        """A view of the run page at ``offset`` (where KVM puts IO data)."""
+        return self._vcpu().run_page[offset:]
+
+    def _vcpu(self) -> Vcpu:
+        if self.vcpu is None:
+            raise SimulationError(f"{self.path()}: the vCPU does not exist yet (before startup)")
+        return self.vcpu
+
+    def syncThreadContext(self) -> None:
+        """Pull the vCPU state into the TC when the vCPU is newer."""
+        if not self.kvmStateDirty:
+            return
+        if self.threadContextDirty:
+            raise SimulationError(f"{self.path()}: both the TC and the vCPU are dirty")
+        self.updateThreadContext()
+        self.kvmStateDirty = False
+
+    def syncKvmState(self) -> None:
+        """Push the TC into the vCPU when the TC is newer."""
+        if not self.threadContextDirty:
+            return
+        if self.kvmStateDirty:
+            raise SimulationError(f"{self.path()}: both the TC and the vCPU are dirty")
+        self.updateKvmState()
+        self.threadContextDirty = False
+
+    def updateKvmState(self) -> None:
+        """Write the TC into the vCPU (architectures implement)."""
+        raise NotImplementedError
+
+    def updateThreadContext(self) -> None:
+        """Read the vCPU into the TC (architectures implement)."""
+        raise NotImplementedError
+
+    def setThreadContext(self, tc: ThreadContext) -> None:
+        """Replace the architectural state (marks the TC dirty)."""
+        if self.kvmStateDirty:
+            self.kvmStateDirty = False
+        self.tc = tc
+        self.threadContextDirty = True
+
+    def dump(self) -> str:
+        """A register dump (gem5 dump()): the TC after syncing when possible."""
+        if self.vcpu is not None and self.kvmStateDirty and not self.threadContextDirty:
+            self.syncThreadContext()
+        return self.tc.dump()
+
+    # --------------------------------------------------------- drain/switch
+    def drain(self) -> DrainState:
+        """gem5 rules: Drained only at a safe point with nothing injected or pending."""
+        if self.switched_out:
+            return DrainState.Drained
+        status = self.status
+        if status is Status.Running:
+            if not self.archIsDrained():
+                return DrainState.Draining
+            if self.tick_event.scheduled():
+                self.deschedule(self.tick_event)
+            self.status = Status.Idle
+            self.syncThreadContext()
+            return DrainState.Drained
+        if status is Status.Idle:
+            self.syncThreadContext()
+            return DrainState.Drained
+        return DrainState.Draining
+
+    def drain_resume(self) -> None:
+        if self.switched_out:
+            return
+        if self.tick_event.scheduled():
+            raise SimulationError(f"{self.path()}: tick scheduled while drained")
+        self.verifyMemoryMode()
+        if self.thread_status is ThreadStatus.Active:
+            self.schedule(self.tick_event, self.next_cycle())
+            self.status = Status.Running
+        else:
+            self.status = Status.Idle
+
+    def switchOut(self) -> None:
+        """Stop using this CPU (it must be drained)."""
+        if self.status is not Status.Idle or self.tick_event.scheduled():
+            raise SimulationError(f"{self.path()}: switchOut while {self.status.value}")
+        self.syncThreadContext()
+        self.switched_out = True
+
+    def takeOverFrom(self, old: BaseKvmCPU) -> None:
+        """Continue the thread ``old`` was running (both drained; ``old`` switched out)."""
+        if not old.switched_out:
+            raise SimulationError(f"{old.path()} must be switched out first")
+        if self.status is not Status.Idle or self.tick_event.scheduled():
+            raise SimulationError(f"{self.path()}: takeOverFrom while {self.status.value}")
+        old.syncThreadContext()
+        self.switched_out = False
+        self.tc = old.tc.copy()
+        self.thread_status = old.thread_status
+        self._last_suspend = old._last_suspend
+        self.io_bus = self.io_bus if self.io_bus is not None else old.io_bus
+        self.mmio_bus = self.mmio_bus if self.mmio_bus is not None else old.mmio_bus
+        self._take_over_arch(old)
+        self._create_vcpu()
+        # Push at once (not lazily) so that both states can be compared right away.
+        self.kvmStateDirty = False
+        self.updateKvmState()
+        self.threadContextDirty = False
+
+    def _take_over_arch(self, old: BaseKvmCPU) -> None:
+        """Architecture state beyond the TC (interrupt sources)."""
+
+    # ------------------------------------------------------------ checkpoints
+    def serialize(self, cp: CheckpointOut) -> None:
+        """The thread (the CPU must be drained)."""
+        if self.status is not Status.Idle:
+            raise SimulationError(f"{self.path()}: serialize while {self.status.value}")
+        self.syncThreadContext()
+        self.serializeThread(cp)
+
+    def serializeThread(self, cp: CheckpointOut) -> None:
+        cp.param_out("thread_status", self.thread_status.value)
+        cp.param_out("ctr_insts", self.ctr_insts)
+        with cp.subsection("xc.0"):
+            self.tc.serialize(cp)
+
+    def unserialize(self, cp: CheckpointIn) -> None:
+        self.unserializeThread(cp)
+
+    def unserializeThread(self, cp: CheckpointIn) -> None:
+        self.thread_status = ThreadStatus(cp.param_in("thread_status", str))
+        self.ctr_insts = cp.param_in("ctr_insts", int)
+        with cp.subsection("xc.0"):
+            self.tc = ThreadContext.from_checkpoint(cp)
+        self.kvmStateDirty = False
+        self.threadContextDirty = True
+
+    def exit_kinds(self) -> List[str]:
+        """The exit handlers an architecture may override (documentation aid)."""
+        return [n for n in dir(self) if n.startswith("handleKvmExit")]

@@ -1,0 +1,279 @@
+"""Run timers: how long one KVM entry may last (gem5 ``cpu/kvm/timer.hh``).
+
+A run timer turns "run for N ticks of simulated time" into something that
+forces the vCPU out of KVM_RUN:
+
+* :class:`PosixKvmTimer` -- a POSIX timer (``timer_create`` with
+  SIGEV_THREAD_ID on CLOCK_MONOTONIC) that sends SIGRTMIN to the vCPU thread.
+  The signal is blocked in the thread and unblocked only inside KVM_RUN
+  (``KVM_SET_SIGNAL_MASK``), so it interrupts the guest but is never delivered
+  to Python; :meth:`PosixKvmTimer.discard_pending` dequeues it after each run.
+* :class:`PerfKvmTimer` -- the overflow of a perf counter (hardware cycles
+  with ``exclude_host`` where the host has a PMU, else the software
+  task-clock) signals the thread.
+* :class:`BudgetKvmTimer` -- the mock backend's timer: an instruction budget,
+  which makes runs on the mock deterministic.
+
+Host time converts to simulated time as in gem5: ``ticks = host_seconds *
+hostFactor * TICKS_PER_SECOND`` (and host cycles through ``hostFreq``).
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+from ... import _ioctl
+from ...errors import KvmIoctlError
+from ...sim.eventq import TICKS_PER_SECOND
+
+#: The run timer's signal (gem5's KVM_KICK_SIGNAL is SIGRTMIN too).
+TIMER_SIGNAL: int = int(signal.SIGRTMIN)
+
+#: Default lower bound of a run quantum on real KVM. Interrupted entries cost
+#: roughly 30 µs on a nested host, so shorter quanta are not honoured anyway.
+DEFAULT_MIN_QUANTUM_NS = 50_000
+
+
+class BaseKvmTimer(abc.ABC):
+    """Common arithmetic of every run timer.
+
+    Args:
+        host_factor: simulated time per host time (1.0: one host second is one
+            simulated second).
+        host_freq: host CPU frequency in Hz, to convert host cycles.
+    """
+
+    def __init__(self, host_factor: float = 1.0, host_freq: float = 2e9) -> None:
+        if host_factor <= 0:
+            raise ValueError(f"host_factor must be positive, got {host_factor}")
+        if host_freq <= 0:
+            raise ValueError(f"host_freq must be positive, got {host_freq}")
+        self.host_factor = host_factor
+        self.host_freq = host_freq
+        self._resolution = 1
+
+    # gem5 BaseKvmTimer helpers ------------------------------------------------
+    def ticks_from_host_cycles(self, cycles: int) -> int:
+        """Host cycles -> simulated ticks."""
+        return int(cycles * self.host_factor / self.host_freq * TICKS_PER_SECOND)
+
+    def ticks_from_host_ns(self, ns: int) -> int:
+        """Host nanoseconds -> simulated ticks."""
+        return int(ns * self.host_factor * (TICKS_PER_SECOND // 10**9))
+
+    def host_ns(self, ticks: int) -> int:
+        """Simulated ticks -> host nanoseconds (at least 1)."""
+        return max(1, int(ticks / self.host_factor / (TICKS_PER_SECOND // 10**9)))
+
+    def host_cycles(self, ticks: int) -> int:
+        """Simulated ticks -> host cycles."""
+        return int(ticks / self.host_factor / TICKS_PER_SECOND * self.host_freq)
+
+    def resolution(self) -> int:
+        """The shortest quantum (ticks) this timer honours; kvmRun clamps to it."""
+        return self._resolution
+
+    ticksFromHostCycles = ticks_from_host_cycles
+    ticksFromHostNs = ticks_from_host_ns
+
+    # --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def arm(self, ticks: int) -> None:
+        """Start the timer so that the vCPU leaves KVM_RUN after ``ticks``."""
+
+    @abc.abstractmethod
+    def disarm(self) -> None:
+        """Stop the timer (a signal that already fired may still be pending)."""
+
+    def discard_pending(self) -> bool:
+        """Dequeue a timer signal that fired after the run ended. True if one was pending."""
+        return False
+
+    def close(self) -> None:
+        """Release the timer."""
+
+    describe: str = "run timer"
+
+
+class PosixKvmTimer(BaseKvmTimer):
+    """A POSIX timer signalling the vCPU thread (create it *in* that thread).
+
+    Args:
+        signo: the signal (default SIGRTMIN); the constructor blocks it in the
+            calling thread.
+        clock: CLOCK_MONOTONIC (default) or another clock id.
+        min_quantum_ns: the measured floor of a useful quantum on this host.
+    """
+
+    describe = "POSIX timer (CLOCK_MONOTONIC, SIGEV_THREAD_ID)"
+
+    def __init__(self, signo: int = TIMER_SIGNAL, clock: int = _ioctl.CLOCK_MONOTONIC,
+                 host_factor: float = 1.0, host_freq: float = 2e9,
+                 min_quantum_ns: int = DEFAULT_MIN_QUANTUM_NS) -> None:
+        super().__init__(host_factor, host_freq)
+        self.signo = signo
+        self.thread_id = threading.get_ident()
+        # Keep the signal pending (never delivered to Python) outside KVM_RUN.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signo})
+        self._timer: Optional[int] = _ioctl.timer_create(signo, clock=clock)
+        res_ns = max(1, int(clock_getres_ns(clock)))
+        self.clock_resolution_ns = res_ns
+        self.min_quantum_ns = max(res_ns, int(min_quantum_ns))
+        self._resolution = self.ticks_from_host_ns(self.min_quantum_ns)
+
+    def arm(self, ticks: int) -> None:
+        if self._timer is None:
+            raise KvmIoctlError("timer_settime", errno.EBADF, "the run timer is closed")
+        _ioctl.timer_settime(self._timer, self.host_ns(ticks))
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            _ioctl.timer_settime(self._timer, 0)
+
+    def discard_pending(self) -> bool:
+        got = False
+        # Real-time signals queue: take every instance, not just one.
+        while signal.sigtimedwait({self.signo}, 0) is not None:
+            got = True
+        return got
+
+    def close(self) -> None:
+        if self._timer is not None:
+            timer, self._timer = self._timer, None
+            _ioctl.timer_delete(timer)
+            self.discard_pending()
+
+
+# perf ioctls (<linux/perf_event.h>), derived like the KVM ones.
+_PERF_IOC_MAGIC = ord("$")
+PERF_EVENT_IOC_ENABLE = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 0)
+PERF_EVENT_IOC_DISABLE = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 1)
+PERF_EVENT_IOC_REFRESH = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 2)
+PERF_EVENT_IOC_RESET = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 3)
+PERF_EVENT_IOC_PERIOD = _ioctl.uapi._IOW(_PERF_IOC_MAGIC, 4, ctypes.c_uint64)
+
+F_SETSIG = 10
+F_SETOWN_EX = 15
+F_OWNER_TID = 0
+
+
+class _f_owner_ex(ctypes.Structure):  # <fcntl.h>
+    _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
+
+
+class PerfKvmTimer(BaseKvmTimer):
+    """A run timer driven by the overflow of a perf counter.
+
+    With ``hardware=True`` the counter is the guest's cycle count
+    (PERF_COUNT_HW_CPU_CYCLES, exclude_host), as gem5's PerfKvmTimer; with
+    ``hardware=False`` it is the software task-clock of the vCPU thread (in
+    ns), which works on hosts without a PMU. Overflow signals the thread with
+    ``signo`` (F_SETOWN_EX / F_SETSIG / O_ASYNC).
+
+    Raises:
+        KvmIoctlError: perf_event_open refused the event (ENOENT: no such counter).
+    """
+
+    def __init__(self, *, hardware: bool, signo: int = TIMER_SIGNAL, host_factor: float = 1.0,
+                 host_freq: float = 2e9, min_quantum_ns: int = DEFAULT_MIN_QUANTUM_NS) -> None:
+        super().__init__(host_factor, host_freq)
+        self.signo = signo
+        self.hardware = hardware
+        attr = _ioctl.perf_event_attr()
+        if hardware:
+            attr.type = _ioctl.PERF_TYPE_HARDWARE
+            attr.config = _ioctl.PERF_COUNT_HW_CPU_CYCLES
+            attr.flags = _ioctl.PERF_ATTR_DISABLED | _ioctl.PERF_ATTR_EXCLUDE_HOST
+        else:
+            attr.type = _ioctl.PERF_TYPE_SOFTWARE
+            attr.config = _ioctl.PERF_COUNT_SW_TASK_CLOCK
+            attr.flags = _ioctl.PERF_ATTR_DISABLED
+        attr.sample_period = 1 << 62
+        attr.wakeup_events = 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signo})
+        self.fd: Optional[int] = _ioctl.perf_event_open(attr, 0, -1, -1)
+        try:
+            owner = _f_owner_ex(F_OWNER_TID, _ioctl.gettid())
+            fcntl.fcntl(self.fd, F_SETOWN_EX, bytes(owner))
+            fcntl.fcntl(self.fd, F_SETSIG, signo)
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_ASYNC)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise
+        self.min_quantum_ns = int(min_quantum_ns)
+        self._resolution = self.ticks_from_host_ns(self.min_quantum_ns)
+        self.describe = (
+            "perf overflow timer (hardware cycles, exclude_host)" if hardware
+            else "perf overflow timer (software task-clock)"
+        )
+
+    def _period(self, ticks: int) -> int:
+        return max(1, self.host_cycles(ticks) if self.hardware else self.host_ns(ticks))
+
+    def arm(self, ticks: int) -> None:
+        if self.fd is None:
+            raise KvmIoctlError("PERF_EVENT_IOC_PERIOD", errno.EBADF, "the run timer is closed")
+        period = ctypes.c_uint64(self._period(ticks))
+        fd = self.fd
+        _ioctl.ioctl(fd, PERF_EVENT_IOC_PERIOD, period, name="PERF_EVENT_IOC_PERIOD")
+        _ioctl.ioctl_int(fd, PERF_EVENT_IOC_RESET, 0, name="PERF_EVENT_IOC_RESET")
+        # REFRESH 1: enable and disable again after one overflow.
+        _ioctl.ioctl_int(fd, PERF_EVENT_IOC_REFRESH, 1, name="PERF_EVENT_IOC_REFRESH")
+
+    def disarm(self) -> None:
+        if self.fd is not None:
+            _ioctl.ioctl_int(self.fd, PERF_EVENT_IOC_DISABLE, 0, name="PERF_EVENT_IOC_DISABLE")
+
+    def discard_pending(self) -> bool:
+        got = False
+        while signal.sigtimedwait({self.signo}, 0) is not None:
+            got = True
+        return got
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+            self.discard_pending()
+
+
+class BudgetKvmTimer(BaseKvmTimer):
+    """The mock backend's run timer: a budget of guest instructions.
+
+    One instruction is one cycle of the CPU clock (``clock_period`` ticks), so
+    a run of N ticks executes ``ceil(N / clock_period)`` instructions and
+    simulated time is exact and repeatable.
+
+    Args:
+        vcpu: a mock vCPU (has ``set_budget``).
+        clock_period: ticks per CPU cycle.
+    """
+
+    describe = "mock instruction budget (1 instruction = 1 cycle)"
+
+    def __init__(self, vcpu: Any, clock_period: int) -> None:
+        super().__init__(1.0, TICKS_PER_SECOND / clock_period)
+        self.vcpu = vcpu
+        self.clock_period = clock_period
+        self._resolution = clock_period
+
+    def arm(self, ticks: int) -> None:
+        self.vcpu.set_budget(max(1, -(-ticks // self.clock_period)))
+
+    def disarm(self) -> None:
+        self.vcpu.set_budget(None)
+
+
+def clock_getres_ns(clock: int) -> int:
+    """clock_getres(2) in nanoseconds."""
+    return max(1, int(round(time.clock_getres(clock) * 1e9)))

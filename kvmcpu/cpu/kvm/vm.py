@@ -1,0 +1,298 @@
+"""The KVM VM as a SimObject, and the capability probe (gem5 ``cpu/kvm/vm.hh``).
+
+:class:`Kvm` answers gem5's ``cap*`` questions about a backend and caches
+the supported CPUID and MSR lists. :class:`KvmVM` is the one VM shared by
+every KVM CPU of a memory domain: it creates the VM when constructed, maps
+every RAM region of the system into memory slots when the first CPU starts
+(gem5's delayed startup), registers coalesced MMIO ranges, creates the
+in-kernel irqchip where asked and available, and hands out vCPU ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ... import uapi
+from ...backends import get_backend
+from ...backends.base import Backend, Vcpu, Vm
+from ...errors import ConfigError, KvmCpuError, KvmIoctlError
+from ...hostmem import HostMemory
+from ...sim.params import param
+from ...sim.simobject import SimObject, SimObjectParams
+from ...uapi import Cap
+
+log = logging.getLogger("kvmcpu.cpu.kvm")
+
+
+class Kvm:
+    """Capability probe over a backend (gem5's ``Kvm`` object). Answers are cached."""
+
+    def __init__(self, backend: Backend, vm: Optional[Vm] = None) -> None:
+        self.backend = backend
+        self.vm = vm
+        self._caps: Dict[int, int] = {}
+        self._cpuid: Optional[List[uapi.kvm_cpuid_entry2]] = None
+        self._msrs: Optional[List[int]] = None
+
+    def check_extension(self, cap: Union[Cap, int]) -> int:
+        """KVM_CHECK_EXTENSION (on the VM fd when there is one, as modern KVM prefers)."""
+        key = int(cap)
+        if key not in self._caps:
+            src: Union[Backend, Vm] = self.vm if self.vm is not None else self.backend
+            self._caps[key] = src.check_extension(key)
+        return self._caps[key]
+
+    checkExtension = check_extension
+
+    def capUserMemory(self) -> bool:
+        return self.check_extension(Cap.USER_MEMORY) != 0
+
+    def capSetTSSAddress(self) -> bool:
+        return self.check_extension(Cap.SET_TSS_ADDR) != 0
+
+    def capExtendedCPUID(self) -> bool:
+        return self.check_extension(Cap.EXT_CPUID) != 0
+
+    def capUserNMI(self) -> bool:
+        return self.check_extension(Cap.USER_NMI) != 0
+
+    def capCoalescedMMIO(self) -> int:
+        """The page offset of the coalesced ring in the vCPU mapping (0: none)."""
+        return self.check_extension(Cap.COALESCED_MMIO)
+
+    def capCoalescedPIO(self) -> bool:
+        return self.check_extension(Cap.COALESCED_PIO) != 0
+
+    def capNumMemSlots(self) -> int:
+        """Usable memory slots (KVM_CAP_NR_MEMSLOTS; 32 when the backend does not say)."""
+        n = self.check_extension(Cap.NR_MEMSLOTS)
+        return n if n > 0 else 32
+
+    def capOneReg(self) -> bool:
+        return self.check_extension(Cap.ONE_REG) != 0
+
+    def capIRQChip(self) -> bool:
+        return self.check_extension(Cap.IRQCHIP) != 0
+
+    def capPIT2(self) -> bool:
+        return self.check_extension(Cap.PIT2) != 0
+
+    def capVCPUEvents(self) -> bool:
+        return self.check_extension(Cap.VCPU_EVENTS) != 0
+
+    def capDebugRegs(self) -> bool:
+        return self.check_extension(Cap.DEBUGREGS) != 0
+
+    def capXCRs(self) -> bool:
+        return self.check_extension(Cap.XCRS) != 0
+
+    def capXSave(self) -> bool:
+        return self.check_extension(Cap.XSAVE) != 0
+
+    def capImmediateExit(self) -> bool:
+        return self.check_extension(Cap.IMMEDIATE_EXIT) != 0
+
+    def capExitHypercall(self) -> bool:
+        return self.check_extension(Cap.EXIT_HYPERCALL) != 0
+
+    def getSupportedCPUID(self) -> List[uapi.kvm_cpuid_entry2]:
+        """KVM_GET_SUPPORTED_CPUID, cached."""
+        if self._cpuid is None:
+            self._cpuid = self.backend.get_supported_cpuid()
+        return self._cpuid
+
+    def getSupportedMSRs(self) -> List[int]:
+        """KVM_GET_MSR_INDEX_LIST, cached."""
+        if self._msrs is None:
+            self._msrs = self.backend.get_msr_index_list()
+        return self._msrs
+
+
+@dataclasses.dataclass
+class KvmVMParams(SimObjectParams):
+    """Parameters of the VM."""
+
+    coalesced_mmio: List[Tuple[int, int]] = param(
+        default_factory=list, desc="(start, size) MMIO ranges whose writes KVM may coalesce"
+    )
+    coalesced_pio: List[Tuple[int, int]] = param(
+        default_factory=list, desc="(start, size) port ranges whose writes KVM may coalesce"
+    )
+    irqchip: bool = param(
+        False, "create KVM's in-kernel irqchip (PIC/IOAPIC/LAPIC) when the backend has one"
+    )
+    pit: bool = param(False, "create KVM's in-kernel PIT (needs the irqchip)")
+    tss_addr: int = param(0xFFFB_D000, "guest address of the three TSS pages Intel KVM needs")
+
+
+class KvmVM(SimObject):
+    """The VM every KVM CPU of one memory domain shares.
+
+    Args:
+        name, parent: position in the SimObject tree.
+        backend: a Backend, or a name for ``get_backend`` ("auto", "kvm", "mock");
+            a backend opened from a name is owned and closed with the VM.
+    """
+
+    params_class = KvmVMParams
+    params: KvmVMParams
+
+    def __init__(self, name: str = "kvm_vm", parent: Optional[SimObject] = None, *,
+                 backend: Union[Backend, str] = "auto", **overrides: Any) -> None:
+        super().__init__(name, parent, **overrides)
+        self._owns_backend = isinstance(backend, str)
+        self.backend: Backend = get_backend(backend) if isinstance(backend, str) else backend
+        try:
+            self.vm: Vm = self.backend.create_vm()
+        except BaseException:
+            if self._owns_backend:
+                self.backend.close()
+            raise
+        self.kvm = Kvm(self.backend, self.vm)
+        self._next_vcpu_id = 0
+        self._free_slots: List[int] = []
+        self._next_slot = 0
+        self._ram: List[Tuple[int, HostMemory, int]] = []  # (gpa, memory, flags)
+        self._started = False
+        self.has_irqchip = False
+        if self.kvm.capSetTSSAddress():
+            try:
+                self.vm.set_tss_addr(self.params.tss_addr)
+            except KvmIoctlError as err:  # pragma: no cover - AMD/PVM accept it
+                log.debug("KVM_SET_TSS_ADDR refused: %s", err)
+
+    # -- memory ---------------------------------------------------------------
+    def add_ram(self, gpa: int, memory: HostMemory, *, flags: int = 0) -> None:
+        """Declare a RAM region; it is mapped at delayed startup (or at once if started)."""
+        self._ram.append((gpa, memory, flags))
+        if self._started:
+            self.setup_memory_slot(self.alloc_memory_slot(), gpa, memory, flags)
+
+    def alloc_memory_slot(self) -> int:
+        """A free slot id (freed ones are reused first).
+
+        Raises:
+            KvmCpuError: all KVM_CAP_NR_MEMSLOTS slots are in use.
+        """
+        if self._free_slots:
+            return self._free_slots.pop(0)
+        if self._next_slot >= self.kvm.capNumMemSlots():
+            raise KvmCpuError(
+                f"out of KVM memory slots: all {self.kvm.capNumMemSlots()} are in use"
+            )
+        slot = self._next_slot
+        self._next_slot += 1
+        return slot
+
+    allocMemorySlot = alloc_memory_slot
+
+    def setup_memory_slot(self, slot: int, gpa: int, memory: HostMemory, flags: int = 0) -> None:
+        """Map ``memory`` at ``gpa`` in ``slot`` (KVM_SET_USER_MEMORY_REGION)."""
+        self.vm.set_user_memory_region(slot, gpa, memory, flags)
+
+    setupMemSlot = setup_memory_slot
+
+    def disable_memory_slot(self, slot: int) -> None:
+        """Remove a slot's mapping (size 0)."""
+        self.vm.set_user_memory_region(slot, 0, None)
+
+    disableMemSlot = disable_memory_slot
+
+    def free_memory_slot(self, slot: int) -> None:
+        """Disable ``slot`` and make it available again."""
+        if slot in self._free_slots or slot >= self._next_slot:
+            raise ValueError(f"memory slot {slot} is not allocated")
+        self.disable_memory_slot(slot)
+        self._free_slots.append(slot)
+        self._free_slots.sort()
+
+    freeMemSlot = free_memory_slot
+
+    # -- startup --------------------------------------------------------------
+    def cpu_startup(self) -> None:
+        """Called by each CPU's startup(); the first call performs the delayed startup."""
+        if not self._started:
+            self.delayed_startup()
+
+    cpuStartup = cpu_startup
+
+    def delayed_startup(self) -> None:
+        """Map every RAM region, register coalesced ranges, create the irqchip."""
+        self._started = True
+        for gpa, memory, flags in self._ram:
+            self.setup_memory_slot(self.alloc_memory_slot(), gpa, memory, flags)
+        if self.params.coalesced_mmio or self.params.coalesced_pio:
+            if not self.kvm.capCoalescedMMIO():
+                log.warning("coalesced MMIO requested but the backend does not offer it")
+            else:
+                for start, size in self.params.coalesced_mmio:
+                    self.vm.register_coalesced_mmio(start, size)
+                for start, size in self.params.coalesced_pio:
+                    self.vm.register_coalesced_mmio(start, size, pio=True)
+        if self.params.irqchip:
+            self.create_irq_chip()
+            if self.params.pit:
+                if not self.kvm.capPIT2():
+                    raise ConfigError("pit: the backend has no in-kernel PIT (KVM_CAP_PIT2 = 0)")
+                self.vm.create_pit2()
+
+    delayedStartup = delayed_startup
+
+    def create_irq_chip(self) -> None:
+        """KVM_CREATE_IRQCHIP.
+
+        Raises:
+            ConfigError: the backend has no in-kernel irqchip.
+        """
+        if not self.kvm.capIRQChip():
+            raise ConfigError("irqchip: the backend has no in-kernel irqchip (KVM_CAP_IRQCHIP = 0)")
+        self.vm.create_irqchip()
+        self.has_irqchip = True
+
+    createIRQChip = create_irq_chip
+
+    def set_irq_line(self, irq: int, level: bool) -> None:
+        """KVM_IRQ_LINE on the in-kernel irqchip."""
+        self.vm.irq_line(irq, 1 if level else 0)
+
+    setIRQLine = set_irq_line
+
+    # -- vCPUs ----------------------------------------------------------------
+    def alloc_vcpu_id(self) -> int:
+        """The next vCPU id."""
+        vid = self._next_vcpu_id
+        self._next_vcpu_id += 1
+        return vid
+
+    allocVCPUID = alloc_vcpu_id
+
+    def create_vcpu(self, vcpu_id: int) -> Vcpu:
+        """KVM_CREATE_VCPU."""
+        return self.vm.create_vcpu(vcpu_id)
+
+    createVCPU = create_vcpu
+
+    def create_device(self, dev_type: int) -> int:
+        """KVM_CREATE_DEVICE where the backend has it.
+
+        Raises:
+            KvmIoctlError: ENOTTY when the backend does not implement devices.
+        """
+        create = getattr(self.vm, "create_device", None)
+        if create is None:
+            import errno
+
+            raise KvmIoctlError("KVM_CREATE_DEVICE", errno.ENOTTY,
+                                f"backend {self.backend.name!r} has no KVM devices")
+        return int(create(dev_type))
+
+    createDevice = create_device
+
+    # -- teardown -------------------------------------------------------------
+    def close(self) -> None:
+        """Close the VM (and the backend when this object opened it). Idempotent."""
+        self.vm.close()
+        if self._owns_backend:
+            self.backend.close()

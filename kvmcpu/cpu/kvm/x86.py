@@ -1,0 +1,358 @@
+"""X86KvmCPU: the x86-64 KVM CPU (gem5 ``arch/x86/kvm/x86_cpu.hh``).
+
+Adds to :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` what is x86-specific:
+
+* moving the whole architectural state between the
+  :class:`~kvmcpu.cpu.thread.ThreadContext` and the vCPU (registers, special
+  registers with gem5's segment fix-ups, XSAVE or FPU, XCRs, the MSRs both
+  sides know, vCPU events, debug registers, MP state), and CPUID set up from
+  the backend's supported list with an optional vendor override;
+* port IO exits, including ``count > 1`` (string IO) — every element goes to
+  the IO bus in order;
+* interrupt delivery without an in-kernel irqchip: when the interrupt
+  controller (e.g. the userspace 8259 pair) has a vector pending, it is
+  injected with KVM_INTERRUPT only when ``ready_for_interrupt_injection`` says
+  the guest can take it, otherwise an interrupt window is requested;
+* drain safety from the vCPU events (nothing injected or pending);
+* the start states each boot protocol needs (:func:`real_mode_context`,
+  :func:`protected_mode_context`, :func:`long_mode_context`).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, Dict, List, Optional, Sequence
+
+from ... import uapi
+from ...backends import modes
+from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
+from ...errors import KvmIoctlError
+from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
+from .base import BaseKvmCPU
+
+log = logging.getLogger("kvmcpu.cpu.kvm")
+
+#: MSRs worth carrying in the thread context when the backend knows them.
+ARCH_MSRS = (
+    0x10,  # IA32_TSC
+    0x1B,  # IA32_APIC_BASE (also in sregs)
+    0x174, 0x175, 0x176,  # SYSENTER_CS/ESP/EIP
+    0x277,  # IA32_PAT
+    0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,  # STAR, LSTAR, CSTAR, SFMASK
+    0xC0000100, 0xC0000101, 0xC0000102,  # FS_BASE, GS_BASE, KERNEL_GS_BASE
+    0xC0000103,  # TSC_AUX
+)
+
+#: How long kvmRunDrain lets the guest run to take an injected event (1 ms, as gem5).
+DRAIN_RUN_TICKS = 1_000_000_000
+
+_VENDORS = {
+    "intel": b"GenuineIntel",
+    "amd": b"AuthenticAMD",
+}
+
+
+class X86KvmCPU(BaseKvmCPU):
+    """The x86 KVM CPU.
+
+    Args:
+        interrupts: the interrupt source used without an in-kernel irqchip
+            (anything with ``has_pending()`` and ``acknowledge() -> vector``).
+        cpuid_vendor: "intel", "amd", a 12-character vendor string, or None to
+            keep the backend's.
+        cpuid_overrides: ``{(function, index): (eax, ebx, ecx, edx)}`` applied
+            after the supported list.
+    """
+
+    def __init__(self, name: str, parent: Any = None, *, vm: Any,
+                 interrupts: Any = None, cpuid_vendor: Optional[str] = None,
+                 cpuid_overrides: Optional[Dict[Any, Sequence[int]]] = None,
+                 **kw: Any) -> None:
+        super().__init__(name, parent, vm=vm, **kw)
+        self.interrupts = interrupts
+        self.cpuid_vendor = cpuid_vendor
+        self.cpuid_overrides = dict(cpuid_overrides or {})
+        self.pending_nmi = False
+        self._cpuid_applied: Optional[List[CpuidEntry]] = None
+        self._msr_list: Optional[List[int]] = None
+        self._use_xsave = False
+
+    # ------------------------------------------------------------------ startup
+    def startup_thread(self) -> None:
+        super().startup_thread()
+        kvm = self.vm.kvm
+        self._use_xsave = kvm.capXSave()
+        if not self.tc.cpuid:
+            self.tc.cpuid = self.default_cpuid()
+
+    def default_cpuid(self) -> List[CpuidEntry]:
+        """The backend's supported CPUID with the vendor and overrides applied."""
+        entries = [CpuidEntry.from_kvm(e) for e in self.vm.kvm.getSupportedCPUID()]
+        vendor = self.cpuid_vendor
+        if vendor is not None:
+            raw = _VENDORS.get(vendor.lower(), vendor.encode("ascii"))
+            if len(raw) != 12:
+                raise ValueError(f"cpuid_vendor must be 'intel', 'amd' or 12 chars, got {vendor!r}")
+            ebx, edx, ecx = struct.unpack("<III", raw)
+            entries = [e._replace(ebx=ebx, ecx=ecx, edx=edx) if e.function == 0 else e
+                       for e in entries]
+        for (function, index), regs in self.cpuid_overrides.items():
+            eax, ebx, ecx, edx = regs
+            entries = [e for e in entries if (e.function, e.index) != (function, index)]
+            entries.append(CpuidEntry(function, index, 0, eax, ebx, ecx, edx))
+        return entries
+
+    def msr_list(self) -> List[int]:
+        """The MSRs synced with the TC: ARCH_MSRS the backend lists, plus the TC's own."""
+        if self._msr_list is None:
+            supported = set(self.vm.kvm.getSupportedMSRs())
+            self._msr_list = [m for m in ARCH_MSRS if m in supported]
+        extra = [m for m in self.tc.msrs if m not in self._msr_list]
+        return self._msr_list + extra
+
+    # -------------------------------------------------------------- state sync
+    def updateKvmState(self) -> None:
+        """Push the whole TC into the vCPU."""
+        vcpu = self._vcpu()
+        tc = self.tc
+        if tc.cpuid and tc.cpuid != self._cpuid_applied:
+            try:
+                vcpu.set_cpuid2([e.to_kvm() for e in tc.cpuid])
+                self._cpuid_applied = list(tc.cpuid)
+            except KvmIoctlError as err:
+                # Modern KVM refuses a *different* CPUID after the first KVM_RUN.
+                log.warning("%s: KVM_SET_CPUID2 refused (%s); keeping the vCPU's", self.path(), err)
+                self._cpuid_applied = list(tc.cpuid)
+        vcpu.set_sregs(fixup_sregs(tc.to_sregs()))
+        vcpu.set_regs(tc.to_regs())
+        if self._use_xsave:
+            vcpu.set_xsave(tc.to_xsave())
+        else:
+            vcpu.set_fpu(tc.to_fpu())
+        kvm = self.vm.kvm
+        if kvm.capXCRs():
+            try:
+                vcpu.set_xcrs(tc.to_xcrs())
+            except KvmIoctlError as err:
+                log.debug("%s: KVM_SET_XCRS: %s", self.path(), err)
+        msrs = {m: v for m, v in tc.msrs.items()}
+        msrs[MSR_IA32_TSC] = tc.tsc
+        known = set(self.msr_list())
+        to_set = [(m, v) for m, v in msrs.items() if m in known]
+        if to_set:
+            vcpu.set_msrs(to_set)
+        if kvm.capVCPUEvents():
+            vcpu.set_vcpu_events(tc.to_events())
+        if kvm.capDebugRegs():
+            vcpu.set_debugregs(tc.to_debugregs())
+        try:
+            vcpu.set_mp_state(tc.mp_state)
+        except KvmIoctlError as err:
+            log.debug("%s: KVM_SET_MP_STATE: %s", self.path(), err)
+
+    def updateThreadContext(self) -> None:
+        """Pull the whole vCPU state into the TC."""
+        vcpu = self._vcpu()
+        tc = self.tc
+        tc.load_regs(vcpu.get_regs())
+        tc.load_sregs(vcpu.get_sregs())
+        if self._use_xsave:
+            tc.load_xsave(vcpu.get_xsave())
+        else:
+            tc.load_fpu(vcpu.get_fpu())
+        kvm = self.vm.kvm
+        if kvm.capXCRs():
+            try:
+                tc.load_xcrs(vcpu.get_xcrs())
+            except KvmIoctlError as err:
+                log.debug("%s: KVM_GET_XCRS: %s", self.path(), err)
+        values = vcpu.get_msrs(self.msr_list())
+        for index, value in values.items():
+            if index == MSR_IA32_TSC:
+                tc.tsc = value
+            else:
+                tc.msrs[index] = value
+        if kvm.capVCPUEvents():
+            tc.load_events(vcpu.get_vcpu_events())
+        if kvm.capDebugRegs():
+            tc.load_debugregs(vcpu.get_debugregs())
+        try:
+            tc.mp_state = vcpu.get_mp_state()
+        except KvmIoctlError as err:
+            log.debug("%s: KVM_GET_MP_STATE: %s", self.path(), err)
+
+    # ---------------------------------------------------------------- exits
+    def handleKvmExitIO(self, ex: IoExit) -> int:
+        """Each element of the (string) access goes to the IO bus, in order."""
+        bus = self.io_bus
+        size = ex.size
+        data = ex.data
+        if ex.count == 1:
+            if bus is None:
+                return self._io_access(ex.port, data, ex.is_write)
+            return int(bus.access(ex.port, data, ex.is_write, requestor=self))
+        ticks = 0
+        for i in range(ex.count):
+            ticks += self._io_access(ex.port, data[i * size : (i + 1) * size], ex.is_write)
+        return ticks
+
+    def handleKvmExitHalt(self, ex: HltExit) -> int:
+        """HLT: keep running when an interrupt is already waiting, else suspend."""
+        if self.pending_nmi or (self.interrupts is not None and not self.vm.has_irqchip
+                                and self.interrupts.has_pending()):
+            return 0
+        return super().handleKvmExitHalt(ex)
+
+    def handleKvmExitIRQWindowOpen(self, ex: IrqWindowOpenExit) -> int:
+        """The guest can take an interrupt: the next entry delivers it."""
+        return 0
+
+    # ------------------------------------------------------------ interrupts
+    def ioctlRun(self) -> Exit:
+        """Deliver pending interrupts (no in-kernel irqchip), then enter KVM_RUN."""
+        vcpu = self._vcpu()
+        run = vcpu.kvm_run
+        if self.pending_nmi:
+            self.pending_nmi = False
+            self.kvmNonMaskableInterrupt()
+        src = self.interrupts
+        if src is not None and not self.vm.has_irqchip:
+            if src.has_pending():
+                if run.ready_for_interrupt_injection and run.if_flag:
+                    self.kvmInterrupt(src.acknowledge())
+                    run.request_interrupt_window = 1 if src.has_pending() else 0
+                else:
+                    run.request_interrupt_window = 1
+            elif run.request_interrupt_window:
+                run.request_interrupt_window = 0
+        return vcpu.run()
+
+    def post_nmi(self) -> None:
+        """Queue an NMI for the next entry and wake the thread."""
+        self.pending_nmi = True
+        self.wakeup()
+
+    def archIsDrained(self) -> bool:
+        """Drained only when no exception, interrupt or NMI is injected or pending."""
+        vcpu = self.vcpu
+        if vcpu is None or not self.vm.kvm.capVCPUEvents():
+            return True
+        ev = vcpu.get_vcpu_events()
+        return not (ev.exception.injected or ev.interrupt.injected or ev.nmi.injected
+                    or ev.nmi.pending)
+
+    def kvmRunDrain(self) -> int:
+        """Run until nothing is injected (at most 1 ms), or a half entry when already so."""
+        if not self.archIsDrained():
+            self._vcpu().kvm_run.request_interrupt_window = 1
+            return self.kvmRun(DRAIN_RUN_TICKS)
+        return self.kvmRun(0)
+
+    def _take_over_arch(self, old: BaseKvmCPU) -> None:
+        if self.interrupts is None:
+            self.interrupts = getattr(old, "interrupts", None)
+        self.pending_nmi = bool(getattr(old, "pending_nmi", False))
+
+    # ------------------------------------------------------------ m5ops
+    def m5op_args(self, n: int) -> List[int]:
+        """The first ``n`` m5op arguments (rdi, rsi, rdx, rcx, r8, r9: gem5's x86 ABI)."""
+        if self.threadContextDirty or self.vcpu is None:
+            regs: Any = self.tc
+        else:
+            regs = self.vcpu.get_regs()
+        names = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+        return [int(getattr(regs, names[i])) for i in range(min(n, len(names)))]
+
+    def dump(self) -> str:
+        """The register dump (gem5 dumpIntRegs/dumpSpecRegs style)."""
+        return super().dump()
+
+
+def fixup_sregs(s: uapi.kvm_sregs) -> uapi.kvm_sregs:
+    """gem5's segment fix-ups before KVM_SET_SREGS: accessed bit on usable code/data
+    segments, a busy TSS type, SS.DPL equal to CS.DPL in protected mode."""
+    protected = bool(s.cr0 & 1)
+    for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+        seg = getattr(s, name)
+        if seg.present and seg.s and not seg.unusable:
+            seg.type |= 1
+    tr = s.tr
+    if tr.type in (1, 9):  # available 16/32-bit TSS -> busy
+        tr.type += 2
+    if protected and not s.ss.unusable:
+        s.ss.dpl = s.cs.dpl
+    return s
+
+
+# ---------------------------------------------------------------------------
+# Start states for the boot protocols (the System applies them before startup)
+# ---------------------------------------------------------------------------
+def _seg(**kw: int) -> Segment:
+    return Segment(**kw)
+
+
+def real_mode_context(cs: int = 0, ip: int = 0, *, sp: int = 0) -> ThreadContext:
+    """16-bit real mode at cs:ip, data segments = cs."""
+    tc = ThreadContext()
+    base = cs << 4
+    tc.cs = _seg(base=base, limit=0xFFFF, selector=cs, type=0xB)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(tc, name, _seg(base=base, limit=0xFFFF, selector=cs, type=0x3))
+    tc.cr0 = modes.CR0_ET
+    tc.rip = ip
+    tc.rsp = sp
+    tc.rflags = 0x2
+    return tc
+
+
+def protected_mode_context(eip: int, *, esp: int = 0, regs: Optional[Dict[str, int]] = None
+                           ) -> ThreadContext:
+    """32-bit flat protected mode with paging off (the Multiboot entry state)."""
+    tc = ThreadContext()
+    tc.cs = _seg(base=0, limit=0xFFFFFFFF, selector=modes.SEL_CODE64, type=0xB, db=1, g=1)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(tc, name, _seg(base=0, limit=0xFFFFFFFF, selector=modes.SEL_DATA, type=0x3,
+                               db=1, g=1))
+    tc.cr0 = modes.CR0_PE | modes.CR0_ET
+    tc.rip = eip
+    tc.rsp = esp
+    tc.rflags = 0x2
+    for name, value in (regs or {}).items():
+        setattr(tc, name, value)
+    return tc
+
+
+def long_mode_context(rip: int, *, rsp: int = 0, cpl: int = 0, cr3: int, gdt_base: int,
+                      iopl: int = 0) -> ThreadContext:
+    """64-bit long mode with paging at ``cr3`` and the GDT of :func:`modes.build_gdt`
+    at ``gdt_base`` (write both with :func:`long_mode_tables`)."""
+    if cpl not in (0, 3):
+        raise ValueError(f"cpl must be 0 or 3, got {cpl}")
+    tc = ThreadContext()
+    tc.cs = _seg(base=0, limit=0xFFFFFFFF,
+                 selector=modes.SEL_UCODE64 if cpl else modes.SEL_CODE64,
+                 type=0xB, dpl=cpl, l=1, g=1)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(tc, name, _seg(base=0, limit=0xFFFFFFFF,
+                               selector=modes.SEL_UDATA if cpl else modes.SEL_DATA,
+                               type=0x3, dpl=cpl, db=1, g=1))
+    tc.gdt.base = gdt_base
+    tc.gdt.limit = len(modes.build_gdt()) - 1
+    tc.cr3 = cr3
+    tc.cr4 = modes.CR4_PAE | modes.CR4_OSFXSR | modes.CR4_OSXMMEXCPT
+    tc.cr0 = (modes.CR0_PE | modes.CR0_MP | modes.CR0_ET | modes.CR0_NE | modes.CR0_WP
+              | modes.CR0_AM | modes.CR0_PG)
+    tc.efer = modes.EFER_LME | modes.EFER_LMA | modes.EFER_SCE
+    tc.rip = rip
+    tc.rsp = rsp
+    tc.rflags = 0x2 | ((iopl & 3) << 12)
+    return tc
+
+
+def long_mode_tables(base: int, gib: int = 1) -> Dict[str, Any]:
+    """Identity page tables and a GDT laid out from ``base``: returns
+    ``{"blob": bytes to write at base, "cr3": base, "gdt_base": ...}``."""
+    tables = modes.build_identity_page_tables(base, gib)
+    gdt = modes.build_gdt()
+    return {"blob": tables + gdt, "cr3": base, "gdt_base": base + len(tables)}
