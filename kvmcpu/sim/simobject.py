@@ -61,7 +61,7 @@ __all__ = [
 #: The exit cause the drain manager uses when the last object finishes draining (gem5's).
 DRAIN_DONE_CAUSE = "Finished drain"
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\[\]]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # (snake_case, camelCase) pairs of overridable hooks; see SimObject.__init_subclass__.
 _HOOK_ALIASES = (
