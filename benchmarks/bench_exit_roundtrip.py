@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -83,7 +83,7 @@ def _python_exits_per_s(mode: str, n: int) -> float:
     return n / elapsed
 
 
-def _build_c(tmp: Path) -> Optional[Path]:
+def _build_c(tmp: Path) -> Path | None:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None

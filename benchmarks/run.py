@@ -24,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the source checkout's kvmcpu
@@ -106,7 +106,8 @@ def print_table(results: Dict[str, Dict[str, Any]]) -> None:
     for name, res in results.items():
         v = verdict(res)
         if v in ("SKIP", "ERROR"):
-            print(f"{name:20s} {'':>8s} {'':>10s}  {v:7s}  {res.get('skipped') or res.get('error')}")
+            why = res.get("skipped") or res.get("error")
+            print(f"{name:20s} {'':>8s} {'':>10s}  {v:7s}  {why}")
             continue
         op = ">=" if res.get("higher_is_better", True) else "<="
         ratio = _fmt(res.get("ratio"))
@@ -117,7 +118,7 @@ def print_table(results: Dict[str, Dict[str, Any]]) -> None:
             print(f"{'':42s}  {key} = {_fmt(value)}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run kvmcpu's benchmarks.")
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help="benchmarks to run (default: all); e.g. exit_roundtrip")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 GUESTS_DIR = Path(__file__).resolve().parent
 
@@ -28,7 +28,7 @@ def sources() -> List[Path]:
     return sorted(GUESTS_DIR.glob("*.asm"))
 
 
-def nasm_path() -> Optional[str]:
+def nasm_path() -> str | None:
     """The nasm executable, or None when it is not installed."""
     return shutil.which("nasm")
 
@@ -55,7 +55,7 @@ def check(nasm: str = "nasm") -> List[str]:
         return differ
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="fail if a committed image differs from a fresh build")

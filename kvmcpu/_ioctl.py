@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Any, Iterable, Optional, Set
+from typing import Any, Iterable, Set
 
 from . import uapi
 from .errors import KvmIoctlError
@@ -50,7 +50,7 @@ def ioctl_name(request: int) -> str:
     return uapi.IOCTL_NAMES.get(request, f"ioctl {request:#x}")
 
 
-def ioctl(fd: int, request: int, arg: Any = None, *, name: Optional[str] = None) -> int:
+def ioctl(fd: int, request: int, arg: Any = None, *, name: str | None = None) -> int:
     """Call ioctl(2) with a ctypes structure (passed by reference) or no argument.
 
     Returns the non-negative result. Raises KvmIoctlError naming the ioctl.
@@ -63,7 +63,7 @@ def ioctl(fd: int, request: int, arg: Any = None, *, name: Optional[str] = None)
     return ret
 
 
-def ioctl_int(fd: int, request: int, value: int = 0, *, name: Optional[str] = None) -> int:
+def ioctl_int(fd: int, request: int, value: int = 0, *, name: str | None = None) -> int:
     """Call ioctl(2) with an integer argument. Raises KvmIoctlError naming the ioctl."""
     ret: int = _ioctl_int(fd, request, value)
     if ret < 0:
@@ -218,7 +218,7 @@ def gettid() -> int:
     return int(_syscall(SYS_gettid))  # pragma: no cover - Python < 3.8
 
 
-def timer_create(signo: int, *, clock: int = CLOCK_MONOTONIC, tid: Optional[int] = None) -> int:
+def timer_create(signo: int, *, clock: int = CLOCK_MONOTONIC, tid: int | None = None) -> int:
     """timer_create(2) with SIGEV_THREAD_ID: the timer sends ``signo`` to thread ``tid``
     (default: the calling thread). Returns the timer id (an opaque handle)."""
     sev = sigevent()

@@ -22,6 +22,7 @@ Conventions shared by both backends:
 from __future__ import annotations
 
 import abc
+import ctypes
 import errno
 import logging
 import warnings
@@ -596,7 +597,7 @@ class Vcpu(Closeable, abc.ABC):
         max_entries = uapi.KVM_COALESCED_MMIO_MAX(len(page))
         out: List[CoalescedMmio] = []
         first, last = ring.first, ring.last
-        base = uapi.sizeof(uapi.kvm_coalesced_mmio_ring)
+        base = ctypes.sizeof(uapi.kvm_coalesced_mmio_ring)
         while first != last:
             ent = uapi.kvm_coalesced_mmio.from_buffer(page, base + first * entry_size)
             n = min(ent.len, 8)
@@ -645,7 +646,7 @@ class Vcpu(Closeable, abc.ABC):
         return f"<{type(self).__name__} {self.vcpu_id} {state}>"
 
 
-ctypes_sizeof_entry = uapi.sizeof(uapi.kvm_coalesced_mmio)
+ctypes_sizeof_entry = ctypes.sizeof(uapi.kvm_coalesced_mmio)
 PAGE = PAGE_SIZE
 
 __all__ = ["Backend", "Vm", "Vcpu", "MemorySlot", "CoalescedMmio", "Closeable", "open_objects", "log"]

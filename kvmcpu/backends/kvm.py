@@ -21,7 +21,7 @@ import ctypes
 import errno
 import os
 import weakref
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Union
 
 from .. import _ioctl, uapi
 from ..errors import BackendUnavailableError, KvmIoctlError
@@ -82,7 +82,7 @@ class KvmBackend(Backend):
             raise
         self.fd = fd
         self._mmap_size = 0
-        self._vms: "weakref.WeakSet[KvmVm]" = weakref.WeakSet()
+        self._vms: weakref.WeakSet[KvmVm] = weakref.WeakSet()
         #: Whether kick() can signal a thread inside KVM_RUN (handler installed).
         self.kick_signal_ready = install_kick_handler()
         self._mark_open()
@@ -162,7 +162,7 @@ class KvmBackend(Backend):
             return []
         return self._msr_list(uapi.KVM_GET_MSR_FEATURE_INDEX_LIST)
 
-    def create_vm(self) -> "KvmVm":
+    def create_vm(self) -> KvmVm:
         """Wraps KVM_CREATE_VM."""
         self._check_open()
         vmfd = _ioctl.ioctl_int(self.fd, uapi.KVM_CREATE_VM, 0)
@@ -205,7 +205,7 @@ class KvmVm(Vm):
         self.fd = fd
         self.vcpu_mmap_size = vcpu_mmap_size
         self._irqchip = False
-        self._xsave_size: Optional[int] = None
+        self._xsave_size: int | None = None
         self._mark_open()
 
     # -- capabilities ---------------------------------------------------------
@@ -225,7 +225,7 @@ class KvmVm(Vm):
         """Bytes of the XSAVE buffer: KVM_CAP_XSAVE2's answer on the VM fd, else 4096."""
         if self._xsave_size is None:
             size = self.check_extension(Cap.XSAVE2)
-            self._xsave_size = max(size, uapi.sizeof(uapi.kvm_xsave))
+            self._xsave_size = max(size, ctypes.sizeof(uapi.kvm_xsave))
         return self._xsave_size
 
     # -- memory -----------------------------------------------------------------
@@ -235,7 +235,7 @@ class KvmVm(Vm):
         flags: int,
         guest_phys_addr: int,
         memory_size: int,
-        memory: Optional[HostMemory],
+        memory: HostMemory | None,
         offset: int,
     ) -> None:
         """Wraps KVM_SET_USER_MEMORY_REGION."""

@@ -35,7 +35,6 @@ from typing import (
     Iterable,
     List,
     Mapping,
-    Optional,
     Sequence,
     Tuple,
     Union,
@@ -87,7 +86,9 @@ def kick_handler_installed() -> bool:
     return _kick_handler_installed
 
 
-def enable_cap_struct(cap: Union[Cap, int], args: Tuple[int, ...], flags: int) -> uapi.kvm_enable_cap:
+def enable_cap_struct(
+    cap: Union[Cap, int], args: Tuple[int, ...], flags: int
+) -> uapi.kvm_enable_cap:
     """A kvm_enable_cap for KVM_ENABLE_CAP (at most 4 arguments)."""
     if len(args) > 4:
         raise ValueError(f"KVM_ENABLE_CAP takes at most 4 arguments, got {len(args)}")
@@ -120,9 +121,9 @@ class KvmVcpu(Vcpu):
     same behaviour as ``KvmVcpu.run(vcpu)``.
     """
 
-    vm: "KvmVm"
+    vm: KvmVm
 
-    def __init__(self, vm: "KvmVm", vcpu_id: int, fd: int, mmap_size: int) -> None:
+    def __init__(self, vm: KvmVm, vcpu_id: int, fd: int, mmap_size: int) -> None:
         super().__init__(vm, vcpu_id)
         self.fd = fd
         self.mmap_size = mmap_size
@@ -133,7 +134,7 @@ class KvmVcpu(Vcpu):
         self.run_page = exits.run_page_view(self.kvm_run, mmap_size)
         ring_pages = vm.check_extension(Cap.COALESCED_MMIO)
         ring_offset = uapi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE
-        self._ring_offset: Optional[int] = (
+        self._ring_offset: int | None = (
             ring_offset if ring_pages and mmap_size >= ring_offset + PAGE_SIZE else None
         )
         self._kick_lock = threading.Lock()
@@ -198,7 +199,7 @@ class KvmVcpu(Vcpu):
                 ex.is_write = direction == _IO_OUT
                 ex.data_offset = off
                 ex.data = page[off : off + size * count]
-                return ex  # type: ignore[no-any-return]
+                return ex
             if reason == _EXIT_MMIO:
                 phys_addr, length, is_write = mmio_unpack(page, _U_OFFSET)
                 mx = new(MmioExit)
@@ -208,7 +209,7 @@ class KvmVcpu(Vcpu):
                 mx.len = length
                 mx.is_write = bool(is_write)
                 mx.data = page[_MMIO_DATA : _MMIO_DATA + (length if length < 8 else 8)]
-                return mx  # type: ignore[no-any-return]
+                return mx
             return decode(krun, page)
 
         def current_runner() -> int:
@@ -465,7 +466,7 @@ class KvmVcpu(Vcpu):
         self._check_open()
         _ioctl.ioctl(self.fd, uapi.KVM_NMI)
 
-    def set_signal_mask(self, signals: Optional[Iterable[int]]) -> None:
+    def set_signal_mask(self, signals: Iterable[int] | None) -> None:
         """Wraps KVM_SET_SIGNAL_MASK: the signals *blocked* while inside KVM_RUN.
 
         None removes the mask (the thread's own mask applies). KICK_SIGNAL is
@@ -479,7 +480,7 @@ class KvmVcpu(Vcpu):
         buf = uapi.signal_mask_buffer(_ioctl.kernel_sigset(wanted))
         _ioctl.ioctl(self.fd, uapi.KVM_SET_SIGNAL_MASK, buf)
 
-    def set_guest_debug(self, control: int, debugreg: Optional[Sequence[int]] = None) -> None:
+    def set_guest_debug(self, control: int, debugreg: Sequence[int] | None = None) -> None:
         """Wraps KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_* flags, up to 8 debug registers)."""
         dbg = uapi.kvm_guest_debug()
         dbg.control = int(control)
@@ -491,7 +492,7 @@ class KvmVcpu(Vcpu):
         self._set(uapi.KVM_SET_GUEST_DEBUG, dbg)
 
     # -- coalesced MMIO ---------------------------------------------------------------
-    def _coalesced_ring(self) -> Optional[memoryview]:
+    def _coalesced_ring(self) -> memoryview | None:
         """The coalesced ring page inside the vCPU mapping (page
         KVM_COALESCED_MMIO_PAGE_OFFSET) when the VM has KVM_CAP_COALESCED_MMIO."""
         self._check_open()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from guests import (
     IN_VALUE,
     drive_io_program,
@@ -16,7 +17,6 @@ from guests import (
     setup_long,
     setup_real,
 )
-
 from kvmcpu import uapi
 from kvmcpu.backends import HltExit, IntrExit, IoExit, MmioExit
 from kvmcpu.backends.base import Backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from guests import (
     IN_VALUE,
     RAM_SIZE,
@@ -14,7 +15,6 @@ from guests import (
     setup_long,
     setup_real,
 )
-
 from kvmcpu import uapi
 from kvmcpu.backends import HltExit, IntrExit, IoExit, MmioExit
 from kvmcpu.backends.exits import decode_exit

@@ -5,11 +5,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import List, Optional
+from typing import List
 
 import pytest
-from guests import setup_long, setup_real
 
+from guests import setup_long, setup_real
 from kvmcpu import _ioctl
 from kvmcpu.backends import IntrExit, IoExit
 from kvmcpu.backends.base import Vcpu, open_objects
@@ -122,7 +122,7 @@ def test_posix_timer_interrupts_spinning_guest(vm: KvmVm, mode: str) -> None:
     vcpu = _spinner(vm, mode)
     sig = signal.SIGRTMIN
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
-    timer: Optional[int] = None
+    timer: int | None = None
     try:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
         vcpu.set_signal_mask(set(blocked) - {sig})

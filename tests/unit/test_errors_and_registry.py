@@ -131,7 +131,7 @@ def test_auto_without_kvm_picks_mock_or_explains(monkeypatch: pytest.MonkeyPatch
         assert "KVMCPU_DISABLE_KVM" in backend.reason
 
 
-def test_missing_device_is_unavailable(tmp_path: "os.PathLike[str]") -> None:
+def test_missing_device_is_unavailable(tmp_path: os.PathLike[str]) -> None:
     from kvmcpu.backends.kvm import KvmBackend
 
     with pytest.raises(BackendUnavailableError) as info:
