@@ -222,7 +222,7 @@ class EventQueue:
         name: for messages only.
     """
 
-    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit", "_limit_event")
+    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit")
 
     def __init__(self, name: str = "MainEventQueue") -> None:
         self.name = name
@@ -232,7 +232,6 @@ class EventQueue:
         self._next_seq = 0
         #: The exit event that ended the last :meth:`simulate` (None before any).
         self.last_exit: SimLoopExitEvent | None = None
-        self._limit_event: SimLoopExitEvent | None = None
 
     # -- scheduling ----------------------------------------------------------------
     def schedule(self, event: Event, when: int) -> None:
@@ -369,11 +368,7 @@ class EventQueue:
         if max_ticks is not None:
             if max_ticks < 0:
                 raise SimulationError(f"max_ticks must be non-negative, got {max_ticks}")
-            limit = self._limit_event
-            if limit is None:
-                limit = self._limit_event = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
-            if limit.scheduled():
-                self.deschedule(limit)
+            limit = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
             self.schedule(limit, self.cur_tick + max_ticks)
         heap = self._heap
         pop = _heappop
