@@ -184,6 +184,8 @@ class BaseKvmCPU(ClockedObject):
         self._drain_half_entry_done = False
         self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
         self.stats = KvmCPUStats(self.stats_group)
+        #: Called after the thread suspends on HLT (the System ends runs nothing can wake).
+        self.on_halt: Optional[Callable[[], None]] = None
         #: Called with a HypercallExit; returns the value for the guest's rax.
         self.hypercall_handler: Optional[Callable[[HypercallExit], int]] = None
 
@@ -521,6 +523,8 @@ class BaseKvmCPU(ClockedObject):
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: suspend the thread until an interrupt wakes it."""
         self.suspendContext()
+        if self.on_halt is not None:
+            self.on_halt()
         return 0
 
     def handleKvmExitHypercall(self, ex: HypercallExit) -> int:

@@ -1,0 +1,446 @@
+"""System: guest RAM + IO and MMIO buses + PC devices + a KVM CPU, built in one call.
+
+::
+
+    from kvmcpu import System
+
+    system = System(memory="128M", backend="auto")
+    system.load("guests/hello.bin")             # flat, ELF64 or Multiboot
+    result = system.run(max_seconds=10)         # -> RunResult(cause, code, tick, status)
+    print(result.cause, system.serial.output)
+    system.stats.dump("stats.txt")
+    system.checkpoint("cpt.1")                  # System.restore("cpt.1", backend="mock")
+
+The object tree is gem5's: a Root holding ``system`` (this object), which
+holds ``kvm_vm`` and ``cpu0``; stats come out as ``system.cpu0.numVMExits``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .backends.base import Closeable
+from .cpu.kvm import KvmVM, X86KvmCPU
+from .cpu.kvm.base import GuestTripleFault, ThreadStatus
+from .cpu.kvm.x86 import long_mode_context, long_mode_tables, protected_mode_context, \
+    real_mode_context
+from .devices import KernelIrqChip, PcDevices, pc_devices
+from .errors import CheckpointError, ConfigError, GuestError, VcpuRunError
+from .loader import LoadedImage, load_image
+from .mem.bus import IoBus, MmioBus
+from .mem.physmem import PhysicalMemory, parse_size
+from .sim.checkpoint import CheckpointIn, CheckpointOut
+from .sim.eventq import (
+    TICKS_PER_SECOND,
+    EventFunctionWrapper,
+    EventQueue,
+    Priority,
+    SimLoopExitEvent,
+    exit_sim_loop,
+)
+from .sim.params import Params, param
+from .sim.simobject import Root, SimObject, SimObjectParams
+from .sim.stats import Statistics
+
+log = logging.getLogger("kvmcpu.system")
+
+#: Exit causes the System produces (RunResult.cause).
+CAUSE_DEBUG_EXIT = "isa-debug-exit"
+CAUSE_M5_EXIT = "m5_exit instruction encountered"
+CAUSE_HALTED = "guest halted with nothing left to run"
+CAUSE_LIMIT = "simulate() limit reached"
+CAUSE_TIMEOUT = "host timeout"
+CAUSE_TRIPLE_FAULT = "triple fault"
+CAUSE_CHECKPOINT = "checkpoint"
+
+#: Process exit statuses ``kvmcpu run`` uses (besides the guest's debug-exit status).
+STATUS_OK = 0
+STATUS_ERROR = 1
+STATUS_USAGE = 2
+STATUS_TIMEOUT = 124
+STATUS_TRIPLE_FAULT = 125
+STATUS_VCPU_ERROR = 126
+
+#: How often (simulated time) the host-timeout check runs.
+TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How a :meth:`System.run` ended.
+
+    Attributes:
+        cause: why the simulation loop stopped (one of the CAUSE_* strings or
+            the guest's own, e.g. "guest system event: shutdown").
+        code: the exit code attached to the cause (debug-exit: ``(v << 1) | 1``).
+        tick: the simulated tick it stopped at.
+        status: the process exit status ``kvmcpu run`` would return.
+        host_seconds: wall time the run took.
+    """
+
+    cause: str
+    code: int
+    tick: int
+    status: int
+    host_seconds: float
+
+    @property
+    def sim_seconds(self) -> float:
+        return self.tick / TICKS_PER_SECOND
+
+
+@dataclasses.dataclass
+class SystemParams(SimObjectParams):
+    """What a System is built from (all recorded in checkpoints)."""
+
+    memory: int = param(128 << 20, "guest RAM in bytes", check=lambda v: v > 0)
+    smp: int = param(1, "number of CPUs", check=lambda v: v >= 1)
+    irqchip: str = param("auto", "in-kernel irqchip: 'auto', 'on' or 'off'",
+                         check=lambda v: v in ("auto", "on", "off"))
+    clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
+                              check=lambda v: v > 0)
+    quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
+                         check=lambda v: v >= 0)
+    unclaimed: str = param("log", "unclaimed port/MMIO accesses: 'ignore', 'log' or 'raise'",
+                           check=lambda v: v in ("ignore", "log", "raise"))
+
+
+class System(SimObject):
+    """A PC-like machine with one KVM CPU (see the module docstring).
+
+    Args:
+        memory: RAM size (bytes or "128M").
+        backend: "auto", "kvm", "mock" or an open Backend.
+        serial: where the UART's output goes besides ``serial.output``:
+            None, "stdout", a callable taking bytes, or a binary file.
+        serial_input: bytes the guest receives on COM1.
+        smp: CPUs (only 1 is supported so far).
+        irqchip: "auto" (KVM's in-kernel irqchip when the backend has one),
+            "on" or "off" (the userspace 8259/8254 model).
+        quantum: longest KVM entry in ticks (0: run until the next event).
+        unclaimed: policy for accesses no device claims.
+        cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
+    """
+
+    params_class = SystemParams
+    params: SystemParams
+
+    def __init__(self, memory: Union[int, str] = "128M", backend: Any = "auto", *,
+                 serial: Any = None, serial_input: bytes = b"", smp: int = 1,
+                 irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
+                 clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
+                 eventq: Optional[EventQueue] = None) -> None:
+        if smp != 1:
+            raise ConfigError(f"smp={smp}: more than one CPU is not supported yet")
+        self.root = Root(eventq=eventq if eventq is not None else EventQueue("system"))
+        super().__init__("system", self.root, memory=parse_size(memory), smp=smp,
+                         irqchip=irqchip, quantum=quantum, unclaimed=unclaimed,
+                         clock_period=clock_period)
+        self._closers: List[Callable[[], None]] = []
+        self.exit_status: Optional[int] = None
+        self.loaded: Optional[LoadedImage] = None
+        self._host_deadline: Optional[float] = None
+        self._timeout_event = EventFunctionWrapper(self._check_timeout, "system.hostTimeout",
+                                                   Priority.Sim_Exit)
+        self.physmem = PhysicalMemory(self.params.memory)
+        self._closers.append(self.physmem.close)
+        try:
+            self.vm = KvmVM("kvm_vm", self, backend=backend)
+            self._closers.insert(0, self.vm.close)
+            for region in self.physmem.regions:
+                self.vm.add_ram(region[0], region[1])
+            self.io_bus = IoBus(unclaimed=unclaimed)
+            self.mmio_bus = MmioBus(unclaimed=unclaimed)
+            use_kernel = self._want_irqchip(irqchip)
+            self.vm.params.irqchip = use_kernel
+            self.vm.params.pit = use_kernel and self.vm.kvm.capPIT2()
+            kernel_chip = KernelIrqChip(self.vm.set_irq_line) if use_kernel else None
+            self.devices: PcDevices = pc_devices(
+                self.io_bus, self.mmio_bus, memory=self.physmem, nb_cpus=smp,
+                uart_sink=serial, uart_input=serial_input, on_exit=self._on_debug_exit,
+                m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
+                queue=self.eventq, on_interrupt=self._on_interrupt,
+            )
+            self.cpu = X86KvmCPU(
+                "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
+                interrupts=self.devices.pic, clock_period=clock_period, quantum=quantum,
+                **(cpu_params or {}),
+            )
+            self._closers.insert(0, self.cpu.close)
+            self.cpu.on_halt = self.on_cpu_halt
+        except BaseException:
+            self.close()
+            raise
+        self._closed = False
+
+    # ------------------------------------------------------------------ set-up
+    def _want_irqchip(self, choice: str) -> bool:
+        has = self.vm.kvm.capIRQChip()
+        if choice == "on":
+            if not has:
+                raise ConfigError("irqchip='on' but the backend has no in-kernel irqchip")
+            return True
+        if choice == "off":
+            return False
+        # "auto": the userspace PIC/PIT model keeps timing in simulated time and
+        # works on every backend; the in-kernel irqchip is used only when asked.
+        return False
+
+    @property
+    def backend(self) -> Any:
+        return self.vm.backend
+
+    @property
+    def serial(self) -> Any:
+        """The COM1 UART (``serial.output`` holds what the guest printed)."""
+        return self.devices.uart
+
+    @property
+    def stats(self) -> Statistics:  # type: ignore[override]
+        """The statistics of the whole tree (``dump(path)``, ``dump_json(path)``, ``reset()``)."""
+        return self.root.statistics
+
+    @stats.setter
+    def stats(self, value: Any) -> None:
+        # SimObject.__init__ assigns the stats group; the System exposes Statistics instead.
+        self._stats_group_alias = value
+
+    # ------------------------------------------------------------------ loading
+    def load(self, image: Union[str, os.PathLike[str], bytes], *, fmt: str = "auto",
+             cmdline: str = "", modules: Sequence[Any] = (), load_addr: Optional[int] = None,
+             entry: Optional[int] = None, mode: Optional[str] = None) -> LoadedImage:
+        """Load a guest image (flat, ELF64 or Multiboot) and set the CPU's start state.
+
+        Raises:
+            GuestError: the image is missing, malformed or does not fit in RAM.
+        """
+        loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
+                            load_addr=load_addr, entry=entry, mode=mode)
+        self.set_start_state(loaded)
+        self.loaded = loaded
+        return loaded
+
+    def set_start_state(self, loaded: LoadedImage) -> None:
+        """Put the CPU in the mode the loader asked for."""
+        regs = dict(loaded.regs)
+        if loaded.mode == "real":
+            cs, ip = loaded.cs_ip
+            tc = real_mode_context(cs, ip, sp=regs.pop("rsp", 0))
+        elif loaded.mode == "protected":
+            tc = protected_mode_context(loaded.entry, esp=regs.pop("rsp", 0))
+        elif loaded.mode == "long":
+            tables = long_mode_tables(loaded.page_tables, 1)
+            self.physmem.write(loaded.page_tables, tables["blob"])
+            tc = long_mode_context(loaded.entry, rsp=regs.pop("rsp", 0), cr3=tables["cr3"],
+                                   gdt_base=tables["gdt_base"])
+        else:
+            raise GuestError(f"unknown start mode {loaded.mode!r}")
+        for name, value in regs.items():
+            setattr(tc, name, value)
+        self.cpu.setThreadContext(tc)
+        self.cpu.thread_status = ThreadStatus.Suspended
+
+    # ------------------------------------------------------------------ running
+    def run(self, *, max_seconds: Optional[float] = None, max_ticks: Optional[int] = None,
+            timeout: Optional[float] = None) -> RunResult:
+        """Simulate until the guest exits, the limit or the host timeout is reached.
+
+        Args:
+            max_seconds: simulated seconds (converted to ticks).
+            max_ticks: simulated ticks (takes precedence).
+            timeout: host (wall-clock) seconds.
+
+        Raises:
+            VcpuRunError: the vCPU stopped in a way nothing handles (the
+                exception carries the exit and a register dump). A triple
+                fault is reported as a RunResult with cause "triple fault".
+        """
+        if max_ticks is None and max_seconds is not None:
+            max_ticks = int(max_seconds * TICKS_PER_SECOND)
+        started = time.monotonic()
+        if not self.root.instantiated:
+            self.root.instantiate()
+            self.cpu.activateContext()
+        elif self.cpu.thread_status is ThreadStatus.Suspended and self.cpu.vcpu is not None \
+                and not self.cpu.tick_event.scheduled() and self._restored:
+            self._restored = False
+            self.cpu.activateContext()
+        self._host_deadline = None if timeout is None else started + timeout
+        if self._host_deadline is not None and not self._timeout_event.scheduled():
+            self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + TIMEOUT_CHECK_PERIOD)
+        try:
+            ev = self.root.simulate(max_ticks)
+        except GuestTripleFault as err:
+            log.debug("triple fault:\n%s", err.regs_dump)
+            return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
+                             time.monotonic() - started)
+        finally:
+            if self._timeout_event.scheduled():
+                self.eventq.deschedule(self._timeout_event)
+        return self._result(ev, time.monotonic() - started)
+
+    _restored = False
+
+    def _result(self, ev: SimLoopExitEvent, host_seconds: float) -> RunResult:
+        cause, code = ev.cause, ev.code
+        if cause == CAUSE_DEBUG_EXIT:
+            status = code
+        elif cause in (CAUSE_LIMIT, CAUSE_TIMEOUT):
+            status = STATUS_TIMEOUT
+        elif cause in (CAUSE_M5_EXIT, CAUSE_HALTED) or cause == "event queue empty":
+            status = code
+            if cause == "event queue empty":
+                cause = CAUSE_HALTED
+        else:
+            status = code
+        return RunResult(cause, code, ev.tick, status, host_seconds)
+
+    def _check_timeout(self) -> None:
+        deadline = self._host_deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
+            return
+        self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + TIMEOUT_CHECK_PERIOD)
+
+    # ------------------------------------------------------------------ devices
+    def _on_debug_exit(self, status: int, cause: str) -> None:
+        self.exit_status = status
+        exit_sim_loop(cause, status, queue=self.eventq)
+
+    def _on_interrupt(self, level: bool) -> None:
+        if level:
+            cpu = getattr(self, "cpu", None)
+            if cpu is not None:
+                cpu.wakeup()
+
+    def on_cpu_halt(self) -> None:
+        """Called when the CPU halts: end the run if nothing can ever wake it."""
+        if not self._wake_possible():
+            exit_sim_loop(CAUSE_HALTED, 0, queue=self.eventq)
+
+    def _wake_possible(self) -> bool:
+        cpu = self.cpu
+        if cpu.vcpu is not None and not cpu.vcpu.kvm_run.if_flag and not cpu.pending_nmi:
+            return False
+        if self.vm.has_irqchip:
+            return True
+        pit = self.devices.pit
+        if pit is not None and any(ch._event.scheduled() for ch in pit.channels):
+            return True
+        pic = self.devices.pic
+        return bool(pic is not None and pic.has_pending())
+
+    # m5ops handler ---------------------------------------------------------
+    def m5_exit(self, code: int, delay: int) -> object:
+        exit_sim_loop(CAUSE_M5_EXIT, code, when=self.eventq.cur_tick + max(0, delay) * 1000,
+                      queue=self.eventq)
+        return 0
+
+    def m5_dump_stats(self, delay: int, period: int) -> object:
+        self.stats.dump(self._stats_path)
+        return 0
+
+    def m5_reset_stats(self, delay: int, period: int) -> object:
+        self.stats.reset()
+        return 0
+
+    def m5_checkpoint(self, delay: int, period: int) -> object:
+        exit_sim_loop(CAUSE_CHECKPOINT, 0, queue=self.eventq)
+        return 0
+
+    def m5_work_begin(self, work_id: int, thread_id: int) -> object:
+        log.info("m5 work begin %d (thread %d) at tick %d", work_id, thread_id,
+                 self.eventq.cur_tick)
+        return 0
+
+    def m5_work_end(self, work_id: int, thread_id: int) -> object:
+        log.info("m5 work end %d (thread %d) at tick %d", work_id, thread_id,
+                 self.eventq.cur_tick)
+        return 0
+
+    _stats_path: Optional[str] = "m5out-stats.txt"
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
+                   overwrite: bool = False) -> Path:
+        """Drain and write a checkpoint directory (restore with :meth:`restore`)."""
+        return self.root.checkpoint(directory, overwrite=overwrite)
+
+    def serialize(self, cp: CheckpointOut) -> None:
+        p = self.params
+        cp.param_out("memory", p.memory)
+        cp.param_out("smp", p.smp)
+        cp.param_out("irqchip", p.irqchip)
+        cp.param_out("clock_period", p.clock_period)
+        cp.param_out("quantum", p.quantum)
+        cp.param_out("unclaimed", p.unclaimed)
+        cp.param_out("regions", [r[0] for r in self.physmem.regions])
+        for i, region in enumerate(self.physmem.regions):
+            cp.add_memory_image(f"system.physmem.region{i}", region[1].view)
+        for name, dev in self.devices.named():
+            if hasattr(dev, "serialize"):
+                with cp.subsection(name):
+                    dev.serialize(cp)
+
+    def unserialize(self, cp: CheckpointIn) -> None:
+        section = cp.current
+        regions = section.get_int_list("regions")
+        if regions != [r[0] for r in self.physmem.regions]:
+            raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
+        for i, region in enumerate(self.physmem.regions):
+            cp.read_into(f"system.physmem.region{i}", region[1].view)
+        for name, dev in self.devices.named():
+            if hasattr(dev, "unserialize"):
+                with cp.subsection(name):
+                    dev.unserialize(cp)
+        self._restored = True
+
+    @classmethod
+    def restore(cls, directory: Union[str, os.PathLike[str]], backend: Any = "auto",
+                **kwargs: Any) -> System:
+        """Build a System from the configuration stored in a checkpoint and restore it.
+
+        The backend may differ from the one that wrote the checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint is missing, damaged or does not fit.
+        """
+        cp = CheckpointIn.load(directory)
+        sec = cp.section("system")
+        system = cls(memory=sec.get_int("memory"), backend=backend, smp=sec.get_int("smp"),
+                     irqchip=sec.get_str("irqchip"), clock_period=sec.get_int("clock_period"),
+                     quantum=sec.get_int("quantum"), unclaimed=sec.get_str("unclaimed"),
+                     **kwargs)
+        try:
+            system.root.instantiate(directory)
+        except BaseException:
+            system.close()
+            raise
+        if system.cpu.thread_status is ThreadStatus.Active:
+            system.cpu.thread_status = ThreadStatus.Suspended
+            system._restored = True
+        return system
+
+    # ------------------------------------------------------------------ teardown
+    _closed = True
+
+    def close(self) -> None:
+        """Release the CPU, the VM, the backend (if opened here) and guest RAM. Idempotent."""
+        closers, self._closers = getattr(self, "_closers", []), []
+        for fn in closers:
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001 - keep closing the rest
+                log.warning("close: %s", err)
+        self._closed = True
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
