@@ -118,7 +118,10 @@ class KvmVcpu(Vcpu):
 
     ``run`` is an instance attribute: a closure with the fd, the ioctl function
     and the decoder pre-bound (the exit round trip is the hot path). It has the
-    same behaviour as ``KvmVcpu.run(vcpu)``.
+    same behaviour as ``KvmVcpu.run(vcpu)``; after close() it raises ClosedError.
+
+    The run page is unmapped on close(): ``kvm_run``, ``run_page`` and the
+    ``data`` views of exits returned earlier must not be used afterwards.
     """
 
     vm: KvmVm
