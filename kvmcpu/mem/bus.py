@@ -317,8 +317,8 @@ class Bus:
 
 
 def _check_size(size: int) -> None:
-    if size not in _MASKS:
-        raise ValueError(f"access size must be 1..8 bytes, got {size}")
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"access size must be 1, 2, 4 or 8 bytes, got {size}")
 
 
 class IoBus(Bus):
