@@ -13,6 +13,8 @@ from kvmcpu.backends.kvm import KvmBackend, KvmVm
 from kvmcpu.errors import ClosedError
 from kvmcpu.uapi import Cap
 
+pytestmark = pytest.mark.kvm
+
 
 def test_api_version_and_caps(kvm: KvmBackend, vm: KvmVm) -> None:
     assert kvm.api_version() == 12

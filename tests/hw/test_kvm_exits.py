@@ -22,6 +22,8 @@ from kvmcpu.backends.kvm import KvmVm
 from kvmcpu.errors import KvmIoctlError
 from kvmcpu.hostmem import HostMemory
 
+pytestmark = pytest.mark.kvm
+
 
 def test_real_mode_io_program(vm: KvmVm) -> None:
     _, vcpu = setup_real(vm, "io_real")

@@ -14,6 +14,8 @@ from kvmcpu.backends.kvm import KvmBackend, KvmVm
 from kvmcpu.errors import KvmIoctlError
 from kvmcpu.hostmem import HostMemory
 
+pytestmark = pytest.mark.kvm
+
 
 def test_overlapping_slot_is_eexist_with_values(vm: KvmVm) -> None:
     vm.add_ram(0, 0x10000)

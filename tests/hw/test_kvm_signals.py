@@ -16,6 +16,8 @@ from kvmcpu.backends.base import Vcpu, open_objects
 from kvmcpu.backends.kvm import KvmVm
 from kvmcpu.backends.kvm_vcpu import KICK_SIGNAL, kick_handler_installed
 
+pytestmark = pytest.mark.kvm
+
 SPIN_MODES = ["real", "cpl3"]
 
 

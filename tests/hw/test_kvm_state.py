@@ -13,6 +13,8 @@ from kvmcpu.backends.kvm import KvmVm
 from kvmcpu.backends.kvm_vcpu import KvmVcpu
 from kvmcpu.errors import KvmIoctlError
 
+pytestmark = pytest.mark.kvm
+
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
 MSR_IA32_SYSENTER_EIP = 0x176

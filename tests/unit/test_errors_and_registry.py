@@ -131,17 +131,21 @@ def test_auto_without_kvm_picks_mock_or_explains(monkeypatch: pytest.MonkeyPatch
         assert "KVMCPU_DISABLE_KVM" in backend.reason
 
 
-def test_missing_device_is_unavailable(tmp_path: os.PathLike[str]) -> None:
+def test_missing_device_is_unavailable(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kvmcpu.backends.kvm import KvmBackend
 
+    monkeypatch.delenv("KVMCPU_DISABLE_KVM", raising=False)
     with pytest.raises(BackendUnavailableError) as info:
         KvmBackend(os.path.join(str(tmp_path), "kvm"))
     assert "does not exist" in info.value.reason
 
 
-def test_non_kvm_device_is_unavailable() -> None:
+def test_non_kvm_device_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     from kvmcpu.backends.kvm import KvmBackend
 
+    monkeypatch.delenv("KVMCPU_DISABLE_KVM", raising=False)
     # /dev/null opens read-write but answers KVM_GET_API_VERSION with ENOTTY.
     with pytest.raises(BackendUnavailableError) as info:
         KvmBackend(os.devnull)
