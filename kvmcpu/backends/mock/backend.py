@@ -1,0 +1,151 @@
+"""MockBackend: the pure-Python stand-in for /dev/kvm (system-fd level)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Union
+
+from ... import uapi
+from ...uapi import Cap
+from ..base import Backend
+from .state import MSR_INDEX_LIST
+
+#: vCPU mapping size reported by KVM_GET_VCPU_MMAP_SIZE: run page, PIO page, coalesced ring.
+VCPU_MMAP_SIZE = 3 * 4096
+
+#: KVM_CHECK_EXTENSION answers. Anything absent is 0 (not offered).
+CAPABILITIES: Dict[int, int] = {
+    Cap.USER_MEMORY: 1,
+    Cap.SET_TSS_ADDR: 1,
+    Cap.SET_IDENTITY_MAP_ADDR: 1,
+    Cap.EXT_CPUID: 1,
+    Cap.USER_NMI: 1,
+    Cap.ONE_REG: 1,
+    Cap.VCPU_EVENTS: 1,
+    Cap.DEBUGREGS: 1,
+    Cap.XCRS: 1,
+    Cap.XSAVE: 1,
+    Cap.IMMEDIATE_EXIT: 1,
+    Cap.SET_GUEST_DEBUG: 1,
+    Cap.READONLY_MEM: 1,
+    Cap.MP_STATE: 1,
+    Cap.COALESCED_MMIO: uapi.KVM_COALESCED_MMIO_PAGE_OFFSET,
+    Cap.COALESCED_PIO: 1,
+    Cap.NR_MEMSLOTS: 32764,
+    Cap.NR_VCPUS: 8,
+    Cap.MAX_VCPUS: 8,
+    Cap.MAX_VCPU_ID: 8,
+    Cap.EXIT_HYPERCALL: 1 << 12,  # bit KVM_HC_MAP_GPA_RANGE, like the host
+    Cap.GET_TSC_KHZ: 1,
+    Cap.ENABLE_CAP: 1,
+    Cap.ENABLE_CAP_VM: 1,
+    Cap.CHECK_EXTENSION_VM: 1,
+    Cap.INTERNAL_ERROR_DATA: 1,
+    Cap.DESTROY_MEMORY_REGION_WORKS: 1,
+    Cap.JOIN_MEMORY_REGIONS_WORKS: 1,
+    Cap.SYNC_MMU: 1,
+    Cap.NOP_IO_DELAY: 1,
+    Cap.HLT: 1,
+}
+
+KVM_HC_MAP_GPA_RANGE = 12
+#: Mock TSC frequency (KVM_GET_TSC_KHZ); the guest TSC counts cycles of the instruction counter.
+TSC_KHZ = 1_000_000
+
+
+def _leaf(function: int, index: int, eax: int, ebx: int, ecx: int, edx: int,
+          flags: int = 0) -> uapi.kvm_cpuid_entry2:
+    e = uapi.kvm_cpuid_entry2()
+    e.function, e.index, e.flags = function, index, flags
+    e.eax, e.ebx, e.ecx, e.edx = eax, ebx, ecx, edx
+    return e
+
+
+def _vendor(s: bytes) -> tuple:  # type: ignore[type-arg]
+    return tuple(int.from_bytes(s[i:i + 4], "little") for i in (0, 4, 8))
+
+
+def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
+    """An AMD-like CPUID set advertising only what the mock emulates.
+
+    Leaf 1 EDX: FPU(0, state only) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9)=0 SEP(11)=0
+    CMOV(15) PSE(3) PGE(13) PAT(16) CLFSH(19) FXSR(24); ECX: CX16(13) POPCNT(23)
+    (no SSE* / AVX / x87 arithmetic). Leaf 0x80000001: LAHF(ECX0) ABM/LZCNT(ECX5),
+    SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27) LM(EDX29).
+    Leaf 7: BMI1's TZCNT is reported through ABM only; FSGSBASE(EBX0) is not emulated.
+    """
+    vb, vd, vc = _vendor(b"AuthenticAMD")
+    edx1 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
+        | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
+    ecx1 = (1 << 13) | (1 << 23)
+    edx81 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
+    ecx81 = (1 << 0) | (1 << 5)
+    brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")
+    words = [int.from_bytes(brand[i:i + 4], "little") for i in range(0, 48, 4)]
+    return [
+        _leaf(0, 0, 0xD, vb, vc, vd),
+        _leaf(1, 0, 0x00A00F11, 0x00000800, ecx1, edx1),
+        _leaf(7, 0, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        _leaf(0xD, 0, 0x1, 0x240, 0x240, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        _leaf(0xD, 1, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        _leaf(0x80000000, 0, 0x80000008, vb, vc, vd),
+        _leaf(0x80000001, 0, 0x00A00F11, 0, ecx81, edx81),
+        _leaf(0x80000002, 0, *words[0:4]),
+        _leaf(0x80000003, 0, *words[4:8]),
+        _leaf(0x80000004, 0, *words[8:12]),
+        _leaf(0x80000008, 0, 0x3030, 0, 0, 0),
+    ]
+
+
+class MockBackend(Backend):
+    """The software vCPU backend. Never unavailable."""
+
+    name = "mock"
+
+    def __init__(self) -> None:
+        self._mark_open()
+
+    def api_version(self) -> int:
+        """Wraps KVM_GET_API_VERSION (12)."""
+        self._check_open()
+        return uapi.KVM_API_VERSION
+
+    def check_extension(self, cap: Union[Cap, int]) -> int:
+        """Wraps KVM_CHECK_EXTENSION: the documented capability set (CAPABILITIES)."""
+        self._check_open()
+        return CAPABILITIES.get(int(cap), 0)
+
+    def vcpu_mmap_size(self) -> int:
+        """Wraps KVM_GET_VCPU_MMAP_SIZE (three pages, like the host)."""
+        self._check_open()
+        return VCPU_MMAP_SIZE
+
+    def get_supported_cpuid(self) -> List[uapi.kvm_cpuid_entry2]:
+        """Wraps KVM_GET_SUPPORTED_CPUID: only features the mock emulates."""
+        self._check_open()
+        return supported_cpuid()
+
+    def get_msr_index_list(self) -> List[int]:
+        """Wraps KVM_GET_MSR_INDEX_LIST."""
+        self._check_open()
+        return list(MSR_INDEX_LIST)
+
+    def get_msr_feature_index_list(self) -> List[int]:
+        """Wraps KVM_GET_MSR_FEATURE_INDEX_LIST (none)."""
+        self._check_open()
+        return []
+
+    def create_vm(self) -> "MockVm":
+        """Wraps KVM_CREATE_VM."""
+        self._check_open()
+        from .vm import MockVm
+
+        return MockVm(self)
+
+    def describe(self) -> Dict[str, object]:
+        d = super().describe()
+        d["notes"] = ("pure-Python x86 interpreter: integer ISA, real/protected/long mode, "
+                      "paging; no irqchip/PIT, no x87/SSE, deterministic instruction budget")
+        return d
+
+
+from .vm import MockVm  # noqa: E402  (type for create_vm's annotation)

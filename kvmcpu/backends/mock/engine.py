@@ -1,0 +1,365 @@
+"""The execution engine: block cache, the run loop, event injection and exits.
+
+``Engine.execute()`` runs guest code until something must be reported to
+user space and returns a small tuple describing it; ``MockVcpu.run()`` turns
+that into kvm_run fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from . import codegen, helpers
+from .codegen import GENERATORS, Translator, assemble, compile_block
+from .decode import Insn, NeedMore, decode
+from .faults import BP, DB, ExitNow, GuestFault, Restart, Unimplemented
+from .interrupts import KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
+from .mmu import Mmu
+from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
+
+if TYPE_CHECKING:
+    from .vm import MockVm
+
+log = logging.getLogger("kvmcpu.backends.mock")
+
+#: Longest block (instructions); also the granularity of kick/budget checks.
+MAX_BLOCK = 48
+
+#: Opcodes that must be alone at the start of a block (they read the exact cycle count).
+ALONE = frozenset((0x131, 0x101))
+
+Block = Callable[[], int]
+ExitTuple = Tuple[Any, ...]
+
+
+class Engine:
+    """One vCPU's interpreter."""
+
+    def __init__(self, vm: "MockVm") -> None:
+        self.vm = vm
+        self.st = CpuState()
+        self.mmu = Mmu(vm, self.st, self._code_written)
+        self.stop = self.mmu.stop_flag
+        self.blocks: Dict[Tuple[int, int], Block] = {}
+        self.page_blocks: Dict[int, List[Tuple[int, int]]] = {}
+        self.snapshots: Dict[int, bytes] = {}
+        self.use_cache = True
+        self.instructions_retired = 0
+        self.cycles = 0
+        self.tsc_offset = 0
+        self.budget: Optional[int] = None
+        self.kicked = False
+        self.cpuid: List[Any] = []
+        self.io_replay: List[Tuple[int, int, int, bytes]] = []  # (port, size, count, data)
+        self.hypercall_ret: Optional[int] = None
+        self.single_step = False
+        self.sw_bp = False
+        self.hw_bp: List[int] = []  # enabled execution breakpoints (linear addresses)
+        self.hw_dr7 = 0
+        self.skip_bp_at: Optional[int] = None
+        self.shadow_set = False
+        self.pending_exception: Optional[GuestFault] = None
+        self.mode = 0
+        self.ns: List[Dict[str, Any]] = [self._namespace(0), self._namespace(1)]
+        self.mode_changed()
+
+    # -- namespaces for generated code ------------------------------------------------
+    def _namespace(self, priv: int) -> Dict[str, Any]:
+        st = self.st
+        ns: Dict[str, Any] = {"c": st, "R": st.R, "SB": st.sb, "STOP": self.stop, "E": self,
+                              "H": helpers, "PAR": helpers.PARITY}
+        for n in (1, 2, 4, 8):
+            ns[f"rd{n}"] = self.mmu.rd[priv][n]
+            ns[f"wr{n}"] = self.mmu.wr[priv][n]
+        return ns
+
+    # -- modes ---------------------------------------------------------------------------
+    def mode_changed(self) -> None:
+        """Recompute the mode key after CR0/EFER/CS/SS changed."""
+        st = self.st
+        st.reload_bases()
+        bits = st.code_bits()
+        self.bits = bits
+        self.stack_bits = st.stack_bits()
+        self.cpl = st.cpl
+        self.pe = bool(st.cr0 & CR0_PE)
+        self.lma = bool(st.efer & EFER_LMA)
+        self.mode = (bits | (self.stack_bits << 8) | (self.cpl << 16) | (int(self.pe) << 18)
+                     | (int(self.lma) << 19))
+
+    def tlb_flush(self) -> None:
+        self.mmu.flush()
+
+    # -- the code cache ------------------------------------------------------------------
+    def _code_written(self, ppage: int) -> None:
+        """A guest write hit a page holding translated code."""
+        self.invalidate_page(ppage)
+        self.stop[0] = True
+
+    def invalidate_page(self, ppage: int) -> None:
+        for key in self.page_blocks.pop(ppage, ()):
+            self.blocks.pop(key, None)
+        self.snapshots.pop(ppage, None)
+        self.mmu.code_pages.discard(ppage)
+
+    def invalidate_all(self) -> None:
+        self.blocks.clear()
+        self.page_blocks.clear()
+        self.snapshots.clear()
+        self.mmu.code_pages.clear()
+
+    def check_host_writes(self) -> None:
+        """Drop translations of code pages the host changed behind the guest's back."""
+        if not self.snapshots:
+            return
+        stale = []
+        for ppage, snap in self.snapshots.items():
+            pp = self.mmu.phys_page(ppage)
+            if pp is None or bytes(pp[0]) != snap:
+                stale.append(ppage)
+        for p in stale:
+            self.invalidate_page(p)
+
+    def _fetch(self, lin: int) -> Tuple[int, Optional[memoryview]]:
+        return self.mmu.fetch_page(lin, self.cpl == 3)
+
+    def translate_block(self, single: bool) -> Tuple[Block, int]:
+        """Translate the block at CS:RIP; returns (function, physical page)."""
+        st = self.st
+        rip = st.rip
+        lin = (st.sb[CS] + rip) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
+        ppage, view = self._fetch(lin)
+        if view is None:
+            raise ExitNow("emulation", b"", "execution from unbacked memory")
+        t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma)
+        off = lin & 0xFFF
+        ip = rip
+        ips: List[int] = []
+        limit = 1 if single else MAX_BLOCK
+        cacheable = True
+        while len(ips) < limit:
+            chunk = bytes(view[off: off + 15])
+            try:
+                d = decode(chunk, self.bits, ip)
+            except NeedMore:
+                if ips:
+                    break  # crosses the page: start a new block there
+                chunk += self._next_page_bytes(lin, 15 - len(chunk))
+                d = decode(chunk, self.bits, ip)
+                cacheable = False
+            if d.opc in ALONE and ips:
+                break  # reads the instruction counter: must start its own block
+            g = GENERATORS.get(d.opc)
+            t.k = len(ips)
+            t.may_stop = False
+            ips.append(ip)
+            t.emit(f"k = {t.k}")
+            if g is None:
+                t.ended = True
+                t.call_helper(helpers.unimplemented, d, terminator=True)
+                break
+            ended = g(t, d)
+            if ended:
+                t.ended = True
+                break
+            if t.may_stop:
+                t.stop_check(d)
+            if d.opc in ALONE:
+                ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
+                break
+            ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else
+                                 (0xFFFFFFFF if self.bits == 32 else 0xFFFF))
+            off += d.len
+            if off >= 4096:
+                break
+        src = assemble(t, ips, ip)
+        fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
+        fn.__doc__ = src  # kept for debugging (E.dump_block)
+        if not cacheable:
+            return fn, -1
+        return fn, ppage
+
+    def _next_page_bytes(self, lin: int, n: int) -> bytes:
+        nxt = ((lin | 0xFFF) + 1) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
+        _, view = self._fetch(nxt)
+        if view is None:
+            raise ExitNow("emulation", b"", "execution from unbacked memory")
+        return bytes(view[:n])
+
+    def lookup(self, single: bool) -> Block:
+        """The translated block at CS:RIP (cached by physical address, RIP and mode)."""
+        st = self.st
+        rip = st.rip
+        lin = (st.sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
+        if not self.use_cache:
+            return self.translate_block(single)[0]
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        ppage = itlb.get(lin >> 12)
+        if ppage is None:
+            ppage = self.mmu.translate(lin, False, self.cpl == 3, fetch=True) >> 12
+            itlb[lin >> 12] = ppage
+        key = ((ppage << 12) | (lin & 0xFFF), rip, self.mode | (1 << 24 if single else 0))
+        fn = self.blocks.get(key)
+        if fn is not None:
+            return fn
+        fn, bpage = self.translate_block(single)
+        if bpage >= 0:
+            self.blocks[key] = fn
+            self.page_blocks.setdefault(bpage, []).append(key)
+            if bpage not in self.mmu.code_pages:
+                self.mmu.code_pages.add(bpage)
+                self.mmu.flush_write()
+                pp = self.mmu.phys_page(bpage)
+                if pp is not None:
+                    self.snapshots[bpage] = bytes(pp[0])
+        return fn
+
+    # -- the run loop ----------------------------------------------------------------------
+    def execute(self, window_requested: Callable[[], bool]) -> ExitTuple:
+        """Run until an exit. Returns ("intr",), ("io", ...), ("mmio", ...), ("hlt",), ..."""
+        st = self.st
+        stop = self.stop
+        while True:
+            if self.kicked:
+                self.kicked = False
+                return ("intr",)
+            budget = self.budget
+            if budget is not None and budget <= 0:
+                return ("intr",)
+            if st.pending_irq is not None or st.nmi_pending or self.pending_exception:
+                try:
+                    self._inject()
+                except TripleFault:
+                    return ("shutdown",)
+            if window_requested() and self.ready_for_injection():
+                return ("irq_window",)
+            single = bool(st.shadow or st.fl & TF or self.single_step or self.hw_bp
+                          or (budget is not None and budget < MAX_BLOCK))
+            had_shadow = st.shadow
+            self.shadow_set = False
+            if self.hw_bp:
+                hit = self._check_hw_bp()
+                if hit is not None:
+                    return hit
+            stop[0] = False
+            try:
+                try:
+                    fn = self.lookup(single)
+                    n = fn()
+                except GuestFault as f:
+                    n = st.kdone or 0
+                    st.kdone = None
+                    self._retire(n)
+                    if f.vector == BP and self.sw_bp:
+                        return ("debug", BP, (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF,
+                                0xFFFF0FF0, st.dr7)
+                    deliver_fault(self, f)
+                    continue
+                except ExitNow as x:
+                    n = st.kdone or 0
+                    st.kdone = None
+                    self._retire(n)
+                    return (x.kind,) + x.args
+                except Restart:
+                    n = st.kdone or 0
+                    st.kdone = None
+                    self._retire(n)
+                    continue
+            except TripleFault:
+                return ("shutdown",)
+            except Exception as err:  # noqa: BLE001 - an engine bug must not escape run()
+                log.error("mock engine failure at rip=%#x:\n%s", st.rip, traceback.format_exc())
+                st.kdone = None
+                return ("emulation", self._insn_bytes(), f"internal: {err!r}")
+            self._retire(n)
+            if had_shadow and not self.shadow_set:
+                st.shadow = 0
+            if stop[0]:
+                stop[0] = False
+                ex = self.pending_exit()
+                if ex is not None:
+                    return ex
+            if self.single_step and n:
+                return ("debug", DB, (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF, 0xFFFF4FF0,
+                        st.dr7)
+
+    def _retire(self, n: int) -> None:
+        self.instructions_retired += n
+        self.cycles += n
+        if self.budget is not None:
+            self.budget -= n
+
+    def pending_exit(self) -> Optional[ExitTuple]:
+        p = self.mmu.pending
+        if p:
+            return p.pop(0)
+        return None
+
+    def _insn_bytes(self) -> bytes:
+        st = self.st
+        try:
+            return self.mmu.read((st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF, 15)
+        except Exception:  # noqa: BLE001
+            return b""
+
+    def _check_hw_bp(self) -> Optional[ExitTuple]:
+        st = self.st
+        lin = (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF
+        if self.skip_bp_at == lin:
+            self.skip_bp_at = None
+            return None
+        for i, addr in enumerate(self.hw_bp_addrs):
+            if addr == lin:
+                self.skip_bp_at = lin
+                return ("debug", DB, lin, 0xFFFF0FF0 | (1 << i), self.hw_dr7)
+        return None
+
+    hw_bp_addrs: List[int] = []
+
+    # -- events --------------------------------------------------------------------------------
+    def ready_for_injection(self) -> bool:
+        st = self.st
+        return bool(st.fl & IF) and not st.shadow and st.pending_irq is None
+
+    def _inject(self) -> None:
+        """Deliver a queued NMI or KVM_INTERRUPT vector at this instruction boundary."""
+        st = self.st
+        try:
+            if self.pending_exception is not None:
+                f, self.pending_exception = self.pending_exception, None
+                deliver_fault(self, f)
+                return
+            if st.nmi_pending and not st.nmi_masked and not st.shadow & 1:
+                st.nmi_pending -= 1
+                deliver(self, 2, KIND_NMI, None, st.rip)
+                st.nmi_masked = True
+                st.halted = False
+                return
+            if st.pending_irq is not None:
+                vec = st.pending_irq
+                st.pending_irq = None
+                deliver(self, vec, KIND_EXT, None, st.rip)
+                st.halted = False
+        except GuestFault as f:
+            deliver_fault(self, f)
+
+    # -- TSC -------------------------------------------------------------------------------------
+    def tsc(self) -> int:
+        return (self.tsc_offset + self.cycles) & 0xFFFFFFFFFFFFFFFF
+
+    def set_tsc(self, value: int) -> None:
+        self.tsc_offset = value - self.cycles
+
+    def dump_block(self) -> str:
+        """Source of the block at the current RIP (debugging aid)."""
+        fn = self.translate_block(False)[0]
+        return fn.__doc__ or ""
+
+
+def fail_insn(d: Insn, why: str = "") -> ExitNow:
+    return ExitNow("emulation", d.raw, why)
+
+
+__all__ = ["Engine", "Unimplemented", "codegen", "fail_insn"]

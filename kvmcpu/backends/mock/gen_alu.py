@@ -1,0 +1,586 @@
+"""Generators for the integer data instructions: ALU, moves, multiply/divide,
+shifts, bit operations, conversions, SETcc/CMOVcc, XCHG/XADD/CMPXCHG."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .codegen import BITS, M, SGN, Translator, gen
+from .decode import Insn
+from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
+
+_ALU_NAMES = ("add", "or", "adc", "sbb", "and", "sub", "xor", "cmp")
+
+
+def alu(t: Translator, op: int, a: str, b: str, sz: int) -> Optional[str]:
+    """Emit ALU op ``op`` on temps a, b; returns the result temp (None for CMP)."""
+    m = M[sz]
+    bits = BITS[sz]
+    r = t.var()
+    if op == 0:
+        t.emit(f"{r} = ({a} + {b}) & {m:#x}")
+        t.lazy(LZ_ADD, a, b, r, sz)
+    elif op in (1, 4, 6):
+        sym = {1: "|", 4: "&", 6: "^"}[op]
+        t.emit(f"{r} = {a} {sym} {b}")
+        t.emit(f"c.lz = ({LZ_LOGIC}, 0, 0, {r}, {bits})")
+    elif op == 2:
+        cf = t.var()
+        t.emit(f"{cf} = H.cf(c)")
+        t.emit(f"{r} = ({a} + {b} + {cf}) & {m:#x}")
+        t.emit(f"c.lz = ({LZ_ADC} if {cf} else {LZ_ADD}, {a}, {b}, {r}, {bits})")
+    elif op == 3:
+        cf = t.var()
+        t.emit(f"{cf} = H.cf(c)")
+        t.emit(f"{r} = ({a} - {b} - {cf}) & {m:#x}")
+        t.emit(f"c.lz = ({LZ_SBB} if {cf} else {LZ_SUB}, {a}, {b}, {r}, {bits})")
+    else:  # sub, cmp
+        t.emit(f"{r} = ({a} - {b}) & {m:#x}")
+        t.lazy(LZ_SUB, a, b, r, sz)
+        if op == 7:
+            return None
+    return r
+
+
+def _lock_ok(d: Insn) -> bool:
+    return d.mod != 3
+
+
+def _alu_rm(t: Translator, d: Insn, op: int, sz: int, b_expr: str) -> None:
+    """r/m := r/m OP b (flags set after the memory write so a fault changes nothing)."""
+    a, addr = t.rm_read(d, sz)
+    b = t.var()
+    t.emit(f"{b} = {b_expr}")
+    lines_before = len(t.lines)
+    r = alu(t, op, a, b, sz)
+    if r is not None:
+        flag_line = t.lines.pop()  # move the flags update after the store
+        t.rm_write(d, sz, addr, r)
+        t.lines.append(flag_line)
+    del lines_before
+
+
+@gen(0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21, 0x28, 0x29, 0x30, 0x31,
+     0x38, 0x39)
+def g_alu_rm_r(t: Translator, d: Insn) -> None:
+    op = d.opc >> 3
+    sz = 1 if d.opc & 1 == 0 else d.osz
+    _alu_rm(t, d, op, sz, t.rget(d.reg, sz, d))
+
+
+@gen(0x02, 0x03, 0x0A, 0x0B, 0x12, 0x13, 0x1A, 0x1B, 0x22, 0x23, 0x2A, 0x2B, 0x32, 0x33,
+     0x3A, 0x3B)
+def g_alu_r_rm(t: Translator, d: Insn) -> None:
+    op = d.opc >> 3
+    sz = 1 if d.opc & 1 == 0 else d.osz
+    b, _ = t.rm_read(d, sz)
+    a = t.var()
+    t.emit(f"{a} = {t.rget(d.reg, sz, d)}")
+    r = alu(t, op, a, b, sz)
+    if r is not None:
+        t.rset(d.reg, sz, d, r)
+
+
+@gen(0x04, 0x05, 0x0C, 0x0D, 0x14, 0x15, 0x1C, 0x1D, 0x24, 0x25, 0x2C, 0x2D, 0x34, 0x35,
+     0x3C, 0x3D)
+def g_alu_acc_imm(t: Translator, d: Insn) -> None:
+    op = d.opc >> 3
+    sz = 1 if d.opc & 1 == 0 else d.osz
+    a = t.var()
+    t.emit(f"{a} = {t.rget(0, sz, d)}")
+    b = t.var()
+    t.emit(f"{b} = {d.imm & M[sz]:#x}")
+    r = alu(t, op, a, b, sz)
+    if r is not None:
+        t.rset(0, sz, d, r)
+
+
+@gen(0x80, 0x81, 0x82, 0x83)
+def g_grp1(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc in (0x80, 0x82) else d.osz
+    imm = d.imm
+    if d.opc == 0x83:
+        imm = imm - 0x100 if imm & 0x80 else imm
+    _alu_rm(t, d, d.reg & 7, sz, f"{imm & M[sz]:#x}")
+
+
+@gen(0x84, 0x85)
+def g_test_rm_r(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x84 else d.osz
+    a, _ = t.rm_read(d, sz)
+    t.emit(f"c.lz = ({LZ_LOGIC}, 0, 0, {a} & {t.rget(d.reg, sz, d)}, {BITS[sz]})")
+
+
+@gen(0xA8, 0xA9)
+def g_test_acc(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0xA8 else d.osz
+    t.emit(f"c.lz = ({LZ_LOGIC}, 0, 0, {t.rget(0, sz, d)} & {d.imm & M[sz]:#x}, {BITS[sz]})")
+
+
+# -- moves ---------------------------------------------------------------------------------
+@gen(0x88, 0x89)
+def g_mov_rm_r(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x88 else d.osz
+    v = t.var()
+    t.emit(f"{v} = {t.rget(d.reg, sz, d)}")
+    t.rm_write(d, sz, None, v)
+
+
+@gen(0x8A, 0x8B)
+def g_mov_r_rm(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x8A else d.osz
+    v, _ = t.rm_read(d, sz)
+    t.rset(d.reg, sz, d, v)
+
+
+@gen(0xC6, 0xC7)
+def g_mov_rm_imm(t: Translator, d: Insn) -> Optional[bool]:
+    if d.reg & 7:
+        return _ud(t, d)
+    sz = 1 if d.opc == 0xC6 else d.osz
+    t.rm_write(d, sz, None, f"{d.imm & M[sz]:#x}")
+    return None
+
+
+@gen(*range(0xB0, 0xC0))
+def g_mov_r_imm(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc < 0xB8 else d.osz
+    n = (d.opc & 7) | ((d.rex & 1) << 3)
+    t.rset(n, sz, d, f"{d.imm & M[sz]:#x}")
+
+
+@gen(0xA0, 0xA1, 0xA2, 0xA3)
+def g_mov_moffs(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc in (0xA0, 0xA2) else d.osz
+    if t.bits == 64:
+        a = f"{d.imm:#x}" if d.seg not in (4, 5) else \
+            f"(({d.imm:#x} + SB[{d.seg}]) & 0xFFFFFFFFFFFFFFFF)"
+    else:
+        seg = d.seg if d.seg >= 0 else 3
+        a = f"(({d.imm:#x} + SB[{seg}]) & 0xFFFFFFFF)"
+    if d.opc < 0xA2:
+        t.rset(0, sz, d, t.load(a, sz))
+    else:
+        t.store(a, sz, t.rget(0, sz, d))
+
+
+@gen(0x8D)
+def g_lea(t: Translator, d: Insn) -> Optional[bool]:
+    if d.mod == 3:
+        return _ud(t, d)
+    t.rset(d.reg, d.osz, d, f"({t.offset(d)} & {M[d.osz]:#x})")
+    return None
+
+
+@gen(0x1B6, 0x1B7, 0x1BE, 0x1BF)
+def g_movzx_movsx(t: Translator, d: Insn) -> None:
+    ssz = 1 if d.opc in (0x1B6, 0x1BE) else 2
+    v, _ = t.rm_read(d, ssz)
+    if d.opc >= 0x1BE:
+        s = SGN[ssz]
+        t.emit(f"{v} = ({v} - (({v} & {s:#x}) << 1)) & {M[d.osz]:#x}")
+    t.rset(d.reg, d.osz, d, v)
+
+
+@gen(0x63)
+def g_movsxd(t: Translator, d: Insn) -> None:
+    if t.bits != 64:
+        t.call_helper(_unimpl(), d, terminator=True)
+        t.ended = True
+        return
+    v, _ = t.rm_read(d, 4)
+    if d.osz == 8:
+        t.emit(f"{v} = ({v} - (({v} & 0x80000000) << 1)) & 0xFFFFFFFFFFFFFFFF")
+    t.rset(d.reg, d.osz, d, v)
+
+
+def _unimpl():  # type: ignore[no-untyped-def]
+    from .helpers import unimplemented
+
+    return unimplemented
+
+
+def _ud(t: Translator, d: Insn) -> bool:
+    from .helpers import raise_ud
+
+    t.call_helper(raise_ud, d, terminator=True)
+    return True
+
+
+# -- inc/dec/not/neg/mul/div -------------------------------------------------------------------
+def _incdec(t: Translator, d: Insn, sz: int, dec: bool, reg: Optional[int]) -> None:
+    m = M[sz]
+    if reg is None:
+        a, addr = t.rm_read(d, sz)
+    else:
+        a, addr = t.var(), None
+        t.emit(f"{a} = {t.rget(reg, sz, d)}")
+    r = t.var()
+    t.emit(f"{r} = ({a} {'-' if dec else '+'} 1) & {m:#x}")
+    if reg is None:
+        t.rm_write(d, sz, addr, r)
+    else:
+        t.rset(reg, sz, d, r)
+    p = t.var()
+    t.emit(f"{p} = c.lz")
+    t.emit(f"if {p} is None: {p} = c.fl & 1")
+    t.emit(f"elif {p}[0] >= {LZ_INC}: {p} = {p}[2]")
+    t.emit(f"c.lz = ({LZ_DEC if dec else LZ_INC}, {a}, {p}, {r}, {BITS[sz]})")
+
+
+@gen(*range(0x40, 0x50))
+def g_incdec_r(t: Translator, d: Insn) -> None:
+    _incdec(t, d, d.osz, d.opc >= 0x48, d.opc & 7)
+
+
+@gen(0xFE)
+def g_grp4(t: Translator, d: Insn) -> Optional[bool]:
+    if d.reg & 7 > 1:
+        return _ud(t, d)
+    _incdec(t, d, 1, d.reg & 7 == 1, None)
+    return None
+
+
+@gen(0xF6, 0xF7)
+def g_grp3(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0xF6 else d.osz
+    m = M[sz]
+    bits = BITS[sz]
+    op = d.reg & 7
+    if op in (0, 1):
+        a, _ = t.rm_read(d, sz)
+        t.emit(f"c.lz = ({LZ_LOGIC}, 0, 0, {a} & {d.imm & m:#x}, {bits})")
+        return
+    if op == 2:
+        a, addr = t.rm_read(d, sz)
+        t.rm_write(d, sz, addr, f"({a} ^ {m:#x})")
+        return
+    if op == 3:
+        a, addr = t.rm_read(d, sz)
+        r = t.var()
+        t.emit(f"{r} = (-{a}) & {m:#x}")
+        t.rm_write(d, sz, addr, r)
+        t.lazy(LZ_SUB, "0", a, r, sz)
+        return
+    src, _ = t.rm_read(d, sz)
+    if op in (4, 5):
+        fn = "H.mul" if op == 4 else "H.imul"
+        lo, hi = t.var(), t.var()
+        t.emit(f"{lo}, {hi} = {fn}(c, {t.rget(0, sz, d)}, {src}, {bits})")
+        if sz == 1:
+            t.emit(f"R[0] = (R[0] & 0xFFFFFFFFFFFF0000) | ({hi} << 8) | {lo}")
+        else:
+            t.rset(0, sz, d, lo)
+            t.rset(2, sz, d, hi)
+        return
+    fn = "H.div" if op == 6 else "H.idiv"
+    q, r = t.var(), t.var()
+    if sz == 1:
+        t.emit(f"{q}, {r} = {fn}(c, (R[0] >> 8) & 0xFF, R[0] & 0xFF, {src}, 8)")
+        t.emit(f"R[0] = (R[0] & 0xFFFFFFFFFFFF0000) | ({r} << 8) | {q}")
+    else:
+        t.emit(f"{q}, {r} = {fn}(c, {t.rget(2, sz, d)}, {t.rget(0, sz, d)}, {src}, {bits})")
+        t.rset(0, sz, d, q)
+        t.rset(2, sz, d, r)
+
+
+@gen(0x69, 0x6B, 0x1AF)
+def g_imul(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    src, _ = t.rm_read(d, sz)
+    if d.opc == 0x1AF:
+        other = t.rget(d.reg, sz, d)
+    else:
+        imm = d.imm
+        if d.opc == 0x6B and imm & 0x80:
+            imm -= 0x100
+        other = f"{imm & M[sz]:#x}"
+    lo, hi = t.var(), t.var()
+    t.emit(f"{lo}, {hi} = H.imul(c, {src}, {other}, {BITS[sz]})")
+    t.rset(d.reg, sz, d, lo)
+
+
+# -- shifts ---------------------------------------------------------------------------------------
+@gen(0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3)
+def g_grp2(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc in (0xC0, 0xD0, 0xD2) else d.osz
+    if d.opc in (0xC0, 0xC1):
+        cnt = f"{d.imm}"
+    elif d.opc in (0xD0, 0xD1):
+        cnt = "1"
+    else:
+        cnt = "(R[1] & 0xFF)"
+    a, addr = t.rm_read(d, sz)
+    r = t.var()
+    saved = t.var()
+    t.emit(f"{saved} = (c.fl, c.lz)")
+    t.emit(f"{r} = H.shift(c, {d.reg & 7}, {a}, {cnt}, {BITS[sz]})")
+    if d.mod != 3:
+        t.emit("try:")
+        t.emit(f"    wr{sz}({addr}, {r})")
+        t.emit("except BaseException:")
+        t.emit(f"    c.fl, c.lz = {saved}")
+        t.emit("    raise")
+        t.may_stop = True
+    else:
+        t.rm_write(d, sz, addr, r)
+
+
+@gen(0x1A4, 0x1A5, 0x1AC, 0x1AD)
+def g_shld(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    cnt = f"{d.imm}" if d.opc in (0x1A4, 0x1AC) else "(R[1] & 0xFF)"
+    a, addr = t.rm_read(d, sz)
+    r = t.var()
+    saved = t.var()
+    t.emit(f"{saved} = (c.fl, c.lz)")
+    t.emit(f"{r} = H.shld(c, {a}, {t.rget(d.reg, sz, d)}, {cnt}, {BITS[sz]}, "
+           f"{d.opc >= 0x1AC})")
+    if d.mod != 3:
+        t.emit("try:")
+        t.emit(f"    wr{sz}({addr}, {r})")
+        t.emit("except BaseException:")
+        t.emit(f"    c.fl, c.lz = {saved}")
+        t.emit("    raise")
+        t.may_stop = True
+    else:
+        t.rm_write(d, sz, addr, r)
+
+
+# -- bit operations ----------------------------------------------------------------------------------
+@gen(0x1A3, 0x1AB, 0x1B3, 0x1BB, 0x1BA)
+def g_bt(t: Translator, d: Insn) -> Optional[bool]:
+    sz = d.osz
+    bits = BITS[sz]
+    if d.opc == 0x1BA:
+        if d.reg & 7 < 4:
+            return _ud(t, d)
+        op = d.reg & 3
+        off = f"{d.imm & (bits - 1)}"
+        mem_off = None
+    else:
+        op = {0x1A3: 0, 0x1AB: 1, 0x1B3: 2, 0x1BB: 3}[d.opc]
+        src = t.rget(d.reg, sz, d)
+        off = f"({src} & {bits - 1})"
+        mem_off = src
+    if d.mod == 3:
+        a = t.var()
+        t.emit(f"{a} = {t.rget(d.rm, sz, d)}")
+        addr = None
+    else:
+        addr = t.addr(d)
+        if mem_off is not None:
+            # register bit offsets address memory beyond the operand (signed)
+            s = SGN[sz]
+            so = t.var()
+            t.emit(f"{so} = {mem_off} - (({mem_off} & {s:#x}) << 1)")
+            lm = 0xFFFFFFFFFFFFFFFF if t.bits == 64 else 0xFFFFFFFF
+            t.emit(f"{addr} = ({addr} + ({so} >> {bits.bit_length() - 1}) * {sz}) & {lm:#x}")
+        a = t.var()
+        t.emit(f"{a} = rd{sz}({addr})")
+    bit = t.var()
+    t.emit(f"{bit} = ({a} >> {off}) & 1")
+    if op:
+        r = t.var()
+        expr = {1: f"{a} | (1 << {off})", 2: f"{a} & ~(1 << {off}) & {M[sz]:#x}",
+                3: f"{a} ^ (1 << {off})"}[op]
+        t.emit(f"{r} = {expr}")
+        t.rm_write(d, sz, addr, r)
+    t.emit(f"H.bt_flags(c, {bit})")
+    return None
+
+
+@gen(0x1BC, 0x1BD)
+def g_bsf(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    src, _ = t.rm_read(d, sz)
+    r = t.var()
+    if d.rep == 0xF3:
+        fn = "tzcnt" if d.opc == 0x1BC else "lzcnt"
+        t.emit(f"{r} = H.{fn}(c, {src}, {BITS[sz]})")
+    else:
+        fn = "bsf" if d.opc == 0x1BC else "bsr"
+        t.emit(f"{r} = H.{fn}(c, {src}, {t.rget(d.reg, sz, d)}, {BITS[sz]})")
+    t.rset(d.reg, sz, d, r)
+
+
+@gen(0x1B8)
+def g_popcnt(t: Translator, d: Insn) -> Optional[bool]:
+    if d.rep != 0xF3:
+        return _ud(t, d)
+    src, _ = t.rm_read(d, d.osz)
+    t.rset(d.reg, d.osz, d, f"H.popcnt(c, {src})")
+    return None
+
+
+@gen(*range(0x1C8, 0x1D0))
+def g_bswap(t: Translator, d: Insn) -> None:
+    n = (d.opc & 7) | ((d.rex & 1) << 3)
+    sz = d.osz
+    if sz == 2:
+        t.rset(n, 2, d, "0")  # undefined: hardware gives zero
+        return
+    t.rset(n, sz, d, f"int.from_bytes(({t.rget(n, sz, d)}).to_bytes({sz}, 'little'), 'big')")
+
+
+# -- SETcc / CMOVcc ------------------------------------------------------------------------------------
+@gen(*range(0x190, 0x1A0))
+def g_setcc(t: Translator, d: Insn) -> None:
+    t.rm_write(d, 1, None, f"(1 if H.cond(c, {d.opc & 15}) else 0)")
+
+
+@gen(*range(0x140, 0x150))
+def g_cmov(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    v, _ = t.rm_read(d, sz)
+    t.emit(f"if H.cond(c, {d.opc & 15}):")
+    t.lines.append("    " + _line(t, lambda: t.rset(d.reg, sz, d, v)))
+    if sz == 4:
+        t.emit("else:")
+        t.emit(f"    R[{d.reg}] &= 0xFFFFFFFF")
+
+
+def _line(t: Translator, f) -> str:  # type: ignore[no-untyped-def]
+    n = len(t.lines)
+    f()
+    line = t.lines.pop()
+    assert len(t.lines) == n
+    return line
+
+
+# -- conversions and flag instructions --------------------------------------------------------------------
+@gen(0x98)
+def g_cbw(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    half = sz // 2
+    s = SGN[half]
+    v = t.var()
+    t.emit(f"{v} = {t.rget(0, half, d)}")
+    t.rset(0, sz, d, f"(({v} - (({v} & {s:#x}) << 1)) & {M[sz]:#x})")
+
+
+@gen(0x99)
+def g_cwd(t: Translator, d: Insn) -> None:
+    sz = d.osz
+    t.rset(2, sz, d, f"({M[sz]:#x} if {t.rget(0, sz, d)} & {SGN[sz]:#x} else 0)")
+
+
+@gen(0x9E)
+def g_sahf(t: Translator, d: Insn) -> None:
+    t.emit("c.fl = (H.flags(c) & ~0xD5) | ((R[0] >> 8) & 0xD5); c.lz = None")
+
+
+@gen(0x9F)
+def g_lahf(t: Translator, d: Insn) -> None:
+    t.emit("R[0] = (R[0] & 0xFFFFFFFFFFFF00FF) | (((H.flags(c) & 0xD5) | 2) << 8)")
+
+
+@gen(0xF5)
+def g_cmc(t: Translator, d: Insn) -> None:
+    t.emit("c.fl = H.flags(c) ^ 1; c.lz = None")
+
+
+@gen(0xF8)
+def g_clc(t: Translator, d: Insn) -> None:
+    t.emit("c.fl = H.flags(c) & ~1; c.lz = None")
+
+
+@gen(0xF9)
+def g_stc(t: Translator, d: Insn) -> None:
+    t.emit("c.fl = H.flags(c) | 1; c.lz = None")
+
+
+@gen(0xFC)
+def g_cld(t: Translator, d: Insn) -> None:
+    t.emit("c.fl &= ~0x400")
+
+
+@gen(0xFD)
+def g_std(t: Translator, d: Insn) -> None:
+    t.emit("c.fl |= 0x400")
+
+
+# -- exchange family ----------------------------------------------------------------------------------------
+@gen(0x86, 0x87)
+def g_xchg(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x86 else d.osz
+    a, addr = t.rm_read(d, sz)
+    b = t.var()
+    t.emit(f"{b} = {t.rget(d.reg, sz, d)}")
+    t.rm_write(d, sz, addr, b)
+    t.rset(d.reg, sz, d, a)
+
+
+@gen(*range(0x90, 0x98))
+def g_xchg_acc(t: Translator, d: Insn) -> None:
+    n = (d.opc & 7) | ((d.rex & 1) << 3)
+    if n == 0:
+        if d.osz == 4 and t.bits == 64 and False:
+            pass
+        return  # NOP / PAUSE (xchg eax,eax does not zero-extend: it is NOP)
+    sz = d.osz
+    a, b = t.var(), t.var()
+    t.emit(f"{a} = {t.rget(0, sz, d)}")
+    t.emit(f"{b} = {t.rget(n, sz, d)}")
+    t.rset(0, sz, d, b)
+    t.rset(n, sz, d, a)
+
+
+@gen(0x1C0, 0x1C1)
+def g_xadd(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x1C0 else d.osz
+    a, addr = t.rm_read(d, sz)
+    b = t.var()
+    t.emit(f"{b} = {t.rget(d.reg, sz, d)}")
+    r = t.var()
+    t.emit(f"{r} = ({a} + {b}) & {M[sz]:#x}")
+    t.rm_write(d, sz, addr, r)
+    if d.mod == 3 and d.rm == d.reg:
+        pass
+    t.rset(d.reg, sz, d, a)
+    if d.mod == 3:
+        t.rset(d.rm, sz, d, r)
+    t.lazy(LZ_ADD, a, b, r, sz)
+
+
+@gen(0x1B0, 0x1B1)
+def g_cmpxchg(t: Translator, d: Insn) -> None:
+    sz = 1 if d.opc == 0x1B0 else d.osz
+    a, addr = t.rm_read(d, sz)
+    acc = t.var()
+    t.emit(f"{acc} = {t.rget(0, sz, d)}")
+    r = t.var()
+    t.emit(f"{r} = ({acc} - {a}) & {M[sz]:#x}")
+    t.emit(f"if {acc} == {a}:")
+    src = t.rget(d.reg, sz, d)
+    body = _collect(t, lambda: t.rm_write(d, sz, addr, src))
+    for ln in body:
+        t.lines.append("    " + ln)
+    t.emit("else:")
+    if d.mod != 3:
+        t.emit(f"    wr{sz}({addr}, {a})")  # the destination is always written
+    body = _collect(t, lambda: t.rset(0, sz, d, a))
+    for ln in body:
+        t.lines.append("    " + ln)
+    t.lazy(LZ_SUB, acc, a, r, sz)
+
+
+def _collect(t: Translator, f) -> list:  # type: ignore[no-untyped-def, type-arg]
+    n = len(t.lines)
+    f()
+    out = t.lines[n:]
+    del t.lines[n:]
+    return out
+
+
+@gen(0x1C7)
+def g_grp9(t: Translator, d: Insn) -> Optional[bool]:
+    from .system import cmpxchg8b, rdrand
+
+    if d.reg & 7 == 1 and d.mod != 3:
+        t.call_helper(cmpxchg8b, d)
+        return None
+    if d.reg & 7 == 6 and d.mod == 3:
+        t.call_helper(rdrand, d)
+        return None
+    return _ud(t, d)
