@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which backend to open (default: auto)")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
+
+    from . import cli_run
+
+    cli_run.add_parsers(sub)
     return parser
 
 

@@ -266,12 +266,9 @@ class System(SimObject):
         if not self.root.instantiated:
             self.root.instantiate()
             self.cpu.activateContext()
-        elif self.cpu.thread_status is ThreadStatus.Suspended and self.cpu.vcpu is not None \
-                and not self.cpu.tick_event.scheduled() and self._restored:
-            self._restored = False
-            self.cpu.activateContext()
         self._host_deadline = None if timeout is None else started + timeout
-        if self._host_deadline is not None and not self._timeout_event.scheduled():
+        housekeeping = self._host_deadline is not None or self.progress_hook is not None
+        if housekeeping and not self._timeout_event.scheduled():
             self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + TIMEOUT_CHECK_PERIOD)
         try:
             ev = self.root.simulate(max_ticks)
@@ -284,7 +281,8 @@ class System(SimObject):
                 self.eventq.deschedule(self._timeout_event)
         return self._result(ev, time.monotonic() - started)
 
-    _restored = False
+    #: Called about every simulated millisecond during run() (progress displays).
+    progress_hook: Optional[Callable[[], None]] = None
 
     def _result(self, ev: SimLoopExitEvent, host_seconds: float) -> RunResult:
         cause, code = ev.cause, ev.code
@@ -301,6 +299,8 @@ class System(SimObject):
         return RunResult(cause, code, ev.tick, status, host_seconds)
 
     def _check_timeout(self) -> None:
+        if self.progress_hook is not None:
+            self.progress_hook()
         deadline = self._host_deadline
         if deadline is not None and time.monotonic() >= deadline:
             exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
@@ -398,7 +398,6 @@ class System(SimObject):
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):
                     dev.unserialize(cp)
-        self._restored = True
 
     @classmethod
     def restore(cls, directory: Union[str, os.PathLike[str]], backend: Any = "auto",
@@ -422,8 +421,7 @@ class System(SimObject):
             system.close()
             raise
         if system.cpu.thread_status is ThreadStatus.Active:
-            system.cpu.thread_status = ThreadStatus.Suspended
-            system._restored = True
+            system.cpu.activateContext()
         return system
 
     # ------------------------------------------------------------------ teardown
