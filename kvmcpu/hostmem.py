@@ -56,7 +56,9 @@ class HostMemory:
         """Copy ``length`` bytes starting at ``offset``."""
         self._check()
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise ValueError(f"read [{offset:#x}, +{length:#x}) outside a {self.size:#x}-byte buffer")
+            raise ValueError(
+                f"read [{offset:#x}, +{length:#x}) outside a {self.size:#x}-byte buffer"
+            )
         return bytes(self.view[offset : offset + length])
 
     def write(self, offset: int, data: bytes) -> None:

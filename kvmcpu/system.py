@@ -22,15 +22,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .backends.base import Closeable
 from .cpu.kvm import KvmVM, X86KvmCPU
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
-from .cpu.kvm.x86 import long_mode_context, long_mode_tables, protected_mode_context, \
-    real_mode_context
+from .cpu.kvm.x86 import (
+    long_mode_context,
+    long_mode_tables,
+    protected_mode_context,
+    real_mode_context,
+)
 from .devices import KernelIrqChip, PcDevices, pc_devices
-from .errors import CheckpointError, ConfigError, GuestError, VcpuRunError
+from .errors import CheckpointError, ConfigError, GuestError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
@@ -43,7 +46,7 @@ from .sim.eventq import (
     SimLoopExitEvent,
     exit_sim_loop,
 )
-from .sim.params import Params, param
+from .sim.params import param
 from .sim.simobject import Root, SimObject, SimObjectParams
 from .sim.stats import Statistics
 
@@ -201,7 +204,7 @@ class System(SimObject):
         return self.devices.uart
 
     @property
-    def stats(self) -> Statistics:  # type: ignore[override]
+    def stats(self) -> Statistics:
         """The statistics of the whole tree (``dump(path)``, ``dump_json(path)``, ``reset()``)."""
         return self.root.statistics
 

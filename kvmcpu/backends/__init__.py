@@ -75,7 +75,9 @@ def _load(name: str) -> Callable[[], Backend]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise BackendUnavailableError(name, f"cannot import {module_name}: {err}") from err
-    cls: Callable[[], Backend] = getattr(module, cls_name)
+    cls: Callable[[], Backend] | None = getattr(module, cls_name, None)
+    if cls is None:
+        raise BackendUnavailableError(name, f"{module_name} has no {cls_name}")
     return cls
 
 

@@ -230,7 +230,8 @@ class Vm(Closeable, abc.ABC):
             size = memory.size - offset
         if offset < 0 or size < 0 or offset + size > memory.size:
             raise ValueError(
-                f"slot {slot}: [{offset:#x}, +{size:#x}) is outside the {memory.size:#x}-byte buffer"
+                f"slot {slot}: [{offset:#x}, +{size:#x}) is outside the "
+                f"{memory.size:#x}-byte buffer"
             )
         self._set_user_memory_region(slot, flags, guest_phys_addr, size, memory, offset)
         self.slots[slot] = MemorySlot(slot, guest_phys_addr, size, flags, memory, offset)
@@ -649,4 +650,6 @@ class Vcpu(Closeable, abc.ABC):
 ctypes_sizeof_entry = ctypes.sizeof(uapi.kvm_coalesced_mmio)
 PAGE = PAGE_SIZE
 
-__all__ = ["Backend", "Vm", "Vcpu", "MemorySlot", "CoalescedMmio", "Closeable", "open_objects", "log"]
+__all__ = [
+    "Backend", "Vm", "Vcpu", "MemorySlot", "CoalescedMmio", "Closeable", "open_objects", "log",
+]

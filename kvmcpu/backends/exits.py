@@ -38,10 +38,12 @@ class Exit:
         return {}
 
     def __repr__(self) -> str:
-        inner = ", ".join(
-            f"{k}={_hex(v) if isinstance(v, int) and not isinstance(v, bool) and k in _HEX else v!r}"
-            for k, v in self.fields().items()
-        )
+        def show(k: str, v: object) -> str:
+            if isinstance(v, int) and not isinstance(v, bool) and k in _HEX:
+                return _hex(v)
+            return repr(v)
+
+        inner = ", ".join(f"{k}={show(k, v)}" for k, v in self.fields().items())
         return f"{type(self).__name__}({inner})"
 
     def __eq__(self, other: object) -> bool:

@@ -208,7 +208,9 @@ class BaseKvmCPU(ClockedObject):
             log.info("%s: coalesced MMIO not supported by the backend", self.path())
         self.counters = choose_counters(vcpu, use_perf=p.usePerf, host_freq=p.hostFreq)
         self.run_timer = self._make_timer(vcpu)
-        self.stats.numCycles.desc = f"Number of cpu cycles simulated (from {self.counters.describe})"
+        self.stats.numCycles.desc = (
+            f"Number of cpu cycles simulated (from {self.counters.describe})"
+        )
         how = "measured" if self.counters.exact_instructions else "estimated"
         self.stats.numInsts.desc = (
             f"Number of instructions committed ({how}: {self.counters.describe})"

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from ... import _ioctl
+from ... import _ioctl, uapi
 from ...errors import KvmIoctlError
 from ...sim.eventq import TICKS_PER_SECOND
 
@@ -154,11 +154,11 @@ class PosixKvmTimer(BaseKvmTimer):
 
 # perf ioctls (<linux/perf_event.h>), derived like the KVM ones.
 _PERF_IOC_MAGIC = ord("$")
-PERF_EVENT_IOC_ENABLE = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 0)
-PERF_EVENT_IOC_DISABLE = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 1)
-PERF_EVENT_IOC_REFRESH = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 2)
-PERF_EVENT_IOC_RESET = _ioctl.uapi._IO(_PERF_IOC_MAGIC, 3)
-PERF_EVENT_IOC_PERIOD = _ioctl.uapi._IOW(_PERF_IOC_MAGIC, 4, ctypes.c_uint64)
+PERF_EVENT_IOC_ENABLE = uapi._IO(_PERF_IOC_MAGIC, 0)
+PERF_EVENT_IOC_DISABLE = uapi._IO(_PERF_IOC_MAGIC, 1)
+PERF_EVENT_IOC_REFRESH = uapi._IO(_PERF_IOC_MAGIC, 2)
+PERF_EVENT_IOC_RESET = uapi._IO(_PERF_IOC_MAGIC, 3)
+PERF_EVENT_IOC_PERIOD = uapi._IOW(_PERF_IOC_MAGIC, 4, ctypes.c_uint64)
 
 F_SETSIG = 10
 F_SETOWN_EX = 15

@@ -253,7 +253,7 @@ class KvmVM(SimObject):
 
     createIRQChip = create_irq_chip
 
-    def set_irq_line(self, irq: int, level: bool) -> None:
+    def set_irq_line(self, irq: int, level: int) -> None:
         """KVM_IRQ_LINE on the in-kernel irqchip."""
         self.vm.irq_line(irq, 1 if level else 0)
 
