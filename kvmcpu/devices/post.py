@@ -6,7 +6,12 @@ Reads return 0xff, as QEMU's ``ioport80`` does (firmware and Linux also use
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvmcpu.devices.base import Device
+
+if TYPE_CHECKING:
+    from kvmcpu.sim.checkpoint import CheckpointIn, CheckpointOut
 
 __all__ = ["POST_PORT", "PostCard"]
 
@@ -35,3 +40,12 @@ class PostCard(Device):
     def write(self, offset: int, size: int, value: int) -> None:
         self.last = value & 0xFF
         self.count += 1
+
+    def serialize(self, cp: CheckpointOut) -> None:
+        super().serialize(cp)
+        cp.param_out("last", -1 if self.last is None else self.last)
+
+    def unserialize(self, cp: CheckpointIn) -> None:
+        super().unserialize(cp)
+        last = cp.current.get_int("last")
+        self.last = None if last < 0 else last
