@@ -392,6 +392,13 @@ class System(SimObject):
 
     def unserialize(self, cp: CheckpointIn) -> None:
         section = cp.current
+        p = self.params
+        for key, mine in (("memory", p.memory), ("smp", p.smp), ("clock_period", p.clock_period)):
+            theirs = section.get_int(key)
+            if theirs != mine:
+                raise CheckpointError(f"[system] {key}={theirs} but this system has {mine}")
+        for key in ("irqchip", "quantum", "unclaimed"):
+            section.raw(key)  # recorded for System.restore, which builds the system from them
         regions = section.get_int_list("regions")
         if regions != [r[0] for r in self.physmem.regions]:
             raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
