@@ -90,8 +90,11 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
             machine, not an executable, no PT_LOAD segment, a segment whose file
             bytes lie past the end of the file or whose filesz exceeds memsz.
     """
-    if len(data) < 16 or data[:4] != ELF_MAGIC:
+    if data[:4] != ELF_MAGIC:
         raise GuestError(f"{name}: not an ELF file (bad magic at offset 0)")
+    if len(data) < 16:
+        raise GuestError(f"{name}: truncated ELF header ({len(data)} bytes, 16 needed for "
+                         f"the identification)")
     elf_class, encoding = data[4], data[5]
     if elf_class not in _CLASS_NAMES:
         raise GuestError(f"{name}: unsupported ELF class {elf_class} at offset 4 "

@@ -1,0 +1,28 @@
+"""Shared fixtures for the loader tests: guest RAM and the committed guest images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kvmcpu.mem import PhysicalMemory
+
+GUESTS = Path(__file__).resolve().parents[3] / "guests"
+
+
+@pytest.fixture
+def mem() -> Iterator[PhysicalMemory]:
+    with PhysicalMemory("128M") as m:
+        yield m
+
+
+@pytest.fixture
+def hello_bin() -> Path:
+    return GUESTS / "hello.bin"
+
+
+@pytest.fixture
+def hello64_bin() -> Path:
+    return GUESTS / "hello64.bin"
