@@ -89,6 +89,10 @@ def big_mem() -> Iterator[PhysicalMemory]:
         yield m
 
 
+def _ids(value: object) -> str:
+    return "image" if isinstance(value, bytes) else str(value)[:40]
+
+
 @pytest.mark.parametrize("image,message", [
     (b"\x7fELF\x02\x01", "truncated ELF header"),
     (b"MZ" + bytes(100), "not an ELF file"),
@@ -102,7 +106,7 @@ def big_mem() -> Iterator[PhysicalMemory]:
     (elf64(phnum=2), "segments 0 .* and 1 .* overlap"),
     (elf64(paddr=0x7FFFFF0, entry=0x7FFFFF0),
      r"segment 0 \[0x7fffff0, 0x8000010\) is outside guest RAM"),
-])
+], ids=_ids)
 def test_elf_errors(mem: PhysicalMemory, image: bytes, message: str) -> None:
     with pytest.raises(GuestError, match=message):
         load_elf(image, mem)

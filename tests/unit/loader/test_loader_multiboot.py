@@ -144,6 +144,10 @@ def test_header_not_at_offset_zero(mem: PhysicalMemory) -> None:
     assert img.info["header_offset"] == 64 and mem.read(0x100000, 4) == b"\x90" * 4
 
 
+def _ids(value: object) -> str:
+    return "image" if isinstance(value, bytes) else str(value)[:40]
+
+
 @pytest.mark.parametrize("image,message", [
     (b"\x90" * 9000, r"no Multiboot header \(magic 0x1badb002 with a valid checksum\) in the "
                      r"first 8192 bytes"),
@@ -161,7 +165,7 @@ def test_header_not_at_offset_zero(mem: PhysicalMemory) -> None:
     (elf32_multiboot(elf_class=2), "cannot load an x86-64 ELF as a Multiboot kernel"),
     (elf32_multiboot(machine=62), "cannot load an x86-64 ELF"),
     (aout()[:24], "truncated Multiboot header at offset 0x0"),
-])
+], ids=_ids)
 def test_multiboot_errors(mem: PhysicalMemory, image: bytes, message: str) -> None:
     with pytest.raises(GuestError, match=message):
         load_multiboot(image, mem)
