@@ -364,8 +364,11 @@ class BaseKvmCPU(ClockedObject):
             ex = self.last_exit
             if isinstance(ex, IntrExit):
                 self.status = Status.Running
-                if not half and delay < ticks_to_execute:
-                    # The run timer expired: land just past the event it was armed for.
+                if (not half and delay < ticks_to_execute and timer is not None
+                        and ticks_to_execute - delay < timer.resolution()):
+                    # The run timer expired (within its resolution): land on the event
+                    # it was armed for. Any other INTR (a kick, a stray signal) keeps
+                    # the time the guest really ran.
                     delay = ticks_to_execute
             else:
                 self.status = Status.RunningService
