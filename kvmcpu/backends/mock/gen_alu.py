@@ -401,6 +401,10 @@ def g_bsf(t: Translator, d: Insn) -> None:
     else:
         fn = "bsf" if d.opc == 0x1BC else "bsr"
         t.emit(f"{r} = H.{fn}(c, {src}, {t.rget(d.reg, sz, d)}, {BITS[sz]})")
+        if sz == 4:
+            # a zero source leaves the whole 64-bit destination alone (AMD)
+            t.emit(f"if {src}: R[{d.reg}] = {r}")
+            return
     t.rset(d.reg, sz, d, r)
 
 

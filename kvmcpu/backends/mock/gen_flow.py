@@ -142,7 +142,7 @@ def g_leave(t: Translator, d: Insn) -> None:
 @gen(0xFF)
 def g_grp5(t: Translator, d: Insn) -> Optional[bool]:
     from .gen_alu import _incdec, _ud
-    from .system import far_call_jmp_mem
+    from .transfer import far_call_jmp_mem
 
     op = d.reg & 7
     if op in (0, 1):

@@ -172,8 +172,7 @@ def shift(c: CpuState, op: int, v: int, count: int, bits: int) -> int:
     if op == 5:  # SHR
         r = v >> count if count < bits + 1 else 0
         cfv = (v >> (count - 1)) & 1
-        of = (v >> top & 1) if count == 1 else ((r >> top & 1) ^ (r >> (top - 1) & 1) if False
-                                                 else (v >> top & 1))
+        of = (r >> top & 1) ^ (r >> (top - 1) & 1)  # = MSB(v) for count 1; AMD for others
         nf = szp(r, bits) | cfv | (OF if of else 0) | AF
         c.fl = (f & ~ARITH) | nf
         c.lz = None
@@ -189,33 +188,35 @@ def shift(c: CpuState, op: int, v: int, count: int, bits: int) -> int:
 
 
 def shld(c: CpuState, dst: int, src: int, count: int, bits: int, right: bool) -> int:
-    """SHLD (right=False) / SHRD (right=True)."""
+    """SHLD (right=False) / SHRD (right=True).
+
+    16-bit counts above 16 (undefined) shift through dst:src:src / src:src:dst with CF=0
+    (and OF=0 for SHLD) as AMD Zen does; otherwise OF is MSB(res)^CF for SHLD and
+    MSB(res)^MSB-1(res) for SHRD at any count.
+    """
     count &= 0x3F if bits == 64 else 0x1F
     if count == 0:
         return dst
     m = MASKS[bits]
     top = bits - 1
-    if bits == 16 and count > 16:
-        # undefined result: hardware shifts through the 32-bit concatenation
-        pass
     if not right:
-        wide = (dst << bits) | src
         if bits == 16:
-            wide = (wide << 16) | dst  # AMD: dst:src:dst for counts above 16
-            r = (wide >> (48 - count)) & m
-            cfv = (wide >> (48 - count + 16)) & 1
+            w = (dst << 32) | (src << 16) | src
+            r = (w >> (32 - count)) & m
+            cfv = (w >> (48 - count)) & 1 if count <= 16 else 0
         else:
             r = ((dst << count) | (src >> (bits - count))) & m
             cfv = (dst >> (bits - count)) & 1
+        of = (r >> top & 1) ^ cfv if bits != 16 or count <= 16 else 0
     else:
         if bits == 16:
-            wide = (dst << 32) | (src << 16) | dst
-            r = (wide >> count) & m
-            cfv = (wide >> (count - 1)) & 1
+            w = (src << 32) | (src << 16) | dst
+            r = (w >> count) & m
+            cfv = (w >> (count - 1)) & 1 if count <= 16 else 0
         else:
             r = ((dst >> count) | (src << (bits - count))) & m
             cfv = (dst >> (count - 1)) & 1
-    of = (r ^ dst) >> top & 1
+        of = (r >> top & 1) ^ (r >> (top - 1) & 1)
     f = flags(c)
     c.fl = (f & ~ARITH) | szp(r, bits) | cfv | (OF if of else 0) | AF
     c.lz = None
@@ -224,11 +225,16 @@ def shld(c: CpuState, dst: int, src: int, count: int, bits: int, right: bool) ->
 
 # -- multiply / divide -------------------------------------------------------------------------
 def mul_flags(c: CpuState, overflow: bool, low: int, bits: int) -> None:
-    """MUL/IMUL: CF=OF=overflow; SF/ZF/PF/AF follow AMD (from the low result half)."""
+    """MUL/IMUL: CF=OF=overflow; SF/ZF/AF/PF (undefined) are left unchanged, as on AMD Zen."""
     f = flags(c)
-    nf = (CF | OF) if overflow else 0
-    nf |= szp(low, bits)
-    c.fl = (f & ~ARITH) | nf
+    c.fl = (f & ~(CF | OF)) | ((CF | OF) if overflow else 0)
+    c.lz = None
+
+
+def div_flags(c: CpuState) -> None:
+    """DIV/IDIV leave every flag undefined; AMD Zen keeps CF/OF, sets AF, clears SF/ZF/PF."""
+    f = flags(c)
+    c.fl = (f & ~ARITH) | (f & (CF | OF)) | AF
     c.lz = None
 
 
@@ -263,6 +269,7 @@ def div(c: CpuState, hi: int, lo: int, d: int, bits: int) -> Tuple[int, int]:
     q, r = divmod(n, d)
     if q > MASKS[bits]:
         raise GuestFault(DE)
+    div_flags(c)
     return q, r
 
 
@@ -281,6 +288,7 @@ def idiv(c: CpuState, hi: int, lo: int, d: int, bits: int) -> Tuple[int, int]:
     if not -sign <= q < sign:
         raise GuestFault(DE)
     m = MASKS[bits]
+    div_flags(c)
     return q & m, r & m
 
 
@@ -293,43 +301,43 @@ def bt_flags(c: CpuState, bit: int) -> None:
 
 
 def bsf(c: CpuState, src: int, dst: int, bits: int) -> int:
+    """BSF: ZF = (src == 0) and the destination is kept then; other flags unchanged (AMD)."""
     f = flags(c)
-    if src == 0:
-        c.fl = (f & ~ARITH) | ZF | (f & (CF | OF | SF | AF | PF) & 0)
-        c.fl = (f & ~ZF) | ZF
-        c.lz = None
-        return dst
-    r = (src & -src).bit_length() - 1
-    c.fl = (f & ~ZF)
     c.lz = None
-    return r
+    if src == 0:
+        c.fl = f | ZF
+        return dst
+    c.fl = f & ~ZF
+    return (src & -src).bit_length() - 1
 
 
 def bsr(c: CpuState, src: int, dst: int, bits: int) -> int:
     f = flags(c)
+    c.lz = None
     if src == 0:
-        c.fl = (f & ~ZF) | ZF
-        c.lz = None
+        c.fl = f | ZF
         return dst
     c.fl = f & ~ZF
-    c.lz = None
     return src.bit_length() - 1
 
 
 def tzcnt(c: CpuState, src: int, bits: int) -> int:
+    """TZCNT: CF = (src == 0), ZF = (result == 0); AMD Zen clears SF/AF/PF, keeps OF."""
     r = bits if src == 0 else (src & -src).bit_length() - 1
-    f = flags(c)
-    c.fl = (f & ~(CF | ZF)) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
-    c.lz = None
+    _cnt_flags(c, src, r)
     return r
 
 
 def lzcnt(c: CpuState, src: int, bits: int) -> int:
     r = bits - src.bit_length()
-    f = flags(c)
-    c.fl = (f & ~(CF | ZF)) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
-    c.lz = None
+    _cnt_flags(c, src, r)
     return r
+
+
+def _cnt_flags(c: CpuState, src: int, r: int) -> None:
+    f = flags(c)
+    c.fl = (f & ~ARITH) | (f & OF) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
+    c.lz = None
 
 
 def popcnt(c: CpuState, src: int) -> int:

@@ -1,0 +1,127 @@
+"""Shared machinery of the differential tests.
+
+* ``run_native(body, regs, flags, buf)`` runs machine code on the host CPU at
+  CPL3 (an executable anonymous mapping called through ctypes): silicon as the
+  reference, no /dev/kvm needed. Only for code that cannot fault.
+* ``run_backend(backend, body, regs, flags, buf, cpl)`` runs the same body in a
+  fresh VM of a backend in 64-bit long mode, ending with OUT (IOPL=3 so it also
+  works at CPL3), and returns the registers, flags and scratch buffer.
+* ``compare(...)`` reports the differences register by register.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+from typing import Dict, List, Optional, Tuple
+
+from kvmcpu.backends.base import Backend
+from kvmcpu.backends.exits import IoExit
+
+REG_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+#: Compared registers: everything but RSP and R15 (the scratch pointer differs).
+COMPARED = tuple(n for n in REG_NAMES if n not in ("rsp", "r15"))
+ARITH_FLAGS = 0x8D5  # CF PF AF ZF SF OF
+FLAGS_COMPARED = ARITH_FLAGS | 0x400  # + DF
+
+_HEAD = bytes.fromhex(
+    "5355415441554156415757488b8780000000509d488b07488b4f08488b5710488b5f18488b6f28488b7730"
+    "4c8b47404c8b4f484c8b57504c8b5f584c8b67604c8b6f684c8b77704c8b7f78488b7f38")
+_TAIL = bytes.fromhex(
+    "57488b7c24088f473848890748894f084889571048895f1848896f28488977304c8947404c894f484c8957"
+    "504c895f584c8967604c896f684c8977704c897f789c8f87800000005f415f415e415d415c5d5bc3")
+
+CODE_GPA = 0x10000
+BUF_GPA = 0x20000
+STACK_TOP = 0x30000
+PAGE_TABLES = 0x40000
+RAM = 0x100000
+DONE_PORT = 0xE0
+
+
+def native_available() -> Optional[str]:
+    """None when host code can be executed natively, else why not."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"host is {platform.machine()}, not x86-64"
+    try:
+        m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, AttributeError) as err:
+        return f"no executable mapping: {err}"
+    m.close()
+    return None
+
+
+def run_native(body: bytes, regs: Dict[str, int], flags: int, buf: bytes
+               ) -> Tuple[Dict[str, int], int, bytes]:
+    """Run ``body`` on the host CPU with the given registers; R15 points at a copy of buf."""
+    code = _HEAD + body + _TAIL
+    size = (len(code) + 4095) // 4096 * 4096
+    m = mmap.mmap(-1, size, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    try:
+        m.write(code)
+        data = (ctypes.c_ubyte * len(buf)).from_buffer_copy(buf)
+        vals = [regs.get(n, 0) for n in REG_NAMES] + [flags]
+        vals[15] = ctypes.addressof(data)
+        block = (ctypes.c_uint64 * 17)(*vals)
+        # Lifetime: fn points into m; both die at the end of this function.
+        anchor = ctypes.c_char.from_buffer(m)
+        fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.addressof(anchor))
+        fn(ctypes.addressof(block))
+        del fn, anchor
+        out = {n: int(block[i]) for i, n in enumerate(REG_NAMES)}
+        return out, int(block[16]), bytes(data)
+    finally:
+        m.close()
+
+
+def run_backend(backend: Backend, body: bytes, regs: Dict[str, int], flags: int, buf: bytes,
+                *, cpl: int = 3, budget: Optional[int] = None
+                ) -> Tuple[Dict[str, int], int, bytes, List[object]]:
+    """Run ``body`` + OUT in long mode on ``backend``; returns (regs, rflags, buf, exits)."""
+    code = body + b"\xe6" + bytes([DONE_PORT])  # out DONE_PORT, al
+    with backend.create_vm() as vm:
+        ram = vm.add_ram(0, RAM)
+        ram[CODE_GPA:CODE_GPA + len(code)] = code
+        ram[BUF_GPA:BUF_GPA + len(buf)] = buf
+        vcpu = vm.create_vcpu(0)
+        try:
+            vcpu.set_long_mode(CODE_GPA, rsp=STACK_TOP, cpl=cpl, page_tables=PAGE_TABLES)
+            r = vcpu.get_regs()
+            for n in REG_NAMES:
+                setattr(r, n, regs.get(n, 0))
+            r.rsp = STACK_TOP
+            r.r15 = BUF_GPA
+            r.rip = CODE_GPA
+            r.rflags = flags | 0x2 | (3 << 12)  # IOPL=3: OUT works at CPL3
+            vcpu.set_regs(r)
+            if budget is not None and hasattr(vcpu, "set_budget"):
+                vcpu.set_budget(budget)
+            exits: List[object] = []
+            for _ in range(4):
+                ex = vcpu.run()
+                exits.append(ex)
+                if isinstance(ex, IoExit) and ex.port == DONE_PORT:
+                    break
+            out = vcpu.get_regs()
+            res = {n: int(getattr(out, n)) for n in REG_NAMES}
+            return res, int(out.rflags), bytes(ram[BUF_GPA:BUF_GPA + len(buf)]), exits
+        finally:
+            vcpu.close()
+
+
+def compare(a: Tuple[Dict[str, int], int, bytes], b: Tuple[Dict[str, int], int, bytes],
+            flag_mask: int = FLAGS_COMPARED) -> List[str]:
+    """Differences between two (regs, flags, buf) results."""
+    diffs = []
+    for n in COMPARED:
+        if a[0][n] != b[0][n]:
+            diffs.append(f"{n}: {a[0][n]:#x} != {b[0][n]:#x}")
+    if (a[1] ^ b[1]) & flag_mask:
+        diffs.append(f"rflags: {a[1] & flag_mask:#x} != {b[1] & flag_mask:#x} "
+                     f"(xor {(a[1] ^ b[1]) & flag_mask:#x})")
+    if a[2] != b[2]:
+        first = next(i for i in range(len(a[2])) if a[2][i] != b[2][i])
+        diffs.append(f"buffer differs from byte {first}")
+    return diffs
