@@ -203,9 +203,16 @@ class BaseKvmCPU(ClockedObject):
         vcpu = self.vm.create_vcpu(self.vcpu_id)
         self.vcpu = vcpu
         p = self.params
-        self._use_coalesced = bool(p.useCoalescedMMIO and self.vm.kvm.capCoalescedMMIO())
-        if p.useCoalescedMMIO and not self._use_coalesced:
+        ring = bool(self.vm.kvm.capCoalescedMMIO())
+        # Writes to a zone the VM registered wait in the ring until someone drains
+        # it: drain whenever there are zones, whatever useCoalescedMMIO says.
+        zones = bool(self.vm.coalesced_zones)
+        self._use_coalesced = ring and (p.useCoalescedMMIO or zones)
+        if p.useCoalescedMMIO and not ring:
             log.info("%s: coalesced MMIO not supported by the backend", self.path())
+        elif zones and not p.useCoalescedMMIO:
+            log.info("%s: the VM has coalesced zones: draining the ring after every run",
+                     self.path())
         self.counters = choose_counters(vcpu, use_perf=p.usePerf, host_freq=p.hostFreq)
         self.run_timer = self._make_timer(vcpu)
         self.stats.numCycles.desc = (

@@ -157,6 +157,8 @@ class KvmVM(SimObject):
         self._ram: List[Tuple[int, HostMemory, int]] = []  # (gpa, memory, flags)
         self._started = False
         self.has_irqchip = False
+        #: (start, size, pio) of every coalesced zone registered at delayed startup.
+        self.coalesced_zones: List[Tuple[int, int, bool]] = []
         if self.kvm.capSetTSSAddress():
             try:
                 self.vm.set_tss_addr(self.params.tss_addr)
@@ -229,8 +231,10 @@ class KvmVM(SimObject):
             else:
                 for start, size in self.params.coalesced_mmio:
                     self.vm.register_coalesced_mmio(start, size)
+                    self.coalesced_zones.append((start, size, False))
                 for start, size in self.params.coalesced_pio:
                     self.vm.register_coalesced_mmio(start, size, pio=True)
+                    self.coalesced_zones.append((start, size, True))
         if self.params.irqchip:
             self.create_irq_chip()
             if self.params.pit:
