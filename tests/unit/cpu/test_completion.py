@@ -16,7 +16,7 @@ import pytest
 from kvmcpu.cpu.kvm import Status, ThreadStatus
 from kvmcpu.sim.eventq import EventFunctionWrapper
 
-from .harness import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
+from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
 
 #: The mock queues the completed data for the re-executed instruction instead of
 #: writing the register during an immediate_exit entry (KVM completes the access

@@ -33,7 +33,7 @@ from kvmcpu.cpu.kvm import GuestTripleFault, Status, ThreadStatus
 from kvmcpu.errors import VcpuRunError
 from kvmcpu.uapi import ExitReason
 
-from .harness import CpuRig, Recorder, trace_calls
+from cpu_rig import CpuRig, Recorder, trace_calls
 
 LIMIT = 200_000  # ticks: 200 cycles of the 1 GHz CPU clock
 

@@ -11,7 +11,7 @@ from kvmcpu.cpu.kvm import BudgetKvmTimer, MockCounters, PosixKvmTimer
 from kvmcpu.cpu.kvm.timer import BaseKvmTimer
 from kvmcpu.sim.eventq import TICKS_PER_SECOND
 
-from .harness import IN_VALUE, MMIO_VALUE, CpuRig, Recorder, trace_calls
+from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder, trace_calls
 
 QUANTUM = 50_000  # ticks: 50 cycles at 1 GHz
 

@@ -1,4 +1,4 @@
-"""A KVM CPU on a small machine, for the CPU-model tests.
+"""A KVM CPU on a small machine, for the CPU-model tests (tests/unit/cpu, tests/hw/test_cpu_kvm.py).
 
 :class:`CpuRig` builds what the CPU model needs and nothing more: a Root with
 its own event queue, a :class:`KvmVM` on the requested backend, 64 KiB of RAM
@@ -11,7 +11,9 @@ records every access with the tick it happened at.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
 
 from kvmcpu.cpu.kvm import KvmVM, X86KvmCPU, real_mode_context
 from kvmcpu.cpu.kvm.base import ThreadStatus
@@ -21,7 +23,7 @@ from kvmcpu.mem.bus import IoBus, MmioBus
 from kvmcpu.sim.eventq import EventQueue, SimLoopExitEvent
 from kvmcpu.sim.simobject import Root
 
-GUESTS = Path(__file__).resolve().parents[3] / "guests"
+GUESTS = Path(__file__).resolve().parents[1] / "guests"
 RAM_SIZE = 0x10000
 ENTRY = 0x1000
 
@@ -133,3 +135,18 @@ def trace_calls(mocker: Any, obj: Any, name: str, log: List[Tuple[str, int, Any]
         return result
 
     return mocker.patch.object(obj, name, side_effect=wrapper)
+
+
+@pytest.fixture
+def make_rig() -> Iterator[Callable[..., CpuRig]]:
+    """``make_rig(backend, image, **kw)``: CpuRigs closed after the test."""
+    rigs: List[CpuRig] = []
+
+    def make(backend: str = "mock", image: Optional[str] = "spin", **kw: Any) -> CpuRig:
+        rig = CpuRig(backend, image, **kw)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.close()
