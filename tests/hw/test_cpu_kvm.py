@@ -1,0 +1,141 @@
+"""The KVM CPU model on real /dev/kvm: the POSIX run timer and its signal, counters,
+interrupt injection, coalesced MMIO and the exit path (every test here is marked kvm).
+
+Timing checks are deliberately loose (this host is nested and shared): they
+tell "interrupted at once" from "ran most of its quantum", nothing finer.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any, List, Tuple
+
+import pytest
+
+from cpu_rig import CpuRig, Recorder, make_rig, trace_calls
+from kvmcpu.backends.exits import IntrExit, IoExit
+from kvmcpu.backends.kvm_vcpu import KvmVcpu
+from kvmcpu.cpu.kvm import HostClockCounters, PosixKvmTimer
+from kvmcpu.cpu.kvm.timer import TIMER_SIGNAL
+
+pytestmark = pytest.mark.kvm
+__all__ = ["make_rig"]
+
+MS = 1_000_000_000  # ticks per simulated millisecond
+
+
+def timed_runs(mocker: Any, rig: CpuRig) -> List[Tuple[int, float, Any]]:
+    """Wrap kvmRun: (ticks asked, host seconds, exit) of every entry."""
+    out: List[Tuple[int, float, Any]] = []
+    original = rig.cpu.kvmRun
+
+    def run(ticks: int) -> int:
+        t0 = time.perf_counter()
+        executed = original(ticks)
+        out.append((ticks, time.perf_counter() - t0, rig.cpu.last_exit))
+        return executed
+
+    mocker.patch.object(rig.cpu, "kvmRun", side_effect=run)
+    return out
+
+
+def test_kvm_cpu_uses_the_posix_timer_with_the_signal_unblocked_in_kvm_run(
+        make_rig: Any, mocker: Any) -> None:
+    mask = mocker.spy(KvmVcpu, "set_signal_mask")
+    rig = make_rig("kvm", "spin").start()
+    timer = rig.cpu.run_timer
+    assert isinstance(timer, PosixKvmTimer)
+    assert timer.signo == TIMER_SIGNAL
+    # Blocked in the thread (never delivered to Python) ...
+    assert TIMER_SIGNAL in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    # ... and absent from the mask KVM applies inside KVM_RUN.
+    (_, blocked), _ = mask.call_args
+    assert TIMER_SIGNAL not in set(blocked)
+    if not isinstance(rig.cpu.counters, HostClockCounters):
+        pytest.skip("this host has hardware perf counters")
+    assert "estimated" in rig.cpu.stats.numInsts.desc
+
+
+@pytest.mark.parametrize("quantum_ms", [1, 2])
+def test_spinning_guest_is_interrupted_by_the_timer(make_rig: Any, mocker: Any,
+                                                    quantum_ms: int) -> None:
+    quantum = quantum_ms * MS
+    rig = make_rig("kvm", "spin", quantum=quantum).start()
+    executed: List[int] = []
+    original = rig.cpu.kvmRun
+    mocker.patch.object(rig.cpu, "kvmRun",
+                        side_effect=lambda t: executed.append(original(t)) or executed[-1])
+    ev = rig.simulate(20 * quantum)
+    assert ev.tick == 20 * quantum
+    stats = rig.stats()
+    assert stats["numExitSignal"] == stats["numVMExits"] == len(executed)
+    assert stats["numIO"] == stats["numMMIO"] == 0
+    # Simulated time follows the host time spent in KVM_RUN: a run ends at its
+    # quantum (never before) and, unless the host deschedules the thread (this
+    # machine is shared), soon after it.
+    full = executed[:-1]
+    assert len(full) >= 3
+    assert all(t >= quantum * 0.95 for t in full)
+    assert sorted(full)[len(full) // 2] < 3 * quantum
+    assert stats["numCycles"] > 0
+    assert 0 < rig.cpu.stats.hostSecondsInKvm.value < 5
+
+
+def test_no_timer_signal_leaks_into_the_next_run(make_rig: Any, mocker: Any) -> None:
+    """After runs the timer ended, a run with a long quantum is not cut short."""
+    rig = make_rig("kvm", "spin", quantum=1 * MS).start()
+    runs = timed_runs(mocker, rig)
+    rig.simulate(5 * MS)
+    assert any(isinstance(ex, IntrExit) for _, _, ex in runs)
+    rig.cpu.params.quantum = 200 * MS
+    del runs[:]
+    rig.simulate(200 * MS)
+    ticks, seconds, ex = runs[0]
+    assert ticks > 190 * MS
+    assert isinstance(ex, IntrExit)
+    assert seconds > 0.1  # most of its 200 ms, not an immediate EINTR
+
+
+def test_a_timer_that_fires_outside_kvm_run_is_consumed(make_rig: Any, mocker: Any) -> None:
+    """A device handler outlives the run timer's deadline, so a timer left armed
+    fires while the thread is outside KVM_RUN: no full entry may start with the
+    timer signal pending (it would end that entry at once)."""
+    rig = make_rig("kvm", "out_loop", quantum=1 * MS)
+    rig.cpu.tc.rdx = 0x80
+    slow = Recorder(rig.queue)
+    original = slow.write
+
+    def write(offset: int, size: int, value: int) -> None:
+        original(offset, size, value)
+        if len(slow.log) in (3, 6):
+            time.sleep(0.005)  # five quanta: an armed timer fires meanwhile
+
+    slow.write = write  # type: ignore[method-assign]
+    rig.io.add(0x80, 1, slow)
+    rig.start()
+    entries: List[Tuple[bool, bool, Any]] = []
+    ioctl_run = rig.cpu.ioctlRun
+
+    def run() -> Any:
+        pending = TIMER_SIGNAL in signal.sigpending()
+        half = bool(rig.vcpu.kvm_run.immediate_exit)
+        ex = ioctl_run()
+        entries.append((pending, half, ex))
+        return ex
+
+    mocker.patch.object(rig.cpu, "ioctlRun", side_effect=run)
+    rig.simulate(2 * MS)
+    assert len(slow.log) >= 8
+    full = [(pending, ex) for pending, half, ex in entries if not half]
+    assert not [i for i, (pending, _) in enumerate(full) if pending]
+    assert isinstance(full[3][1], IoExit)  # the entry after the first sleep
+
+
+def test_run_timer_resolution_clamps_short_runs_on_kvm(make_rig: Any, mocker: Any) -> None:
+    rig = make_rig("kvm", "spin", quantum=1000, minQuantumNs=100_000).start()
+    timer = rig.cpu.run_timer
+    assert timer.resolution() == 100_000_000
+    arm = mocker.spy(timer, "arm")
+    rig.simulate(1 * MS)
+    assert arm.call_args_list[0].args == (100_000_000,)
