@@ -5,13 +5,19 @@ Exit status of ``kvmcpu run`` (also in ``kvmcpu run --help`` and the README):
 ====  ==================================================================
 N     the guest wrote v to isa-debug-exit (port 0xf4): N = (v << 1) | 1
 0     the guest ended with m5 exit (code 0), or halted with nothing left to run
-c     the guest's m5 exit / m5 fail code c
-124   the simulated-time limit or the host timeout was reached
+c     the guest's m5 exit code c (taken modulo 256 by the shell)
+124   the simulated-time limit (--max-ticks/--max-seconds) or --timeout was reached
 125   the guest triple-faulted
 126   the vCPU stopped with an error KVM reports (internal error, failed entry, ...)
 1     any other error (one line on stderr; ``-v`` for the traceback)
-2     bad command line (missing file, bad size, unknown backend, ...)
+2     bad command line (missing image or checkpoint, bad size, duration, backend,
+      --serial or --smp, an image no loader accepts, an impossible configuration)
 ====  ==================================================================
+
+With ``--restore DIR`` the machine (RAM size, devices, CPU state) comes from the
+checkpoint, so IMAGE may be left out (and is ignored when given); ``--backend``
+may differ from the backend that wrote it. Limits (``--max-*``, ``--timeout``)
+count from the start of the command, across checkpoints the guest asks for.
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
-from .errors import ConfigError, GuestError, VcpuRunError
-from .mem.physmem import parse_size
-from .sim.eventq import TICKS_PER_SECOND
+if TYPE_CHECKING:  # imported lazily at run time: `kvmcpu info` does not need them
+    from .system import RunResult, System
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
+
+#: Picoseconds per simulated second (kvmcpu.sim.eventq.TICKS_PER_SECOND, without the import).
+_TICKS_PER_SECOND = 10**12
+_DURATION_UNITS = (("ps", 1), ("ns", 10**3), ("us", 10**6), ("ms", 10**9), ("s", 10**12))
+
+
+class UsageError(Exception):
+    """A command-line value is unusable (status 2)."""
 
 
 def parse_duration(text: str) -> int:
@@ -37,21 +50,21 @@ def parse_duration(text: str) -> int:
     Raises:
         ConfigError: naming the bad value.
     """
-    units = {"ps": 1, "ns": 10**3, "us": 10**6, "ms": 10**9, "s": 10**12}
     t = text.strip().lower()
-    for suffix in ("ps", "ns", "us", "ms", "s"):
-        if t.endswith(suffix):
-            number = t[: -len(suffix)]
+    for suffix, unit in _DURATION_UNITS:
+        if t.endswith(suffix) and not (suffix == "s" and t[-2:-1] in ("p", "n", "u", "m")):
             try:
-                value = float(number)
+                value = float(t[: -len(suffix)])
             except ValueError:
                 break
-            if value < 0:
+            if value < 0 or value != value or value == float("inf"):
                 break
-            return int(value * units[suffix])
+            return int(value * unit)
     else:
         if t.isdigit():
             return int(t)
+    from .errors import ConfigError
+
     raise ConfigError(f"bad duration {text!r} (use e.g. 1ms, 250us, 2s or a tick count)")
 
 
@@ -71,6 +84,8 @@ def guest_path(name: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
+    from .errors import GuestError
+
     raise GuestError(f"bundled guest {name!r} not found (looked in "
                      + ", ".join(str(c.parent) for c in candidates) + ")")
 
@@ -83,9 +98,12 @@ def _serial_sink(spec: str) -> Any:
     if spec.startswith("file:"):
         path = spec[5:]
         if not path:
-            raise ConfigError("--serial file: needs a path (file:PATH)")
-        return open(path, "wb")  # noqa: SIM115 - closed by the caller
-    raise ConfigError(f"bad --serial {spec!r} (use stdio, file:PATH or none)")
+            raise UsageError("--serial file: needs a path (file:PATH)")
+        try:
+            return open(path, "wb")  # noqa: SIM115 - closed by cmd_run
+        except OSError as err:
+            raise UsageError(f"--serial {spec}: {err.strerror or err}") from err
+    raise UsageError(f"bad --serial {spec!r} (use stdio, file:PATH or none)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -96,7 +114,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log more, and show tracebacks of errors")
-    p.add_argument("image", help="the guest image")
+    p.add_argument("image", nargs="?", default=None,
+                   help="the guest image (optional with --restore)")
     p.add_argument("--format", dest="fmt", default="auto",
                    choices=("auto", "flat", "elf", "multiboot"), help="image format")
     p.add_argument("--append", default="", metavar="CMDLINE",
@@ -113,12 +132,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--quantum", default="0",
                    help="longest KVM entry in simulated time (e.g. 1ms; 0: until the next event)")
     p.add_argument("--serial", default="stdio", help="stdio, file:PATH or none")
-    p.add_argument("--stats-file", default=None, help="write gem5 stats.txt here at the end")
+    p.add_argument("--stats-file", default=None,
+                   help="write gem5 stats.txt here at the end (and on m5 dump-stats)")
     p.add_argument("--stats-json", default=None, help="write the stats as JSON here")
     p.add_argument("--checkpoint-dir", default=None,
-                   help="where checkpoints requested by the guest (m5 checkpoint) go")
+                   help="where checkpoints requested by the guest (m5 checkpoint) go "
+                        "(default m5out; each is DIR/cpt.TICK)")
     p.add_argument("--restore", default=None, metavar="DIR",
-                   help="restore this checkpoint instead of loading IMAGE's start state")
+                   help="continue from this checkpoint instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
     p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
                    help="KVM's in-kernel irqchip (auto: the userspace PIC/PIT)")
@@ -166,94 +187,187 @@ class _Progress:
         self.bar.close()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """``kvmcpu run``."""
-    from .system import STATUS_VCPU_ERROR, System
+def _check_args(args: argparse.Namespace) -> Optional[int]:
+    """Validate what needs no System; returns the memory size in bytes.
 
+    Raises:
+        UsageError: with the message for stderr.
+    """
+    from .errors import ConfigError
+    from .hostmem import PAGE_SIZE
+    from .mem.physmem import parse_size
+
+    if args.smp != 1:
+        why = "more than one CPU is not supported yet" if args.smp > 1 else "must be 1"
+        raise UsageError(f"--smp {args.smp}: {why}")
+    if args.backend not in ("auto", "kvm", "mock"):
+        raise UsageError(f"unknown backend {args.backend!r} (use auto, kvm or mock)")
+    try:
+        args.quantum_ticks = parse_duration(args.quantum)
+    except ConfigError as err:
+        raise UsageError(f"--quantum: {err}") from err
+    if args.max_ticks is not None and args.max_ticks < 0:
+        raise UsageError(f"--max-ticks {args.max_ticks}: must not be negative")
+    if args.max_seconds is not None and not 0 <= args.max_seconds < float("inf"):
+        raise UsageError(f"--max-seconds {args.max_seconds}: must be a non-negative number")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    if args.restore is not None:
+        if not Path(args.restore).is_dir():
+            raise UsageError(f"--restore {args.restore}: no such checkpoint directory")
+        return None
+    if args.image is None:
+        raise UsageError("an IMAGE is required (or --restore DIR)")
+    if not Path(args.image).is_file():
+        raise UsageError(f"{args.image}: no such file")
+    for m in args.module:
+        if not Path(m).is_file():
+            raise UsageError(f"--module {m}: no such file")
     try:
         memory = parse_size(args.memory)
-        quantum = parse_duration(args.quantum)
     except ConfigError as err:
-        print(f"kvmcpu run: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.smp != 1:
-        print(f"kvmcpu run: --smp {args.smp}: more than one CPU is not supported yet",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if args.backend not in ("auto", "kvm", "mock"):
-        print(f"kvmcpu run: unknown backend {args.backend!r} (use auto, kvm or mock)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if args.restore is None and not Path(args.image).is_file():
-        print(f"kvmcpu run: {args.image}: no such file", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(err)) from err
+    if memory <= 0 or memory % PAGE_SIZE:
+        raise UsageError(f"--memory {args.memory}: must be a positive multiple of "
+                         f"{PAGE_SIZE} bytes")
+    return memory
+
+
+def _truncate(path: Optional[str], option: str) -> None:
+    """Start an output file empty, as gem5 starts stats.txt (dumps then append)."""
+    if path:
+        try:
+            open(path, "w").close()  # noqa: SIM115
+        except OSError as err:
+            raise UsageError(f"{option} {path}: {err.strerror or err}") from err
+
+
+def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System:
+    """The System to run: restored from --restore, or booting IMAGE.
+
+    Raises:
+        UsageError: the configuration or the image is unusable.
+    """
+    from .errors import CheckpointError, ConfigError, GuestError
+    from .system import System
+
+    if args.restore is not None:
+        if args.image is not None:
+            print(f"kvmcpu run: --restore given: {args.image} is not loaded", file=sys.stderr)
+        try:
+            return System.restore(args.restore, backend=args.backend, serial=sink,
+                                  stats_file=args.stats_file)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from err
     try:
+        system = System(memory=memory if memory is not None else "128M", backend=args.backend,
+                        serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
+                        stats_file=args.stats_file)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    try:
+        system.load(args.image, fmt=args.fmt, cmdline=args.append,
+                    modules=[(m, m) for m in args.module])
+    except GuestError as err:  # ConfigError included: a loader option that does not apply
+        system.close()
+        raise UsageError(str(err)) from err
+    except BaseException:
+        system.close()
+        raise
+    return system
+
+
+def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
+    """Run until the guest stops for good, writing the checkpoints it asks for."""
+    from .system import CAUSE_CHECKPOINT
+
+    limit = args.max_ticks
+    if limit is None and args.max_seconds is not None:
+        limit = int(args.max_seconds * _TICKS_PER_SECOND)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    first_tick = system.eventq.cur_tick
+    while True:
+        max_ticks = None if limit is None else max(0, limit - (system.eventq.cur_tick
+                                                               - first_tick))
+        timeout = None if deadline is None else max(1e-6, deadline - time.monotonic())
+        result = system.run(max_ticks=max_ticks, timeout=timeout)
+        if result.cause != CAUSE_CHECKPOINT:
+            return result
+        directory = Path(args.checkpoint_dir or "m5out") / f"cpt.{result.tick}"
+        system.checkpoint(directory, overwrite=True)
+        print(f"kvmcpu run: checkpoint written to {directory}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``kvmcpu run``."""
+    try:
+        memory = _check_args(args)
+        _truncate(args.stats_file, "--stats-file")
+        _truncate(args.stats_json, "--stats-json")
         sink = _serial_sink(args.serial)
-    except (ConfigError, OSError) as err:
+    except UsageError as err:
         print(f"kvmcpu run: {err}", file=sys.stderr)
         return EXIT_USAGE
-    fmt = {"elf": "elf64"}.get(args.fmt, args.fmt)
     system: Optional[System] = None
     progress: Optional[_Progress] = None
     try:
-        if args.restore:
-            system = System.restore(args.restore, backend=args.backend, serial=sink)
-        else:
-            system = System(memory=memory, backend=args.backend, serial=sink,
-                            irqchip=args.irqchip, quantum=quantum)
-            try:
-                system.load(args.image, fmt=fmt, cmdline=args.append,
-                            modules=[(m, m) for m in args.module])
-            except GuestError as err:
-                print(f"kvmcpu run: {err}", file=sys.stderr)
-                return EXIT_USAGE
-        if args.verbose:
-            print(f"kvmcpu run: backend {system.backend.name} ({system.backend.reason})",
-                  file=sys.stderr)
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        if show:
-            progress = _Progress(system)
-            system.progress_hook = progress.update
-        checkpoints = 0
-        while True:
-            result = system.run(max_ticks=args.max_ticks, max_seconds=args.max_seconds,
-                                timeout=args.timeout)
-            if result.cause != "checkpoint":
-                break
-            directory = Path(args.checkpoint_dir or "m5out") / f"cpt.{result.tick}"
-            system.checkpoint(directory, overwrite=True)
-            checkpoints += 1
-            print(f"kvmcpu run: checkpoint written to {directory}", file=sys.stderr)
-        if progress is not None:
-            progress.close()
-            progress = None
-        if args.stats_file:
-            system.stats.dump(args.stats_file)
-        if args.stats_json:
-            system.stats.dump_json(args.stats_json)
-        if result.status in (124, 125) or args.verbose:
-            print(f"kvmcpu run: {result.cause} at {result.tick / TICKS_PER_SECOND:.6f} s "
-                  f"simulated ({result.host_seconds:.3f} s host)", file=sys.stderr)
-        return result.status
-    except VcpuRunError as err:
-        if args.verbose:
-            print(err, file=sys.stderr)
-        else:
-            print(f"kvmcpu run: {err.message}", file=sys.stderr)
-        return STATUS_VCPU_ERROR
+        try:
+            system = _build(args, memory, sink)
+        except UsageError as err:
+            print(f"kvmcpu run: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return _run_and_report(system, args)
     finally:
         if progress is not None:
             progress.close()
         if system is not None:
             system.close()
-        if sink is not None and hasattr(sink, "close") and sink != "stdout":
+        if sink is not None and sink != "stdout":
             sink.close()
+
+
+def _run_and_report(system: System, args: argparse.Namespace) -> int:
+    from .errors import VcpuRunError
+    from .system import STATUS_TIMEOUT, STATUS_TRIPLE_FAULT, STATUS_VCPU_ERROR
+
+    if args.verbose:
+        print(f"kvmcpu run: backend {system.backend.name} ({system.backend.reason})",
+              file=sys.stderr)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = _Progress(system) if show else None
+    try:
+        if progress is not None:
+            system.progress_hook = progress.update
+        try:
+            result = _run_to_end(system, args)
+        except VcpuRunError as err:
+            if progress is not None:
+                progress.close()
+                progress = None
+            print(err if args.verbose else f"kvmcpu run: {err.message}", file=sys.stderr)
+            return STATUS_VCPU_ERROR
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.stats_file:
+        system.stats.dump(args.stats_file)
+    if args.stats_json:
+        system.stats.dump_json(args.stats_json)
+    if result.status in (STATUS_TIMEOUT, STATUS_TRIPLE_FAULT) or args.verbose:
+        print(f"kvmcpu run: {result.cause} at {result.tick / _TICKS_PER_SECOND:.6f} s "
+              f"simulated ({result.host_seconds:.3f} s host), status {result.status}",
+              file=sys.stderr)
+    return result.status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``kvmcpu demo``: hello on the best backend, and what it showed."""
     from .system import System
 
+    if args.backend not in ("auto", "kvm", "mock"):
+        print(f"kvmcpu demo: unknown backend {args.backend!r} (use auto, kvm or mock)",
+              file=sys.stderr)
+        return EXIT_USAGE
     image = guest_path("hello.bin")
     with System(memory="64M", backend=args.backend) as system:
         system.load(image)
@@ -266,7 +380,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for line in out.splitlines():
             print(f"  | {line}")
         print(f"result:  {result.cause}, status {result.status}, "
-              f"{result.tick / TICKS_PER_SECOND * 1e3:.3f} ms simulated in "
+              f"{result.tick / _TICKS_PER_SECOND * 1e3:.3f} ms simulated in "
               f"{result.host_seconds:.3f} s")
         print(f"stats:   {int(cpu.numVMExits.value)} VM exits, {int(cpu.numIO.value)} IO, "
               f"{int(cpu.numMMIO.value)} MMIO, {int(cpu.numHalt.value)} HLT")

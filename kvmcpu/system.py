@@ -69,8 +69,12 @@ STATUS_TIMEOUT = 124
 STATUS_TRIPLE_FAULT = 125
 STATUS_VCPU_ERROR = 126
 
-#: How often (simulated time) the host-timeout check runs.
+#: The longest simulated time between two host-timeout (and progress) checks.
 TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
+#: The shortest one, where simulated time is slow on the host (the mock backend).
+MIN_CHECK_PERIOD = 1_000_000  # 1 us
+#: The host time the check period adapts to (so --timeout is kept to about this).
+HOST_CHECK_INTERVAL = 0.05
 
 
 @dataclasses.dataclass
@@ -128,6 +132,9 @@ class System(SimObject):
         quantum: longest KVM entry in ticks (0: run until the next event).
         unclaimed: policy for accesses no device claims.
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
+        stats_file: where a guest's m5 dump-stats request appends a stats.txt
+            block (None: the request is only logged).
+        eventq: the event queue (default: a new one).
     """
 
     params_class = SystemParams
@@ -137,6 +144,7 @@ class System(SimObject):
                  serial: Any = None, serial_input: bytes = b"", smp: int = 1,
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
+                 stats_file: Optional[str] = None,
                  eventq: Optional[EventQueue] = None) -> None:
         if smp != 1:
             raise ConfigError(f"smp={smp}: more than one CPU is not supported yet")
@@ -148,6 +156,9 @@ class System(SimObject):
         self.exit_status: Optional[int] = None
         self.loaded: Optional[LoadedImage] = None
         self._host_deadline: Optional[float] = None
+        self._check_period = MIN_CHECK_PERIOD
+        self._last_check = 0.0
+        self.stats_file = stats_file
         self._timeout_event = EventFunctionWrapper(self._check_timeout, "system.hostTimeout",
                                                    Priority.Sim_Exit)
         self.physmem = PhysicalMemory(self.params.memory)
@@ -272,7 +283,9 @@ class System(SimObject):
         self._host_deadline = None if timeout is None else started + timeout
         housekeeping = self._host_deadline is not None or self.progress_hook is not None
         if housekeeping and not self._timeout_event.scheduled():
-            self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + TIMEOUT_CHECK_PERIOD)
+            self._check_period = MIN_CHECK_PERIOD
+            self._last_check = started
+            self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + MIN_CHECK_PERIOD)
         try:
             ev = self.root.simulate(max_ticks)
         except GuestTripleFault as err:
@@ -304,11 +317,21 @@ class System(SimObject):
     def _check_timeout(self) -> None:
         if self.progress_hook is not None:
             self.progress_hook()
+        now = time.monotonic()
         deadline = self._host_deadline
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and now >= deadline:
             exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
             return
-        self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + TIMEOUT_CHECK_PERIOD)
+        # Simulated time runs at very different host speeds (KVM: about real time;
+        # the mock: thousands of times slower), so the period follows the host
+        # clock: about HOST_CHECK_INTERVAL apart, within [MIN, TIMEOUT]_CHECK_PERIOD,
+        # growing at most 4x per check.
+        period, elapsed = self._check_period, now - self._last_check
+        if elapsed > 0:
+            period = min(4 * period, int(period * HOST_CHECK_INTERVAL / elapsed))
+        period = max(MIN_CHECK_PERIOD, min(TIMEOUT_CHECK_PERIOD, period))
+        self._check_period, self._last_check = period, now
+        self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + period)
 
     # ------------------------------------------------------------------ devices
     def _on_debug_exit(self, status: int, cause: str) -> None:
@@ -345,7 +368,10 @@ class System(SimObject):
         return 0
 
     def m5_dump_stats(self, delay: int, period: int) -> object:
-        self.stats.dump(self._stats_path)
+        if self.stats_file is None:
+            log.info("m5 dump stats at tick %d (no stats file)", self.eventq.cur_tick)
+        else:
+            self.stats.dump(self.stats_file)
         return 0
 
     def m5_reset_stats(self, delay: int, period: int) -> object:
@@ -365,8 +391,6 @@ class System(SimObject):
         log.info("m5 work end %d (thread %d) at tick %d", work_id, thread_id,
                  self.eventq.cur_tick)
         return 0
-
-    _stats_path: Optional[str] = "m5out-stats.txt"
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
@@ -421,10 +445,19 @@ class System(SimObject):
         """
         cp = CheckpointIn.load(directory)
         sec = cp.section("system")
-        system = cls(memory=sec.get_int("memory"), backend=backend, smp=sec.get_int("smp"),
-                     irqchip=sec.get_str("irqchip"), clock_period=sec.get_int("clock_period"),
-                     quantum=sec.get_int("quantum"), unclaimed=sec.get_str("unclaimed"),
-                     **kwargs)
+        config: Dict[str, Any] = {
+            "memory": sec.get_int("memory"), "smp": sec.get_int("smp"),
+            "irqchip": sec.get_str("irqchip"), "clock_period": sec.get_int("clock_period"),
+            "quantum": sec.get_int("quantum"), "unclaimed": sec.get_str("unclaimed"),
+        }
+        clash = sorted(set(config) & set(kwargs))
+        if clash:
+            raise TypeError(f"restore: {', '.join(clash)} come(s) from the checkpoint")
+        try:
+            system = cls(backend=backend, **config, **kwargs)
+        except ConfigError as err:
+            raise CheckpointError(f"checkpoint {directory}: cannot build the system it "
+                                  f"describes: {err}") from err
         try:
             system.root.instantiate(directory)
         except BaseException:
