@@ -12,8 +12,8 @@ import time
 from typing import Any, List, Tuple
 
 import pytest
+from cpu_rig import CpuRig, Recorder, make_rig
 
-from cpu_rig import CpuRig, Recorder, make_rig, trace_calls
 from kvmcpu.backends.exits import IntrExit, IoExit
 from kvmcpu.backends.kvm_vcpu import KvmVcpu
 from kvmcpu.cpu.kvm import HostClockCounters, PosixKvmTimer
@@ -62,22 +62,26 @@ def test_spinning_guest_is_interrupted_by_the_timer(make_rig: Any, mocker: Any,
                                                     quantum_ms: int) -> None:
     quantum = quantum_ms * MS
     rig = make_rig("kvm", "spin", quantum=quantum).start()
-    executed: List[int] = []
+    runs: List[Tuple[int, int]] = []
     original = rig.cpu.kvmRun
-    mocker.patch.object(rig.cpu, "kvmRun",
-                        side_effect=lambda t: executed.append(original(t)) or executed[-1])
+
+    def run(ticks: int) -> int:
+        runs.append((ticks, original(ticks)))
+        return runs[-1][1]
+
+    mocker.patch.object(rig.cpu, "kvmRun", side_effect=run)
     ev = rig.simulate(20 * quantum)
     assert ev.tick == 20 * quantum
     stats = rig.stats()
-    assert stats["numExitSignal"] == stats["numVMExits"] == len(executed)
+    assert stats["numExitSignal"] == stats["numVMExits"] == len(runs)
     assert stats["numIO"] == stats["numMMIO"] == 0
     # Simulated time follows the host time spent in KVM_RUN: a run ends at its
-    # quantum (never before) and, unless the host deschedules the thread (this
-    # machine is shared), soon after it.
-    full = executed[:-1]
+    # quantum (never much before) and, unless the host deschedules the thread
+    # (this machine is shared), soon after it.
+    full = [(asked, executed) for asked, executed in runs if asked > 0]
     assert len(full) >= 3
-    assert all(t >= quantum * 0.95 for t in full)
-    assert sorted(full)[len(full) // 2] < 3 * quantum
+    assert all(executed >= 0.95 * asked for asked, executed in full)
+    assert min(executed for asked, executed in full if asked == quantum) < 2 * quantum
     assert stats["numCycles"] > 0
     assert 0 < rig.cpu.stats.hostSecondsInKvm.value < 5
 

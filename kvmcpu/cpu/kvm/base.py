@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import time
-from typing import Any, Callable, List, Optional
+from time import perf_counter_ns
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...backends.base import Vcpu
 from ...backends.exits import (
@@ -57,7 +57,7 @@ from ...sim.params import param
 from ...sim.simobject import ClockedObject, ClockedObjectParams, DrainState, SimObject
 from ...uapi import ExitReason
 from ..thread import ThreadContext
-from .perfevent import CounterSource, choose_counters
+from .perfevent import CounterSource, HostClockCounters, choose_counters
 from .timer import (
     DEFAULT_MIN_QUANTUM_NS,
     BaseKvmTimer,
@@ -89,6 +89,35 @@ class ThreadStatus(enum.Enum):
 
 class GuestTripleFault(VcpuRunError):
     """The guest triple-faulted (KVM_EXIT_SHUTDOWN) and nothing handled it."""
+
+
+_ExitEntry = Tuple[str, Optional[str], Status]
+
+#: exit class -> (handler method name, stat it increments, CPU state after the exit).
+#: IO and MMIO leave the CPU in RunningServiceCompletion: the next entry completes them.
+EXIT_HANDLERS: Dict[type, _ExitEntry] = {
+    IoExit: ("handleKvmExitIO", "numIO", Status.RunningServiceCompletion),
+    MmioExit: ("handleKvmExitMMIO", "numMMIO", Status.RunningServiceCompletion),
+    HltExit: ("handleKvmExitHalt", "numHalt", Status.Running),
+    IrqWindowOpenExit: ("handleKvmExitIRQWindowOpen", None, Status.Running),
+    HypercallExit: ("handleKvmExitHypercall", "numHypercalls", Status.Running),
+    IntrExit: ("handleKvmExitIntr", None, Status.Running),
+    ShutdownExit: ("handleKvmExitShutdown", None, Status.Running),
+    FailEntryExit: ("handleKvmExitFailEntry", None, Status.Running),
+    InternalErrorExit: ("handleKvmExitInternalError", None, Status.Running),
+    ExceptionExit: ("handleKvmExitException", None, Status.Running),
+    SystemEventExit: ("handleKvmExitSystemEvent", None, Status.Running),
+    DebugExit: ("handleKvmExitDebug", None, Status.Running),
+    UnknownExit: ("handleKvmExitUnknown", None, Status.Running),
+}
+
+
+def _exit_entry(ex: object) -> Optional[_ExitEntry]:
+    """The entry of the nearest base class (exit classes derived outside this package)."""
+    for cls, entry in EXIT_HANDLERS.items():
+        if isinstance(ex, cls):
+            return entry
+    return None
 
 
 @dataclasses.dataclass
@@ -175,6 +204,8 @@ class BaseKvmCPU(ClockedObject):
         self.vcpu: Optional[Vcpu] = None
         self.run_timer: Optional[BaseKvmTimer] = None
         self.counters: Optional[CounterSource] = None
+        self._host_clock: Optional[HostClockCounters] = None
+        self._budget_timer = False
         self.switched_out = False
         self.ctr_insts = 0
         self.last_exit: Optional[Exit] = None
@@ -215,6 +246,8 @@ class BaseKvmCPU(ClockedObject):
                      self.path())
         self.counters = choose_counters(vcpu, use_perf=p.usePerf, host_freq=p.hostFreq)
         self.run_timer = self._make_timer(vcpu)
+        self._host_clock = self.counters if isinstance(self.counters, HostClockCounters) else None
+        self._budget_timer = isinstance(self.run_timer, BudgetKvmTimer)
         self.stats.numCycles.desc = (
             f"Number of cpu cycles simulated (from {self.counters.describe})"
         )
@@ -264,6 +297,7 @@ class BaseKvmCPU(ClockedObject):
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        self._host_clock = None
         if self.vcpu is not None:
             self.vcpu.close()
             self.vcpu = None
@@ -343,24 +377,28 @@ class BaseKvmCPU(ClockedObject):
         delay = 0
         if status is Status.RunningService:
             delay = self.handleKvmExit()
-            if self.try_drain():
+            if self.drain_state is DrainState.Draining and self.try_drain():
                 self.status = Status.Idle
         elif status is Status.Running or status is Status.RunningServiceCompletion:
             eq = self.eventq
-            ticks_to_execute = eq.next_tick() - eq.cur_tick
+            now = eq.cur_tick
+            ticks_to_execute = eq.next_tick() - now
             quantum = self.params.quantum
             if quantum and ticks_to_execute > quantum:
                 ticks_to_execute = quantum
-            self.syncKvmState()
+            if self.threadContextDirty:
+                self.syncKvmState()
             timer = self.run_timer
-            half = self.drain_state is DrainState.Draining or (
+            draining = self.drain_state is DrainState.Draining
+            half = draining or (
                 status is Status.RunningServiceCompletion
                 and timer is not None
                 and ticks_to_execute < timer.resolution()
             )
-            if half:
-                delay = self.kvmRunDrain() if self.drain_state is DrainState.Draining \
-                    else self.kvmRun(0)
+            if draining:
+                delay = self.kvmRunDrain()
+            elif half:
+                delay = self.kvmRun(0)
             else:
                 delay = self.kvmRun(ticks_to_execute)
             if self.status is Status.Idle:
@@ -368,23 +406,22 @@ class BaseKvmCPU(ClockedObject):
             self.kvmStateDirty = True
             if self.params.alwaysSyncTC:
                 self.syncThreadContext()
-            ex = self.last_exit
-            if isinstance(ex, IntrExit):
+            if type(self.last_exit) is IntrExit:
                 self.status = Status.Running
                 if (not half and delay < ticks_to_execute and timer is not None
                         and ticks_to_execute - delay < timer.resolution()):
                     # The run timer expired (within its resolution): land on the event
-                    # it was armed for. Any other INTR (a kick, a stray signal) keeps
-                    # the time the guest really ran.
+                    # it was armed for. Any other INTR (a kick, a stray signal, a timer
+                    # that fired early) keeps the time the guest really ran.
                     delay = ticks_to_execute
             else:
                 self.status = Status.RunningService
-            if self.try_drain():
+            if draining and self.try_drain():
                 self.status = Status.Idle
         else:
             raise SimulationError(f"{self.path()}: tick() in state {status.value}")
         if self.status is not Status.Idle:
-            self.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay)))
+            self.eventq.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay)))
 
     def try_drain(self) -> bool:
         """Signal drain done when draining and at a safe point (gem5 tryDrain)."""
@@ -414,44 +451,50 @@ class BaseKvmCPU(ClockedObject):
         if vcpu is None:
             raise SimulationError(f"{self.path()}: kvmRun before startup()")
         stats = self.stats
-        timer = self.run_timer
-        counters = self.counters
         if ticks == 0:
-            stats.numVMHalfEntries += 1
-            vcpu.kvm_run.immediate_exit = 1
-            ex = self.ioctlRun()
-            vcpu.kvm_run.immediate_exit = 0
+            stats.numVMHalfEntries.value += 1
+            run = vcpu.kvm_run
+            run.immediate_exit = 1
+            try:
+                ex = self.ioctlRun()
+            finally:
+                run.immediate_exit = 0
             ticks_executed = self.clock_period()
         else:
+            timer = self.run_timer
             if timer is not None:
                 res = timer.resolution()
                 if ticks < res:
                     ticks = res
                 timer.arm(ticks)
-            if counters is not None:
+            counters = self.counters
+            clock = self._host_clock
+            if counters is not None and clock is None:
                 counters.begin()
-            t0 = time.perf_counter_ns()
+            t0 = perf_counter_ns()
             ex = self.ioctlRun()
-            elapsed = time.perf_counter_ns() - t0
+            elapsed = perf_counter_ns() - t0
             if timer is not None:
-                timer.disarm()
-                timer.discard_pending()
-            stats.hostSecondsInKvm += elapsed * 1e-9
-            if counters is not None:
+                timer.after_run(type(ex) is IntrExit)
+            stats.hostSecondsInKvm.value += elapsed * 1e-9
+            if clock is not None:
+                # The host clock *is* the elapsed time: no second measurement.
+                host_cycles = insts = int(elapsed * clock._scale)
+            elif counters is not None:
                 host_cycles, insts = counters.end()
             else:
                 host_cycles = insts = 0
-            if isinstance(timer, BudgetKvmTimer):
+            if self._budget_timer:
                 ticks_executed = host_cycles * self.clock_period()
-                stats.numCycles += host_cycles
+                stats.numCycles.value += host_cycles
             else:
                 ticks_executed = timer.ticks_from_host_ns(elapsed) if timer is not None else 0
-                stats.numCycles += int(host_cycles * self.params.hostFactor)
-            stats.numInsts += insts
+                stats.numCycles.value += int(host_cycles * self.params.hostFactor)
+            stats.numInsts.value += insts
             self.ctr_insts += insts
-        if isinstance(ex, IntrExit):
-            stats.numExitSignal += 1
-        stats.numVMExits += 1
+        if type(ex) is IntrExit:
+            stats.numExitSignal.value += 1
+        stats.numVMExits.value += 1
         self.last_exit = ex
         if self._use_coalesced:
             ticks_executed += self.flushCoalescedMMIO()
@@ -480,43 +523,33 @@ class BaseKvmCPU(ClockedObject):
 
     # ---------------------------------------------------------------- exits
     def handleKvmExit(self) -> int:
-        """Service the exit of the last run; returns ticks spent (gem5 handleKvmExit)."""
+        """Service the exit of the last run; returns ticks spent (gem5 handleKvmExit).
+
+        Dispatch is one dict lookup by exit class (:data:`EXIT_HANDLERS`: the
+        handler's name, the stat it counts, the state after it); handlers are
+        looked up by name on every exit, so overriding or patching one works.
+        """
         ex = self.last_exit
-        self.status = Status.Running
-        stats = self.stats
-        if isinstance(ex, IoExit):
-            self.status = Status.RunningServiceCompletion
-            stats.numIO += 1
-            return self.handleKvmExitIO(ex)
-        if isinstance(ex, MmioExit):
-            self.status = Status.RunningServiceCompletion
-            stats.numMMIO += 1
-            return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
-        if isinstance(ex, HltExit):
-            stats.numHalt += 1
-            return self.handleKvmExitHalt(ex)
-        if isinstance(ex, IrqWindowOpenExit):
-            return self.handleKvmExitIRQWindowOpen(ex)
-        if isinstance(ex, HypercallExit):
-            stats.numHypercalls += 1
-            return self.handleKvmExitHypercall(ex)
-        if isinstance(ex, IntrExit):
-            return 0
-        if isinstance(ex, ShutdownExit):
-            return self.handleKvmExitShutdown(ex)
-        if isinstance(ex, FailEntryExit):
-            return self.handleKvmExitFailEntry(ex)
-        if isinstance(ex, InternalErrorExit):
-            return self.handleKvmExitInternalError(ex)
-        if isinstance(ex, ExceptionExit):
-            return self.handleKvmExitException(ex)
-        if isinstance(ex, SystemEventExit):
-            return self.handleKvmExitSystemEvent(ex)
-        if isinstance(ex, DebugExit):
-            return self.handleKvmExitDebug(ex)
-        if isinstance(ex, UnknownExit):
-            return self.handleKvmExitUnknown(ex)
-        raise self._fatal(f"unexpected exit {ex!r}", ex)
+        entry = EXIT_HANDLERS.get(type(ex))
+        if entry is None:
+            entry = _exit_entry(ex)
+            if entry is None:
+                self.status = Status.Running
+                raise self._fatal(f"unexpected exit {ex!r}", ex)
+        name, stat, status = entry
+        self.status = status
+        if stat is not None:
+            getattr(self.stats, stat).value += 1
+        ticks: int = getattr(self, name)(ex)
+        return ticks
+
+    def handleKvmExitIntr(self, ex: IntrExit) -> int:
+        """KVM_RUN was interrupted (run timer, kick): nothing to service."""
+        return 0
+
+    def handleKvmExitMMIO(self, ex: MmioExit) -> int:
+        """An MMIO exit: one access on the data port (completed by the next entry)."""
+        return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
 
     def _fatal(self, message: str, ex: Optional[Exit], cls: type = VcpuRunError) -> VcpuRunError:
         try:

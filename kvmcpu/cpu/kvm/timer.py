@@ -97,6 +97,15 @@ class BaseKvmTimer(abc.ABC):
         """Dequeue a timer signal that fired after the run ended. True if one was pending."""
         return False
 
+    def after_run(self, interrupted: bool) -> None:
+        """Called after every timed KVM entry; ``interrupted``: it ended with EINTR.
+
+        The default is gem5's: disarm, then drop a signal that fired after the
+        run ended so that it cannot end the next entry at once.
+        """
+        self.disarm()
+        self.discard_pending()
+
     def close(self) -> None:
         """Release the timer."""
 
@@ -105,6 +114,18 @@ class BaseKvmTimer(abc.ABC):
 
 class PosixKvmTimer(BaseKvmTimer):
     """A POSIX timer signalling the vCPU thread (create it *in* that thread).
+
+    The timer is armed with an absolute CLOCK_MONOTONIC deadline
+    (TIMER_ABSTIME) and is left armed between entries: an entry whose deadline
+    is no earlier than the armed one, and later by at most :attr:`slack_fraction`
+    of the time left (or :attr:`min_slack_ns`), keeps the armed deadline and
+    costs no system call. Keeping it can only end a run early, never late; the
+    CPU then accounts the time the guest really ran and enters again.
+
+    A signal is dequeued after an entry that ended with EINTR (the timer, a
+    kick) and before re-arming a deadline that has already passed (the timer
+    fired while the thread was outside KVM_RUN), so it never ends the next
+    entry at once.
 
     Args:
         signo: the signal (default SIGRTMIN); the constructor blocks it in the
@@ -115,11 +136,18 @@ class PosixKvmTimer(BaseKvmTimer):
 
     describe = "POSIX timer (CLOCK_MONOTONIC, SIGEV_THREAD_ID)"
 
+    #: An armed deadline is kept when the wanted one is later by at most this share
+    #: of the time left before it ...
+    slack_fraction = 0.25
+    #: ... or by at most this many nanoseconds.
+    min_slack_ns = 20_000
+
     def __init__(self, signo: int = TIMER_SIGNAL, clock: int = _ioctl.CLOCK_MONOTONIC,
                  host_factor: float = 1.0, host_freq: float = 2e9,
                  min_quantum_ns: int = DEFAULT_MIN_QUANTUM_NS) -> None:
         super().__init__(host_factor, host_freq)
         self.signo = signo
+        self.clock = clock
         self.thread_id = threading.get_ident()
         # Keep the signal pending (never delivered to Python) outside KVM_RUN.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signo})
@@ -128,15 +156,44 @@ class PosixKvmTimer(BaseKvmTimer):
         self.clock_resolution_ns = res_ns
         self.min_quantum_ns = max(res_ns, int(min_quantum_ns))
         self._resolution = self.ticks_from_host_ns(self.min_quantum_ns)
+        #: The armed absolute deadline (host ns on ``clock``), None when disarmed.
+        self.deadline: Optional[int] = None
+        #: How many arm() calls reprogrammed the timer (the others kept its deadline).
+        self.rearms = 0
+        self._ns_per_tick = 1.0 / self.host_factor / (TICKS_PER_SECOND // 10**9)
+        self._now = (time.monotonic_ns if clock == _ioctl.CLOCK_MONOTONIC
+                     else lambda: time.clock_gettime_ns(clock))
 
     def arm(self, ticks: int) -> None:
-        if self._timer is None:
+        timer = self._timer
+        if timer is None:
             raise KvmIoctlError("timer_settime", errno.EBADF, "the run timer is closed")
-        _ioctl.timer_settime(self._timer, self.host_ns(ticks))
+        now = self._now()
+        want = now + max(1, int(ticks * self._ns_per_tick))
+        armed = self.deadline
+        if armed is not None and now < armed <= want:
+            slack = (armed - now) * self.slack_fraction
+            if want - armed <= (slack if slack > self.min_slack_ns else self.min_slack_ns):
+                return
+        _ioctl.timer_settime(timer, want, flags=_ioctl.TIMER_ABSTIME)
+        self.rearms += 1
+        self.deadline = want
+        if armed is not None and armed <= now:
+            # It fired (or was about to) outside KVM_RUN: the new setting has
+            # replaced it, so whatever is pending now is stale.
+            self.discard_pending()
 
     def disarm(self) -> None:
-        if self._timer is not None:
+        if self._timer is not None and self.deadline is not None:
             _ioctl.timer_settime(self._timer, 0)
+        self.deadline = None
+
+    def after_run(self, interrupted: bool) -> None:
+        if interrupted:
+            # One-shot: if it was the timer, it is spent; if it was a kick, the
+            # next arm() reprograms it anyway.
+            self.deadline = None
+            self.discard_pending()
 
     def discard_pending(self) -> bool:
         got = False
@@ -148,6 +205,7 @@ class PosixKvmTimer(BaseKvmTimer):
     def close(self) -> None:
         if self._timer is not None:
             timer, self._timer = self._timer, None
+            self.deadline = None
             _ioctl.timer_delete(timer)
             self.discard_pending()
 

@@ -12,11 +12,10 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
 
 from kvmcpu.cpu.kvm import Status, ThreadStatus
 from kvmcpu.sim.eventq import EventFunctionWrapper
-
-from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
 
 #: The mock queues the completed data for the re-executed instruction instead of
 #: writing the register during an immediate_exit entry (KVM completes the access

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
+from cpu_rig import CpuRig, Recorder, trace_calls
 
 from kvmcpu.backends.exits import (
     DebugExit,
@@ -32,8 +33,6 @@ from kvmcpu.backends.exits import (
 from kvmcpu.cpu.kvm import GuestTripleFault, Status, ThreadStatus
 from kvmcpu.errors import VcpuRunError
 from kvmcpu.uapi import ExitReason
-
-from cpu_rig import CpuRig, Recorder, trace_calls
 
 LIMIT = 200_000  # ticks: 200 cycles of the 1 GHz CPU clock
 

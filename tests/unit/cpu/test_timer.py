@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder, trace_calls
 
 from kvmcpu.cpu.kvm import BudgetKvmTimer, MockCounters, PosixKvmTimer
 from kvmcpu.cpu.kvm.timer import BaseKvmTimer
 from kvmcpu.sim.eventq import TICKS_PER_SECOND
-
-from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder, trace_calls
 
 QUANTUM = 50_000  # ticks: 50 cycles at 1 GHz
 
@@ -136,3 +135,71 @@ def test_spin_is_deterministic_across_quanta(make_rig: Any) -> None:
         rig.simulate(91_000)
         counts.add((rig.stats()["numInsts"], rig.cpu.getContext().rip))
     assert counts == {(91, 0x1000)}
+
+
+# ------------------------------------------------------------------ the POSIX timer
+class TestPosixTimerKeepsItsDeadline:
+    """PosixKvmTimer arms an absolute deadline and reprograms it only when needed."""
+
+    MS = 1_000_000_000  # ticks
+
+    @pytest.fixture
+    def timer(self) -> Any:
+        t = PosixKvmTimer()
+        yield t
+        t.close()
+
+    def test_same_deadline_costs_no_system_call(self, timer: PosixKvmTimer, mocker: Any) -> None:
+        import kvmcpu._ioctl as ioctl
+
+        settime = mocker.spy(ioctl, "timer_settime")
+        timer.arm(100 * self.MS)
+        first = timer.deadline
+        assert first is not None
+        timer.arm(100 * self.MS)  # microseconds later: within the slack
+        assert timer.deadline == first
+        assert settime.call_count == timer.rearms == 1
+        args, kwargs = settime.call_args
+        assert args[1] == first and kwargs["flags"] == ioctl.TIMER_ABSTIME
+        timer.arm(50 * self.MS)  # earlier: reprogrammed (it must not fire late)
+        assert timer.deadline is not None and timer.deadline < first
+        timer.arm(400 * self.MS)  # much later: reprogrammed (it would fire too early)
+        assert timer.rearms == 3
+
+    def test_an_interrupted_run_forgets_the_deadline(self, timer: PosixKvmTimer) -> None:
+        timer.arm(100 * self.MS)
+        timer.after_run(False)
+        assert timer.deadline is not None
+        timer.after_run(True)
+        assert timer.deadline is None
+        timer.arm(100 * self.MS)
+        assert timer.rearms == 2
+
+    def test_a_deadline_that_passed_outside_kvm_run_is_discarded(
+            self, timer: PosixKvmTimer) -> None:
+        import signal
+        import time
+
+        timer.arm(self.MS // 10)  # 100 us
+        time.sleep(0.003)
+        assert timer.signo in signal.sigpending()  # fired while "outside KVM_RUN"
+        timer.arm(500 * self.MS)
+        assert timer.signo not in signal.sigpending()
+        assert timer.deadline is not None
+        timer.disarm()
+        assert timer.deadline is None
+        time.sleep(0.001)
+        assert timer.signo not in signal.sigpending()
+
+    def test_the_gem5_default_disarms_and_discards_after_every_run(self, mocker: Any) -> None:
+        class Counting(BaseKvmTimer):
+            def arm(self, ticks: int) -> None: ...
+
+            def disarm(self) -> None: ...
+
+        t = Counting()
+        disarm = mocker.spy(t, "disarm")
+        discard = mocker.spy(t, "discard_pending")
+        t.after_run(False)
+        t.after_run(True)
+        assert disarm.call_count == discard.call_count == 2
