@@ -421,7 +421,8 @@ class BaseKvmCPU(ClockedObject):
         else:
             raise SimulationError(f"{self.path()}: tick() in state {status.value}")
         if self.status is not Status.Idle:
-            self.eventq.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay)))
+            self.eventq.schedule(
+                self.tick_event, self.clock_edge(self.ticks_to_cycles(delay) if delay else 0))
 
     def try_drain(self) -> bool:
         """Signal drain done when draining and at a safe point (gem5 tryDrain)."""

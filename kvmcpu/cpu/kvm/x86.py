@@ -29,6 +29,7 @@ from ...backends import modes
 from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
 from ...errors import KvmIoctlError
 from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
+from ...sim.simobject import DrainState
 from .base import BaseKvmCPU
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
@@ -191,7 +192,8 @@ class X86KvmCPU(BaseKvmCPU):
         if ex.count == 1:
             if bus is None:
                 return self._io_access(ex.port, data, ex.is_write)
-            return int(bus.access(ex.port, data, ex.is_write, requestor=self))
+            ticks: int = bus.access(ex.port, data, ex.is_write, requestor=self)
+            return ticks
         ticks = 0
         for i in range(ex.count):
             ticks += self._io_access(ex.port, data[i * size : (i + 1) * size], ex.is_write)
@@ -211,13 +213,19 @@ class X86KvmCPU(BaseKvmCPU):
     # ------------------------------------------------------------ interrupts
     def ioctlRun(self) -> Exit:
         """Deliver pending interrupts (no in-kernel irqchip), then enter KVM_RUN."""
-        vcpu = self._vcpu()
-        run = vcpu.kvm_run
+        vcpu = self.vcpu
+        if vcpu is None:
+            vcpu = self._vcpu()  # raises
+        if self.drain_state is DrainState.Draining:
+            # As gem5's kvmRunDrain: inject nothing new while draining, and keep
+            # the interrupt window kvmRunDrain may have requested.
+            return vcpu.run()
         if self.pending_nmi:
             self.pending_nmi = False
             self.kvmNonMaskableInterrupt()
         src = self.interrupts
         if src is not None and not self.vm.has_irqchip:
+            run = vcpu.kvm_run
             if src.has_pending():
                 if run.ready_for_interrupt_injection and run.if_flag:
                     self.kvmInterrupt(src.acknowledge())
