@@ -28,8 +28,8 @@ from ... import uapi
 from ...backends import modes
 from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
 from ...errors import KvmIoctlError
-from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
 from ...sim.simobject import DrainState
+from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
 from .base import BaseKvmCPU
 
 log = logging.getLogger("kvmcpu.cpu.kvm")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 import pytest
-
 from cpu_rig import ENTRY, CpuRig, Recorder
+
 from kvmcpu.cpu.kvm import ThreadStatus
 from kvmcpu.sim.eventq import EventFunctionWrapper
 from kvmcpu.sim.simobject import DrainState
