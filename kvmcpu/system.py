@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .cpu.kvm import KvmVM, X86KvmCPU
+from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
 from .cpu.kvm.x86 import (
     long_mode_context,
@@ -391,6 +391,19 @@ class System(SimObject):
         log.info("m5 work end %d (thread %d) at tick %d", work_id, thread_id,
                  self.eventq.cur_tick)
         return 0
+
+    # ------------------------------------------------------------------ switching
+    def switch_cpu(self, backend: Any) -> X86KvmCPU:
+        """Drain and continue on a new CPU and VM on ``backend`` ("kvm", "mock" or a
+        Backend), which take the old ones' places (gem5's switchCpus; see
+        :func:`kvmcpu.cpu.kvm.switch.switch_cpu`). Returns the new CPU (``self.cpu``)."""
+        old_cpu, old_vm = self.cpu, self.vm
+        new = switch_cpu(old_cpu, backend)
+        assert isinstance(new, X86KvmCPU)  # noqa: S101 - same class as the old one
+        self.cpu, self.vm = new, new.vm
+        stale = (old_cpu.close, old_vm.close)
+        self._closers = [new.close, new.vm.close] + [c for c in self._closers if c not in stale]
+        return new
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
