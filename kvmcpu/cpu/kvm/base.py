@@ -824,6 +824,11 @@ class BaseKvmCPU(ClockedObject):
     def _take_over_arch(self, old: BaseKvmCPU) -> None:
         """Architecture state beyond the TC (interrupt sources)."""
 
+    def clone_kwargs(self) -> Dict[str, Any]:
+        """Constructor arguments (beyond name, parent, vm, buses and params) that a CPU
+        taking this one's place needs (see :func:`~kvmcpu.cpu.kvm.switch.switch_cpu`)."""
+        return {}
+
     # ------------------------------------------------------------ checkpoints
     def serialize(self, cp: CheckpointOut) -> None:
         """The thread (the CPU must be drained)."""

@@ -141,8 +141,14 @@ class X86KvmCPU(BaseKvmCPU):
         msrs[MSR_IA32_TSC] = tc.tsc
         known = set(self.msr_list())
         to_set = [(m, v) for m, v in msrs.items() if m in known]
-        if to_set:
-            vcpu.set_msrs(to_set)
+        while to_set:
+            # KVM_SET_MSRS stops at the first MSR it refuses: skip it, set the rest.
+            done = vcpu.set_msrs(to_set)
+            if done >= len(to_set):
+                break
+            log.warning("%s: KVM_SET_MSRS refused MSR %#x (value %#x); not restored",
+                        self.path(), to_set[done][0], to_set[done][1])
+            to_set = to_set[done + 1:]
         if kvm.capVCPUEvents():
             vcpu.set_vcpu_events(tc.to_events())
         if kvm.capDebugRegs():
@@ -168,12 +174,19 @@ class X86KvmCPU(BaseKvmCPU):
                 tc.load_xcrs(vcpu.get_xcrs())
             except KvmIoctlError as err:
                 log.debug("%s: KVM_GET_XCRS: %s", self.path(), err)
-        values = vcpu.get_msrs(self.msr_list())
-        for index, value in values.items():
-            if index == MSR_IA32_TSC:
-                tc.tsc = value
-            else:
-                tc.msrs[index] = value
+        wanted = self.msr_list()
+        while wanted:
+            # KVM_GET_MSRS stops at the first MSR it does not know: skip it, read the rest.
+            values = vcpu.get_msrs(wanted)
+            for index, value in values.items():
+                if index == MSR_IA32_TSC:
+                    tc.tsc = value
+                else:
+                    tc.msrs[index] = value
+            if len(values) >= len(wanted):
+                break
+            log.debug("%s: KVM_GET_MSRS does not know MSR %#x", self.path(), wanted[len(values)])
+            wanted = wanted[len(values) + 1:]
         if kvm.capVCPUEvents():
             tc.load_events(vcpu.get_vcpu_events())
         if kvm.capDebugRegs():
@@ -256,6 +269,10 @@ class X86KvmCPU(BaseKvmCPU):
             self._vcpu().kvm_run.request_interrupt_window = 1
             return self.kvmRun(DRAIN_RUN_TICKS)
         return self.kvmRun(0)
+
+    def clone_kwargs(self) -> Dict[str, Any]:
+        return {"interrupts": self.interrupts, "cpuid_vendor": self.cpuid_vendor,
+                "cpuid_overrides": dict(self.cpuid_overrides)}
 
     def _take_over_arch(self, old: BaseKvmCPU) -> None:
         if self.interrupts is None:
