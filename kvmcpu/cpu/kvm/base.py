@@ -213,6 +213,7 @@ class BaseKvmCPU(ClockedObject):
         self._last_suspend = 0
         self._use_coalesced = False
         self._drain_half_entry_done = False
+        self._wake_pending = False
         self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
         self.stats = KvmCPUStats(self.stats_group)
         #: Called after the thread suspends on HLT (the System ends runs nothing can wake).
@@ -348,6 +349,9 @@ class BaseKvmCPU(ClockedObject):
         if self.thread_status is ThreadStatus.Suspended and not self.switched_out:
             if self.drain_state is DrainState.Running:
                 self.activateContext()
+            else:
+                # Drained (or draining): the thread starts when the system resumes.
+                self._wake_pending = True
 
     def totalInsts(self) -> int:
         """Instructions executed by this CPU (see numInsts for how they are counted)."""
@@ -788,11 +792,14 @@ class BaseKvmCPU(ClockedObject):
         if self.tick_event.scheduled():
             raise SimulationError(f"{self.path()}: tick scheduled while drained")
         self.verifyMemoryMode()
+        wake, self._wake_pending = self._wake_pending, False
         if self.thread_status is ThreadStatus.Active:
             self.schedule(self.tick_event, self.next_cycle())
             self.status = Status.Running
         else:
             self.status = Status.Idle
+            if wake and self.thread_status is ThreadStatus.Suspended:
+                self.activateContext()
 
     def switchOut(self) -> None:
         """Stop using this CPU (it must be drained)."""
@@ -812,6 +819,7 @@ class BaseKvmCPU(ClockedObject):
         self.tc = old.tc.copy()
         self.thread_status = old.thread_status
         self._last_suspend = old._last_suspend
+        self._wake_pending, old._wake_pending = old._wake_pending, False
         self.io_bus = self.io_bus if self.io_bus is not None else old.io_bus
         self.mmio_bus = self.mmio_bus if self.mmio_bus is not None else old.mmio_bus
         self._take_over_arch(old)
