@@ -77,11 +77,20 @@ class CpuRig:
         self.queue = EventQueue("rig")
         self.root = Root(eventq=self.queue)
         self.ram = HostMemory(RAM_SIZE)
-        self.vm = KvmVM("kvm_vm", self.root, backend=backend, **(vm or {}))
+        try:
+            self.vm = KvmVM("kvm_vm", self.root, backend=backend, **(vm or {}))
+        except BaseException:
+            self.ram.close()
+            raise
         self.io = IoBus(unclaimed="ignore")
         self.mmio = MmioBus(unclaimed="ignore")
-        self.cpu = X86KvmCPU("cpu0", self.root, vm=self.vm, io_bus=self.io,
-                             mmio_bus=self.mmio, **cpu)
+        try:
+            self.cpu = X86KvmCPU("cpu0", self.root, vm=self.vm, io_bus=self.io,
+                                 mmio_bus=self.mmio, **cpu)
+        except BaseException:
+            self.vm.close()
+            self.ram.close()
+            raise
         self.vm.add_ram(0, self.ram)
         if image is not None:
             code = guest(image)

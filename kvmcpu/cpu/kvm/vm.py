@@ -206,7 +206,8 @@ class KvmVM(SimObject):
         """Disable ``slot`` and make it available again."""
         if slot in self._free_slots or slot >= self._next_slot:
             raise ValueError(f"memory slot {slot} is not allocated")
-        self.disable_memory_slot(slot)
+        if slot in self.vm.slots:  # allocated but never mapped: nothing to disable
+            self.disable_memory_slot(slot)
         self._free_slots.append(slot)
         self._free_slots.sort()
 
