@@ -119,8 +119,9 @@ class PosixKvmTimer(BaseKvmTimer):
     (TIMER_ABSTIME) and is left armed between entries: an entry whose deadline
     is no earlier than the armed one, and later by at most :attr:`slack_fraction`
     of the time left (or :attr:`min_slack_ns`), keeps the armed deadline and
-    costs no system call. Keeping it can only end a run early, never late; the
-    CPU then accounts the time the guest really ran and enters again.
+    costs no system call, unless it is less than ``min_quantum_ns`` away. Keeping
+    it can only end a run early, never late; the CPU then accounts the time the
+    guest really ran and enters again.
 
     A signal is dequeued after an entry that ended with EINTR (the timer, a
     kick) and before re-arming a deadline that has already passed (the timer
@@ -171,7 +172,9 @@ class PosixKvmTimer(BaseKvmTimer):
         now = self._now()
         want = now + max(1, int(ticks * self._ns_per_tick))
         armed = self.deadline
-        if armed is not None and now < armed <= want:
+        # Keep a deadline that is not imminent (an entry would only be interrupted
+        # at once) and not too much earlier than the wanted one.
+        if armed is not None and now + self.min_quantum_ns <= armed <= want:
             slack = (armed - now) * self.slack_fraction
             if want - armed <= (slack if slack > self.min_slack_ns else self.min_slack_ns):
                 return
@@ -190,10 +193,11 @@ class PosixKvmTimer(BaseKvmTimer):
 
     def after_run(self, interrupted: bool) -> None:
         if interrupted:
-            # One-shot: if it was the timer, it is spent; if it was a kick, the
-            # next arm() reprograms it anyway.
-            self.deadline = None
             self.discard_pending()
+            armed = self.deadline
+            if armed is not None and armed <= self._now():
+                self.deadline = None  # one-shot: it fired and is spent
+            # else something else (a kick) ended the run: the setting still stands.
 
     def discard_pending(self) -> bool:
         got = False

@@ -166,14 +166,24 @@ class TestPosixTimerKeepsItsDeadline:
         timer.arm(400 * self.MS)  # much later: reprogrammed (it would fire too early)
         assert timer.rearms == 3
 
-    def test_an_interrupted_run_forgets_the_deadline(self, timer: PosixKvmTimer) -> None:
+    def test_an_interrupted_run_forgets_a_spent_deadline_only(
+            self, timer: PosixKvmTimer) -> None:
+        import time
+
         timer.arm(100 * self.MS)
         timer.after_run(False)
         assert timer.deadline is not None
-        timer.after_run(True)
+        timer.after_run(True)  # a kick: the deadline has not passed, it still stands
+        assert timer.deadline is not None
+        timer.arm(self.MS // 10)  # 100 us: earlier, reprogrammed
+        time.sleep(0.002)
+        timer.after_run(True)  # the timer's own expiry: spent, and its signal taken
         assert timer.deadline is None
+        import signal
+
+        assert timer.signo not in signal.sigpending()
         timer.arm(100 * self.MS)
-        assert timer.rearms == 2
+        assert timer.rearms == 3
 
     def test_a_deadline_that_passed_outside_kvm_run_is_discarded(
             self, timer: PosixKvmTimer) -> None:
