@@ -151,3 +151,19 @@ def test_run_timer_resolution_clamps_short_runs_on_kvm(make_rig: Any, mocker: An
     arm = mocker.spy(timer, "arm")
     rig.simulate(1 * MS)
     assert arm.call_args_list[0].args == (100_000_000,)
+
+
+def test_hello_through_system_prints_and_exits(tmp_path: Any) -> None:
+    """The Multiboot hello kernel (long mode, UART polling, fw_cfg, debug-exit)."""
+    from kvmcpu.system import System
+
+    with System(memory="64M", backend="kvm") as s:
+        s.load("guests/hello.bin")
+        r = s.run(max_seconds=1, timeout=30)
+        assert (r.cause, r.code) == ("isa-debug-exit", 1)
+        out = s.serial.output
+        assert out.startswith(b"Hello from kvmcpu!\nfw_cfg signature: QEMU\nfw_cfg cpus: 1\n")
+        stats = s.cpu.stats
+        assert stats.numIO.value > 100 and stats.numVMExits.value >= stats.numIO.value
+        assert stats.numMMIO.value == 0
+        assert "estimated" in stats.numInsts.desc or "measured" in stats.numInsts.desc
