@@ -376,57 +376,78 @@ class BaseKvmCPU(ClockedObject):
 
     # ------------------------------------------------------------------- tick()
     def tick(self) -> None:
-        """One step of the state machine (see the module docstring)."""
-        status = self.status
+        """One step of the state machine (see the module docstring).
+
+        After an exit was serviced at no cost, the next entry is due at this very
+        tick; when no other event is due at this tick either, it would be the next
+        event the queue runs, so it is made here at once instead of through the
+        queue (the same order, one event fewer per exit).
+        """
+        eq = self.eventq
         delay = 0
-        if status is Status.RunningService:
-            delay = self.handleKvmExit()
-            if self.drain_state is DrainState.Draining and self.try_drain():
-                self.status = Status.Idle
-        elif status is Status.Running or status is Status.RunningServiceCompletion:
-            eq = self.eventq
-            now = eq.cur_tick
-            ticks_to_execute = eq.next_tick() - now
-            quantum = self.params.quantum
-            if quantum and ticks_to_execute > quantum:
-                ticks_to_execute = quantum
-            if self.threadContextDirty:
-                self.syncKvmState()
-            timer = self.run_timer
-            draining = self.drain_state is DrainState.Draining
-            half = draining or (
-                status is Status.RunningServiceCompletion
-                and timer is not None
-                and ticks_to_execute < timer.resolution()
-            )
-            if draining:
-                delay = self.kvmRunDrain()
-            elif half:
-                delay = self.kvmRun(0)
+        while True:
+            status = self.status
+            if status is Status.RunningService:
+                delay = self.handleKvmExit()
+                if self.drain_state is DrainState.Draining and self.try_drain():
+                    self.status = Status.Idle
+                status = self.status
+                if (delay == 0 and (status is Status.RunningServiceCompletion
+                                    or status is Status.Running)
+                        and eq.next_tick() > eq.cur_tick and self.clock_edge() == eq.cur_tick):
+                    continue
+            elif status is Status.Running or status is Status.RunningServiceCompletion:
+                delay = self._tick_run(status)
+                if delay < 0:
+                    return
             else:
-                delay = self.kvmRun(ticks_to_execute)
-            if self.status is Status.Idle:
-                return
-            self.kvmStateDirty = True
-            if self.params.alwaysSyncTC:
-                self.syncThreadContext()
-            if type(self.last_exit) is IntrExit:
-                self.status = Status.Running
-                if (not half and delay < ticks_to_execute and timer is not None
-                        and ticks_to_execute - delay < timer.resolution()):
-                    # The run timer expired (within its resolution): land on the event
-                    # it was armed for. Any other INTR (a kick, a stray signal, a timer
-                    # that fired early) keeps the time the guest really ran.
-                    delay = ticks_to_execute
-            else:
-                self.status = Status.RunningService
-            if draining and self.try_drain():
-                self.status = Status.Idle
-        else:
-            raise SimulationError(f"{self.path()}: tick() in state {status.value}")
+                raise SimulationError(f"{self.path()}: tick() in state {status.value}")
+            break
         if self.status is not Status.Idle:
-            self.eventq.schedule(
-                self.tick_event, self.clock_edge(self.ticks_to_cycles(delay) if delay else 0))
+            eq.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay) if delay else 0))
+
+    def _tick_run(self, status: Status) -> int:
+        """The Running / RunningServiceCompletion step: one entry. Returns the delay of
+        the next tick, or -1 when the CPU was suspended before entering."""
+        eq = self.eventq
+        ticks_to_execute = eq.next_tick() - eq.cur_tick
+        params = self.params
+        quantum = params.quantum
+        if quantum and ticks_to_execute > quantum:
+            ticks_to_execute = quantum
+        if self.threadContextDirty:
+            self.syncKvmState()
+        timer = self.run_timer
+        draining = self.drain_state is DrainState.Draining
+        half = draining or (
+            status is Status.RunningServiceCompletion
+            and timer is not None
+            and ticks_to_execute < timer.resolution()
+        )
+        if draining:
+            delay = self.kvmRunDrain()
+        elif half:
+            delay = self.kvmRun(0)
+        else:
+            delay = self.kvmRun(ticks_to_execute)
+        if self.status is Status.Idle:
+            return -1
+        self.kvmStateDirty = True
+        if params.alwaysSyncTC:
+            self.syncThreadContext()
+        if type(self.last_exit) is IntrExit:
+            self.status = Status.Running
+            if (not half and delay < ticks_to_execute and timer is not None
+                    and ticks_to_execute - delay < timer.resolution()):
+                # The run timer expired (within its resolution): land on the event
+                # it was armed for. Any other INTR (a kick, a stray signal, a timer
+                # that fired early) keeps the time the guest really ran.
+                delay = ticks_to_execute
+        else:
+            self.status = Status.RunningService
+        if draining and self.try_drain():
+            self.status = Status.Idle
+        return delay
 
     def try_drain(self) -> bool:
         """Signal drain done when draining and at a safe point (gem5 tryDrain)."""
