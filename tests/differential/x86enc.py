@@ -231,12 +231,29 @@ class Gen:
         pop = _rex(False, 0, 0, b) + bytes([0x58 | (b & 7)])
         return push + pop
 
+    def acc(self) -> bytes:
+        """Accumulator forms: ALU/TEST AL/eAX, imm; XCHG eAX, r; MOV r, imm."""
+        sz = self.sz()
+        k = self.r.randrange(3)
+        if k == 0:
+            op = self.r.choice([self.r.randrange(8) * 8 + 4, 0xA8])
+            if sz == 1:
+                return bytes([op]) + imm(self.r.randrange(256), 1)
+            return _prefix(sz) + _rex(sz == 8, 0, 0, 0) + bytes([op + 1]) + \
+                imm(self.r.getrandbits(32), 2 if sz == 2 else 4)
+        if k == 1:
+            r = self.reg()
+            sz = self.r.choice([2, 4, 8])
+            return _prefix(sz) + _rex(sz == 8, 0, 0, r) + bytes([0x90 | (r & 7)])
+        r = self.reg()
+        return _rex(False, 0, 0, r, r >= 4) + bytes([0xB0 | (r & 7)]) + imm(self.r.randrange(256), 1)
+
     def misc(self) -> bytes:
         return self.r.choice([b"\x98", b"\x66\x98", b"\x48\x98", b"\x99", b"\x66\x99",
                               b"\x48\x99", b"\x9f", b"\x9e", b"\xf8", b"\xf9", b"\xf5", b"\x90"])
 
     FAMILIES = ("alu_rr", "alu_mem_dst", "alu_imm", "test", "shift", "unary", "mul", "div",
-                "bitops", "cond", "moves", "lea", "xchg", "stack", "misc")
+                "bitops", "cond", "moves", "lea", "xchg", "stack", "misc", "acc")
 
     def insn(self, families: Sequence[str] = FAMILIES) -> bytes:
         return bytes(getattr(self, self.r.choice(list(families)))())

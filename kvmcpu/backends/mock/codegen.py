@@ -37,6 +37,8 @@ def gen(*opcodes: int) -> Callable[[Callable[["Translator", Insn], Optional[bool
     def deco(f: Callable[["Translator", Insn], Optional[bool]]
              ) -> Callable[["Translator", Insn], Optional[bool]]:
         for o in opcodes:
+            if o in GENERATORS:
+                raise AssertionError(f"opcode {o:#x} registered twice")
             GENERATORS[o] = f
         return f
     return deco

@@ -59,7 +59,7 @@ def reg(opcodes: Any, g: Callable[[Translator, Insn], Optional[bool]], not64: bo
 
 
 # string instructions and port IO
-reg(range(0xA4, 0xB0), _plain(strings.string_op))
+reg((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF), _plain(strings.string_op))
 reg(range(0x6C, 0x70), _plain(strings.string_op))
 reg((0xE4, 0xE5, 0xEC, 0xED), _plain(system.io_in))
 reg((0xE6, 0xE7, 0xEE, 0xEF), _plain(system.io_out))
