@@ -322,6 +322,12 @@ class System(SimObject):
         if deadline is not None and now >= deadline:
             exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
             return
+        if self.eventq.empty():
+            # Only this check was keeping the loop going (a halted CPU nothing can
+            # wake, e.g. restored from a checkpoint taken after it halted): end as
+            # the run would have without housekeeping.
+            exit_sim_loop(CAUSE_HALTED, 0, queue=self.eventq)
+            return
         # Simulated time runs at very different host speeds (KVM: about real time;
         # the mock: thousands of times slower), so the period follows the host
         # clock: about HOST_CHECK_INTERVAL apart, within [MIN, TIMEOUT]_CHECK_PERIOD,

@@ -17,7 +17,7 @@ from system_helpers import (
     IRQ_OUTPUT,
     guest,
     sieve_output,
-    xfail_known_mock_bugs,
+    xfail_mock_half_entry,
 )
 
 from kvmcpu.system import (
@@ -35,7 +35,6 @@ TIMEOUT = 20
 
 
 def test_hello_multiboot(make_system: MakeSystem, backend_name: str) -> None:
-    xfail_known_mock_bugs(backend_name)
     system = make_system(memory="32M", backend=backend_name)
     image = guest("hello.bin")
     loaded = system.load(image)
@@ -49,7 +48,6 @@ def test_hello_multiboot(make_system: MakeSystem, backend_name: str) -> None:
 
 
 def test_hello64_elf(make_system: MakeSystem, backend_name: str) -> None:
-    xfail_known_mock_bugs(backend_name)
     system = make_system(memory="32M", backend=backend_name)
     loaded = system.load(guest("hello64.bin"))
     assert (loaded.format, loaded.mode) == ("elf64", "long")
@@ -59,7 +57,6 @@ def test_hello64_elf(make_system: MakeSystem, backend_name: str) -> None:
 
 
 def test_hello_append_is_the_multiboot_cmdline(make_system: MakeSystem, backend_name: str) -> None:
-    xfail_known_mock_bugs(backend_name)
     system = make_system(memory="32M", backend=backend_name)
     system.load(guest("hello.bin"), cmdline="console=ttyS0 quiet")
     system.run(max_seconds=1, timeout=TIMEOUT)
@@ -68,7 +65,6 @@ def test_hello_append_is_the_multiboot_cmdline(make_system: MakeSystem, backend_
 
 
 def test_irq_timer_interrupts(make_system: MakeSystem, backend_name: str) -> None:
-    xfail_known_mock_bugs(backend_name)
     system = make_system(memory="32M", backend=backend_name)
     system.load(guest("irq.bin"))
     result = system.run(max_seconds=1, timeout=TIMEOUT)
@@ -99,7 +95,6 @@ def test_sieve3_full_size_on_kvm(make_system: MakeSystem) -> None:
 
 
 def test_sieve3_small(make_system: MakeSystem, backend_name: str) -> None:
-    xfail_known_mock_bugs(backend_name)
     system = make_system(memory="16M", backend=backend_name)
     system.load(guest("sieve3.bin"), cmdline="n=1000")
     result = system.run(max_seconds=1, timeout=TIMEOUT)
@@ -108,8 +103,8 @@ def test_sieve3_small(make_system: MakeSystem, backend_name: str) -> None:
 
 
 def test_checkpoint_guest_in_process(make_system: MakeSystem, backend_name: str,
-                                     tmp_path: Path) -> None:
-    xfail_known_mock_bugs(backend_name)
+                                     tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    xfail_mock_half_entry(request, backend_name)
     system = make_system(memory="16M", backend=backend_name)
     system.load(guest("checkpoint.bin"))
     first = system.run(max_seconds=1, timeout=TIMEOUT)
