@@ -78,8 +78,9 @@ def run_native(body: bytes, regs: Dict[str, int], flags: int, buf: bytes
 
 def run_backend(backend: Backend, body: bytes, regs: Dict[str, int], flags: int, buf: bytes,
                 *, cpl: int = 3, budget: Optional[int] = None
-                ) -> Tuple[Dict[str, int], int, bytes, List[object]]:
-    """Run ``body`` + OUT in long mode on ``backend``; returns (regs, rflags, buf, exits)."""
+                ) -> Tuple[Dict[str, int], int, bytes, List[Tuple[str, Dict[str, object]]]]:
+    """Run ``body`` + OUT in long mode on ``backend``; returns (regs, rflags, buf, exit
+    snapshots as (kind, fields))."""
     code = body + b"\xe6" + bytes([DONE_PORT])  # out DONE_PORT, al
     with backend.create_vm() as vm:
         ram = vm.add_ram(0, RAM)
@@ -98,11 +99,15 @@ def run_backend(backend: Backend, body: bytes, regs: Dict[str, int], flags: int,
             vcpu.set_regs(r)
             if budget is not None and hasattr(vcpu, "set_budget"):
                 vcpu.set_budget(budget)
-            exits: List[object] = []
+            # Snapshots, not Exit objects: their data views die with the run page.
+            exits: List[Tuple[str, Dict[str, object]]] = []
             for _ in range(4):
                 ex = vcpu.run()
-                exits.append(ex)
+                exits.append((ex.kind, ex.fields()))
                 if isinstance(ex, IoExit) and ex.port == DONE_PORT:
+                    vcpu.immediate_exit = True  # half entry: completes the OUT on KVM
+                    vcpu.run()
+                    vcpu.immediate_exit = False
                     break
             out = vcpu.get_regs()
             res = {n: int(getattr(out, n)) for n in REG_NAMES}
