@@ -60,6 +60,13 @@ class Translator:
         self.ips: List[int] = []
         self.ended = False
         self.may_stop = False  # the current instruction may set STOP
+        self.start_ip = -1
+        self.loop_ok = False  # a branch back to start_ip may loop inside the function
+        self.looping = False
+        #: variable holding the result whose zero-ness is ZF, set by the previous
+        #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
+        self.zf_var: Optional[str] = None
+        self.prev_zf_var: Optional[str] = None
 
     # -- emission -----------------------------------------------------------------
     def emit(self, line: str) -> None:
@@ -75,12 +82,33 @@ class Translator:
 
     def stop_check(self, d: Insn) -> None:
         """After an instruction that may produce an exit: return if it did."""
-        self.emit(f"if STOP[0]: c.rip = {d.next_ip:#x}; return {self.k + 1}")
+        self.emit(f"if STOP[0]: c.rip = {d.next_ip:#x}; return n + {self.k + 1}")
 
     def jump(self, target_expr: str) -> bool:
         self.emit(f"c.rip = {target_expr}")
-        self.emit(f"return {self.k + 1}")
+        self.emit(f"return n + {self.k + 1}")
         return True
+
+    def branch(self, cond: Optional[str], target: int, fallthrough: int) -> bool:
+        """End the block with a (conditional) branch. A branch back to the block's own
+        start becomes a loop inside the block function (bounded by ``lim`` and kicks)."""
+        cnt = self.k + 1
+        if target == self.start_ip and self.loop_ok:
+            self.looping = True
+            if cond is not None:
+                self.emit(f"if {cond}:")
+                pad = "    "
+            else:
+                pad = ""
+            self.emit(f"{pad}n += {cnt}")
+            self.emit(f"{pad}if n + {cnt} <= lim and not E.kicked: continue")
+            self.emit(f"{pad}c.rip = {target:#x}; return n")
+            if cond is not None:
+                self.emit(f"c.rip = {fallthrough:#x}; return n + {cnt}")
+            return True
+        if cond is None:
+            return self.jump(f"{target:#x}")
+        return self.jump(f"{target:#x} if {cond} else {fallthrough:#x}")
 
     # -- registers ------------------------------------------------------------------
     def rget(self, n: int, sz: int, d: Insn) -> str:
@@ -209,7 +237,7 @@ class Translator:
         dd = self.const(d)
         self.emit(f"{f}(E, {dd})")
         if terminator:
-            self.emit(f"return {self.k + 1}")
+            self.emit(f"return n + {self.k + 1}")
             return True
         self.may_stop = True
         return False
@@ -217,12 +245,14 @@ class Translator:
 
 def assemble(t: Translator, ips: List[int], next_ip: int) -> str:
     """Wrap the emitted lines into the block function's source."""
-    head = ["def blk():", "    k = 0", "    try:"]
+    head = ["def blk(lim):", "    n = 0", "    k = 0", "    try:"]
     body = t.lines or ["        pass"]
+    if t.looping:
+        body = ["        while True:"] + ["    " + ln for ln in body]
     tail = [
         "    except BaseException:",
         "        c.rip = IPS[k]",
-        "        c.kdone = k",
+        "        c.kdone = n + k",
         "        raise",
     ]
     if not t.ended:
@@ -231,12 +261,12 @@ def assemble(t: Translator, ips: List[int], next_ip: int) -> str:
 
 
 def compile_block(src: str, namespace: Dict[str, Any], consts: List[Any],
-                  ips: List[int]) -> Callable[[], int]:
+                  ips: List[int]) -> Callable[[int], int]:
     g = dict(namespace)
     for i, v in enumerate(consts):
         g[f"K{i}"] = v
     g["IPS"] = tuple(ips)
     code = compile(src, "<mock-block>", "exec")
     exec(code, g)  # noqa: S102 - our own generated source
-    fn: Callable[[], int] = g["blk"]
+    fn: Callable[[int], int] = g["blk"]
     return fn

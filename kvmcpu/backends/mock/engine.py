@@ -30,7 +30,7 @@ MAX_BLOCK = 48
 #: Opcodes that must be alone at the start of a block (they read the exact cycle count).
 ALONE = frozenset((0x131, 0x101))
 
-Block = Callable[[], int]
+Block = Callable[[int], int]
 ExitTuple = Tuple[Any, ...]
 
 
@@ -134,6 +134,8 @@ class Engine:
         if view is None:
             raise ExitNow("emulation", b"", "execution from unbacked memory")
         t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma)
+        t.start_ip = rip
+        t.loop_ok = not single and self.use_cache
         off = lin & 0xFFF
         ip = rip
         ips: List[int] = []
@@ -154,6 +156,7 @@ class Engine:
             g = GENERATORS.get(d.opc)
             t.k = len(ips)
             t.may_stop = False
+            t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
             t.emit(f"k = {t.k}")
             if g is None:
@@ -166,6 +169,8 @@ class Engine:
                 break
             if t.may_stop:
                 t.stop_check(d)
+            if t.may_stop:
+                t.zf_var = None  # the block may return here: do not carry temps over
             if d.opc in ALONE:
                 ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
                 break
@@ -247,7 +252,7 @@ class Engine:
             try:
                 try:
                     fn = self.lookup(single)
-                    n = fn()
+                    n = fn(budget if budget is not None else 1 << 62)
                 except GuestFault as f:
                     n = st.kdone or 0
                     st.kdone = None

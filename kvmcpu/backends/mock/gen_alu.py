@@ -37,8 +37,10 @@ def alu(t: Translator, op: int, a: str, b: str, sz: int) -> Optional[str]:
     else:  # sub, cmp
         t.emit(f"{r} = ({a} - {b}) & {m:#x}")
         t.lazy(LZ_SUB, a, b, r, sz)
+        t.zf_var = r
         if op == 7:
             return None
+    t.zf_var = r
     return r
 
 
@@ -226,6 +228,7 @@ def _incdec(t: Translator, d: Insn, sz: int, dec: bool, reg: Optional[int]) -> N
     t.emit(f"if {p} is None: {p} = c.fl & 1")
     t.emit(f"elif {p}[0] >= {LZ_INC}: {p} = {p}[2]")
     t.emit(f"c.lz = ({LZ_DEC if dec else LZ_INC}, {a}, {p}, {r}, {BITS[sz]})")
+    t.zf_var = r
 
 
 @gen(*range(0x40, 0x50))

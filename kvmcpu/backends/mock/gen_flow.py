@@ -27,6 +27,9 @@ def _target(t: Translator, d: Insn) -> int:
 
 
 def cond_expr(t: Translator, cc: int) -> str:
+    if cc in (4, 5) and t.prev_zf_var is not None:  # ZF of the previous instruction
+        v = t.prev_zf_var
+        return f"{v} == 0" if cc == 4 else f"{v} != 0"
     if cc in (4, 5):  # Z / NZ from the lazy result when possible
         z = t.var()
         t.emit(f"{z} = c.lz")
@@ -38,12 +41,12 @@ def cond_expr(t: Translator, cc: int) -> str:
 @gen(*range(0x70, 0x80), *range(0x180, 0x190))
 def g_jcc(t: Translator, d: Insn) -> bool:
     cond = cond_expr(t, d.opc & 15)
-    return t.jump(f"{_target(t, d):#x} if {cond} else {d.next_ip & ip_mask(t, d):#x}")
+    return t.branch(cond, _target(t, d), d.next_ip & ip_mask(t, d))
 
 
 @gen(0xEB, 0xE9)
 def g_jmp(t: Translator, d: Insn) -> bool:
-    return t.jump(f"{_target(t, d):#x}")
+    return t.branch(None, _target(t, d), d.next_ip & ip_mask(t, d))
 
 
 @gen(0xE8)
@@ -69,7 +72,7 @@ def g_loop(t: Translator, d: Insn) -> bool:
     nxt = d.next_ip & ip_mask(t, d)
     cnt = t.var()
     if d.opc == 0xE3:
-        return t.jump(f"{tgt:#x} if {t.rget(1, asz, d)} == 0 else {nxt:#x}")
+        return t.branch(f"{t.rget(1, asz, d)} == 0", tgt, nxt)
     t.emit(f"{cnt} = ({t.rget(1, asz, d)} - 1) & {m:#x}")
     t.rset(1, asz, d, cnt)
     if d.opc == 0xE2:
@@ -77,7 +80,7 @@ def g_loop(t: Translator, d: Insn) -> bool:
     else:
         z = cond_expr(t, 4)
         cond = f"{cnt} != 0 and {'' if d.opc == 0xE1 else 'not '}{z}"
-    return t.jump(f"{tgt:#x} if {cond} else {nxt:#x}")
+    return t.branch(cond, tgt, nxt)
 
 
 # -- stack ------------------------------------------------------------------------------------
