@@ -249,3 +249,14 @@ def test_guest_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert guest_path("mine.bin") == tmp_path / "mine.bin"
     with pytest.raises(GuestError, match="not found"):
         guest_path("nonexistent.bin")
+
+
+def test_options_that_shape_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = tmp_path / "initrd.img"
+    module.write_bytes(b"module contents")
+    # Global -v, a Multiboot module, a quantum and a progress line: same output and status.
+    status, out, err = run_cli(capsys, "-v", "run", HELLO, "--backend", "mock", "--memory", "16M",
+                               "--module", str(module), "--quantum", "100us", "--progress")
+    assert status == 1
+    assert out.startswith(HELLO_OUT)
+    assert "kvmcpu run: backend mock" in err and "isa-debug-exit at " in err
