@@ -10,8 +10,8 @@ c     the guest's m5 exit code c (taken modulo 256 by the shell)
 125   the guest triple-faulted
 126   the vCPU stopped with an error KVM reports (internal error, failed entry, ...)
 1     any other error (one line on stderr; ``-v`` for the traceback)
-2     bad command line (missing image or checkpoint, bad size, duration, backend,
-      --serial or --smp, an image no loader accepts, an impossible configuration)
+2     bad command line: a missing or unloadable image, module or checkpoint, a bad
+      size, duration, backend, --serial or --smp, an impossible configuration
 ====  ==================================================================
 
 With ``--restore DIR`` the machine (RAM size, devices, CPU state) comes from the
