@@ -7,7 +7,7 @@ from typing import Optional
 
 from .codegen import BITS, M, SGN, Translator, gen
 from .decode import Insn
-from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
+from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_FIXED, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
 
 _ALU_NAMES = ("add", "or", "adc", "sbb", "and", "sub", "xor", "cmp")
 
@@ -226,7 +226,7 @@ def _incdec(t: Translator, d: Insn, sz: int, dec: bool, reg: Optional[int]) -> N
     p = t.var()
     t.emit(f"{p} = c.lz")
     t.emit(f"if {p} is None: {p} = c.fl & 1")
-    t.emit(f"elif {p}[0] >= {LZ_INC}: {p} = {p}[2]")
+    t.emit(f"elif {p}[0] == {LZ_INC} or {p}[0] == {LZ_DEC}: {p} = {p}[2]")
     t.emit(f"c.lz = ({LZ_DEC if dec else LZ_INC}, {a}, {p}, {r}, {BITS[sz]})")
     t.zf_var = r
 
@@ -307,6 +307,8 @@ def g_imul(t: Translator, d: Insn) -> None:
 @gen(0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3)
 def g_grp2(t: Translator, d: Insn) -> None:
     sz = 1 if d.opc in (0xC0, 0xD0, 0xD2) else d.osz
+    bits = BITS[sz]
+    op = d.reg & 7
     if d.opc in (0xC0, 0xC1):
         cnt = f"{d.imm}"
     elif d.opc in (0xD0, 0xD1):
@@ -315,9 +317,33 @@ def g_grp2(t: Translator, d: Insn) -> None:
         cnt = "(R[1] & 0xFF)"
     a, addr = t.rm_read(d, sz)
     r = t.var()
+    const = d.opc in (0xC0, 0xC1, 0xD0, 0xD1)
+    count = (int(cnt) & (0x3F if bits == 64 else 0x1F)) if const else -1
+    if const and 0 < count < bits and op in (4, 5, 6, 7):
+        # SHL/SHR/SAR by a constant: inline, flags as a LZ_FIXED tuple (CF|OF|AF + result)
+        m = M[sz]
+        top = bits - 1
+        cf, of = t.var(), t.var()
+        if op in (4, 6):
+            t.emit(f"{r} = ({a} << {count}) & {m:#x}")
+            t.emit(f"{cf} = ({a} >> {bits - count}) & 1")
+            t.emit(f"{of} = (({r} >> {top}) ^ {cf}) << 11")
+        elif op == 5:
+            t.emit(f"{r} = {a} >> {count}")
+            t.emit(f"{cf} = ({a} >> {count - 1}) & 1")
+            t.emit(f"{of} = ((({r} >> {top}) ^ ({r} >> {top - 1})) & 1) << 11")
+        else:
+            sgn = SGN[sz]
+            t.emit(f"{r} = (({a} - (({a} & {sgn:#x}) << 1)) >> {count}) & {m:#x}")
+            t.emit(f"{cf} = (({a} - (({a} & {sgn:#x}) << 1)) >> {count - 1}) & 1")
+            t.emit(f"{of} = 0")
+        t.rm_write(d, sz, addr, r)
+        t.emit(f"c.lz = ({LZ_FIXED}, {cf} | {of} | 0x10, 0, {r}, {bits})")
+        t.zf_var = r
+        return
     saved = t.var()
     t.emit(f"{saved} = (c.fl, c.lz)")
-    t.emit(f"{r} = H.shift(c, {d.reg & 7}, {a}, {cnt}, {BITS[sz]})")
+    t.emit(f"{r} = H.shift(c, {op}, {a}, {cnt}, {bits})")
     if d.mod != 3:
         t.emit("try:")
         t.emit(f"    wr{sz}({addr}, {r})")

@@ -28,8 +28,8 @@ ARITH = CF | PF | AF | ZF | SF | OF
 #: Bits software can change through POPF/IRET at CPL0 (RF/VM handled separately).
 FLAGS_WRITABLE = ARITH | TF | IF | DF | IOPL | NT | AC | ID
 
-# Lazy-flag kinds
-LZ_ADD, LZ_ADC, LZ_SUB, LZ_SBB, LZ_LOGIC, LZ_INC, LZ_DEC = range(7)
+# Lazy-flag kinds. LZ_FIXED carries CF|OF|AF explicitly in slot 1 (shifts).
+LZ_ADD, LZ_ADC, LZ_SUB, LZ_SBB, LZ_LOGIC, LZ_INC, LZ_DEC, LZ_FIXED = range(8)
 
 MASK = {8: 0xFF, 16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
 SIGN = {8: 0x80, 16: 0x8000, 32: 0x80000000, 64: 0x8000000000000000}
@@ -123,6 +123,8 @@ def lazy_flags(lz: Tuple[Any, ...]) -> int:
         f |= SF
     if kind == LZ_LOGIC:
         return f
+    if kind == LZ_FIXED:
+        return f | a
     if kind == LZ_ADD or kind == LZ_ADC:
         if (r < a) if kind == LZ_ADD else (r <= a):
             f |= CF
@@ -161,6 +163,8 @@ def lazy_cf(src: Any) -> int:
         return 1 if a <= b else 0
     if kind == LZ_LOGIC:
         return 0
+    if kind == LZ_FIXED:
+        return a & 1  # type: ignore[no-any-return]
     return lazy_cf(b)
 
 
