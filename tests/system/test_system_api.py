@@ -186,3 +186,28 @@ def test_close_is_idempotent_and_context_manager() -> None:
 def test_run_result_sim_seconds() -> None:
     r = RunResult("x", 0, 2_500_000_000, 0, 0.1)
     assert r.sim_seconds == pytest.approx(0.0025)
+
+
+def test_readme_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        backend_name: str) -> None:
+    """The README's System example (less RAM, to keep the checkpoint small)."""
+    from kvmcpu import RunResult as PublicRunResult
+    from kvmcpu import System as PublicSystem
+
+    assert (PublicSystem, PublicRunResult) == (System, RunResult)
+    guests = Path(__file__).resolve().parent.parent.parent / "guests"
+    monkeypatch.chdir(tmp_path)
+    system = PublicSystem(memory="32M", backend=backend_name)  # README: 128M
+    try:
+        system.load(str(guests / "hello.bin"))
+        result = system.run(max_seconds=10)
+        assert result.cause == "isa-debug-exit" and result.status == 1
+        assert system.serial.output.startswith(b"Hello from kvmcpu!\n")
+        system.stats.dump("stats.txt")
+        system.checkpoint("cpt.1")
+    finally:
+        system.close()
+    other = "mock" if backend_name == "kvm" else backend_name
+    restored = PublicSystem.restore("cpt.1", backend=other)
+    restored.close()
+    assert (tmp_path / "stats.txt").is_file()
