@@ -77,6 +77,12 @@ def main(argv: List[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        # The reader went away (``kvmcpu info | head``): not an error worth a message.
+        # (Before OSError, which it is.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_RUNTIME
     except (KvmCpuError, OSError) as err:
         if args.verbose:
             traceback.print_exc()
@@ -84,11 +90,6 @@ def main(argv: List[str] | None = None) -> int:
             print(f"kvmcpu {args.command}: {err}", file=sys.stderr)
         else:
             print(f"kvmcpu {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except BrokenPipeError:
-        # The reader went away (``kvmcpu info | head``): not an error worth a message.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         print(f"kvmcpu {args.command}: interrupted", file=sys.stderr)
