@@ -39,6 +39,8 @@ from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
 from .sim.checkpoint import CheckpointIn, CheckpointOut
 from .sim.eventq import (
+    QUEUE_EMPTY_CAUSE,
+    SIM_LIMIT_CAUSE,
     TICKS_PER_SECOND,
     EventFunctionWrapper,
     EventQueue,
@@ -56,7 +58,7 @@ log = logging.getLogger("kvmcpu.system")
 CAUSE_DEBUG_EXIT = "isa-debug-exit"
 CAUSE_M5_EXIT = "m5_exit instruction encountered"
 CAUSE_HALTED = "guest halted with nothing left to run"
-CAUSE_LIMIT = "simulate() limit reached"
+CAUSE_LIMIT = SIM_LIMIT_CAUSE
 CAUSE_TIMEOUT = "host timeout"
 CAUSE_TRIPLE_FAULT = "triple fault"
 CAUSE_CHECKPOINT = "checkpoint"
@@ -306,10 +308,10 @@ class System(SimObject):
             status = code
         elif cause in (CAUSE_LIMIT, CAUSE_TIMEOUT):
             status = STATUS_TIMEOUT
-        elif cause in (CAUSE_M5_EXIT, CAUSE_HALTED) or cause == "event queue empty":
-            status = code
-            if cause == "event queue empty":
-                cause = CAUSE_HALTED
+        elif cause == QUEUE_EMPTY_CAUSE:
+            # Nothing is scheduled: the CPU halted (or was never started) and no
+            # device can wake it.
+            cause, status = CAUSE_HALTED, 0
         else:
             status = code
         return RunResult(cause, code, ev.tick, status, host_seconds)
