@@ -49,7 +49,7 @@ def test_cli_hlt_ends_with_nothing_left_to_run(make_system: MakeSystem,
     system.load(CLI_HLT, fmt="flat")
     result = system.run(timeout=20)
     assert (result.cause, result.code, result.status) == (CAUSE_HALTED, 0, 0)
-    assert system.cpu.stats.numHalt.value >= 1 or backend_name == "kvm"
+    assert system.cpu.stats.numHalt.value == 1
 
 
 def test_stats_dump_is_gem5_format_and_json(make_system: MakeSystem, backend_name: str,
