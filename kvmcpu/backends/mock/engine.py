@@ -42,8 +42,8 @@ class Engine:
         self.st = CpuState()
         self.mmu = Mmu(vm, self.st, self._code_written)
         self.stop = self.mmu.stop_flag
-        self.blocks: Dict[Tuple[int, int], Block] = {}
-        self.page_blocks: Dict[int, List[Tuple[int, int]]] = {}
+        self.blocks: Dict[Tuple[int, int, int], Block] = {}
+        self.page_blocks: Dict[int, List[Tuple[int, int, int]]] = {}
         self.snapshots: Dict[int, bytes] = {}
         self.use_cache = True
         self.instructions_retired = 0
@@ -222,11 +222,59 @@ class Engine:
         return fn
 
     # -- the run loop ----------------------------------------------------------------------
-    def execute(self, window_requested: Callable[[], bool]) -> ExitTuple:
-        """Run until an exit. Returns ("intr",), ("io", ...), ("mmio", ...), ("hlt",), ..."""
+    def execute(self, window_requested: Callable[[], bool],
+                complete_only: bool = False) -> ExitTuple:
+        """Run until an exit. Returns ("intr",), ("io", ...), ("mmio", ...), ("hlt",), ...
+
+        ``complete_only``: execute just the instruction waiting for user space's data
+        (KVM completes a pending IN/MMIO read even in a KVM_RUN with immediate_exit).
+        """
         st = self.st
         stop = self.stop
+        stepped = False
         while True:
+            if complete_only:
+                if stepped:
+                    return ("intr",)
+                stepped = True
+                budget = None
+                had_shadow = st.shadow
+                self.shadow_set = False
+                single = True
+                stop[0] = False
+                try:
+                    try:
+                        fn = self.lookup(True)
+                        n = fn(1)
+                    except GuestFault as f:
+                        n = st.kdone or 0
+                        st.kdone = None
+                        self._retire(n)
+                        deliver_fault(self, f)
+                        continue
+                    except ExitNow as x:
+                        n = st.kdone or 0
+                        st.kdone = None
+                        self._retire(n)
+                        return (x.kind,) + x.args
+                    except Restart:
+                        st.kdone = None
+                        continue
+                except TripleFault:
+                    return ("shutdown",)
+                except Exception as err:  # noqa: BLE001
+                    log.error("mock engine failure at rip=%#x:\n%s", st.rip,
+                              traceback.format_exc())
+                    return ("emulation", self._insn_bytes(), f"internal: {err!r}")
+                self._retire(n)
+                if had_shadow and not self.shadow_set:
+                    st.shadow = 0
+                if stop[0]:
+                    stop[0] = False
+                    ex = self.pending_exit()
+                    if ex is not None:
+                        return ex
+                continue
             if self.kicked:
                 self.kicked = False
                 return ("intr",)

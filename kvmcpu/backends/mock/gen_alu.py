@@ -3,9 +3,9 @@ shifts, bit operations, conversions, SETcc/CMOVcc, XCHG/XADD/CMPXCHG."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
-from .codegen import BITS, M, SGN, Translator, gen
+from .codegen import BITS, SGN, M, Translator, gen
 from .decode import Insn
 from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_FIXED, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
 
@@ -196,7 +196,7 @@ def g_movsxd(t: Translator, d: Insn) -> None:
     t.rset(d.reg, d.osz, d, v)
 
 
-def _unimpl():  # type: ignore[no-untyped-def]
+def _unimpl() -> Callable[..., None]:
     from .helpers import unimplemented
 
     return unimplemented
@@ -376,7 +376,7 @@ def g_shld(t: Translator, d: Insn) -> None:
         t.rm_write(d, sz, addr, r)
 
 
-# -- bit operations ----------------------------------------------------------------------------------
+# -- bit operations -------------------------------------------------------------------------------
 @gen(0x1A3, 0x1AB, 0x1B3, 0x1BB, 0x1BA)
 def g_bt(t: Translator, d: Insn) -> Optional[bool]:
     sz = d.osz
@@ -456,7 +456,7 @@ def g_bswap(t: Translator, d: Insn) -> None:
     t.rset(n, sz, d, f"int.from_bytes(({t.rget(n, sz, d)}).to_bytes({sz}, 'little'), 'big')")
 
 
-# -- SETcc / CMOVcc ------------------------------------------------------------------------------------
+# -- SETcc / CMOVcc -------------------------------------------------------------------------------
 @gen(*range(0x190, 0x1A0))
 def g_setcc(t: Translator, d: Insn) -> None:
     t.rm_write(d, 1, None, f"(1 if H.cond(c, {d.opc & 15}) else 0)")
@@ -481,7 +481,7 @@ def _line(t: Translator, f) -> str:  # type: ignore[no-untyped-def]
     return line
 
 
-# -- conversions and flag instructions --------------------------------------------------------------------
+# -- conversions and flag instructions ------------------------------------------------------------
 @gen(0x98)
 def g_cbw(t: Translator, d: Insn) -> None:
     sz = d.osz
@@ -533,7 +533,7 @@ def g_std(t: Translator, d: Insn) -> None:
     t.emit("c.fl |= 0x400")
 
 
-# -- exchange family ----------------------------------------------------------------------------------------
+# -- exchange family ------------------------------------------------------------------------------
 @gen(0x86, 0x87)
 def g_xchg(t: Translator, d: Insn) -> None:
     sz = 1 if d.opc == 0x86 else d.osz

@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Any, Tuple
 from .decode import Insn
 from .faults import DE, ExitNow, GuestFault
 from .state import (
-    AF, ARITH, CF, LZ_LOGIC, OF, PARITY, PF, SF, ZF, CpuState, lazy_cf, lazy_flags,
+    AF,
+    ARITH,
+    CF,
+    LZ_LOGIC,
+    OF,
+    PARITY,
+    PF,
+    SF,
+    ZF,
+    CpuState,
+    lazy_cf,
+    lazy_flags,
 )
 
 if TYPE_CHECKING:
@@ -72,7 +83,7 @@ def cond(c: CpuState, cc: int) -> bool:
         base = cc >> 1
         if base == 2:  # E / NE
             res = r == 0
-            return res != bool(cc & 1)
+            return bool(res) != bool(cc & 1)
         if kind == 2 and base in (1, 3, 6, 7):  # SUB/CMP: compare directly
             if base == 1:
                 res = a < b
@@ -83,7 +94,7 @@ def cond(c: CpuState, cc: int) -> bool:
                 sa = a - (a & sign) * 2
                 sb = b - (b & sign) * 2
                 res = sa < sb if base == 6 else sa <= sb
-            return res != bool(cc & 1)
+            return bool(res) != bool(cc & 1)
         f = (c.fl & ~ARITH) | lazy_flags(lz)
     else:
         f = c.fl

@@ -116,7 +116,7 @@ def lazy_flags(lz: Tuple[Any, ...]) -> int:
     """The six arithmetic flags encoded by a lazy tuple."""
     kind, a, b, r, bits = lz
     sign = SIGN[bits]
-    f = PARITY[r & 0xFF]
+    f: int = PARITY[r & 0xFF]
     if r == 0:
         f |= ZF
     if r & sign:
@@ -124,7 +124,7 @@ def lazy_flags(lz: Tuple[Any, ...]) -> int:
     if kind == LZ_LOGIC:
         return f
     if kind == LZ_FIXED:
-        return f | a
+        return f | int(a)
     if kind == LZ_ADD or kind == LZ_ADC:
         if (r < a) if kind == LZ_ADD else (r <= a):
             f |= CF
@@ -164,7 +164,7 @@ def lazy_cf(src: Any) -> int:
     if kind == LZ_LOGIC:
         return 0
     if kind == LZ_FIXED:
-        return a & 1  # type: ignore[no-any-return]
+        return int(a) & 1
     return lazy_cf(b)
 
 

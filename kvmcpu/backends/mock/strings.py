@@ -11,7 +11,7 @@ REP MOVS/STOS with DF=0 over ordinary RAM copy whole page runs at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .codegen import KEEP, M
 from .decode import Insn
@@ -147,8 +147,8 @@ def _exit_mid(e: "Engine") -> None:
     raise Restart()
 
 
-def _fast(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool, lin, src_seg: int
-          ) -> bool:  # type: ignore[no-untyped-def]
+def _fast(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
+          lin: Callable[[int, int], int], src_seg: int) -> bool:
     """Bulk REP MOVS/STOS over RAM pages (DF=0). Returns True if it made progress."""
     st = e.st
     R = st.R

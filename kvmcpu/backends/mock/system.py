@@ -13,9 +13,29 @@ from .decode import Insn
 from .faults import ExitNow, GuestFault
 from .interrupts import read_descriptor, seg_from_descriptor
 from .state import (
-    CR0_ET, CR0_PE, CR0_PG, CR0_TS, CR4_PAE, CR4_VALID, CS, EFER_LMA, EFER_LME, EFER_NXE,
-    EFER_VALID, GS, IOPL, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_TSC,
-    MSR_IA32_TSC_AUX, MSR_INDEX_LIST, MSR_KERNEL_GS_BASE, ZF, FS,
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR0_TS,
+    CR4_PAE,
+    CR4_VALID,
+    CS,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_VALID,
+    FS,
+    GS,
+    IOPL,
+    MSR_EFER,
+    MSR_FS_BASE,
+    MSR_GS_BASE,
+    MSR_IA32_APICBASE,
+    MSR_IA32_TSC,
+    MSR_IA32_TSC_AUX,
+    MSR_INDEX_LIST,
+    MSR_KERNEL_GS_BASE,
+    ZF,
 )
 from .transfer import _ea
 
@@ -326,7 +346,7 @@ def _lmsw(e: "Engine", v: int) -> None:
     e.mode_changed()
 
 
-# -- hypercalls -------------------------------------------------------------------------------------
+# -- hypercalls -----------------------------------------------------------------------------------
 def hypercall(e: "Engine", d: Insn) -> None:
     """VMCALL/VMMCALL as kvm_emulate_hypercall: only KVM_HC_MAP_GPA_RANGE reaches user
     space (when enabled with KVM_CAP_EXIT_HYPERCALL); the rest return -KVM_ENOSYS."""
@@ -349,7 +369,7 @@ def hypercall(e: "Engine", d: Insn) -> None:
     st.R[0] = (-KVM_ENOSYS) & m
 
 
-# -- HLT and port IO ------------------------------------------------------------------------------------
+# -- HLT and port IO ------------------------------------------------------------------------------
 def hlt(e: "Engine", d: Insn) -> None:
     _priv(e)
     e.mmu.pending.append(("hlt",))
@@ -398,7 +418,7 @@ def port_out(e: "Engine", port: int, size: int, value: int) -> None:
     e.stop[0] = True
 
 
-# -- wide compare-exchange ---------------------------------------------------------------------------------
+# -- wide compare-exchange ------------------------------------------------------------------------
 def cmpxchg8b(e: "Engine", d: Insn) -> None:
     st = e.st
     n = 16 if d.rexw else 8
@@ -428,7 +448,7 @@ def rdrand(e: "Engine", d: Insn) -> None:
     raise ExitNow("emulation", d.raw, "RDRAND is not emulated (not in the mock's CPUID)")
 
 
-# -- 0F AE group: fences, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR, CLFLUSH -------------------------------------------
+# -- 0F AE group: fences, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR, CLFLUSH --------------------------------
 def grp15(e: "Engine", d: Insn) -> None:
     op = d.reg & 7
     if d.mod == 3:

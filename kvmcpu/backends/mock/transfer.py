@@ -10,8 +10,29 @@ from .decode import Insn
 from .faults import BP, GuestFault
 from .interrupts import KIND_SOFT, deliver, read_descriptor, seg_from_descriptor
 from .state import (
-    AC, CR0_PE, CS, DS, EFER_LMA, EFER_SCE, ES, FS, GS, ID, IF, IOPL, MSR_CSTAR, MSR_LSTAR,
-    MSR_SFMASK, MSR_STAR, NT, OF, RF, SS, TF, VM, Seg,
+    AC,
+    CR0_PE,
+    CS,
+    DS,
+    EFER_LMA,
+    EFER_SCE,
+    ES,
+    FS,
+    GS,
+    ID,
+    IF,
+    IOPL,
+    MSR_CSTAR,
+    MSR_LSTAR,
+    MSR_SFMASK,
+    MSR_STAR,
+    NT,
+    OF,
+    RF,
+    SS,
+    TF,
+    VM,
+    Seg,
 )
 
 if TYPE_CHECKING:
@@ -420,7 +441,6 @@ def enter(e: "Engine", d: Insn) -> None:
     size, level = d.imm, d.imm2 & 31
     n = d.osz
     sm = M[e.stack_bits // 8]
-    frame = []
     bp = st.R[5]
     # compute everything before committing so that a fault changes nothing
     sp = st.R[4] & sm
@@ -440,7 +460,6 @@ def enter(e: "Engine", d: Insn) -> None:
     for addr, val in writes:
         lin = addr if e.bits == 64 else (st.sb[SS] + addr) & 0xFFFFFFFF
         e.mmu.write_int(lin, n, val, _user(e))
-    del frame
     sp = (sp - size) & sm
     if n == 2:
         st.R[5] = (st.R[5] & ~0xFFFF) | (frame_temp & 0xFFFF)

@@ -7,8 +7,19 @@ import errno
 import struct
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, \
-    Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from ... import uapi
 from ...errors import KvmIoctlError
@@ -18,8 +29,16 @@ from ..exits import Exit, IntrExit, decode_exit
 from .backend import TSC_KHZ, VCPU_MMAP_SIZE
 from .engine import Engine
 from .state import (
-    MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_TSC, MSR_INDEX_LIST, FS, GS,
-    IF, check_sregs,
+    FS,
+    GS,
+    IF,
+    MSR_EFER,
+    MSR_FS_BASE,
+    MSR_GS_BASE,
+    MSR_IA32_APICBASE,
+    MSR_IA32_TSC,
+    MSR_INDEX_LIST,
+    check_sregs,
 )
 
 _PIO_OFFSET = 4096 * uapi.KVM_PIO_PAGE_OFFSET
@@ -28,7 +47,7 @@ _GUESTDBG_VALID = (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
                    | uapi.KVM_GUESTDBG_BLOCKIRQ)
 
 #: exit reason -> name of the kvm_run union member that holds its fields.
-_UNION_MEMBER = {
+_UNION_MEMBER: Dict[int, str] = {
     ExitReason.IO: "io", ExitReason.MMIO: "mmio", ExitReason.FAIL_ENTRY: "fail_entry",
     ExitReason.UNKNOWN: "hw", ExitReason.EXCEPTION: "ex", ExitReason.SYSTEM_EVENT: "system_event",
     ExitReason.INTERNAL_ERROR: "internal", ExitReason.HYPERCALL: "hypercall",
@@ -119,9 +138,15 @@ class MockVcpu(Vcpu):
         run = self.kvm_run
         eng = self.engine
         with self._lock:
-            self._complete_last()
+            completing = self._complete_last()
             if run.immediate_exit:
                 eng.kicked = False
+                if completing:
+                    # KVM finishes the IN/MMIO read before it honours immediate_exit
+                    ex = eng.execute(lambda: False, complete_only=True)
+                    if ex[0] != "intr":
+                        self._update_run_flags()
+                        return self._fill(ex)
                 self._update_run_flags()
                 return IntrExit(run)
             if self._script:
@@ -144,12 +169,13 @@ class MockVcpu(Vcpu):
         run.cr8 = st.cr8
         run.apic_base = st.apic_base
 
-    def _complete_last(self) -> None:
+    def _complete_last(self) -> bool:
         """Deliver what user space put in the run page for the previous exit (IN, MMIO read,
-        hypercall return) to the instruction that is re-executed now."""
+        hypercall return) to the instruction that is re-executed now. True when an
+        instruction waits to be re-executed with the data."""
         last, self._last = self._last, None
         if last is None:
-            return
+            return False
         kind = last[0]
         eng = self.engine
         if kind == "io_in":
@@ -163,6 +189,7 @@ class MockVcpu(Vcpu):
             eng.mmu.mmio_replay.append((gpa, n, data))
         elif kind == "hypercall":
             eng.st.R[0] = int(self.kvm_run.hypercall.ret)
+        return kind in ("io_in", "mmio_read")
 
     def _fill(self, ex: Tuple[Any, ...]) -> Exit:
         run = self.kvm_run
@@ -599,7 +626,7 @@ class MockVcpu(Vcpu):
 
     def _coalesced_ring(self) -> Optional[memoryview]:
         vm = self.vm
-        return vm.ring_page if not vm.closed else None  # type: ignore[attr-defined, no-any-return]
+        return vm.ring_page if not vm.closed else None  # type: ignore[attr-defined]
 
     def _close_vcpu(self) -> None:
         eng = self.engine

@@ -87,8 +87,6 @@ def test_mmio_read_completes_by_a_half_entry_before_an_event(
     """When an event is due before a full entry is possible (closer than the run
     timer's resolution) the completion is a zero-length entry (immediate_exit):
     at that event the guest register already holds the value."""
-    if backend_name == "mock":
-        request.applymarker(MOCK_HALF_ENTRY_XFAIL)
     rig = make_rig(backend_name, "io_real")
     value = 0x11223344
     mmio = Recorder(rig.queue, {0x20: value})

@@ -48,8 +48,6 @@ def test_drain_in_the_middle_of_an_mmio_read(make_rig: Any, backend_name: str,
     assert cpu.status is Status.Idle and not cpu.tick_event.scheduled()
     assert rig.stats()["numVMHalfEntries"] == half + 1
     assert not cpu.kvmStateDirty  # the TC was synchronised at the drain
-    if backend_name == "mock":
-        request.applymarker(MOCK_HALF_ENTRY_XFAIL)
     assert cpu.tc.rax & 0xFFFFFFFF == MMIO_VALUE
     assert rig.vcpu.get_regs().rax & 0xFFFFFFFF == MMIO_VALUE
     # Resumed, the guest carries on from there: OUT 0x404 with the value, then HLT.

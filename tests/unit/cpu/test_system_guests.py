@@ -26,6 +26,4 @@ def test_irq_bin_takes_ten_pit_interrupts_through_the_pic(backend_name: str,
         assert stats.numHalt.value >= 10
         # Ten periods of the 1 kHz PIT: about 10 ms of simulated time.
         assert 10_000_000_000 <= r.tick < 40_000_000_000
-        if backend_name == "mock":
-            request.applymarker(MOCK_UART_XFAIL)
         assert s.serial.output == b"irq: 10 timer interrupts\n"
