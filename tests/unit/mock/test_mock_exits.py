@@ -10,8 +10,15 @@ import pytest
 
 from kvmcpu import uapi
 from kvmcpu.backends import (
-    DebugExit, ExceptionExit, FailEntryExit, HypercallExit, InternalErrorExit, IoExit, MmioExit,
-    SystemEventExit, UnknownExit,
+    DebugExit,
+    ExceptionExit,
+    FailEntryExit,
+    HypercallExit,
+    InternalErrorExit,
+    IoExit,
+    MmioExit,
+    SystemEventExit,
+    UnknownExit,
 )
 from kvmcpu.uapi import Cap, ExitReason
 
@@ -200,3 +207,36 @@ def test_capabilities_and_refusals(m) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(KvmIoctlError) as ei:
         m.vcpu.interrupt(0x21)
     assert ei.value.errno == errno.EEXIST
+
+
+def test_half_entry_completes_in_and_mmio_read() -> None:
+    """A run() with immediate_exit finishes the pending IN / MMIO read first, as KVM
+    does (complete_userspace_io runs before the immediate_exit check)."""
+    from conftest import Machine
+
+    m = Machine(0x10000)
+    try:
+        _half_entry(m)
+    finally:
+        m.close()
+
+
+def _half_entry(m) -> None:  # type: ignore[no-untyped-def]
+    m.real("in al, 0x60\nmov bx, 0x2000\nmov ds, bx\nmov cx, [0x10]\nhlt")
+    v = m.vcpu
+    ex = m.run()
+    assert ex.kind == "io" and not ex.is_write
+    ex.data[:] = b"\x99"
+    v.immediate_exit = True
+    assert v.run().kind == "intr"
+    r = v.get_regs()
+    assert r.rax & 0xFF == 0x99 and r.rip == 0x1002
+    v.immediate_exit = False
+    ex = m.run()
+    assert ex.kind == "mmio" and ex.phys_addr == 0x20010 and not ex.is_write
+    ex.data[:2] = b"\x34\x12"
+    v.immediate_exit = True
+    assert v.run().kind == "intr"
+    assert v.get_regs().rcx & 0xFFFF == 0x1234
+    v.immediate_exit = False
+    assert m.run().kind == "hlt"
