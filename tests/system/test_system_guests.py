@@ -17,7 +17,6 @@ from system_helpers import (
     IRQ_OUTPUT,
     guest,
     sieve_output,
-    xfail_mock_half_entry,
 )
 
 from kvmcpu.system import (
@@ -103,8 +102,7 @@ def test_sieve3_small(make_system: MakeSystem, backend_name: str) -> None:
 
 
 def test_checkpoint_guest_in_process(make_system: MakeSystem, backend_name: str,
-                                     tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    xfail_mock_half_entry(request, backend_name)
+                                     tmp_path: Path) -> None:
     system = make_system(memory="16M", backend=backend_name)
     system.load(guest("checkpoint.bin"))
     first = system.run(max_seconds=1, timeout=TIMEOUT)
