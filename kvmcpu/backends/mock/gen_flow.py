@@ -39,9 +39,14 @@ def cond_expr(t: Translator, cc: int) -> str:
 
 
 @gen(*range(0x70, 0x80), *range(0x180, 0x190))
-def g_jcc(t: Translator, d: Insn) -> bool:
+def g_jcc(t: Translator, d: Insn) -> Optional[bool]:
     cond = cond_expr(t, d.opc & 15)
-    return t.branch(cond, _target(t, d), d.next_ip & ip_mask(t, d))
+    tgt = _target(t, d)
+    if t.loop_ok and tgt != t.start_ip:
+        # a side exit: the block (a trace) goes on along the fall-through path
+        t.emit(f"if {cond}: c.rip = {tgt:#x}; return n + {t.k + 1}")
+        return None
+    return t.branch(cond, tgt, d.next_ip & ip_mask(t, d))
 
 
 @gen(0xEB, 0xE9)

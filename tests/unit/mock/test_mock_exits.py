@@ -212,7 +212,7 @@ def test_capabilities_and_refusals(m) -> None:  # type: ignore[no-untyped-def]
 def test_half_entry_completes_in_and_mmio_read() -> None:
     """A run() with immediate_exit finishes the pending IN / MMIO read first, as KVM
     does (complete_userspace_io runs before the immediate_exit check)."""
-    from conftest import Machine
+    from mockrig import Machine
 
     m = Machine(0x10000)
     try:
