@@ -15,6 +15,7 @@ from . import codegen, helpers
 from .codegen import GENERATORS, Translator, assemble, compile_block
 from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart, Unimplemented
+from .gen_alu import lock_ok
 from .interrupts import KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
 from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
@@ -162,6 +163,10 @@ class Engine:
             if g is None:
                 t.ended = True
                 t.call_helper(helpers.unimplemented, d, terminator=True)
+                break
+            if d.lock and not lock_ok(d):
+                t.ended = True
+                t.call_helper(helpers.raise_ud, d, terminator=True)
                 break
             ended = g(t, d)
             if ended:

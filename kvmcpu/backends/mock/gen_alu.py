@@ -617,3 +617,40 @@ def g_grp9(t: Translator, d: Insn) -> Optional[bool]:
         t.call_helper(rdrand, d)
         return None
     return _ud(t, d)
+
+
+@gen(0xD7)
+def g_xlat(t: Translator, d: Insn) -> None:
+    m = M[d.asz]
+    off = f"((R[3] + (R[0] & 0xFF)) & {m:#x})"
+    if t.bits == 64:
+        a = off if d.seg not in (4, 5) else f"(({off} + SB[{d.seg}]) & 0xFFFFFFFFFFFFFFFF)"
+    else:
+        a = f"(({off} + SB[{d.seg if d.seg >= 0 else 3}]) & 0xFFFFFFFF)"
+    t.rset(0, 1, d, t.load(a, 1))
+
+
+#: (opcode, ModRM.reg or None) pairs that accept a LOCK prefix (memory destination only).
+_LOCKABLE = {o: None for o in (0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21,
+                               0x28, 0x29, 0x30, 0x31, 0x86, 0x87, 0x1AB, 0x1B3, 0x1BB, 0x1B0,
+                               0x1B1, 0x1C0, 0x1C1)}
+
+
+def lock_ok(d: Insn) -> bool:
+    """Whether LOCK is allowed on ``d`` (#UD otherwise)."""
+    if d.mod == 3 or not d.modrm:
+        return False
+    r = d.reg & 7
+    if d.opc in _LOCKABLE:
+        return True
+    if d.opc in (0x80, 0x81, 0x82, 0x83):
+        return r != 7
+    if d.opc in (0xF6, 0xF7):
+        return r in (2, 3)
+    if d.opc in (0xFE, 0xFF):
+        return r in (0, 1)
+    if d.opc == 0x1BA:
+        return r >= 5
+    if d.opc == 0x1C7:
+        return r == 1
+    return False
