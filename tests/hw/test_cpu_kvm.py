@@ -18,6 +18,7 @@ from kvmcpu.backends.exits import IntrExit, IoExit
 from kvmcpu.backends.kvm_vcpu import KvmVcpu
 from kvmcpu.cpu.kvm import HostClockCounters, PosixKvmTimer
 from kvmcpu.cpu.kvm.timer import TIMER_SIGNAL
+from kvmcpu.sim.eventq import exit_sim_loop
 
 pytestmark = pytest.mark.kvm
 __all__ = ["make_rig"]
@@ -98,9 +99,9 @@ def test_no_timer_signal_leaks_into_the_next_run(make_rig: Any, mocker: Any) -> 
     del runs[:]
     rig.simulate(200 * MS)
     ticks, seconds, ex = runs[0]
-    assert ticks > 190 * MS
+    assert ticks > 100 * MS  # (the last 5 ms run may have overshot the limit)
     assert isinstance(ex, IntrExit)
-    assert seconds > 0.1  # most of its 200 ms, not an immediate EINTR
+    assert seconds > 0.5 * ticks / (1000 * MS)  # most of its quantum, not an immediate EINTR
 
 
 def test_a_timer_that_fires_outside_kvm_run_is_consumed(make_rig: Any, mocker: Any) -> None:
@@ -116,6 +117,8 @@ def test_a_timer_that_fires_outside_kvm_run_is_consumed(make_rig: Any, mocker: A
         original(offset, size, value)
         if len(slow.log) in (3, 6):
             time.sleep(0.005)  # five quanta: an armed timer fires meanwhile
+        if len(slow.log) == 12:
+            exit_sim_loop("done", queue=rig.queue)
 
     slow.write = write  # type: ignore[method-assign]
     rig.io.add(0x80, 1, slow)
@@ -137,8 +140,7 @@ def test_a_timer_that_fires_outside_kvm_run_is_consumed(make_rig: Any, mocker: A
         return ex
 
     mocker.patch.object(rig.cpu, "ioctlRun", side_effect=run)
-    rig.simulate(2 * MS)
-    assert len(slow.log) >= 8
+    assert rig.simulate(10_000 * MS).cause == "done"
     full = [(stale, ex) for stale, half, ex in entries if not half]
     assert not [i for i, (stale, _) in enumerate(full) if stale]
     assert isinstance(full[3][1], IoExit)  # the entry after the first sleep
@@ -153,7 +155,7 @@ def test_run_timer_resolution_clamps_short_runs_on_kvm(make_rig: Any, mocker: An
     assert arm.call_args_list[0].args == (100_000_000,)
 
 
-def test_hello_through_system_prints_and_exits(tmp_path: Any) -> None:
+def test_hello_through_system_prints_and_exits() -> None:
     """The Multiboot hello kernel (long mode, UART polling, fw_cfg, debug-exit)."""
     from kvmcpu.system import System
 

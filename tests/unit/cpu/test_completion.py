@@ -17,13 +17,6 @@ from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
 from kvmcpu.cpu.kvm import Status, ThreadStatus
 from kvmcpu.sim.eventq import EventFunctionWrapper
 
-#: The mock queues the completed data for the re-executed instruction instead of
-#: writing the register during an immediate_exit entry (KVM completes the access
-#: before it looks at immediate_exit).
-MOCK_HALF_ENTRY_XFAIL = pytest.mark.xfail(
-    strict=True, reason="mock backend: KVM_RUN with immediate_exit does not complete a "
-    "pending IN/MMIO read into the guest register (it is replayed later)")
-
 REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "rip")
 
 
@@ -82,8 +75,8 @@ def test_io_real_ends_in_the_same_state_on_both_backends(make_rig: Any) -> None:
     assert logs[0] == logs[1]
 
 
-def test_mmio_read_completes_by_a_half_entry_before_an_event(
-        make_rig: Any, backend_name: str, request: pytest.FixtureRequest) -> None:
+def test_mmio_read_completes_by_a_half_entry_before_an_event(make_rig: Any,
+                                                            backend_name: str) -> None:
     """When an event is due before a full entry is possible (closer than the run
     timer's resolution) the completion is a zero-length entry (immediate_exit):
     at that event the guest register already holds the value."""

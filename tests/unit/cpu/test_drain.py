@@ -13,18 +13,13 @@ from kvmcpu.sim.eventq import Priority, SimLoopExitEvent
 from kvmcpu.sim.simobject import DrainState
 from kvmcpu.uapi import ExitReason
 
-MOCK_HALF_ENTRY_XFAIL = pytest.mark.xfail(
-    strict=True, reason="mock backend: KVM_RUN with immediate_exit does not complete a "
-    "pending IN/MMIO read into the guest register (it is replayed later)")
-
 
 def stop_now(rig: CpuRig) -> None:
     """End the simulation loop before anything else happens at this tick."""
     rig.queue.schedule(SimLoopExitEvent("stop", 0, Priority.Minimum), rig.queue.cur_tick)
 
 
-def test_drain_in_the_middle_of_an_mmio_read(make_rig: Any, backend_name: str,
-                                             request: pytest.FixtureRequest) -> None:
+def test_drain_in_the_middle_of_an_mmio_read(make_rig: Any, backend_name: str) -> None:
     rig: CpuRig = make_rig(backend_name, "io_real")
     rig.io.add(0x3F8, 8, Recorder(rig.queue, {5: 0x5A}))
     ports = Recorder(rig.queue)

@@ -171,7 +171,7 @@ def test_hlt_with_if_set_wakes_on_an_interrupt(make_rig: Any, backend_name: str,
 
     rig.cpu.on_halt = on_halt
     rig.start()
-    rig.simulate(10**10)
+    rig.simulate(10**13)  # ends when the guest halts for good (the queue runs dry)
     assert raised, "the guest never halted"
     writes = [(t, o, v) for t, k, o, s, v in ports.log if k == "w"]
     # OUT 0x12 (1), the handler's OUT 0x10 (0x99) after the wake-up, OUT 0x11 (0x99).
@@ -218,7 +218,7 @@ def test_interrupt_raised_with_if_clear_waits_for_the_window(make_rig: Any, back
     rig.start()
     vcpu_run = rig.vcpu.run
     mocker.patch.object(rig.vcpu, "run", side_effect=run)
-    rig.simulate(10**10)
+    rig.simulate(10**13)  # ends when the guest halts for good (the queue runs dry)
     assert injected == [(1, 1)]  # only once the guest could take it
     # While it was pending with IF clear, the CPU asked KVM for an interrupt window.
     assert (1, 0, True) in entries

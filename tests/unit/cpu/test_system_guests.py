@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from kvmcpu.system import System
 
-MOCK_UART_XFAIL = pytest.mark.xfail(
-    strict=True, reason="mock backend: after an IN from the UART's LSR the next OUT goes to "
-    "the wrong port, so every other character is lost (hello.bin prints 'Hlofo vcu')")
 
-
-def test_irq_bin_takes_ten_pit_interrupts_through_the_pic(backend_name: str,
-                                                          request: pytest.FixtureRequest
-                                                          ) -> None:
+def test_irq_bin_takes_ten_pit_interrupts_through_the_pic(backend_name: str) -> None:
     """irq.bin programs the PIT (1 kHz) and the 8259s and HLTs between interrupts:
     every interrupt is injected by X86KvmCPU (no in-kernel irqchip) and wakes the
     halted thread; after ten it prints its count and exits through isa-debug-exit."""
