@@ -282,7 +282,7 @@ class Engine:
                 continue
             if self.kicked:
                 self.kicked = False
-                return ("intr",)
+                return ("intr", "kick")
             budget = self.budget
             if budget is not None and budget <= 0:
                 return ("intr",)

@@ -140,7 +140,9 @@ class MockVcpu(Vcpu):
         with self._lock:
             completing = self._complete_last()
             if run.immediate_exit:
-                eng.kicked = False
+                if eng.kicked:  # a kick stops exactly one run (as the KVM backend's)
+                    eng.kicked = False
+                    run.immediate_exit = 0
                 if completing:
                     # KVM finishes the IN/MMIO read before it honours immediate_exit
                     ex = eng.execute(lambda: False, complete_only=True)
@@ -196,6 +198,8 @@ class MockVcpu(Vcpu):
         kind = ex[0]
         if kind == "intr":
             run.exit_reason = ExitReason.INTR
+            if len(ex) > 1 and ex[1] == "kick":
+                run.immediate_exit = 0  # set by kick(); a caller's own flag is left alone
             return IntrExit(run)
         self._last = ex
         if kind in ("io_in", "io_out"):
@@ -308,12 +312,13 @@ class MockVcpu(Vcpu):
                 raise ValueError(f"exit {reason} has no field {name!r}")
 
     def kick(self) -> None:
-        """Make run() return IntrExit at the next instruction boundary (sets immediate_exit,
-        as a signal plus immediate_exit would on KVM). Safe from another thread."""
+        """Make run() return IntrExit at the next instruction boundary (or at once if no run
+        is in progress). Sets immediate_exit like the KVM backend; the IntrExit the kick
+        causes clears it again. Safe from another thread."""
         if self._closed:
             return
+        self.kvm_run.immediate_exit = 1  # first: the engine clears it after seeing `kicked`
         self.engine.kicked = True
-        self.kvm_run.immediate_exit = 1
 
     # -- register state -------------------------------------------------------------------
     def get_regs(self) -> uapi.kvm_regs:

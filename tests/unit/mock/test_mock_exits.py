@@ -160,6 +160,9 @@ def test_immediate_exit_and_kick_from_thread(m) -> None:  # type: ignore[no-unty
     assert ex.kind == "intr" and ex.reason == ExitReason.INTR
     assert time.monotonic() - t0 < 5
     assert v.instructions_retired > 100
+    assert not v.immediate_exit  # the IntrExit a kick causes clears it again
+    v.kick()  # not running: the next run returns at once, exactly once
+    assert v.run().kind == "intr" and not v.immediate_exit
 
 
 def test_hypercall_exit(m) -> None:  # type: ignore[no-untyped-def]
