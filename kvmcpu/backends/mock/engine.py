@@ -11,10 +11,10 @@ import logging
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from . import codegen, helpers
+from . import helpers
 from .codegen import GENERATORS, Translator, assemble, compile_block
-from .decode import Insn, NeedMore, decode
-from .faults import BP, DB, ExitNow, GuestFault, Restart, Unimplemented
+from .decode import NeedMore, decode
+from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
@@ -58,6 +58,7 @@ class Engine:
         self.single_step = False
         self.sw_bp = False
         self.hw_bp: List[int] = []  # enabled execution breakpoints (linear addresses)
+        self.hw_bp_addrs: List[int] = []  # DR0..DR3 as set_guest_debug gave them (-1: off)
         self.hw_dr7 = 0
         self.skip_bp_at: Optional[int] = None
         self.shadow_set = False
@@ -374,7 +375,6 @@ class Engine:
                 return ("debug", DB, lin, 0xFFFF0FF0 | (1 << i), self.hw_dr7)
         return None
 
-    hw_bp_addrs: List[int] = []
 
     # -- events --------------------------------------------------------------------------------
     def ready_for_injection(self) -> bool:
@@ -416,8 +416,4 @@ class Engine:
         return fn.__doc__ or ""
 
 
-def fail_insn(d: Insn, why: str = "") -> ExitNow:
-    return ExitNow("emulation", d.raw, why)
-
-
-__all__ = ["Engine", "Unimplemented", "codegen", "fail_insn"]
+__all__ = ["Engine", "ExitTuple", "MAX_BLOCK"]

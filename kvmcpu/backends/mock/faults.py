@@ -48,10 +48,6 @@ class Restart(Exception):
     """Roll back to the start of the current instruction without retiring it."""
 
 
-class Unimplemented(Exception):
-    """The decoder met an instruction the engine does not emulate."""
-
-
 def gp(code: int = 0) -> GuestFault:
     return GuestFault(GP, code)
 

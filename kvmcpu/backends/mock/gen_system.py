@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from . import strings, system, transfer
-from .codegen import M, Translator, gen
+from .codegen import Translator, gen
 from .decode import Insn
 from .helpers import raise_ud, unimplemented
 
@@ -183,5 +183,3 @@ def g_invalid64(t: Translator, d: Insn) -> bool:
         return t.call_helper(raise_ud, d, terminator=True)
     return t.call_helper(unimplemented, d, terminator=True)
 
-
-__all__ = ["M"]

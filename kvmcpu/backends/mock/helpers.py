@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 MASKS = {8: 0xFF, 16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
 SIGNS = {8: 0x80, 16: 0x8000, 32: 0x80000000, 64: 0x8000000000000000}
-__all__ = ["PARITY"]
+__all__ = ["PARITY", "cond", "flags", "cf", "shift", "shld", "mul", "imul", "div", "idiv",
+           "bt_flags", "bsf", "bsr", "tzcnt", "lzcnt", "popcnt", "unimplemented", "raise_ud"]
 
 
 def unimplemented(e: "Engine", d: Insn) -> None:

@@ -22,7 +22,6 @@ from .state import (
     CS,
     EFER_LMA,
     EFER_LME,
-    EFER_NXE,
     EFER_VALID,
     FS,
     GS,
@@ -499,4 +498,4 @@ def grp15(e: "Engine", d: Insn) -> None:
     raise ExitNow("emulation", d.raw, "XSAVE family not emulated")
 
 
-__all__ = ["write_msr", "read_msr", "EFER_NXE", "CR0_ET"]
+__all__ = ["write_msr", "read_msr", "hypercall", "port_in", "port_out"]

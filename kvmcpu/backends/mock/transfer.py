@@ -10,7 +10,6 @@ from .decode import Insn
 from .faults import BP, GuestFault
 from .interrupts import KIND_SOFT, deliver, read_descriptor, seg_from_descriptor
 from .state import (
-    AC,
     CR0_PE,
     CS,
     DS,
@@ -19,7 +18,6 @@ from .state import (
     ES,
     FS,
     GS,
-    ID,
     IF,
     IOPL,
     MSR_CSTAR,
@@ -30,7 +28,6 @@ from .state import (
     OF,
     RF,
     SS,
-    TF,
     VM,
     Seg,
 )
@@ -514,4 +511,4 @@ def sysret(e: "Engine", d: Insn) -> None:
     e.mode_changed()
 
 
-__all__ = ["load_seg", "load_cs", "AC", "ID", "TF"]
+__all__ = ["load_seg", "load_cs", "iret", "int_n", "syscall", "sysret"]
