@@ -7,8 +7,10 @@ emulate CPL0 code, that is KVM's instruction emulator). Instruction counts are
 exact on the mock (``instructions_retired``); the KVM figure divides the same
 architectural instruction count by the wall time.
 
-``run(quick=False) -> {"figures": {...}, "ratio": mock (a) MIPS / 3.0, "target": 3.0,
-"higher_is_better": True}``. Also runnable as a script (prints JSON).
+``run(quick=False) -> {"figures": {...}, "ratio": mock (a) MIPS / 3.0, "target": 1.0,
+"higher_is_better": True}``: the ratio is normalised to the 3 MIPS goal, so the target
+is 1.0. Also runnable as a script (prints JSON). The figures depend on host load: the
+machines this is developed on have two cores shared with other jobs.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def run(quick: bool = False) -> Dict[str, Any]:
     for key, v in list(figures.items()):
         if isinstance(v, float):
             figures[key] = round(v, 3)
-    return {"figures": figures, "ratio": round(a / TARGET_MIPS, 3), "target": TARGET_MIPS,
+    figures["target_a_mips"] = TARGET_MIPS
+    return {"figures": figures, "ratio": round(a / TARGET_MIPS, 3), "target": 1.0,
             "higher_is_better": True}
 
 
