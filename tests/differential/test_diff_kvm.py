@@ -181,7 +181,6 @@ SYSTEM_GUESTS = ["hello", "hello64", "checkpoint", "irq",
 def test_system_guests(name: str) -> None:
     """Whole machines (devices, loaders, the CPU model): same serial output and exit."""
     from guests import GUESTS_DIR
-
     from kvmcpu.system import System
 
     _kvm_or_skip().close()
@@ -192,3 +191,45 @@ def test_system_guests(name: str) -> None:
             r = s.run(max_seconds=60, timeout=120)
             results.append((r.cause, r.code, s.serial.output))
     assert results[0] == results[1]
+
+
+def _loop_guest(b: Backend, name: str, mode: str) -> List[Tuple[str, Dict[str, Any]]]:
+    from guests import setup_long, setup_real
+
+    with b.create_vm() as vm:
+        if mode == "real":
+            _, v = setup_real(vm, name)
+        else:
+            _, v = setup_long(vm, name, cpl=3, entry=0x2000)
+        try:
+            r = v.get_regs()
+            r.rdx, r.rax = 0x80, 0x41
+            v.set_regs(r)
+            out = []
+            if name == "out_loop":
+                for _ in range(5):
+                    ex = v.run()
+                    out.append((ex.kind, ex.fields()))
+            else:  # spin: only immediate_exit (or a kick) gets the vCPU back
+                v.immediate_exit = True
+                ex = v.run()
+                out.append((ex.kind, ex.fields()))
+                v.immediate_exit = False
+                import threading
+
+                t = threading.Timer(0.05, v.kick)
+                t.start()
+                ex = v.run()
+                t.join()
+                out.append((ex.kind, ex.fields()))
+            out.append(("rip", {"rip": v.get_regs().rip}))
+            return out
+        finally:
+            v.close()
+
+
+@pytest.mark.parametrize("name,mode", [("out_loop", "real"), ("out_loop", "long3"),
+                                       ("spin", "real"), ("spin", "long3")])
+def test_loop_guests(backends: Any, name: str, mode: str) -> None:
+    k, m = backends
+    assert _loop_guest(k, name, mode) == _loop_guest(m, name, mode)

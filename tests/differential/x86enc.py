@@ -246,7 +246,8 @@ class Gen:
             sz = self.r.choice([2, 4, 8])
             return _prefix(sz) + _rex(sz == 8, 0, 0, r) + bytes([0x90 | (r & 7)])
         r = self.reg()
-        return _rex(False, 0, 0, r, r >= 4) + bytes([0xB0 | (r & 7)]) + imm(self.r.randrange(256), 1)
+        return (_rex(False, 0, 0, r, r >= 4) + bytes([0xB0 | (r & 7)])
+                + imm(self.r.randrange(256), 1))
 
     def misc(self) -> bytes:
         return self.r.choice([b"\x98", b"\x66\x98", b"\x48\x98", b"\x99", b"\x66\x99",
