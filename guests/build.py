@@ -2,7 +2,8 @@
 """Assemble every ``guests/*.asm`` into the flat image ``guests/*.bin`` beside it.
 
 The built images are committed, so the tests and tox need no assembler; run
-this after editing a source (needs ``nasm``):
+this after editing a source or one of the shared include files in
+``guests/lib/`` (``%include "lib/NAME.inc"``; needs ``nasm``):
 
     python guests/build.py            # rebuild every image in place
     python guests/build.py --check    # rebuild into a temporary directory and
@@ -13,6 +14,7 @@ this after editing a source (needs ``nasm``):
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,7 @@ GUESTS_DIR = Path(__file__).resolve().parent
 
 
 def sources() -> List[Path]:
-    """Every assembly source, sorted by name."""
+    """Every assembly source (not the ``lib/*.inc`` it includes), sorted by name."""
     return sorted(GUESTS_DIR.glob("*.asm"))
 
 
@@ -33,13 +35,21 @@ def nasm_path() -> str | None:
     return shutil.which("nasm")
 
 
+def include_prefix() -> str:
+    """nasm's ``-i`` prefix: ``guests/`` (absolute), so ``%include "lib/uart.inc"``
+    finds ``guests/lib/uart.inc`` from any current directory. nasm pastes the
+    prefix in front of the file name, so it must end with a separator."""
+    return str(GUESTS_DIR) + os.sep
+
+
 def build(out_dir: Path, nasm: str = "nasm") -> List[Path]:
     """Assemble every source into ``out_dir`` as ``NAME.bin``; returns the images."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for src in sources():
         dest = out_dir / (src.stem + ".bin")
-        subprocess.run([nasm, "-f", "bin", "-o", str(dest), str(src)], check=True)
+        subprocess.run([nasm, "-f", "bin", "-i", include_prefix(), "-o", str(dest), str(src)],
+                       check=True)
         images.append(dest)
     return images
 

@@ -12,15 +12,14 @@
 ;     fw_cfg signature: QEMU
 ;     fw_cfg cpus: 1
 ;
-; then writes 0 to isa-debug-exit (port 0xf4: exit status 1) and halts.
+; then writes 0 to isa-debug-exit (port 0xf4: exit status 1) and halts. The
+; printing is hello.asm's own (lib/say_hello.inc, lib/uart.inc).
 
 bits 64
 org 0x100000
 
-COM1        equ 0x3f8
-DEBUG_EXIT  equ 0xf4
-FW_CFG_SEL  equ 0x510
-FW_CFG_DATA equ 0x511
+%include "lib/exit.inc"
+
 BSS_SIZE    equ 0x4000
 
 ehdr:
@@ -58,97 +57,12 @@ _start:
     cli
     mov rsp, (STACK_TOP) & ~15
 
-    lea rsi, [rel msg_hello]
-    call puts
+    call say_hello
 
-    lea rsi, [rel msg_sig]
-    call puts
-    mov dx, FW_CFG_SEL
-    xor eax, eax
-    out dx, ax
-    mov dx, FW_CFG_DATA
-    mov ecx, 4
-.sig:
-    in al, dx
-    call putc
-    loop .sig
-    mov al, 10
-    call putc
+    DEBUG_EXIT_WRITE 0                      ; exit status (0 << 1) | 1 = 1
+    HALT_FOREVER
 
-    lea rsi, [rel msg_cpus]
-    call puts
-    mov dx, FW_CFG_SEL
-    mov ax, 0x0005
-    out dx, ax
-    mov dx, FW_CFG_DATA
-    in al, dx
-    movzx ebx, al
-    in al, dx
-    movzx eax, al
-    shl eax, 8
-    or eax, ebx
-    call putdec
-    mov al, 10
-    call putc
-
-    xor eax, eax                            ; exit status (0 << 1) | 1 = 1
-    out DEBUG_EXIT, al
-.halt:
-    cli
-    hlt
-    jmp .halt
-
-putc:
-    push rdx
-    push rax
-    mov dx, COM1 + 5
-.wait:
-    in al, dx
-    test al, 0x20
-    jz .wait
-    pop rax
-    mov dx, COM1
-    out dx, al
-    pop rdx
-    ret
-
-puts:
-    push rax
-.next:
-    lodsb
-    test al, al
-    jz .done
-    call putc
-    jmp .next
-.done:
-    pop rax
-    ret
-
-putdec:
-    push rbx
-    push rcx
-    push rdx
-    mov ebx, 10
-    xor ecx, ecx
-.div:
-    xor edx, edx
-    div ebx
-    push rdx
-    inc ecx
-    test eax, eax
-    jnz .div
-.out:
-    pop rax
-    add al, '0'
-    call putc
-    loop .out
-    pop rdx
-    pop rcx
-    pop rbx
-    ret
-
-msg_hello:  db "Hello from kvmcpu!", 10, 0
-msg_sig:    db "fw_cfg signature: ", 0
-msg_cpus:   db "fw_cfg cpus: ", 0
+%include "lib/say_hello.inc"
+%include "lib/uart.inc"
 
 file_end:

@@ -9,6 +9,8 @@
 bits 64
 org 0x2000
 
+%include "lib/io_sequence.inc"
+
 cpl0_entry:
     xor ebp, ebp
     jmp body
@@ -18,21 +20,7 @@ cpl3_entry:
     jmp body
 
 body:
-    mov al, 2
-    add al, 2
-    add al, '0'
-    mov dx, 0x3f8
-    out dx, al
-    mov ax, 0x1234
-    mov dx, 0x402
-    out dx, ax
-    mov eax, 0xdeadbeef
-    mov dx, 0x404
-    out dx, eax
-    mov dx, 0x3fd
-    in al, dx
-    mov dx, 0x3f8
-    out dx, al
+    IO_PORT_EXITS                           ; steps 1-5 of io_real.asm
     mov dword [abs 0x20010], 0xcafef00d
     mov eax, [abs 0x20020]
     mov dx, 0x404

@@ -12,25 +12,14 @@
 ;   7. MMIO read  0x20020, 4 bytes      (the host completes it)
 ;   8. OUT  0x404, 4 bytes <value read in 7>
 ;   9. HLT
+; Steps 1-5 are lib/io_sequence.inc's IO_PORT_EXITS, shared with io_long.asm.
 bits 16
 org 0x1000
 
+%include "lib/io_sequence.inc"
+
 start:
-    mov al, 2
-    add al, 2
-    add al, '0'
-    mov dx, 0x3f8
-    out dx, al
-    mov ax, 0x1234
-    mov dx, 0x402
-    out dx, ax
-    mov eax, 0xdeadbeef
-    mov dx, 0x404
-    out dx, eax
-    mov dx, 0x3fd
-    in al, dx
-    mov dx, 0x3f8
-    out dx, al
+    IO_PORT_EXITS                           ; steps 1-5
     mov ax, 0x2000
     mov es, ax
     mov dword [es:0x10], 0xcafef00d

@@ -2,10 +2,12 @@
 ; sieve3.asm -- a compute kernel whose hot loop runs at CPL3 (user mode).
 ;
 ; A Multiboot v1 kernel (a.out kludge, flat image loaded at 1 MiB, entry
-; `start32`, started in 32-bit protected mode with EAX = 0x2BADB002 and EBX =
-; the Multiboot info). The kernel part is short on purpose: hosts that run
-; CPL0 code in KVM's instruction emulator (about 1 us per instruction) run
-; 64-bit CPL3 code natively, so all the heavy work happens at CPL3.
+; `start32` at 0x100020, started in 32-bit protected mode with EAX = 0x2BADB002
+; and EBX = the Multiboot info). The kernel part is short on purpose: hosts
+; that run CPL0 code in KVM's instruction emulator (about 1 us per
+; instruction) run 64-bit CPL3 code natively, so all the heavy work happens at
+; CPL3. lib/multiboot_long.inc does step 1 and loads the GDT of step 2, to
+; which this file adds the user segments and the TSS (MB_GDT_EXTRA).
 ;
 ;   1. enters long mode (1 GiB identity-mapped with user-accessible 2 MiB
 ;      pages, plus the page holding the m5ops MMIO page at 0xFFFF0000);
@@ -28,94 +30,26 @@
 ; SYSCALL therefore uses only what CPL3 may do: memory, MMIO, and IN/OUT,
 ; which the TSS I/O permission bitmap allows on every port.
 
-bits 32
-org 0x100000
+; The GDT after multiboot_long.inc's 0x08 (kernel code) and 0x10 (kernel data).
+%macro MB_GDT_EXTRA 0
+    dq 0x00CFF2000000FFFF                   ; 0x18: data, DPL3
+    dq 0x00AFFA000000FFFF                   ; 0x20: 64-bit code, DPL3
+    dw TSS_LIMIT & 0xFFFF                   ; 0x28: 64-bit TSS (available), 16 bytes
+    dw TSS & 0xFFFF
+    db (TSS >> 16) & 0xFF, 0x89, (TSS_LIMIT >> 16) & 0x0F, (TSS >> 24) & 0xFF
+    dd 0, 0
+%endmacro
 
-LOAD_ADDR   equ 0x100000
-MB_MAGIC    equ 0x1BADB002
-MB_FLAGS    equ 0x00010000                  ; address fields present (a.out kludge)
-COM1        equ 0x3f8
-DEBUG_EXIT  equ 0xf4
-FW_CFG_SEL  equ 0x510
-FW_CFG_DATA equ 0x511
+%include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
+%include "lib/exit.inc"
 
-; BSS, page-aligned after the loaded bytes.
-BSS         equ LOAD_ADDR + ((load_end - $$ + 0xfff) & ~0xfff)
-PML4        equ BSS
-PDPT        equ BSS + 0x1000
-PD0         equ BSS + 0x2000
-PD3         equ BSS + 0x3000
-STACK_TOP   equ BSS + 0x5000
+; BSS after the page tables and the boot stack (BSS .. BSS_BOOT_END = BSS + 0x5000).
 KSTACK_TOP  equ BSS + 0x6000
 USTACK_TOP  equ BSS + 0x7000
 TSS         equ BSS + 0x7000               ; 104 bytes + 8 KiB I/O bitmap + 0xFF
 TSS_LIMIT   equ 104 + 8192
 BSS_END     equ BSS + 0xA000
 
-mb_header:
-    dd MB_MAGIC
-    dd MB_FLAGS
-    dd -(MB_MAGIC + MB_FLAGS)
-    dd mb_header                            ; header_addr
-    dd LOAD_ADDR                            ; load_addr
-    dd load_end                             ; load_end_addr
-    dd BSS_END                              ; bss_end_addr
-    dd start32                              ; entry_addr
-
-start32:
-    cli
-    mov esp, STACK_TOP
-    mov [mb_eax], eax
-    mov [mb_info], ebx
-
-    ; Page tables: PML4[0] -> PDPT; PDPT[0] -> PD0 (1 GiB of 2 MiB pages),
-    ; PDPT[3] -> PD3 whose last entry maps 0xFFE00000 (the m5ops page).
-    mov edi, PML4
-    xor eax, eax
-    mov ecx, 4 * 1024
-    rep stosd
-    mov dword [PML4], PDPT | 7
-    mov dword [PDPT], PD0 | 7
-    mov dword [PDPT + 3 * 8], PD3 | 7
-    mov edi, PD0
-    mov eax, 0x87                           ; present, writable, user, 2 MiB
-    mov ecx, 512
-.map:
-    mov [edi], eax
-    add eax, 0x200000
-    add edi, 8
-    loop .map
-    mov dword [PD3 + 511 * 8], 0xFFE00000 | 0x9f  ; + PWT/PCD: uncached MMIO
-
-    mov eax, cr4
-    or eax, 1 << 5                          ; PAE
-    mov cr4, eax
-    mov eax, PML4
-    mov cr3, eax
-    mov ecx, 0xC0000080                     ; EFER
-    rdmsr
-    or eax, (1 << 8) | 1                    ; LME, SCE
-    wrmsr
-    mov eax, cr0
-    or eax, 1 << 31                         ; PG
-    mov cr0, eax
-    lgdt [gdt_ptr]
-    jmp 0x08:start64
-
-bits 64
-start64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov fs, ax
-    mov gs, ax
-    mov rsp, STACK_TOP
-
-M5OP_ADDR       equ 0xFFFF0000
-M5OP_EXIT       equ 0x21
-M5OP_WORK_BEGIN equ 0x5a
-M5OP_WORK_END   equ 0x5b
 SIEVE           equ 0x400000
 DEFAULT_N       equ 2000000
 SEL_KCODE       equ 0x08
@@ -124,6 +58,7 @@ SEL_UDATA       equ 0x18
 SEL_UCODE       equ 0x20
 SEL_TSS         equ 0x28
 
+main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     ; 64-bit TSS: RSP0, and an I/O permission bitmap (all ports allowed) so
     ; that IN/OUT also work where the code after SYSCALL still runs at CPL3.
     mov dword [TSS + 4], KSTACK_TOP
@@ -160,8 +95,7 @@ SEL_TSS         equ 0x28
 
     xor edi, edi                            ; m5_work_begin(0, 0)
     xor esi, esi
-    mov rax, M5OP_ADDR + (M5OP_WORK_BEGIN << 8)
-    mov rax, [rax]
+    M5OP M5OP_WORK_BEGIN
 
     ; To CPL3: iretq frame SS, RSP, RFLAGS, CS, RIP.
     push SEL_UDATA | 3
@@ -211,15 +145,14 @@ user_entry:
     syscall
     jmp .done                               ; not reached
 
-; ---- the kernel again (CPL0; CPL3 on kvm_pvm) -------------------------------------------------------------
+; ---- the kernel again (CPL0; CPL3 on kvm_pvm) -----------------------------
 syscall_entry:
     mov rsp, KSTACK_TOP
     mov r13, rdi                            ; the count
 
     xor edi, edi                            ; m5_work_end(0, 0)
     xor esi, esi
-    mov rax, M5OP_ADDR + (M5OP_WORK_END << 8)
-    mov rax, [rax]
+    M5OP M5OP_WORK_END
 
     lea rsi, [rel msg_result]
     call puts
@@ -233,18 +166,13 @@ syscall_entry:
     call putc
 
     xor edi, edi                            ; m5_exit(delay = 0)
-    mov rax, M5OP_ADDR + (M5OP_EXIT << 8)
-    mov rax, [rax]
+    M5OP M5OP_EXIT
 
-    xor eax, eax                            ; exit status (0 << 1) | 1 = 1
-    out DEBUG_EXIT, al
+    DEBUG_EXIT_WRITE 0                      ; exit status (0 << 1) | 1 = 1
     mov ax, cs
     test al, 3
     jnz .spin                               ; HLT is privileged
-.halt:
-    cli
-    hlt
-    jmp .halt
+    HALT_FOREVER
 .spin:
     pause
     jmp .spin
@@ -252,14 +180,7 @@ syscall_entry:
 ; parse_n: RAX = the number after "n=" in the Multiboot command line, else DEFAULT_N.
 parse_n:
     mov eax, DEFAULT_N
-    cmp dword [rel mb_eax], 0x2BADB002
-    jne .ret
-    mov ebx, [rel mb_info]
-    test dword [rbx], 1 << 2
-    jz .ret
-    mov esi, [rbx + 16]
-    test esi, esi
-    jz .ret
+    MB_CMDLINE .ret                         ; ESI = the command line
     mov dl, ' '
 .scan:
     mov cl, [rsi]
@@ -289,78 +210,10 @@ parse_n:
 .ret:
     ret
 
-; putc: send AL to COM1 once the transmitter holding register is empty.
-putc:
-    push rdx
-    push rax
-    mov dx, COM1 + 5
-.wait:
-    in al, dx
-    test al, 0x20
-    jz .wait
-    pop rax
-    mov dx, COM1
-    out dx, al
-    pop rdx
-    ret
-
-; puts: send the NUL-terminated string at RSI.
-puts:
-    push rax
-.next:
-    lodsb
-    test al, al
-    jz .done
-    call putc
-    jmp .next
-.done:
-    pop rax
-    ret
-
-; putdec: send EAX in decimal.
-putdec:
-    push rbx
-    push rcx
-    push rdx
-    mov ebx, 10
-    xor ecx, ecx
-.div:
-    xor edx, edx
-    div ebx
-    push rdx
-    inc ecx
-    test eax, eax
-    jnz .div
-.out:
-    pop rax
-    add al, '0'
-    call putc
-    loop .out
-    pop rdx
-    pop rcx
-    pop rbx
-    ret
-
-align 8
-gdt:
-    dq 0
-    dq 0x00AF9A000000FFFF                   ; 0x08: 64-bit code, DPL0
-    dq 0x00CF92000000FFFF                   ; 0x10: data, DPL0
-    dq 0x00CFF2000000FFFF                   ; 0x18: data, DPL3
-    dq 0x00AFFA000000FFFF                   ; 0x20: 64-bit code, DPL3
-    dw TSS_LIMIT & 0xFFFF                   ; 0x28: 64-bit TSS (available), 16 bytes
-    dw TSS & 0xFFFF
-    db (TSS >> 16) & 0xFF, 0x89, (TSS_LIMIT >> 16) & 0x0F, (TSS >> 24) & 0xFF
-    dd 0, 0
-gdt_end:
-gdt_ptr:
-    dw gdt_end - gdt - 1
-    dd gdt
+%include "lib/uart.inc"
 
 align 8
 n_value:    dq 0
-mb_eax:     dd 0
-mb_info:    dd 0
 msg_start:  db "sieve3: counting primes below ", 0
 msg_cpl3:   db " at CPL3", 10, 0
 msg_result: db "sieve3: ", 0
