@@ -16,6 +16,9 @@ from typing import Any, Dict, List, Tuple
 from . import _ioctl
 from .backends import get_backend
 from .backends.base import Backend
+from .cpu.kvm.base import BaseKvmCPUParams
+from .cpu.kvm.perfevent import HostClockCounters, MockCounters, PerfCounters
+from .cpu.kvm.timer import BudgetKvmTimer, PosixKvmTimer
 from .errors import BackendUnavailableError, KvmIoctlError
 from .uapi import Cap
 
@@ -116,8 +119,6 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
         return _without_backend(facts, err.reason)
     except ImportError as err:  # a backend module that fails at import time
         return _without_backend(facts, f"cannot import: {err}")
-    except AttributeError as err:  # a registered module without its class (work in progress)
-        return _without_backend(facts, f"incomplete backend: {err}")
     with backend:
         facts.update(backend.describe())
         facts["reason"] = backend.reason
@@ -127,8 +128,21 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
         facts["msr_count"] = len(msrs)
         facts["msr_feature_count"] = len(backend.get_msr_feature_index_list())
     facts["perf_counters"] = probe_perf_counters()
+    facts["cpu_timing"] = cpu_timing(str(facts.get("backend")), facts["perf_counters"])
     facts["host"] = host_notes()
     return facts
+
+
+def cpu_timing(backend_name: str, perf: Dict[str, Any]) -> Dict[str, str]:
+    """Where the KVM CPU model gets cycles/instructions and its run timer, on this backend
+    (the same choice BaseKvmCPU makes at startup with default parameters)."""
+    if backend_name == "mock":
+        return {"counters": MockCounters.describe, "run_timer": BudgetKvmTimer.describe}
+    if perf.get("usable"):
+        counters = PerfCounters.describe
+    else:
+        counters = HostClockCounters(BaseKvmCPUParams().hostFreq).describe
+    return {"counters": counters, "run_timer": PosixKvmTimer.describe}
 
 
 def _without_backend(facts: Dict[str, Any], reason: str) -> Dict[str, Any]:
@@ -170,6 +184,10 @@ def format_text(facts: Dict[str, Any]) -> str:
                  f"({facts.get('msr_feature_count')} feature MSRs)")
     perf = facts.get("perf_counters", {})
     lines.append(f"HW perf:        {'yes' if perf.get('usable') else 'no'} ({perf.get('reason')})")
+    timing = facts.get("cpu_timing", {})
+    if timing:
+        lines.append(f"CPU counters:   {timing.get('counters')}")
+        lines.append(f"run timer:      {timing.get('run_timer')}")
     lines.append("capabilities:")
     for name, value in facts.get("capabilities", {}).items():
         lines.append(f"  {name:34s} {value}")
