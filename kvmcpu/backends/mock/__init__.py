@@ -50,9 +50,26 @@ is the instruction count. ONE_REG has no registers (EINVAL, as on x86 KVM).
 The coalesced ring lives in the VM (``drain_coalesced_mmio()``), not in page 2
 of each vCPU's ``run_page``.
 
+Extras over the backend contract (``MockVcpu``)
+-----------------------------------------------
+* ``budget`` / ``set_budget(n_instructions: Optional[int])``: instructions left
+  before ``run()`` returns IntrExit (exit_reason KVM_EXIT_INTR); it then stays 0
+  (every run() returns IntrExit) until re-armed; None = unlimited.
+* ``instructions_retired`` and ``cycles`` (int, exact; one cycle per instruction).
+* ``script_exit(reason, **fields)`` or ``script_exit(callable)``: the next run()
+  returns that exit, written into kvm_run as KVM would, without running the guest.
+* ``kick()``: like the KVM backend, sets immediate_exit and stops exactly one
+  run (at the next instruction boundary, or at once if none is in progress); the
+  IntrExit it causes clears immediate_exit again. Safe from another thread.
+* ``use_decode_cache`` (bool): switch the translation cache off (for measurements).
+* ``engine``: the interpreter (``engine.dump_block()`` shows the generated source).
+
 Speed: basic blocks are translated once into Python functions (``compile()``),
 cached by physical address, RIP and mode, and invalidated when the guest (or
 the host, checked on every run()) writes to a page holding translated code.
+Blocks are traces: they continue across not-taken conditional branches, and a
+branch back to the block's start loops inside the generated function (bounded
+by the budget and by kicks). Arithmetic flags are computed lazily.
 """
 
 from __future__ import annotations
