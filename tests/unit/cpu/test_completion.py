@@ -12,10 +12,10 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder
+from cpu_rig import IN_VALUE, MMIO_VALUE, CpuRig, Recorder, guest
 
-from kvmcpu.cpu.kvm import Status, ThreadStatus
-from kvmcpu.sim.eventq import EventFunctionWrapper
+from kvmcpu.cpu.kvm import Status, ThreadStatus, long_mode_context, long_mode_tables
+from kvmcpu.sim.eventq import EventFunctionWrapper, exit_sim_loop
 
 REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "rip")
 
@@ -142,3 +142,35 @@ def test_flush_coalesced_mmio_services_pio_entries_too(make_rig: Any, mocker: An
     assert mem.writes() == [(4, 4, 7)]
     assert port.writes() == [(0, 1, 0x42)]
     assert rig.stats()["numCoalescedMMIO"] == 2
+
+
+@pytest.mark.parametrize("cpl", [0, 3])
+def test_long_mode_io_completion(make_rig: Any, backend_name: str, cpl: int) -> None:
+    """io_long.bin in 64-bit mode (CPL3 with IOPL=3: KVM runs it natively on hosts
+    that emulate CPL0): the same exits and completed values as in real mode."""
+    tables = long_mode_tables(0x9000)
+    tc = long_mode_context(0x2010 if cpl else 0x2000, cpl=cpl, iopl=3 if cpl else 0,
+                           cr3=tables["cr3"], gdt_base=tables["gdt_base"])
+    rig: CpuRig = make_rig(backend_name, None, tc=tc)
+    rig.ram[0x9000:0x9000 + len(tables["blob"])] = tables["blob"]
+    code = guest("io_long")
+    rig.ram[0x2000:0x2000 + len(code)] = code
+    uart = Recorder(rig.queue, {5: IN_VALUE})
+    ports = Recorder(rig.queue)
+    mmio = Recorder(rig.queue, {0x20: MMIO_VALUE})
+    rig.io.add(0x3F8, 6, uart)
+    rig.io.add(0x400, 8, ports)
+    rig.mmio.add(0x20000, 0x100, mmio)
+    done = Recorder(rig.queue)
+    done.write = lambda o, s, v: exit_sim_loop("done", queue=rig.queue)  # type: ignore
+    rig.io.add(0x3FF, 1, done)  # CPL3 ends with OUT 0x3ff instead of HLT
+    rig.start()
+    assert rig.simulate(10**13).cause == ("done" if cpl else "simulate() limit reached")
+    assert uart.writes() == [(0, 1, ord("4")), (0, 1, IN_VALUE)]
+    assert ports.writes() == [(2, 2, 0x1234), (4, 4, 0xDEADBEEF), (4, 4, MMIO_VALUE)]
+    assert mmio.writes() == [(0x10, 4, 0xCAFEF00D)]
+    tc = rig.cpu.getContext()
+    assert tc.cpl() == cpl
+    if not cpl:
+        assert tc.rax & 0xFFFFFFFF == MMIO_VALUE
+        assert rig.cpu.thread_status is ThreadStatus.Suspended
