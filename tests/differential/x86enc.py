@@ -264,3 +264,108 @@ def random_program(rng: random.Random, n: int, families: Sequence[str] = Gen.FAM
                    ) -> List[bytes]:
     g = Gen(rng)
     return [g.insn(families) for _ in range(n)]
+
+
+# -- 16/32-bit code ------------------------------------------------------------------------
+LEGACY_REGS = [0, 1, 2, 3, 5, 6, 7]  # not SP
+
+
+def legacy_program(rng: random.Random, n: int, bits: int) -> List[bytes]:
+    """Register-only integer instructions for 16- or 32-bit code (no REX, no memory,
+    nothing that faults), for the real/protected-mode comparison with KVM."""
+
+    def pfx(sz: int) -> bytes:
+        if sz == 1:
+            return b""
+        return b"\x66" if (sz == 2) != (bits == 16) else b""
+
+    def op8(o: int, sz: int) -> bytes:
+        return bytes([o if sz == 1 else o + 1])
+
+    def rrl(opc: bytes, sz: int, reg: int, rm: int) -> bytes:
+        return pfx(sz) + opc + bytes([0xC0 | (reg << 3) | rm])
+
+    def r() -> int:
+        return rng.choice(LEGACY_REGS)
+
+    def bytereg() -> int:
+        return rng.randrange(8)
+
+    def izz(sz: int) -> bytes:
+        return imm(rng.getrandbits(32), 2 if sz == 2 else 4)
+
+    out: List[bytes] = []
+    for _ in range(n):
+        sz = rng.choice([1, 2, 4])
+        k = rng.randrange(14)
+        if k == 0:
+            rm = bytereg() if sz == 1 else r()
+            out.append(rrl(op8(rng.randrange(8) * 8, sz), sz, bytereg() if sz == 1 else r(), rm))
+        elif k == 1:
+            rm = bytereg() if sz == 1 else r()
+            if sz == 1:
+                out.append(rrl(b"\x80", 1, rng.randrange(8), rm) + imm(rng.randrange(256), 1))
+            elif rng.random() < 0.5:
+                out.append(rrl(b"\x83", sz, rng.randrange(8), rm) + imm(rng.randrange(256), 1))
+            else:
+                out.append(rrl(b"\x81", sz, rng.randrange(8), rm) + izz(sz))
+        elif k == 2:
+            rm = bytereg() if sz == 1 else r()
+            op = rng.choice([0, 1, 2, 3, 4, 5, 7])
+            form = rng.randrange(3)
+            if form == 0:
+                out.append(rrl(op8(0xD0, sz), sz, op, rm))
+            elif form == 1:
+                out.append(rrl(op8(0xC0, sz), sz, op, rm) + imm(rng.randrange(32), 1))
+            else:
+                out.append(rrl(op8(0xD2, sz), sz, op, rm))
+        elif k == 3:
+            rm = bytereg() if sz == 1 else r()
+            sub = rng.randrange(4)
+            out.append(rrl(op8(0xFE if sub < 2 else 0xF6, sz), sz, sub, rm))
+        elif k == 4:
+            rm = bytereg() if sz == 1 else r()
+            out.append(rrl(op8(0xF6, sz), sz, rng.choice([4, 5]), rm))
+        elif k == 5:
+            sz = rng.choice([2, 4])
+            form = rng.randrange(3)
+            if form == 0:
+                out.append(rrl(b"\x0f\xaf", sz, r(), r()))
+            elif form == 1:
+                out.append(rrl(b"\x6b", sz, r(), r()) + imm(rng.randrange(256), 1))
+            else:
+                out.append(rrl(b"\x69", sz, r(), r()) + izz(sz))
+        elif k == 6:
+            out.append(rrl(bytes([0x0F, 0x90 + rng.randrange(16)]), 1, 0, bytereg()))
+        elif k == 7:
+            sz = rng.choice([2, 4])
+            out.append(rrl(bytes([0x0F, 0x40 + rng.randrange(16)]), sz, r(), r()))
+        elif k == 8:
+            sz = rng.choice([2, 4])
+            out.append(rrl(rng.choice([b"\x0f\xb6", b"\x0f\xbe"]), sz, r(), bytereg()))
+        elif k == 9:
+            rm = bytereg() if sz == 1 else r()
+            reg = bytereg() if sz == 1 else r()
+            out.append(rrl(rng.choice([op8(0x86, sz), b"\x0f" + op8(0xC0, sz)]), sz, reg, rm))
+        elif k == 10:
+            sz = rng.choice([2, 4])
+            form = rng.randrange(3)
+            if form == 0:
+                out.append(rrl(rng.choice([b"\x0f\xa3", b"\x0f\xab", b"\x0f\xb3", b"\x0f\xbb"]),
+                               sz, r(), r()))
+            elif form == 1:
+                out.append(rrl(b"\x0f\xba", sz, rng.randrange(4, 8), r()) +
+                           imm(rng.randrange(256), 1))
+            else:
+                out.append(rrl(rng.choice([b"\x0f\xbc", b"\x0f\xbd"]), sz, r(), r()))
+        elif k == 11:
+            out.append(rng.choice([b"\x98", b"\x99", b"\x9f", b"\x9e", b"\xf8", b"\xf9",
+                                   b"\xf5", b"\x90"]))
+        elif k == 12:
+            sz = rng.choice([2, 4])
+            out.append(pfx(sz) + bytes([0x50 | r()]) + pfx(sz) + bytes([0x58 | r()]))
+        else:
+            sz = rng.choice([1, 2, 4])
+            rm = bytereg() if sz == 1 else r()
+            out.append(rrl(op8(0x84, sz), sz, bytereg() if sz == 1 else r(), rm))
+    return out
