@@ -182,8 +182,31 @@ class Translator:
             self.emit(f"{v} = {self.rget(d.rm, sz, d)}")
             return v, None
         a = self.addr(d)
-        self.emit(f"{v} = rd{sz}({a})")
+        self.inline_load(v, a, sz)
         return v, a
+
+    def inline_load(self, v: str, a: str, sz: int) -> None:
+        """v = [a] with the TLB hit path inlined (a must be a variable)."""
+        p = self.var()
+        self.emit(f"{p} = TR({a} >> 12)")
+        if sz == 1:
+            self.emit(f"{v} = {p}[{a} & 0xFFF] if {p} is not None else rd1({a})")
+            return
+        self.emit(f"if {p} is not None and ({a} & 0xFFF) <= {4096 - sz}: "
+                  f"{v} = U{sz}({p}, {a} & 0xFFF)[0]")
+        self.emit(f"else: {v} = rd{sz}({a})")
+
+    def inline_store(self, a: str, sz: int, expr: str) -> None:
+        """[a] = expr with the TLB hit path inlined (a must be a variable)."""
+        p = self.var()
+        self.emit(f"{p} = TW({a} >> 12)")
+        if sz == 1:
+            self.emit(f"if {p} is not None: {p}[{a} & 0xFFF] = {expr}")
+        else:
+            self.emit(f"if {p} is not None and ({a} & 0xFFF) <= {4096 - sz}: "
+                      f"P{sz}({p}, {a} & 0xFFF, {expr})")
+        self.emit(f"else: wr{sz}({a}, {expr})")
+        self.may_stop = True
 
     def rm_write(self, d: Insn, sz: int, addr: Optional[str], expr: str) -> None:
         if d.mod == 3:
@@ -191,7 +214,7 @@ class Translator:
         else:
             if addr is None:
                 addr = self.addr(d)
-            self.store(addr, sz, expr)
+            self.inline_store(addr, sz, expr)
 
     # -- stack ----------------------------------------------------------------------------
     def sp_mask(self) -> int:

@@ -8,6 +8,7 @@ that into kvm_run fields.
 from __future__ import annotations
 
 import logging
+import struct
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
@@ -75,6 +76,12 @@ class Engine:
         for n in (1, 2, 4, 8):
             ns[f"rd{n}"] = self.mmu.rd[priv][n]
             ns[f"wr{n}"] = self.mmu.wr[priv][n]
+        # the TLB hit path inlined into generated code (codegen.inline_load/inline_store)
+        ns["TR"] = self.mmu.tlb_r[priv].get
+        ns["TW"] = self.mmu.tlb_w[priv].get
+        for n, fmt in ((2, "<H"), (4, "<I"), (8, "<Q")):
+            ns[f"U{n}"] = struct.Struct(fmt).unpack_from
+            ns[f"P{n}"] = struct.Struct(fmt).pack_into
         return ns
 
     # -- modes ---------------------------------------------------------------------------
