@@ -384,33 +384,34 @@ class BaseKvmCPU(ClockedObject):
         queue (the same order, one event fewer per exit).
         """
         eq = self.eventq
-        delay = 0
-        while True:
+        status = self.status
+        if status is Status.RunningService:
+            delay = self.handleKvmExit()
+            if self.drain_state is DrainState.Draining and self.try_drain():
+                self.status = Status.Idle
             status = self.status
-            if status is Status.RunningService:
-                delay = self.handleKvmExit()
-                if self.drain_state is DrainState.Draining and self.try_drain():
-                    self.status = Status.Idle
-                status = self.status
-                if (delay == 0 and (status is Status.RunningServiceCompletion
-                                    or status is Status.Running)
-                        and eq.next_tick() > eq.cur_tick and self.clock_edge() == eq.cur_tick):
-                    continue
-            elif status is Status.Running or status is Status.RunningServiceCompletion:
-                delay = self._tick_run(status)
-                if delay < 0:
-                    return
-            else:
-                raise SimulationError(f"{self.path()}: tick() in state {status.value}")
-            break
+            if delay == 0 and (status is Status.RunningServiceCompletion
+                               or status is Status.Running):
+                next_tick = eq.next_tick()
+                now = eq.cur_tick
+                if next_tick > now and self.clock_edge() == now:
+                    delay = self._tick_run(status, next_tick - now)
+                    if delay < 0:
+                        return
+        elif status is Status.Running or status is Status.RunningServiceCompletion:
+            delay = self._tick_run(status, eq.next_tick() - eq.cur_tick)
+            if delay < 0:
+                return
+        else:
+            raise SimulationError(f"{self.path()}: tick() in state {status.value}")
         if self.status is not Status.Idle:
-            eq.schedule(self.tick_event, self.clock_edge(self.ticks_to_cycles(delay) if delay else 0))
+            cycles = self.ticks_to_cycles(delay) if delay else 0
+            eq.schedule(self.tick_event, self.clock_edge(cycles))
 
-    def _tick_run(self, status: Status) -> int:
-        """The Running / RunningServiceCompletion step: one entry. Returns the delay of
-        the next tick, or -1 when the CPU was suspended before entering."""
-        eq = self.eventq
-        ticks_to_execute = eq.next_tick() - eq.cur_tick
+    def _tick_run(self, status: Status, ticks_to_execute: int) -> int:
+        """The Running / RunningServiceCompletion step: one entry of at most
+        ``ticks_to_execute`` (the time to the next event). Returns the delay of the
+        next tick, or -1 when the CPU was suspended before entering."""
         params = self.params
         quantum = params.quantum
         if quantum and ticks_to_execute > quantum:
