@@ -26,7 +26,7 @@ class _Rig:
 
     def run(self, code: bytes, caplog: pytest.LogCaptureFixture) -> None:
         v, mode = self.v, self.mode
-        self.ram[0x1000:0x1100] = bytes(0x100)
+        self.ram[0x1000:0x1200] = b"\xf4" * 0x200  # HLT after the snippet ends it quickly
         self.ram[0x1000:0x1000 + len(code)] = code
         if mode == "real":
             v.set_real_mode(0, 0x1000, sp=0x8000)
@@ -35,7 +35,7 @@ class _Rig:
         else:
             v.set_long_mode(0x1000, rsp=0x80000, cpl=0 if mode == "long0" else 3,
                             page_tables=0x100000)
-        v.set_budget(100)
+        v.set_budget(60)
         with caplog.at_level(logging.ERROR, logger="kvmcpu.backends.mock"):
             for _ in range(20):
                 ex = v.run()  # must not raise
