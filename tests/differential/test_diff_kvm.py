@@ -77,6 +77,19 @@ def test_random_programs_cpl0(backends: Any, seed: int) -> None:
     _both(backends, b"".join(random_program(rng, 8, CPL0_FAMILIES)), 0, rng)
 
 
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 30))
+def test_random_programs_long(backends: Any, seed: int, length: int) -> None:
+    """KVMCPU_LONG=1: many more programs, CPL3 (all families) and CPL0 (reliable ones)."""
+    rng = random.Random(seed)
+    if seed & 1:
+        _both(backends, b"".join(random_program(rng, length)), 3, rng)
+    else:
+        _both(backends, b"".join(random_program(rng, length, CPL0_FAMILIES)), 0, rng)
+
+
 def test_host_deviations(backends: Any) -> None:
     """Pin the CPL0 emulator's known deviations (a fixed host kernel shows up here)."""
     k, m = backends
