@@ -44,7 +44,8 @@ from .state import (
 _PIO_OFFSET = 4096 * uapi.KVM_PIO_PAGE_OFFSET
 _GUESTDBG_VALID = (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
                    | uapi.KVM_GUESTDBG_USE_SW_BP | uapi.KVM_GUESTDBG_USE_HW_BP
-                   | uapi.KVM_GUESTDBG_BLOCKIRQ)
+                   | uapi.KVM_GUESTDBG_BLOCKIRQ | uapi.KVM_GUESTDBG_INJECT_DB
+                   | uapi.KVM_GUESTDBG_INJECT_BP)
 
 #: exit reason -> name of the kvm_run union member that holds its fields.
 _UNION_MEMBER: Dict[int, str] = {
@@ -604,6 +605,13 @@ class MockVcpu(Vcpu):
         if control & ~_GUESTDBG_VALID:
             raise KvmIoctlError("KVM_SET_GUEST_DEBUG", errno.EINVAL, f"control {control:#x}")
         eng = self.engine
+        if control & (uapi.KVM_GUESTDBG_INJECT_DB | uapi.KVM_GUESTDBG_INJECT_BP):
+            from .faults import GuestFault
+
+            if eng.pending_exception is not None:
+                raise KvmIoctlError("KVM_SET_GUEST_DEBUG", errno.EBUSY, "exception pending")
+            eng.pending_exception = GuestFault(
+                1 if control & uapi.KVM_GUESTDBG_INJECT_DB else 3)
         regs = list(debugreg or [])[:8] + [0] * (8 - len(list(debugreg or [])[:8]))
         self._guest_debug = control
         on = bool(control & uapi.KVM_GUESTDBG_ENABLE)

@@ -276,3 +276,22 @@ def test_single_step_and_breakpoints(m) -> None:  # type: ignore[no-untyped-def]
     assert ex.exception == 1 and ex.pc == 0x100004 and ex.dr6 & 1
     assert v.run().kind == "hlt"  # resumes past the breakpoint
     v.set_guest_debug(0)
+
+
+def test_guest_debug_inject_bp(m) -> None:  # type: ignore[no-untyped-def]
+    m.real("""
+        mov word [3*4], bp_handler
+        mov word [3*4+2], 0
+        out 0x81, al
+        hlt
+    bp_handler:
+        out 0x80, al
+        iret
+    """)
+    v = m.vcpu
+    assert m.run().port == 0x81
+    v.set_guest_debug(uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_INJECT_BP)
+    ex = v.run()
+    assert ex.port == 0x80
+    v.set_guest_debug(0)
+    assert v.run().kind == "hlt"
