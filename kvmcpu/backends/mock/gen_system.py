@@ -174,12 +174,18 @@ def g_popa(t: Translator, d: Insn) -> Optional[bool]:
 
 # Instructions refused on purpose (x87, BCD adjust, BOUND, SALC, ICEBP, 3DNow!, SSE...):
 # anything without a generator ends in INTERNAL_ERROR/EMULATION, like KVM's emulator.
-_INVALID64 = (0x27, 0x2F, 0x37, 0x3F, 0x62, 0xD4, 0xD5, 0xD6)
+@gen(0x62)
+def g_bound(t: Translator, d: Insn) -> bool:
+    if t.bits == 64:  # EVEX in 64-bit mode: AVX-512
+        return t.call_helper(unimplemented, d, terminator=True)
+    return t.call_helper(unimplemented, d, terminator=True)  # BOUND is not emulated
 
 
-@gen(*_INVALID64)
-def g_invalid64(t: Translator, d: Insn) -> bool:
+@gen(0x27, 0x2F, 0x37, 0x3F, 0xD4, 0xD5, 0xD6)
+def g_bcd(t: Translator, d: Insn) -> Optional[bool]:
     if t.bits == 64:
         return t.call_helper(raise_ud, d, terminator=True)
-    return t.call_helper(unimplemented, d, terminator=True)
+    imm = d.imm if d.opc in (0xD4, 0xD5) else 0
+    t.emit(f"H.bcd(c, {d.opc}, {imm})")
+    return None
 

@@ -362,3 +362,55 @@ def popcnt(c: CpuState, src: int) -> int:
 
 def logic_lz(r: int, bits: int) -> Tuple[Any, ...]:
     return (LZ_LOGIC, 0, 0, r, bits)
+
+
+# -- decimal adjust (16/32-bit code only) ---------------------------------------------------
+def bcd(c: CpuState, op: int, imm: int) -> None:
+    """DAA/DAS/AAA/AAS/AAM/AAD/SALC on AX, SDM semantics. The flags the SDM leaves
+    undefined are cleared (OF, and AF/CF for AAM/AAD)."""
+    R = c.R
+    ax = R[0] & 0xFFFF
+    al, ah = ax & 0xFF, ax >> 8
+    f = flags(c)
+    cf, af = f & CF, f & AF
+    if op == 0xD6:  # SALC
+        R[0] = (R[0] & ~0xFF) | (0xFF if cf else 0)
+        return
+    ncf = naf = 0
+    if op in (0x27, 0x2F):  # DAA / DAS
+        old = al
+        if (al & 0xF) > 9 or af:
+            if op == 0x27:
+                ncf = 1 if cf or al + 6 > 0xFF else 0
+                al = (al + 6) & 0xFF
+            else:
+                ncf = 1 if cf or al < 6 else 0
+                al = (al - 6) & 0xFF
+            naf = AF
+        if old > 0x99 or cf:
+            al = (al + 0x60) & 0xFF if op == 0x27 else (al - 0x60) & 0xFF
+            ncf = 1
+        R[0] = (R[0] & ~0xFF) | al
+        res = al
+    elif op in (0x37, 0x3F):  # AAA / AAS
+        if (al & 0xF) > 9 or af:
+            if op == 0x37:
+                ax = (ax + 0x106) & 0xFFFF
+            else:
+                ax = ((((ah - 1) & 0xFF) << 8) | ((al - 6) & 0xFF))
+            ncf, naf = 1, AF
+        ax &= 0xFF0F
+        R[0] = (R[0] & ~0xFFFF) | ax
+        res = ax & 0xFF
+    elif op == 0xD4:  # AAM
+        if imm == 0:
+            raise GuestFault(DE)
+        ah, al = divmod(al, imm)
+        R[0] = (R[0] & ~0xFFFF) | (ah << 8) | al
+        res = al
+    else:  # AAD
+        al = (al + ah * imm) & 0xFF
+        R[0] = (R[0] & ~0xFFFF) | al
+        res = al
+    c.fl = (f & ~ARITH) | szp(res, 8) | ncf | naf
+    c.lz = None

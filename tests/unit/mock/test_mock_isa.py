@@ -235,3 +235,34 @@ def test_cpuid_msrs_and_tsc(m) -> None:  # type: ignore[no-untyped-def]
     assert r.r10 == 6  # TSC = cycles retired before RDTSC
     assert m.vcpu.get_msrs([0xC0000080, 0x12345, 0x10]) == {0xC0000080: 0x501}
     assert m.vcpu.set_msrs([(0xC0000082, 5), (0x12345, 1), (0xC0000081, 1)]) == 1
+
+
+def test_decimal_adjust_16bit(m) -> None:  # type: ignore[no-untyped-def]
+    m.real("""
+        mov al, 0x79
+        add al, 0x35
+        daa                     ; 79 + 35 = 114 (BCD)
+        mov [0x600], al
+        setc [0x601]
+        mov al, 0x35
+        sub al, 0x47
+        das                     ; 35 - 47 = -12 -> 88 with borrow
+        mov [0x602], al
+        setc [0x603]
+        mov ax, 0x0009
+        add al, 8
+        aaa                     ; 9 + 8 = 17 -> AH=1, AL=7
+        mov [0x604], ax
+        mov al, 63
+        aam                     ; AH=6, AL=3
+        mov [0x606], ax
+        aad                     ; back to 63
+        mov [0x608], ax
+        stc
+        salc
+        mov [0x60a], al
+        hlt
+    """)
+    assert m.run().kind == "hlt"
+    assert m.ram[0x600:0x60B] == bytes([0x14, 1, 0x88, 1, 0x07, 0x01, 0x03, 0x06, 63, 0,
+                                        0xFF])
