@@ -198,6 +198,8 @@ def _deliver_prot(eng: "Engine", vector: int, kind: int, error_code: Optional[in
         tss = st.tr.base
         new_esp = mmu.read_int(tss + 4 + 8 * new_cpl, 4)
         new_ss_sel = mmu.read_int(tss + 8 + 8 * new_cpl, 2)
+        if new_ss_sel & 0xFFFC == 0:
+            raise GuestFault(10, 0)  # #TS: null stack segment in the TSS
         lo, hi = read_descriptor(eng, new_ss_sel)
         new_ss = seg_from_descriptor(new_ss_sel, lo, hi)
         frame += [st.seg[SS].selector, st.R[4] & 0xFFFFFFFF]

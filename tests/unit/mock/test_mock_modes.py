@@ -176,3 +176,67 @@ def test_xlat_and_lock_ud(m) -> None:  # type: ignore[no-untyped-def]
     """)
     assert m.run().kind == "shutdown"
     assert m.regs().r8 & 0xFF == 30
+
+
+def test_protected_mode_ring3_interrupt_and_iret(m) -> None:  # type: ignore[no-untyped-def]
+    m.prot("""
+        lgdt [gdtr]
+        lidt [idtr]
+        mov eax, handler
+        mov [idt + 0x40*8], ax
+        mov word [idt + 0x40*8 + 2], 0x08
+        mov word [idt + 0x40*8 + 4], 0xEE00     ; DPL3 interrupt gate
+        shr eax, 16
+        mov [idt + 0x40*8 + 6], ax
+        mov dword [tss + 4], 0x70000            ; ESP0
+        mov dword [tss + 8], 0x10               ; SS0
+        mov eax, tss                            ; TSS base into its descriptor
+        mov [tssd + 2], ax
+        shr eax, 16
+        mov [tssd + 4], al
+        mov ax, 0x28
+        ltr ax
+        push 0x23               ; SS (user data, RPL3)
+        push 0x60000            ; ESP
+        push 0x3002             ; EFLAGS (IOPL3)
+        push 0x1b               ; CS (user code, RPL3)
+        push user
+        iretd
+    user:
+        mov ebx, esp
+        int 0x40
+        mov edx, esp
+        out 0x81, al
+    spin: jmp spin
+    handler:
+        mov ecx, esp
+        mov esi, [esp + 12]     ; user ESP
+        mov edi, [esp + 4]      ; user CS
+        out 0x80, al
+        iretd
+    align 8
+    gdt: dq 0
+         dq 0x00CF9B000000FFFF  ; 0x08 ring0 code
+         dq 0x00CF93000000FFFF  ; 0x10 ring0 data
+         dq 0x00CFFB000000FFFF  ; 0x18 ring3 code
+         dq 0x00CFF3000000FFFF  ; 0x20 ring3 data
+    tssd: dw 0x67, 0, 0x8900, 0       ; 0x28 available 32-bit TSS (base filled in above)
+    gdtr: dw 6*8-1
+          dd gdt
+    idtr: dw 256*8-1
+          dd idt
+    align 16
+    tss: times 0x68 db 0
+    align 8
+    idt: times 256*8 db 0
+    """)
+    ex = m.run()
+    assert ex.port == 0x80
+    r = m.regs()
+    assert r.rcx & 0xFFFFFFFF == 0x70000 - 20 and r.rsi == 0x60000 and r.rdi == 0x1B
+    assert m.vcpu.get_sregs().cs.dpl == 0 and m.vcpu.get_sregs().ss.selector == 0x10
+    ex = m.run()
+    assert ex.port == 0x81
+    r = m.regs()
+    s = m.vcpu.get_sregs()
+    assert r.rdx & 0xFFFFFFFF == 0x60000 and s.cs.selector == 0x1B and s.ss.selector == 0x23
