@@ -17,7 +17,7 @@ from .codegen import GENERATORS, Translator, assemble, compile_block
 from .decode import NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
-from .interrupts import KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
+from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
 from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
 
@@ -304,6 +304,7 @@ class Engine:
             single = bool(st.shadow or st.fl & TF or self.single_step or self.hw_bp
                           or (budget is not None and budget < MAX_BLOCK))
             had_shadow = st.shadow
+            trap_flag = st.fl & TF
             self.shadow_set = False
             if self.hw_bp:
                 hit = self._check_hw_bp()
@@ -350,6 +351,16 @@ class Engine:
             if self.single_step and n:
                 return ("debug", DB, (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF, 0xFFFF4FF0,
                         st.dr7)
+            if trap_flag and n:
+                # RFLAGS.TF: a single-step trap (#DB, DR6.BS) after the instruction
+                st.dr6 |= 0x4000
+                try:
+                    deliver(self, DB, KIND_EXC, None, st.rip)
+                except GuestFault as f:
+                    try:
+                        deliver_fault(self, f)
+                    except TripleFault:
+                        return ("shutdown",)
 
     def _retire(self, n: int) -> None:
         self.instructions_retired += n

@@ -295,3 +295,28 @@ def test_guest_debug_inject_bp(m) -> None:  # type: ignore[no-untyped-def]
     assert ex.port == 0x80
     v.set_guest_debug(0)
     assert v.run().kind == "hlt"
+
+
+def test_trap_flag_single_step_trap(m) -> None:  # type: ignore[no-untyped-def]
+    m.real("""
+        mov word [1*4], db_handler
+        mov word [1*4+2], 0
+        pushf
+        pop ax
+        or ax, 0x100
+        push ax
+        popf                    ; TF=1 from the next instruction on
+        nop
+        nop
+        hlt
+    db_handler:
+        inc si
+        iret
+    """)
+    r = m.regs()
+    r.rsi = 0
+    m.vcpu.set_regs(r)
+    assert m.run().kind == "hlt"
+    r = m.regs()
+    assert r.rsi >= 2  # a trap after each traced instruction
+    assert m.vcpu.get_debugregs().dr6 & 0x4000
