@@ -29,6 +29,11 @@ log = logging.getLogger("kvmcpu.backends.mock")
 #: Longest block (instructions); also the granularity of kick/budget checks.
 MAX_BLOCK = 48
 
+#: Tokens of generated code that may raise (memory access, helpers, constants that are
+#: helper functions); an instruction without any needs no `k = i` marker.
+_MAY_RAISE = ("rd", "wr", "H.", "K", "TR(", "TW(", "raise", "U2", "U4", "U8", "P2", "P4",
+              "P8", "/", "%")
+
 #: Opcodes that must be alone at the start of a block (they read the exact cycle count).
 ALONE = frozenset((0x131, 0x101))
 
@@ -168,6 +173,7 @@ class Engine:
             t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
             t.emit(f"k = {t.k}")
+            k_line = len(t.lines) - 1
             if g is None:
                 t.ended = True
                 t.call_helper(helpers.unimplemented, d, terminator=True)
@@ -177,6 +183,8 @@ class Engine:
                 t.call_helper(helpers.raise_ud, d, terminator=True)
                 break
             ended = g(t, d)
+            if not any(tok in ln for ln in t.lines[k_line + 1:] for tok in _MAY_RAISE):
+                del t.lines[k_line]  # cannot raise: `k` need not point at it
             if ended:
                 t.ended = True
                 break
