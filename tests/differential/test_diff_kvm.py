@@ -186,8 +186,25 @@ def test_guest_programs(backends: Any, name: str, mode: str) -> None:
     assert a[3] == b[3] and a[4] == b[4]
 
 
-SYSTEM_GUESTS = ["hello", "hello64", "checkpoint", "irq",
-                 pytest.param("sieve3", marks=pytest.mark.slow)]
+def _bootable_guests() -> List[Any]:
+    """Every guests/*.bin that System.load understands (Multiboot v1 or ELF64): new
+    images are compared automatically. sieve3 (a long compute kernel) is slow here."""
+    import struct as _struct
+    from pathlib import Path
+
+    out: List[Any] = []
+    gdir = Path(__file__).resolve().parents[2] / "guests"
+    for path in sorted(gdir.glob("*.bin")):
+        head = path.read_bytes()[:8192]
+        multiboot = any(_struct.unpack_from("<I", head, i)[0] == 0x1BADB002
+                        for i in range(0, len(head) - 3, 4))
+        if head[:4] == b"\x7fELF" or multiboot:
+            marks = [pytest.mark.slow] if path.stem == "sieve3" else []
+            out.append(pytest.param(path.stem, marks=marks))
+    return out
+
+
+SYSTEM_GUESTS = _bootable_guests()
 
 
 @pytest.mark.parametrize("name", SYSTEM_GUESTS)

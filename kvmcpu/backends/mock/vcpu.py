@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import struct
 import threading
+import traceback
 from collections import deque
 from typing import (
     Any,
@@ -40,6 +42,8 @@ from .state import (
     MSR_INDEX_LIST,
     check_sregs,
 )
+
+log = logging.getLogger("kvmcpu.backends.mock")
 
 _PIO_OFFSET = 4096 * uapi.KVM_PIO_PAGE_OFFSET
 _GUESTDBG_VALID = (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
@@ -159,8 +163,12 @@ class MockVcpu(Vcpu):
                 self._fill_scripted(*item)
                 self._update_run_flags()
                 return decode_exit(run, self.run_page)
-            eng.check_host_writes()
-            ex = eng.execute(lambda: bool(run.request_interrupt_window))
+            try:
+                eng.check_host_writes()
+                ex = eng.execute(lambda: bool(run.request_interrupt_window))
+            except Exception as err:  # noqa: BLE001 - never let an engine bug escape run()
+                log.error("mock vCPU failure:\n%s", traceback.format_exc())
+                ex = ("emulation", b"", f"internal: {err!r}")
             self._update_run_flags()
             return self._fill(ex)
 
