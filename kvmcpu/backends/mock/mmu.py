@@ -256,8 +256,9 @@ class Mmu:
                 priv = 1 if user else 0
                 self.tlb_r[priv][page] = view
                 can_write = w_ok or (not user and not self.st.cr0 & CR0_WP)
-                if (write and can_write and not slot.readonly and ppage not in self.code_pages
-                        and not slot.flags & 1):
+                if write and can_write and not slot.readonly and ppage not in self.code_pages:
+                    # dirty-logged pages: marked now; get_dirty_log flushes the write TLBs
+                    self.vm.mark_dirty(slot, phys)
                     self.tlb_w[priv][page] = view
         return phys
 

@@ -137,6 +137,9 @@ class MockVm(Vm):
                                 f"slot {slot} does not log dirty pages")
         out = bytes(bm)
         bm[:] = bytes(len(bm))
+        for v in self.vcpus.values():  # the next write to any page must log it again
+            if not v.closed:
+                self._mock(v).engine.mmu.flush_write()
         return out
 
     # -- coalesced MMIO -------------------------------------------------------------

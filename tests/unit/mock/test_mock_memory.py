@@ -148,3 +148,20 @@ def test_translate_and_unbacked_execution(vm) -> None:  # type: ignore[no-untype
     assert vcpu.translate(0x80000000000).valid == 0
     ex = vcpu.run()
     assert ex.kind == "internal_error" and ex.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION
+
+
+def test_dirty_log_sees_writes_after_each_read(vm) -> None:  # type: ignore[no-untyped-def]
+    ram = vm.add_ram(0, 0x10000, flags=uapi.KVM_MEM_LOG_DIRTY_PAGES)
+    code = asm("""
+    again:
+        mov byte [0x5000], 1
+        out 0x80, al
+        jmp again
+    """, 16, 0x1000)
+    ram[0x1000:0x1000 + len(code)] = code
+    vcpu = vm.create_vcpu(0)
+    vcpu.set_real_mode(0, 0x1000)
+    for _ in range(3):
+        assert vcpu.run().kind == "io"
+        assert 5 in vm.dirty_pages(0)
+    vcpu.close()
