@@ -263,3 +263,65 @@ def _loop_guest(b: Backend, name: str, mode: str) -> List[Tuple[str, Dict[str, A
 def test_loop_guests(backends: Any, name: str, mode: str) -> None:
     k, m = backends
     assert _loop_guest(k, name, mode) == _loop_guest(m, name, mode)
+
+
+EXCEPTIONS_PROGRAM = """
+    GATE 0, de
+    GATE 6, udh
+    GATE 13, gph
+    GATE 14, pfh
+    lidt [rel idtr]
+    xor ecx, ecx
+    div ecx                 ; #DE
+    ud2                     ; #UD
+    mov rax, 0x8000000000000000
+    mov rax, [rax]          ; non-canonical: #GP(0)
+    mov rax, 0x40000000
+    mov byte [rax], 1       ; beyond the 1 GiB identity map: #PF, error 2
+    mov rax, cr2
+    out 0x83, eax
+    hlt
+de:  mov al, 0
+     out 0x80, al
+     mov rax, [rsp + 8]     ; CS
+     out 0x84, eax
+     add qword [rsp], 2
+     iretq
+udh: mov al, 6
+     out 0x80, al
+     add qword [rsp], 2
+     iretq
+gph: mov al, 13
+     out 0x80, al
+     pop rax
+     out 0x81, eax
+     add qword [rsp], 3
+     iretq
+pfh: mov al, 14
+     out 0x80, al
+     pop rax
+     out 0x81, eax
+     add qword [rsp], 3
+     iretq
+"""
+
+
+def test_exceptions_through_the_idt_cpl0(backends: Any) -> None:
+    """#DE, #UD, #GP and #PF delivered through a long-mode IDT (the host's emulator
+    delivers these correctly at CPL0): same exits, frames, error codes and CR2."""
+    from mockasm import asm
+    from test_mock_events import LONG_IDT
+
+    code = asm(LONG_IDT + EXCEPTIONS_PROGRAM, 64, 0x100000)
+    results = []
+    for b in backends:
+        with b.create_vm() as vm:
+            vm.add_ram(0, 4 << 20)
+            vm.write_guest(0x100000, code)
+            v = vm.create_vcpu(0)
+            try:
+                v.set_long_mode(0x100000, rsp=0x200000)
+                results.append(_drive(v) + [("regs", _regs_fields(v))])
+            finally:
+                v.close()
+    assert results[0] == results[1]
