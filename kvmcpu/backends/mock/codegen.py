@@ -67,6 +67,8 @@ class Translator:
         #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
         self.zf_var: Optional[str] = None
         self.prev_zf_var: Optional[str] = None
+        #: set by a direct JMP/CALL: the translator continues at this RIP when it can
+        self.follow: Optional[int] = None
 
     # -- emission -----------------------------------------------------------------
     def emit(self, line: str) -> None:

@@ -185,6 +185,16 @@ class Engine:
             ended = g(t, d)
             if not any(tok in ln for ln in t.lines[k_line + 1:] for tok in _MAY_RAISE):
                 del t.lines[k_line]  # cannot raise: `k` need not point at it
+            if t.follow is not None:
+                # a direct JMP/CALL: keep translating at the target if it is on this page
+                target, t.follow = t.follow, None
+                new_off = off + (target - ip)
+                if 0 <= new_off < 4096 and len(ips) < limit:
+                    ip, off = target, new_off
+                    continue
+                t.jump(f"{target:#x}")
+                t.ended = True
+                break
             if ended:
                 t.ended = True
                 break

@@ -50,14 +50,24 @@ def g_jcc(t: Translator, d: Insn) -> Optional[bool]:
 
 
 @gen(0xEB, 0xE9)
-def g_jmp(t: Translator, d: Insn) -> bool:
-    return t.branch(None, _target(t, d), d.next_ip & ip_mask(t, d))
+def g_jmp(t: Translator, d: Insn) -> Optional[bool]:
+    tgt = _target(t, d)
+    if t.loop_ok and tgt != t.start_ip:
+        t.follow = tgt  # the trace goes on at the target (engine.translate_block)
+        return None
+    return t.branch(None, tgt, d.next_ip & ip_mask(t, d))
 
 
 @gen(0xE8)
-def g_call(t: Translator, d: Insn) -> bool:
+def g_call(t: Translator, d: Insn) -> Optional[bool]:
     t.push(f"{d.next_ip & M[d.osz]:#x}", d.osz)
-    return t.jump(f"{_target(t, d):#x}")
+    tgt = _target(t, d)
+    if t.loop_ok and tgt != t.start_ip:
+        # the push may have produced an exit (MMIO stack) or hit code: stop after the call
+        t.emit(f"if STOP[0]: c.rip = {tgt:#x}; return n + {t.k + 1}")
+        t.follow = tgt
+        return None
+    return t.jump(f"{tgt:#x}")
 
 
 @gen(0xC3, 0xC2)
