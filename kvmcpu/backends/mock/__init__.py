@@ -45,8 +45,10 @@ No in-kernel irqchip, local APIC, IOAPIC or PIT (KVM_CAP_IRQCHIP/PIT2 = 0;
 create_irqchip raises ENOTTY), no SMM, no VMX/SVM, no task switches or call/
 task gates, no virtual-8086 mode, no x87/MMX/SSE/AVX execution (INTERNAL_ERROR
 like an instruction KVM's emulator cannot handle), no segment limit checks, no
-TSS I/O permission bitmap (IN/OUT above IOPL raise #GP), no real timing: time
-is the instruction count. ONE_REG has no registers (EINVAL, as on x86 KVM).
+TSS I/O permission bitmap (IN/OUT above IOPL raise #GP), no legacy-mode SYSCALL
+and no SYSENTER/SYSEXIT, no BOUND/ARPL/LAR/LSL/VERR/VERW, MONITOR/MWAIT,
+XSAVE family or RDRAND (INTERNAL_ERROR), no SYNC_REGS, no real timing: time is
+the instruction count. ONE_REG has no registers (EINVAL, as on x86 KVM).
 The coalesced ring lives in the VM (``drain_coalesced_mmio()``), not in page 2
 of each vCPU's ``run_page``.
 
