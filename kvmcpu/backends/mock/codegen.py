@@ -63,6 +63,7 @@ class Translator:
         self.start_ip = -1
         self.loop_ok = False  # a branch back to start_ip may loop inside the function
         self.looping = False
+        self.loop_cnt = 0
         #: variable holding the result whose zero-ness is ZF, set by the previous
         #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
         self.zf_var: Optional[str] = None
@@ -102,8 +103,9 @@ class Translator:
                 pad = "    "
             else:
                 pad = ""
+            self.loop_cnt = cnt
             self.emit(f"{pad}n += {cnt}")
-            self.emit(f"{pad}if n + {cnt} <= lim and not E.kicked: continue")
+            self.emit(f"{pad}if n <= lim and not E.kicked: continue")  # lim -= cnt at entry
             self.emit(f"{pad}c.rip = {target:#x}; return n")
             if cond is not None:
                 self.emit(f"c.rip = {fallthrough:#x}; return n + {cnt}")
@@ -273,6 +275,7 @@ def assemble(t: Translator, ips: List[int], next_ip: int) -> str:
     head = ["def blk(lim):", "    n = 0", "    k = 0", "    try:"]
     body = t.lines or ["        pass"]
     if t.looping:
+        head.insert(1, f"    lim -= {t.loop_cnt}")
         body = ["        while True:"] + ["    " + ln for ln in body]
     tail = [
         "    except BaseException:",

@@ -226,7 +226,7 @@ def _incdec(t: Translator, d: Insn, sz: int, dec: bool, reg: Optional[int]) -> N
     p = t.var()
     t.emit(f"{p} = c.lz")
     t.emit(f"if {p} is None: {p} = c.fl & 1")
-    t.emit(f"elif {p}[0] == {LZ_INC} or {p}[0] == {LZ_DEC}: {p} = {p}[2]")
+    t.emit(f"elif {LZ_INC} <= {p}[0] <= {LZ_DEC}: {p} = {p}[2]")
     t.emit(f"c.lz = ({LZ_DEC if dec else LZ_INC}, {a}, {p}, {r}, {BITS[sz]})")
     t.zf_var = r
 
