@@ -67,14 +67,14 @@ def _vendor(s: bytes) -> tuple:  # type: ignore[type-arg]
 def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
     """An AMD-like CPUID set advertising only what the mock emulates.
 
-    Leaf 1 EDX: FPU(0, state only) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9)=0 SEP(11)=0
-    CMOV(15) PSE(3) PGE(13) PAT(16) CLFSH(19) FXSR(24); ECX: CX16(13) POPCNT(23)
-    (no SSE* / AVX / x87 arithmetic). Leaf 0x80000001: LAHF(ECX0) ABM/LZCNT(ECX5),
-    SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27) LM(EDX29).
-    Leaf 7: BMI1's TZCNT is reported through ABM only; FSGSBASE(EBX0) is not emulated.
+    Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
+    FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23). Not set:
+    FPU (no x87 arithmetic), APIC, SEP, MMX, SSE*, AVX, XSAVE. Leaf 0x80000001:
+    LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27)
+    LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1 is not claimed).
     """
     vb, vd, vc = _vendor(b"AuthenticAMD")
-    edx1 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
+    edx1 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
         | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
     ecx1 = (1 << 13) | (1 << 23)
     edx81 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
@@ -82,11 +82,9 @@ def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
     brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")
     words = [int.from_bytes(brand[i:i + 4], "little") for i in range(0, 48, 4)]
     return [
-        _leaf(0, 0, 0xD, vb, vc, vd),
+        _leaf(0, 0, 0x7, vb, vc, vd),
         _leaf(1, 0, 0x00A00F11, 0x00000800, ecx1, edx1),
         _leaf(7, 0, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
-        _leaf(0xD, 0, 0x1, 0x240, 0x240, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
-        _leaf(0xD, 1, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         _leaf(0x80000000, 0, 0x80000008, vb, vc, vd),
         _leaf(0x80000001, 0, 0x00A00F11, 0, ecx81, edx81),
         _leaf(0x80000002, 0, *words[0:4]),
