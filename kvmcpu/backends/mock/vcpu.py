@@ -425,9 +425,10 @@ class MockVcpu(Vcpu):
         """Wraps KVM_GET_XSAVE: the legacy FXSAVE area built from the FPU state."""
         self._check_open()
         x = uapi.kvm_xsave()
+        # Lifetime: buf views x, which outlives it (deleted before returning).
         buf = (ctypes.c_ubyte * 4096).from_buffer(x)
         st = self.engine.st
-        src = bytes((ctypes.c_ubyte * 4096).from_buffer(st.xsave))
+        src = bytes((ctypes.c_ubyte * 4096).from_buffer(st.xsave))  # a copy: no view kept
         ctypes.memmove(ctypes.addressof(buf), src, 4096)
         f = st.fpu
         struct.pack_into("<HHBxHQQII", buf, 0, f.fcw, f.fsw, f.ftwx, f.last_opcode, f.last_ip,

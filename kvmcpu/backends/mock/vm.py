@@ -47,6 +47,7 @@ class MockVm(Vm):
         # Lifetime: owned by the VM; views handed out by _coalesced_ring die with it.
         self._ring_buf = (ctypes.c_ubyte * 4096)()
         self.ring_page = memoryview(self._ring_buf).cast("B")
+        # Lifetime: _ring views _ring_buf; both live until _close_vm drops the view.
         self._ring = uapi.kvm_coalesced_mmio_ring.from_buffer(self._ring_buf)
         self.hypercall_exits = 0  # KVM_CAP_EXIT_HYPERCALL mask enabled
         self.tss_addr: Optional[int] = None
@@ -172,6 +173,7 @@ class MockVm(Vm):
         last = ring.last
         if (last + 1) % _RING_MAX == ring.first:
             return False  # full: KVM falls back to an ordinary exit
+        # Lifetime: a view of one ring slot, dropped (del) right after filling it.
         ent = uapi.kvm_coalesced_mmio.from_buffer(self._ring_buf, _RING_HDR + last * _RING_ENTRY)
         ent.phys_addr = addr
         ent.len = n
