@@ -28,7 +28,6 @@ import cProfile
 import gc
 import importlib.util
 import io
-import os
 import pstats
 import statistics
 import sys
@@ -43,10 +42,8 @@ HERE = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kvmcpu.backends import get_backend  # noqa: E402
 from kvmcpu.cpu.kvm import KvmVM, X86KvmCPU  # noqa: E402
 from kvmcpu.cpu.kvm.x86 import long_mode_context, long_mode_tables, real_mode_context  # noqa: E402
-from kvmcpu.errors import BackendUnavailableError  # noqa: E402
 from kvmcpu.hostmem import HostMemory  # noqa: E402
 from kvmcpu.mem.bus import IoBus, MmioBus  # noqa: E402
 from kvmcpu.sim.eventq import EventQueue, exit_sim_loop  # noqa: E402
@@ -186,21 +183,12 @@ def profile(mode: str, n: int, top: int = 14) -> str:
 
 def run(quick: bool = False, *, show_profile: bool = False) -> Dict[str, Any]:
     """Measure and return the figures (see the module docstring)."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return {"skipped": "/dev/kvm is not usable"}
-    try:
-        get_backend("kvm").close()
-    except BackendUnavailableError as err:
-        return {"skipped": f"kvm backend unavailable: {err.reason}"}
     rt = _roundtrip()
+    reason = rt.kvm_skip_reason()
+    if reason is not None:
+        return {"skipped": reason}
     repeats = 3 if quick else 5
     counts = {"real": 5_000 if quick else 20_000, "cpl3": 2_000 if quick else 6_000}
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-        old_affinity = set(cpus)
-        os.sched_setaffinity(0, {cpus[-1]})  # the C child inherits it
-    except (AttributeError, OSError):
-        old_affinity = set()
     samples: Dict[Tuple[str, str], List[float]] = {}
     profiles: List[str] = []
     with tempfile.TemporaryDirectory(prefix="kvmcpu-bench-") as tmp:
@@ -210,7 +198,7 @@ def run(quick: bool = False, *, show_profile: bool = False) -> Dict[str, Any]:
             return {"skipped": f"cannot compile the C baseline: {err}"}
         if exe is None:
             return {"skipped": "no C compiler (cc) for the baseline"}
-        try:
+        with rt.pinned_to_one_cpu():
             for _ in range(repeats):
                 for mode in MODES:
                     n = counts[mode]
@@ -219,9 +207,6 @@ def run(quick: bool = False, *, show_profile: bool = False) -> Dict[str, Any]:
             if show_profile:
                 for mode in MODES:
                     profiles.append(profile(mode, counts[mode] // 2))
-        finally:
-            if old_affinity:
-                os.sched_setaffinity(0, old_affinity)
     figures: Dict[str, Any] = {}
     ratios = []
     for mode in MODES:

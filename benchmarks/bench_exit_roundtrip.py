@@ -20,6 +20,7 @@ Run as a script: ``python benchmarks/bench_exit_roundtrip.py [--quick]``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -99,22 +100,41 @@ def _c_exits_per_s(exe: Path, mode: str, n: int) -> float:
     return int(out[0]) / float(out[1])
 
 
-def run(quick: bool = False) -> Dict[str, Any]:
-    """Measure and return the figures (see the module docstring)."""
+def kvm_skip_reason() -> Optional[str]:
+    """Why the KVM benchmarks cannot run here, or None when /dev/kvm is usable."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return {"skipped": "/dev/kvm is not usable"}
+        return "/dev/kvm is not usable"
     try:
         get_backend("kvm").close()
     except BackendUnavailableError as err:
-        return {"skipped": f"kvm backend unavailable: {err.reason}"}
-    repeats = 3 if quick else 7
-    counts = {"real": 10_000 if quick else 30_000, "cpl3": 3_000 if quick else 10_000}
+        return f"kvm backend unavailable: {err.reason}"
+    return None
+
+
+@contextlib.contextmanager
+def pinned_to_one_cpu() -> Iterator[None]:
+    """Run the block (and the C children it starts) on the last CPU, so that the
+    Python and C sides of a ratio see the same core; restores the affinity after."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
         old_affinity = set(cpus)
-        os.sched_setaffinity(0, {cpus[-1]})  # the C child inherits it
+        os.sched_setaffinity(0, {cpus[-1]})
     except (AttributeError, OSError):
         old_affinity = set()
+    try:
+        yield
+    finally:
+        if old_affinity:
+            os.sched_setaffinity(0, old_affinity)
+
+
+def run(quick: bool = False) -> Dict[str, Any]:
+    """Measure and return the figures (see the module docstring)."""
+    reason = kvm_skip_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    repeats = 3 if quick else 7
+    counts = {"real": 10_000 if quick else 30_000, "cpl3": 3_000 if quick else 10_000}
     with tempfile.TemporaryDirectory(prefix="kvmcpu-bench-") as tmp:
         try:
             exe = _build_c(Path(tmp))
@@ -123,15 +143,12 @@ def run(quick: bool = False) -> Dict[str, Any]:
         if exe is None:
             return {"skipped": "no C compiler (cc) for the baseline"}
         samples: Dict[Tuple[str, str], List[float]] = {}
-        try:
+        with pinned_to_one_cpu():
             for _ in range(repeats):
                 for mode in MODES:
                     n = counts[mode]
                     samples.setdefault(("c", mode), []).append(_c_exits_per_s(exe, mode, n))
                     samples.setdefault(("py", mode), []).append(_python_exits_per_s(mode, n))
-        finally:
-            if old_affinity:
-                os.sched_setaffinity(0, old_affinity)
     figures: Dict[str, Any] = {}
     ratios = []
     for mode in MODES:
