@@ -185,8 +185,9 @@ class itimerspec(ctypes.Structure):  # <time.h>
     _fields_ = [("it_interval", timespec), ("it_value", timespec)]
 
 
-assert ctypes.sizeof(sigevent) == 64 and sigevent.sigev_signo.offset == 8
-assert sigevent._tid.offset == 16 and ctypes.sizeof(itimerspec) == 32
+if not (ctypes.sizeof(sigevent) == 64 and sigevent.sigev_signo.offset == 8
+        and sigevent._tid.offset == 16 and ctypes.sizeof(itimerspec) == 32):
+    raise ImportError("kvmcpu._ioctl: struct sigevent/itimerspec layout differs from x86_64 glibc")
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
@@ -314,7 +315,8 @@ class perf_event_attr(ctypes.Structure):  # <linux/perf_event.h> (PERF_ATTR_SIZE
     ]
 
 
-assert ctypes.sizeof(perf_event_attr) == PERF_ATTR_SIZE_VER7
+if ctypes.sizeof(perf_event_attr) != PERF_ATTR_SIZE_VER7:
+    raise ImportError("kvmcpu._ioctl: struct perf_event_attr is not PERF_ATTR_SIZE_VER7 bytes")
 
 
 def perf_event_open(attr: perf_event_attr, pid: int = 0, cpu: int = -1, group_fd: int = -1,
