@@ -79,6 +79,15 @@ class Status(enum.Enum):
     RunningServiceCompletion = "RunningServiceCompletion"
 
 
+#: Module-level aliases of the states the exit path tests on every exit: an Enum
+#: class attribute lookup costs far more than a global one (CPython 3.11).
+_Idle = Status.Idle
+_Running = Status.Running
+_RunningService = Status.RunningService
+_RunningServiceCompletion = Status.RunningServiceCompletion
+_Draining = DrainState.Draining
+
+
 class ThreadStatus(enum.Enum):
     """The hardware thread's state (gem5 ``ThreadContext::Status``)."""
 
@@ -385,28 +394,30 @@ class BaseKvmCPU(ClockedObject):
         """
         eq = self.eventq
         status = self.status
-        if status is Status.RunningService:
+        if status is _RunningService:
             delay = self.handleKvmExit()
-            if self.drain_state is DrainState.Draining and self.try_drain():
-                self.status = Status.Idle
+            if self.drain_state is _Draining and self.try_drain():
+                self.status = _Idle
             status = self.status
-            if delay == 0 and (status is Status.RunningServiceCompletion
-                               or status is Status.Running):
+            if delay == 0 and (status is _RunningServiceCompletion or status is _Running):
                 next_tick = eq.next_tick()
                 now = eq.cur_tick
-                if next_tick > now and self.clock_edge() == now:
+                # clock_edge() == now, without the call when the cached edge is now.
+                if next_tick > now and (self._tick == now or self.clock_edge() == now):
                     delay = self._tick_run(status, next_tick - now)
                     if delay < 0:
                         return
-        elif status is Status.Running or status is Status.RunningServiceCompletion:
+        elif status is _Running or status is _RunningServiceCompletion:
             delay = self._tick_run(status, eq.next_tick() - eq.cur_tick)
             if delay < 0:
                 return
         else:
             raise SimulationError(f"{self.path()}: tick() in state {status.value}")
-        if self.status is not Status.Idle:
-            cycles = self.ticks_to_cycles(delay) if delay else 0
-            eq.schedule(self.tick_event, self.clock_edge(cycles))
+        if self.status is not _Idle:
+            if delay:
+                eq.schedule(self.tick_event, self.clock_edge(-(-delay // self._clock_period)))
+            else:
+                eq.schedule(self.tick_event, self.clock_edge())
 
     def _tick_run(self, status: Status, ticks_to_execute: int) -> int:
         """The Running / RunningServiceCompletion step: one entry of at most
@@ -419,25 +430,24 @@ class BaseKvmCPU(ClockedObject):
         if self.threadContextDirty:
             self.syncKvmState()
         timer = self.run_timer
-        draining = self.drain_state is DrainState.Draining
-        half = draining or (
-            status is Status.RunningServiceCompletion
-            and timer is not None
-            and ticks_to_execute < timer.resolution()
-        )
+        draining = self.drain_state is _Draining
         if draining:
+            half = True
             delay = self.kvmRunDrain()
-        elif half:
+        elif (status is _RunningServiceCompletion and timer is not None
+              and ticks_to_execute < timer.resolution()):
+            half = True
             delay = self.kvmRun(0)
         else:
+            half = False
             delay = self.kvmRun(ticks_to_execute)
-        if self.status is Status.Idle:
+        if self.status is _Idle:
             return -1
         self.kvmStateDirty = True
         if params.alwaysSyncTC:
             self.syncThreadContext()
         if type(self.last_exit) is IntrExit:
-            self.status = Status.Running
+            self.status = _Running
             if (not half and delay < ticks_to_execute and timer is not None
                     and ticks_to_execute - delay < timer.resolution()):
                 # The run timer expired (within its resolution): land on the event
@@ -445,9 +455,9 @@ class BaseKvmCPU(ClockedObject):
                 # that fired early) keeps the time the guest really ran.
                 delay = ticks_to_execute
         else:
-            self.status = Status.RunningService
+            self.status = _RunningService
         if draining and self.try_drain():
-            self.status = Status.Idle
+            self.status = _Idle
         return delay
 
     def try_drain(self) -> bool:
@@ -486,7 +496,7 @@ class BaseKvmCPU(ClockedObject):
                 ex = self.ioctlRun()
             finally:
                 run.immediate_exit = 0
-            ticks_executed = self.clock_period()
+            ticks_executed = self._clock_period
         else:
             timer = self.run_timer
             if timer is not None:
@@ -494,25 +504,32 @@ class BaseKvmCPU(ClockedObject):
                 if ticks < res:
                     ticks = res
                 timer.arm(ticks)
-            counters = self.counters
             clock = self._host_clock
-            if counters is not None and clock is None:
-                counters.begin()
-            t0 = perf_counter_ns()
-            ex = self.ioctlRun()
-            elapsed = perf_counter_ns() - t0
-            if timer is not None:
-                timer.after_run(type(ex) is IntrExit)
-            stats.hostSecondsInKvm.value += elapsed * 1e-9
             if clock is not None:
+                t0 = perf_counter_ns()
+                ex = self.ioctlRun()
+                elapsed = perf_counter_ns() - t0
+                if timer is not None:
+                    timer.after_run(type(ex) is IntrExit)
+                stats.hostSecondsInKvm.value += elapsed * 1e-9
                 # The host clock *is* the elapsed time: no second measurement.
                 host_cycles = insts = int(elapsed * clock._scale)
-            elif counters is not None:
-                host_cycles, insts = counters.end()
             else:
-                host_cycles = insts = 0
+                counters = self.counters
+                if counters is not None:
+                    counters.begin()
+                t0 = perf_counter_ns()
+                ex = self.ioctlRun()
+                elapsed = perf_counter_ns() - t0
+                if timer is not None:
+                    timer.after_run(type(ex) is IntrExit)
+                stats.hostSecondsInKvm.value += elapsed * 1e-9
+                if counters is not None:
+                    host_cycles, insts = counters.end()
+                else:
+                    host_cycles = insts = 0
             if self._budget_timer:
-                ticks_executed = host_cycles * self.clock_period()
+                ticks_executed = host_cycles * self._clock_period
                 stats.numCycles.value += host_cycles
             else:
                 ticks_executed = timer.ticks_from_host_ns(elapsed) if timer is not None else 0

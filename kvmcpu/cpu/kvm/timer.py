@@ -41,6 +41,9 @@ TIMER_SIGNAL: int = int(signal.SIGRTMIN)
 #: roughly 30 µs on a nested host, so shorter quanta are not honoured anyway.
 DEFAULT_MIN_QUANTUM_NS = 50_000
 
+#: Ticks per host nanosecond (an int, as ``TICKS_PER_SECOND // 10**9`` everywhere here).
+_TICKS_PER_NS: int = TICKS_PER_SECOND // 10**9
+
 
 class BaseKvmTimer(abc.ABC):
     """Common arithmetic of every run timer.
@@ -67,7 +70,7 @@ class BaseKvmTimer(abc.ABC):
 
     def ticks_from_host_ns(self, ns: int) -> int:
         """Host nanoseconds -> simulated ticks."""
-        return int(ns * self.host_factor * (TICKS_PER_SECOND // 10**9))
+        return int(ns * self.host_factor * _TICKS_PER_NS)
 
     def host_ns(self, ticks: int) -> int:
         """Simulated ticks -> host nanoseconds (at least 1)."""
@@ -170,13 +173,15 @@ class PosixKvmTimer(BaseKvmTimer):
         if timer is None:
             raise KvmIoctlError("timer_settime", errno.EBADF, "the run timer is closed")
         now = self._now()
-        want = now + max(1, int(ticks * self._ns_per_tick))
+        ns = int(ticks * self._ns_per_tick)
+        want = now + (ns if ns > 1 else 1)
         armed = self.deadline
         # Keep a deadline that is not imminent (an entry would only be interrupted
         # at once) and not too much earlier than the wanted one.
         if armed is not None and now + self.min_quantum_ns <= armed <= want:
             slack = (armed - now) * self.slack_fraction
-            if want - armed <= (slack if slack > self.min_slack_ns else self.min_slack_ns):
+            min_slack = self.min_slack_ns
+            if want - armed <= (slack if slack > min_slack else min_slack):
                 return
         _ioctl.timer_settime(timer, want, flags=_ioctl.TIMER_ABSTIME)
         self.rearms += 1

@@ -32,6 +32,8 @@ from ...sim.simobject import DrainState
 from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
 from .base import BaseKvmCPU
 
+_Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
+
 log = logging.getLogger("kvmcpu.cpu.kvm")
 
 #: MSRs worth carrying in the thread context when the backend knows them.
@@ -229,14 +231,16 @@ class X86KvmCPU(BaseKvmCPU):
         vcpu = self.vcpu
         if vcpu is None:
             vcpu = self._vcpu()  # raises
-        if self.drain_state is DrainState.Draining:
+        if self.drain_state is _Draining:
             # As gem5's kvmRunDrain: inject nothing new while draining, and keep
             # the interrupt window kvmRunDrain may have requested.
             return vcpu.run()
+        src = self.interrupts
+        if src is None and not self.pending_nmi:
+            return vcpu.run()  # nothing to deliver (the common case)
         if self.pending_nmi:
             self.pending_nmi = False
             self.kvmNonMaskableInterrupt()
-        src = self.interrupts
         if src is not None and not self.vm.has_irqchip:
             run = vcpu.kvm_run
             if src.has_pending():
