@@ -513,8 +513,16 @@ class Clocked:
 
     def clock_edge(self, cycles: int = 0) -> int:
         """The tick of the clock edge ``cycles`` cycles after the next (or current) edge."""
-        self._update()
-        return self._tick + cycles * self._clock_period
+        # _update() inlined: this is on every CPU tick's path.
+        tick = self._tick
+        period = self._clock_period
+        now = self._queue.cur_tick
+        if tick < now:
+            elapsed = -((tick - now) // period)  # ceil((now - tick) / period)
+            self._cycle += elapsed
+            tick += elapsed * period
+            self._tick = tick
+        return tick + cycles * period
 
     def cur_cycle(self) -> int:
         """The cycle count at the next (or current) clock edge."""
