@@ -49,15 +49,17 @@ from ...backends.exits import (
     SystemEventExit,
     UnknownExit,
 )
-from ...errors import SimulationError, VcpuRunError
+from ...errors import SimulationError
 from ...sim import stats as st
 from ...sim.checkpoint import CheckpointIn, CheckpointOut
 from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
 from ...sim.params import param
 from ...sim.simobject import ClockedObject, ClockedObjectParams, DrainState, SimObject
-from ...uapi import ExitReason
 from ..thread import ThreadContext
+from .exit_handlers import FatalExitHandlers
+from .exit_handlers import GuestTripleFault as GuestTripleFault  # re-exported
 from .perfevent import CounterSource, HostClockCounters, choose_counters
+from .state_access import KvmStateAccess
 from .timer import (
     DEFAULT_MIN_QUANTUM_NS,
     BaseKvmTimer,
@@ -94,10 +96,6 @@ class ThreadStatus(enum.Enum):
     Active = "Active"
     Suspended = "Suspended"
     Halted = "Halted"
-
-
-class GuestTripleFault(VcpuRunError):
-    """The guest triple-faulted (KVM_EXIT_SHUTDOWN) and nothing handled it."""
 
 
 _ExitEntry = Tuple[str, Optional[str], Status]
@@ -184,7 +182,7 @@ class KvmCPUStats:
         self.exitsPerHostSecond.set_formula(self.numVMExits / self.hostSecondsInKvm)
 
 
-class BaseKvmCPU(ClockedObject):
+class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
     """The architecture-independent KVM CPU.
 
     Args:
@@ -595,14 +593,6 @@ class BaseKvmCPU(ClockedObject):
         """An MMIO exit: one access on the data port (completed by the next entry)."""
         return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
 
-    def _fatal(self, message: str, ex: Optional[Exit], cls: type = VcpuRunError) -> VcpuRunError:
-        try:
-            dump = self.dump()
-        except Exception as err:  # noqa: BLE001 - the state may be unreadable
-            dump = f"(register dump unavailable: {err})"
-        err_obj: VcpuRunError = cls(f"{self.path()}: {message}", ex, dump)
-        return err_obj
-
     def handleKvmExitIO(self, ex: IoExit) -> int:
         """Legacy port IO; architectures implement it."""
         raise self._fatal(
@@ -627,31 +617,6 @@ class BaseKvmCPU(ClockedObject):
         """The guest can take interrupts; architectures deliver them here."""
         return 0
 
-    def handleKvmExitShutdown(self, ex: ShutdownExit) -> int:
-        """Triple fault."""
-        raise self._fatal("guest triple fault (KVM_EXIT_SHUTDOWN)", ex, GuestTripleFault)
-
-    def handleKvmExitFailEntry(self, ex: FailEntryExit) -> int:
-        """KVM could not enter the guest."""
-        raise self._fatal(
-            "failed to enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason "
-            f"{ex.hardware_entry_failure_reason:#x}, cpu {ex.cpu})", ex,
-        )
-
-    def handleKvmExitInternalError(self, ex: InternalErrorExit) -> int:
-        """KVM's internal error (e.g. an instruction its emulator cannot run)."""
-        insn = f", instruction bytes {ex.insn_bytes.hex(' ')}" if ex.insn_bytes else ""
-        raise self._fatal(
-            f"KVM internal error (suberror {ex.suberror}, data "
-            f"{[hex(d) for d in ex.data]}{insn})", ex,
-        )
-
-    def handleKvmExitException(self, ex: ExceptionExit) -> int:
-        """An exception KVM could not deliver."""
-        raise self._fatal(
-            f"unhandled guest exception {ex.exception} (error code {ex.error_code:#x})", ex
-        )
-
     def handleKvmExitSystemEvent(self, ex: SystemEventExit) -> int:
         """Shutdown/reset/crash requested by the guest: end the simulation."""
         names = {1: "shutdown", 2: "reset", 3: "crash"}
@@ -665,17 +630,6 @@ class BaseKvmCPU(ClockedObject):
         exit_sim_loop(f"debug exit at {ex.pc:#x} (exception {ex.exception})", 0,
                       queue=self.eventq)
         return 0
-
-    def handleKvmExitUnknown(self, ex: UnknownExit) -> int:
-        """An exit the package does not know."""
-        try:
-            name = ExitReason(ex.reason).name
-        except ValueError:
-            name = "unknown"
-        raise self._fatal(
-            f"unexpected exit reason {ex.reason} ({name}), hardware reason "
-            f"{ex.hardware_exit_reason:#x}", ex,
-        )
 
     def doMMIOAccess(self, paddr: int, data: memoryview, size: int, is_write: bool) -> int:
         """Send one MMIO access to the data port; returns its latency in ticks."""
@@ -712,99 +666,6 @@ class BaseKvmCPU(ClockedObject):
     def archIsDrained(self) -> bool:
         """Architectures say no while an event is injected but not yet taken."""
         return True
-
-    # -------------------------------------------------------- state access
-    def getRegisters(self) -> Any:
-        return self._vcpu().get_regs()
-
-    def setRegisters(self, regs: Any) -> None:
-        self._vcpu().set_regs(regs)
-
-    def getSpecialRegisters(self) -> Any:
-        return self._vcpu().get_sregs()
-
-    def setSpecialRegisters(self, sregs: Any) -> None:
-        self._vcpu().set_sregs(sregs)
-
-    def getFPUState(self) -> Any:
-        return self._vcpu().get_fpu()
-
-    def setFPUState(self, fpu: Any) -> None:
-        self._vcpu().set_fpu(fpu)
-
-    def setOneReg(self, reg_id: int, value: int) -> None:
-        self._vcpu().set_one_reg(reg_id, value)
-
-    def getOneReg(self, reg_id: int) -> int:
-        return self._vcpu().get_one_reg(reg_id)
-
-    def getOneRegU64(self, reg_id: int) -> int:
-        return self.getOneReg(reg_id) & 0xFFFF_FFFF_FFFF_FFFF
-
-    def getOneRegU32(self, reg_id: int) -> int:
-        return self.getOneReg(reg_id) & 0xFFFF_FFFF
-
-    def setOneRegU64(self, reg_id: int, value: int) -> None:
-        self.setOneReg(reg_id, value & 0xFFFF_FFFF_FFFF_FFFF)
-
-    def setOneRegU32(self, reg_id: int, value: int) -> None:
-        self.setOneReg(reg_id, value & 0xFFFF_FFFF)
-
-    def getAndFormatOneReg(self, reg_id: int) -> str:
-        """A ONE_REG register formatted in hex."""
-        return hex(self.getOneReg(reg_id))
-
-    def getKvmRunState(self) -> Any:
-        """The vCPU's kvm_run structure."""
-        return self._vcpu().kvm_run
-
-    def getGuestData(self, offset: int) -> memoryview:
-        """A view of the run page at ``offset`` (where KVM puts IO data)."""
-        return self._vcpu().run_page[offset:]
-
-    def _vcpu(self) -> Vcpu:
-        if self.vcpu is None:
-            raise SimulationError(f"{self.path()}: the vCPU does not exist yet (before startup)")
-        return self.vcpu
-
-    def syncThreadContext(self) -> None:
-        """Pull the vCPU state into the TC when the vCPU is newer."""
-        if not self.kvmStateDirty:
-            return
-        if self.threadContextDirty:
-            raise SimulationError(f"{self.path()}: both the TC and the vCPU are dirty")
-        self.updateThreadContext()
-        self.kvmStateDirty = False
-
-    def syncKvmState(self) -> None:
-        """Push the TC into the vCPU when the TC is newer."""
-        if not self.threadContextDirty:
-            return
-        if self.kvmStateDirty:
-            raise SimulationError(f"{self.path()}: both the TC and the vCPU are dirty")
-        self.updateKvmState()
-        self.threadContextDirty = False
-
-    def updateKvmState(self) -> None:
-        """Write the TC into the vCPU (architectures implement)."""
-        raise NotImplementedError
-
-    def updateThreadContext(self) -> None:
-        """Read the vCPU into the TC (architectures implement)."""
-        raise NotImplementedError
-
-    def setThreadContext(self, tc: ThreadContext) -> None:
-        """Replace the architectural state (marks the TC dirty)."""
-        if self.kvmStateDirty:
-            self.kvmStateDirty = False
-        self.tc = tc
-        self.threadContextDirty = True
-
-    def dump(self) -> str:
-        """A register dump (gem5 dump()): the TC after syncing when possible."""
-        if self.vcpu is not None and self.kvmStateDirty and not self.threadContextDirty:
-            self.syncThreadContext()
-        return self.tc.dump()
 
     # --------------------------------------------------------- drain/switch
     def drain(self) -> DrainState:
