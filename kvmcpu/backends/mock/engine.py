@@ -265,66 +265,33 @@ class Engine:
         stepped = False
         while True:
             if complete_only:
+                # One instruction, none of the entry checks (kick, budget, injection,
+                # interrupt window) and no debug traps: KVM only finishes the access.
                 if stepped:
                     return ("intr",)
                 stepped = True
-                budget = None
-                had_shadow = st.shadow
-                self.shadow_set = False
+                budget: Optional[int] = None
                 single = True
-                stop[0] = False
-                try:
+            else:
+                if self.kicked:
+                    self.kicked = False
+                    return ("intr", "kick")
+                budget = self.budget
+                if budget is not None and budget <= 0:
+                    return ("intr",)
+                if st.pending_irq is not None or st.nmi_pending or self.pending_exception:
                     try:
-                        fn = self.lookup(True)
-                        n = fn(1)
-                    except GuestFault as f:
-                        n = st.kdone or 0
-                        st.kdone = None
-                        self._retire(n)
-                        deliver_fault(self, f)
-                        continue
-                    except ExitNow as x:
-                        n = st.kdone or 0
-                        st.kdone = None
-                        self._retire(n)
-                        return (x.kind,) + x.args
-                    except Restart:
-                        st.kdone = None
-                        continue
-                except TripleFault:
-                    return ("shutdown",)
-                except Exception as err:  # noqa: BLE001
-                    log.error("mock engine failure at rip=%#x:\n%s", st.rip,
-                              traceback.format_exc())
-                    return ("emulation", self._insn_bytes(), f"internal: {err!r}")
-                self._retire(n)
-                if had_shadow and not self.shadow_set:
-                    st.shadow = 0
-                if stop[0]:
-                    stop[0] = False
-                    ex = self.pending_exit()
-                    if ex is not None:
-                        return ex
-                continue
-            if self.kicked:
-                self.kicked = False
-                return ("intr", "kick")
-            budget = self.budget
-            if budget is not None and budget <= 0:
-                return ("intr",)
-            if st.pending_irq is not None or st.nmi_pending or self.pending_exception:
-                try:
-                    self._inject()
-                except TripleFault:
-                    return ("shutdown",)
-            if window_requested() and self.ready_for_injection():
-                return ("irq_window",)
-            single = bool(st.shadow or st.fl & TF or self.single_step or self.hw_bp
-                          or (budget is not None and budget < MAX_BLOCK))
+                        self._inject()
+                    except TripleFault:
+                        return ("shutdown",)
+                if window_requested() and self.ready_for_injection():
+                    return ("irq_window",)
+                single = bool(st.shadow or st.fl & TF or self.single_step or self.hw_bp
+                              or (budget is not None and budget < MAX_BLOCK))
             had_shadow = st.shadow
             trap_flag = st.fl & TF
             self.shadow_set = False
-            if self.hw_bp:
+            if self.hw_bp and not complete_only:
                 hit = self._check_hw_bp()
                 if hit is not None:
                     return hit
@@ -332,12 +299,13 @@ class Engine:
             try:
                 try:
                     fn = self.lookup(single)
-                    n = fn(budget if budget is not None else 1 << 62)
+                    n = fn(1 if complete_only else
+                           budget if budget is not None else 1 << 62)
                 except GuestFault as f:
                     n = st.kdone or 0
                     st.kdone = None
                     self._retire(n)
-                    if f.vector == BP and self.sw_bp:
+                    if f.vector == BP and self.sw_bp and not complete_only:
                         return ("debug", BP, (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF,
                                 0xFFFF0FF0, st.dr7)
                     deliver_fault(self, f)
@@ -366,6 +334,8 @@ class Engine:
                 ex = self.pending_exit()
                 if ex is not None:
                     return ex
+            if complete_only:
+                continue
             if self.single_step and n:
                 return ("debug", DB, (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF, 0xFFFF4FF0,
                         st.dr7)
