@@ -111,6 +111,8 @@ _KVM_RUN = uapi.KVM_RUN
 _EXIT_IO = int(ExitReason.IO)
 _EXIT_MMIO = int(ExitReason.MMIO)
 _IO_OUT = uapi.KVM_EXIT_IO_OUT
+#: Distinct IO (and MMIO) exits the run closure keeps decoded (see KvmVcpu._make_run).
+_EXIT_CACHE_LIMIT = 4096
 
 
 class KvmVcpu(Vcpu):
@@ -181,6 +183,43 @@ class KvmVcpu(Vcpu):
                 return IntrExit(krun)
             raise KvmIoctlError("KVM_RUN", err, f"vCPU {me.vcpu_id}")
 
+        # Decoded IO/MMIO exits by their fields. An exit is a read-only snapshot of
+        # the fields plus a view of the run page, so two exits with equal fields are
+        # interchangeable: a guest's repeated accesses reuse one object instead of
+        # building a new one per exit (the hot path of every device loop).
+        io_exits: Dict[Tuple[int, int, int, int, int], IoExit] = {}
+        mmio_exits: Dict[Tuple[int, int, int], MmioExit] = {}
+
+        def new_io_exit(key: Tuple[int, int, int, int, int]) -> IoExit:
+            direction, size, port, count, off = key
+            ex = new(IoExit)
+            ex._run = krun
+            ex.reason = _EXIT_IO
+            ex.port = port
+            ex.size = size
+            ex.count = count
+            ex.is_write = direction == _IO_OUT
+            ex.data_offset = off
+            ex.data = page[off : off + size * count]
+            if len(io_exits) >= _EXIT_CACHE_LIMIT:
+                io_exits.clear()
+            io_exits[key] = ex
+            return ex
+
+        def new_mmio_exit(key: Tuple[int, int, int]) -> MmioExit:
+            phys_addr, length, is_write = key
+            mx = new(MmioExit)
+            mx._run = krun
+            mx.reason = _EXIT_MMIO
+            mx.phys_addr = phys_addr
+            mx.len = length
+            mx.is_write = bool(is_write)
+            mx.data = page[_MMIO_DATA : _MMIO_DATA + (length if length < 8 else 8)]
+            if len(mmio_exits) >= _EXIT_CACHE_LIMIT:
+                mmio_exits.clear()
+            mmio_exits[key] = mx
+            return mx
+
         def run() -> Exit:
             """Wraps KVM_RUN and decodes the exit. EINTR gives an IntrExit."""
             nonlocal runner
@@ -191,28 +230,11 @@ class KvmVcpu(Vcpu):
                 return slow_path()
             reason = words[_EXIT_REASON_INDEX]
             if reason == _EXIT_IO:
-                # Same fields as exits.IoExit(run, page), without the ctypes accessors.
-                direction, size, port, count, off = io_unpack(page, _U_OFFSET)
-                ex = new(IoExit)
-                ex._run = krun
-                ex.reason = reason
-                ex.port = port
-                ex.size = size
-                ex.count = count
-                ex.is_write = direction == _IO_OUT
-                ex.data_offset = off
-                ex.data = page[off : off + size * count]
-                return ex
+                key = io_unpack(page, _U_OFFSET)
+                return io_exits.get(key) or new_io_exit(key)
             if reason == _EXIT_MMIO:
-                phys_addr, length, is_write = mmio_unpack(page, _U_OFFSET)
-                mx = new(MmioExit)
-                mx._run = krun
-                mx.reason = reason
-                mx.phys_addr = phys_addr
-                mx.len = length
-                mx.is_write = bool(is_write)
-                mx.data = page[_MMIO_DATA : _MMIO_DATA + (length if length < 8 else 8)]
-                return mx
+                mkey = mmio_unpack(page, _U_OFFSET)
+                return mmio_exits.get(mkey) or new_mmio_exit(mkey)
             return decode(krun, page)
 
         def current_runner() -> int:
@@ -221,6 +243,8 @@ class KvmVcpu(Vcpu):
         def invalidate() -> None:
             nonlocal fd, krun, page, words
             fd = -1
+            io_exits.clear()
+            mmio_exits.clear()
             words.release()
             # The closure keeps the ctypes structure only as a typed placeholder now.
             krun = uapi.kvm_run()

@@ -80,6 +80,10 @@ class BaseKvmTimer(abc.ABC):
         """Simulated ticks -> host cycles."""
         return int(ticks / self.host_factor / TICKS_PER_SECOND * self.host_freq)
 
+    #: True when :meth:`after_run` has work after an entry that was not interrupted
+    #: (the CPU skips the call otherwise).
+    after_every_run = True
+
     def resolution(self) -> int:
         """The shortest quantum (ticks) this timer honours; kvmRun clamps to it."""
         return self._resolution
@@ -139,6 +143,7 @@ class PosixKvmTimer(BaseKvmTimer):
     """
 
     describe = "POSIX timer (CLOCK_MONOTONIC, SIGEV_THREAD_ID)"
+    after_every_run = False  # the deadline stays armed; only EINTR needs after_run
 
     #: An armed deadline is kept when the wanted one is later by at most this share
     #: of the time left before it ...
@@ -183,13 +188,15 @@ class PosixKvmTimer(BaseKvmTimer):
             min_slack = self.min_slack_ns
             if want - armed <= (slack if slack > min_slack else min_slack):
                 return
+        if armed is not None and armed <= now + self.min_quantum_ns:
+            # The old setting is due (or nearly so) outside KVM_RUN: stop it first so
+            # that it cannot fire any more, then drop a signal it already sent (it
+            # would end the next entry at once), then set the new deadline.
+            _ioctl.timer_settime(timer, 0)
+            self.discard_pending()
         _ioctl.timer_settime(timer, want, flags=_ioctl.TIMER_ABSTIME)
         self.rearms += 1
         self.deadline = want
-        if armed is not None and armed <= now:
-            # It fired (or was about to) outside KVM_RUN: the new setting has
-            # replaced it, so whatever is pending now is stale.
-            self.discard_pending()
 
     def disarm(self) -> None:
         if self._timer is not None and self.deadline is not None:
