@@ -73,6 +73,29 @@ def test_fast_decoder_matches_generic_decoder(vm: KvmVm) -> None:
             ex.data[:] = b"\0\0\0\0"
 
 
+def test_identical_exits_reuse_one_decoded_object(vm: KvmVm) -> None:
+    """Repeated OUTs to one port decode to one (equal, read-only) exit object whose
+    data views the run page; an exit with other fields is a different object."""
+    ram, vcpu = setup_real(vm, "out_loop")
+    regs = vcpu.get_regs()
+    regs.rdx, regs.rax = 0x3F8, ord("a")
+    vcpu.set_regs(regs)
+    first = vcpu.run()
+    second = vcpu.run()
+    assert isinstance(first, IoExit) and second is first
+    assert (first.port, first.size, first.count, first.is_write, bytes(first.data)) == (
+        0x3F8, 1, 1, True, b"a")
+    regs = vcpu.get_regs()
+    regs.rax = ord("b")
+    vcpu.set_regs(regs)
+    assert vcpu.run() is first and bytes(first.data) == b"b"  # a view, as documented
+    regs.rdx = 0x80
+    vcpu.set_regs(regs)
+    other = vcpu.run()
+    assert isinstance(other, IoExit) and other is not first and other.port == 0x80
+    assert other != first and vcpu.run() is other
+
+
 def test_long_mode_cpl0_io_program(vm: KvmVm) -> None:
     _, vcpu = setup_long(vm, cpl=0)
     assert drive_io_program(vcpu) == io_sequence("hlt")
