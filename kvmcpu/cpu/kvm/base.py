@@ -433,11 +433,44 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                 next_tick = MAX_TICK
             if serviced and next_tick <= now:
                 break  # another event is due at this tick: it goes first
-            delay = self._tick_run(status, next_tick - now)
-            if delay < 0:
+            # -- Running / RunningServiceCompletion: one entry of at most the time
+            # to the next event (or the quantum).
+            ticks_to_execute = next_tick - now
+            params = self.params
+            quantum = params.quantum
+            if quantum and ticks_to_execute > quantum:
+                ticks_to_execute = quantum
+            if self.threadContextDirty:
+                self.syncKvmState()
+            timer = self.run_timer
+            draining = self.drain_state is _Draining
+            if draining:
+                half = True
+                delay = self.kvmRunDrain()
+            elif (status is _RunningServiceCompletion and timer is not None
+                  and ticks_to_execute < timer._resolution):
+                half = True
+                delay = self.kvmRun(0)
+            else:
+                half = False
+                delay = self.kvmRun(ticks_to_execute)
+            if self.status is _Idle:
                 return  # suspended before entering
-            status = self.status
-            if status is _Idle:
+            self.kvmStateDirty = True
+            if params.alwaysSyncTC:
+                self.syncThreadContext()
+            if type(self.last_exit) is IntrExit:
+                status = self.status = _Running
+                if (not half and delay < ticks_to_execute and timer is not None
+                        and ticks_to_execute - delay < timer._resolution):
+                    # The run timer expired (within its resolution): land on the event
+                    # it was armed for. Any other INTR (a kick, a stray signal, a timer
+                    # that fired early) keeps the time the guest really ran.
+                    delay = ticks_to_execute
+            else:
+                status = self.status = _RunningService
+            if draining and self.try_drain():
+                self.status = _Idle
                 return
             # The tick that follows: the clock edge ``delay`` ticks from now, rounded up
             # (clock_edge(ticks_to_cycles(delay)) with the cached edge when it is current).
@@ -465,47 +498,6 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                 eq.schedule(self.tick_event, self.clock_edge(-(-delay // period)))
             else:
                 eq.schedule(self.tick_event, self.clock_edge())
-
-    def _tick_run(self, status: Status, ticks_to_execute: int) -> int:
-        """The Running / RunningServiceCompletion step: one entry of at most
-        ``ticks_to_execute`` (the time to the next event). Returns the delay of the
-        next tick, or -1 when the CPU was suspended before entering."""
-        params = self.params
-        quantum = params.quantum
-        if quantum and ticks_to_execute > quantum:
-            ticks_to_execute = quantum
-        if self.threadContextDirty:
-            self.syncKvmState()
-        timer = self.run_timer
-        draining = self.drain_state is _Draining
-        if draining:
-            half = True
-            delay = self.kvmRunDrain()
-        elif (status is _RunningServiceCompletion and timer is not None
-              and ticks_to_execute < timer._resolution):
-            half = True
-            delay = self.kvmRun(0)
-        else:
-            half = False
-            delay = self.kvmRun(ticks_to_execute)
-        if self.status is _Idle:
-            return -1
-        self.kvmStateDirty = True
-        if params.alwaysSyncTC:
-            self.syncThreadContext()
-        if type(self.last_exit) is IntrExit:
-            self.status = _Running
-            if (not half and delay < ticks_to_execute and timer is not None
-                    and ticks_to_execute - delay < timer._resolution):
-                # The run timer expired (within its resolution): land on the event
-                # it was armed for. Any other INTR (a kick, a stray signal, a timer
-                # that fired early) keeps the time the guest really ran.
-                delay = ticks_to_execute
-        else:
-            self.status = _RunningService
-        if draining and self.try_drain():
-            self.status = _Idle
-        return delay
 
     def try_drain(self) -> bool:
         """Signal drain done when draining and at a safe point (gem5 tryDrain)."""
