@@ -18,7 +18,7 @@ from .backends import get_backend
 from .backends.base import Backend
 from .cpu.kvm.base import BaseKvmCPUParams
 from .cpu.kvm.perfevent import HostClockCounters, MockCounters, PerfCounters
-from .cpu.kvm.timer import BudgetKvmTimer, PosixKvmTimer
+from .cpu.kvm.timer import BudgetKvmTimer, PosixKvmTimer, measure_min_quantum_ns
 from .errors import BackendUnavailableError, KvmIoctlError
 from .uapi import Cap
 
@@ -127,10 +127,22 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
         msrs = backend.get_msr_index_list()
         facts["msr_count"] = len(msrs)
         facts["msr_feature_count"] = len(backend.get_msr_feature_index_list())
+        if facts.get("backend") == "kvm":
+            facts["run_timer_floor"] = run_timer_floor(backend)
     facts["perf_counters"] = probe_perf_counters()
     facts["cpu_timing"] = cpu_timing(str(facts.get("backend")), facts["perf_counters"])
     facts["host"] = host_notes()
     return facts
+
+
+def run_timer_floor(backend: Backend) -> str:
+    """The shortest run-timer quantum this host honours (measured, see
+    :func:`~kvmcpu.cpu.kvm.timer.measure_min_quantum_ns`), or why it could not be."""
+    try:
+        ns = measure_min_quantum_ns(backend)
+    except (KvmIoctlError, RuntimeError) as err:
+        return f"not measured: {err}"
+    return f"{ns / 1000:g} us (measured: shorter quanta give the guest under half their time)"
 
 
 def cpu_timing(backend_name: str, perf: Dict[str, Any]) -> Dict[str, str]:
@@ -188,6 +200,8 @@ def format_text(facts: Dict[str, Any]) -> str:
     if timing:
         lines.append(f"CPU counters:   {timing.get('counters')}")
         lines.append(f"run timer:      {timing.get('run_timer')}")
+    if "run_timer_floor" in facts:
+        lines.append(f"timer floor:    {facts['run_timer_floor']}")
     lines.append("capabilities:")
     for name, value in facts.get("capabilities", {}).items():
         lines.append(f"  {name:34s} {value}")

@@ -155,6 +155,72 @@ def test_run_timer_resolution_clamps_short_runs_on_kvm(make_rig: Any, mocker: An
     assert arm.call_args_list[0].args == (100_000_000,)
 
 
+def test_the_default_quantum_floor_is_measured_once_per_process(make_rig: Any,
+                                                                mocker: Any) -> None:
+    """minQuantumNs=0 (the default): the timer's floor is what measure_min_quantum_ns
+    found on this host, one of the tried quanta and never below the clock's resolution;
+    the measurement is cached, and an explicit minQuantumNs skips it."""
+    from kvmcpu.cpu.kvm import timer as timer_module
+
+    rig = make_rig("kvm", "spin").start()
+    timer = rig.cpu.run_timer
+    assert isinstance(timer, PosixKvmTimer)
+    measured = timer_module.measure_min_quantum_ns(rig.vm.backend)
+    assert timer.min_quantum_ns == measured
+    assert measured in timer_module.CALIBRATION_QUANTA_NS or measured == (
+        timer_module.clock_getres_ns(timer.clock))
+    assert timer.resolution() == timer.ticks_from_host_ns(measured)
+    spy = mocker.spy(timer_module.PosixKvmTimer, "arm")
+    assert timer_module.measure_min_quantum_ns(rig.vm.backend) == measured  # cached: no runs
+    assert spy.call_count == 0
+    measure = mocker.patch.object(timer_module, "measure_min_quantum_ns")
+    mocker.patch("kvmcpu.cpu.kvm.base.measure_min_quantum_ns", measure)
+    other = make_rig("kvm", "spin", minQuantumNs=70_000).start()
+    assert other.cpu.run_timer.min_quantum_ns == 70_000
+    measure.assert_not_called()
+
+
+def test_the_measured_floor_separates_dead_entries_from_useful_ones(make_rig: Any) -> None:
+    """The calibration's own criterion, re-checked: at the measured quantum a
+    counting guest gets a real share of the work of a long run, while at 5 us (below
+    what an interrupted entry costs on a nested host) it gets less."""
+    from kvmcpu.cpu.kvm import timer as timer_module
+
+    rig = make_rig("kvm", "spin").start()
+    measured = timer_module.measure_min_quantum_ns(rig.vm.backend)
+    backend = rig.vm.backend
+    with backend.create_vm() as vm:
+        ram = vm.add_ram(0, 0x10000)
+        ram[0x1000:0x1005] = bytes.fromhex("48ffc0ebfb")
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_long_mode(rip=0x1000, cpl=3)
+        timer = PosixKvmTimer(min_quantum_ns=1)
+        try:
+            vcpu.set_signal_mask(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) - {
+                timer.signo})
+
+            def work(ns: int) -> int:
+                regs = vcpu.get_regs()
+                regs.rax = 0
+                vcpu.set_regs(regs)
+                timer.disarm()
+                timer.discard_pending()
+                timer.arm(ns * 1000)
+                ex = vcpu.run()
+                assert isinstance(ex, IntrExit)
+                timer.after_run(True)
+                return int(vcpu.get_regs().rax)
+
+            per_ns = max(work(1_000_000) for _ in range(3)) / 1_000_000
+            at_floor = max(work(measured) for _ in range(5)) / (per_ns * measured)
+            tiny = min(work(5_000) for _ in range(5)) / (per_ns * 5_000)
+        finally:
+            timer.close()
+    assert at_floor > 0.2
+    if measured > 5_000:  # a host whose entries are that cheap has nothing to compare
+        assert tiny < at_floor
+
+
 def test_hello_through_system_prints_and_exits() -> None:
     """The Multiboot hello kernel (long mode, UART polling, fw_cfg, debug-exit)."""
     from kvmcpu.system import System

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def test_info_on_kvm_text_and_json() -> None:
     proc = _run("info", "--backend", "kvm")
     assert proc.returncode == 0, proc.stderr
     assert "backend:        kvm" in proc.stdout and "KVM_CAP_IMMEDIATE_EXIT" in proc.stdout
+    floor = re.search(r"^timer floor: +([0-9.]+) us \(measured", proc.stdout, re.M)
+    assert floor is not None and float(floor.group(1)) > 0, proc.stdout
     proc = _run("info", "--backend", "kvm", "--json")
     facts = json.loads(proc.stdout)
     assert facts["backend"] == "kvm" and facts["api_version"] == 12

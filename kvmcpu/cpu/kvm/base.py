@@ -62,11 +62,11 @@ from .perfevent import CounterSource, HostClockCounters, choose_counters
 from .state_access import KvmStateAccess
 from .timer import (
     _TICKS_PER_NS,
-    DEFAULT_MIN_QUANTUM_NS,
     BaseKvmTimer,
     BudgetKvmTimer,
     PerfKvmTimer,
     PosixKvmTimer,
+    measure_min_quantum_ns,
 )
 from .vm import KvmVM
 
@@ -144,9 +144,9 @@ class BaseKvmCPUParams(ClockedObjectParams):
     hostFactor: float = param(1.0, "simulated time per host time", check=lambda v: v > 0)
     quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
                          check=lambda v: v >= 0)
-    minQuantumNs: int = param(DEFAULT_MIN_QUANTUM_NS,
-                              "shortest run-timer quantum honoured on real KVM (host ns)",
-                              check=lambda v: v > 0)
+    minQuantumNs: int = param(0, "shortest run-timer quantum on real KVM in host ns (0: measure "
+                                 "the shortest one this host honours, once per process)",
+                              check=lambda v: v >= 0)
 
 
 class KvmCPUStats:
@@ -276,16 +276,17 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         p = self.params
         if hasattr(vcpu, "set_budget"):
             return BudgetKvmTimer(vcpu, self.clock_period())
+        min_quantum_ns = p.minQuantumNs or measure_min_quantum_ns(self.vm.backend)
         if p.usePerfOverflow:
             for hardware in (True, False):
                 try:
                     return PerfKvmTimer(hardware=hardware, host_factor=p.hostFactor,
-                                        host_freq=p.hostFreq, min_quantum_ns=p.minQuantumNs)
+                                        host_freq=p.hostFreq, min_quantum_ns=min_quantum_ns)
                 except OSError as err:
                     log.info("%s: perf overflow timer (hardware=%s) unavailable: %s",
                              self.path(), hardware, err)
         return PosixKvmTimer(host_factor=p.hostFactor, host_freq=p.hostFreq,
-                             min_quantum_ns=p.minQuantumNs)
+                             min_quantum_ns=min_quantum_ns)
 
     def startup_thread(self) -> None:
         """Thread-specific set-up: let the timer signal through KVM_RUN only."""

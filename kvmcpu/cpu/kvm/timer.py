@@ -24,22 +24,31 @@ import abc
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from ... import _ioctl, uapi
+from ...backends.exits import IntrExit
 from ...errors import KvmIoctlError
 from ...sim.eventq import TICKS_PER_SECOND
+
+log = logging.getLogger("kvmcpu.cpu.kvm")
 
 #: The run timer's signal (gem5's KVM_KICK_SIGNAL is SIGRTMIN too).
 TIMER_SIGNAL: int = int(signal.SIGRTMIN)
 
-#: Default lower bound of a run quantum on real KVM. Interrupted entries cost
-#: roughly 30 µs on a nested host, so shorter quanta are not honoured anyway.
-DEFAULT_MIN_QUANTUM_NS = 50_000
+#: Quanta the calibration tries (host ns), shortest first.
+CALIBRATION_QUANTA_NS = (5_000, 10_000, 20_000, 30_000, 50_000, 70_000, 100_000, 150_000,
+                         200_000, 300_000, 500_000)
+#: The run that measures the guest's speed (host ns).
+CALIBRATION_REFERENCE_NS = 500_000
+#: A quantum is honoured when the guest gets at least this share of the work it does
+#: in that much time during a long run.
+CALIBRATION_PROGRESS = 0.5
 
 #: Ticks per host nanosecond (an int, as ``TICKS_PER_SECOND // 10**9`` everywhere here).
 _TICKS_PER_NS: int = TICKS_PER_SECOND // 10**9
@@ -139,7 +148,8 @@ class PosixKvmTimer(BaseKvmTimer):
         signo: the signal (default SIGRTMIN); the constructor blocks it in the
             calling thread.
         clock: CLOCK_MONOTONIC (default) or another clock id.
-        min_quantum_ns: the measured floor of a useful quantum on this host.
+        min_quantum_ns: the shortest quantum worth asking for on this host (see
+            :func:`measure_min_quantum_ns`); 0: only the clock's resolution.
     """
 
     describe = "POSIX timer (CLOCK_MONOTONIC, SIGEV_THREAD_ID)"
@@ -153,7 +163,7 @@ class PosixKvmTimer(BaseKvmTimer):
 
     def __init__(self, signo: int = TIMER_SIGNAL, clock: int = _ioctl.CLOCK_MONOTONIC,
                  host_factor: float = 1.0, host_freq: float = 2e9,
-                 min_quantum_ns: int = DEFAULT_MIN_QUANTUM_NS) -> None:
+                 min_quantum_ns: int = 0) -> None:
         super().__init__(host_factor, host_freq)
         self.signo = signo
         self.clock = clock
@@ -257,7 +267,7 @@ class PerfKvmTimer(BaseKvmTimer):
     """
 
     def __init__(self, *, hardware: bool, signo: int = TIMER_SIGNAL, host_factor: float = 1.0,
-                 host_freq: float = 2e9, min_quantum_ns: int = DEFAULT_MIN_QUANTUM_NS) -> None:
+                 host_freq: float = 2e9, min_quantum_ns: int = 0) -> None:
         super().__init__(host_factor, host_freq)
         self.signo = signo
         self.hardware = hardware
@@ -284,7 +294,7 @@ class PerfKvmTimer(BaseKvmTimer):
             os.close(self.fd)
             self.fd = None
             raise
-        self.min_quantum_ns = int(min_quantum_ns)
+        self.min_quantum_ns = max(1, int(min_quantum_ns))
         self._resolution = self.ticks_from_host_ns(self.min_quantum_ns)
         self.describe = (
             "perf overflow timer (hardware cycles, exclude_host)" if hardware
@@ -351,3 +361,77 @@ class BudgetKvmTimer(BaseKvmTimer):
 def clock_getres_ns(clock: int) -> int:
     """clock_getres(2) in nanoseconds."""
     return max(1, int(round(time.clock_getres(clock) * 1e9)))
+
+
+# ---------------------------------------------------------------------------
+# The shortest useful quantum, measured
+# ---------------------------------------------------------------------------
+#: 64-bit code of the calibration guest: ``1: inc rax; jmp 1b``.
+_COUNTING_GUEST = bytes.fromhex("48ffc0ebfb")
+_calibrated: Dict[int, int] = {}
+_calibration_lock = threading.Lock()
+
+
+def measure_min_quantum_ns(backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
+                           signo: int = TIMER_SIGNAL) -> int:
+    """The shortest run quantum (host ns) this host honours with a POSIX run timer.
+
+    An entry that the timer ends costs the time of a KVM exit and a signal, which on
+    a nested host is tens of microseconds: a quantum shorter than that ends before
+    the guest has done the work the quantum stands for. The measurement runs a
+    counting guest (``inc rax; jmp``, 64-bit user mode, which runs natively
+    everywhere) in a throw-away VM of ``backend``: one long run gives the guest's
+    speed, then each of :data:`CALIBRATION_QUANTA_NS` is tried (median of three
+    runs) and the first one where the guest does at least
+    :data:`CALIBRATION_PROGRESS` of the work it does in that time during the long
+    run is the answer, never below the clock's resolution. Done once per process
+    and clock (a few milliseconds), then cached.
+
+    Raises:
+        KvmIoctlError: the throw-away VM could not be built or run.
+        RuntimeError: the guest made no progress in the reference run.
+    """
+    with _calibration_lock:
+        cached = _calibrated.get(clock)
+        if cached is not None:
+            return cached
+        floor = clock_getres_ns(clock)
+        with backend.create_vm() as vm:
+            ram = vm.add_ram(0, 0x10000)
+            ram[0x1000 : 0x1000 + len(_COUNTING_GUEST)] = _COUNTING_GUEST
+            vcpu = vm.create_vcpu(0)
+            vcpu.set_long_mode(rip=0x1000, cpl=3)
+            timer = PosixKvmTimer(signo=signo, clock=clock, min_quantum_ns=1)
+            try:
+                vcpu.set_signal_mask(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) - {signo})
+
+                def work_in(ns: int) -> int:
+                    regs = vcpu.get_regs()
+                    regs.rax = 0
+                    vcpu.set_regs(regs)
+                    timer.disarm()
+                    timer.discard_pending()
+                    timer.arm(max(1, int(ns * timer.host_factor * _TICKS_PER_NS)))
+                    ex = vcpu.run()
+                    timer.after_run(isinstance(ex, IntrExit))
+                    return int(vcpu.get_regs().rax)
+
+                reference = sorted(work_in(CALIBRATION_REFERENCE_NS) for _ in range(3))[1]
+                if reference <= 0:
+                    raise RuntimeError("the calibration guest made no progress in "
+                                       f"{CALIBRATION_REFERENCE_NS} ns")
+                per_ns = reference / CALIBRATION_REFERENCE_NS
+                found = CALIBRATION_QUANTA_NS[-1]
+                for quantum in CALIBRATION_QUANTA_NS:
+                    done = sorted(work_in(quantum) for _ in range(3))[1]
+                    if done >= CALIBRATION_PROGRESS * per_ns * quantum:
+                        found = quantum
+                        break
+                else:
+                    log.warning("no quantum up to %d ns was honoured; using it as the floor",
+                                found)
+            finally:
+                timer.close()
+        result = max(floor, found)
+        _calibrated[clock] = result
+        return result

@@ -30,7 +30,7 @@ BOOL_CAPS = {
 # ---------------------------------------------------------------------------- params
 @pytest.mark.parametrize("name,value", [
     ("hostFreq", 0), ("hostFreq", -1e9), ("hostFreq", "fast"), ("hostFactor", 0.0),
-    ("quantum", -1), ("cpu_id", -2), ("minQuantumNs", 0), ("usePerf", 1),
+    ("quantum", -1), ("cpu_id", -2), ("minQuantumNs", -1), ("usePerf", 1),
 ])
 def test_bad_parameters_are_config_errors_naming_them(make_rig: Callable[..., CpuRig],
                                                       name: str, value: Any) -> None:
