@@ -29,7 +29,14 @@ from ...backends import modes
 from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
 from ...errors import KvmIoctlError
 from ...sim.simobject import DrainState
-from ..thread import MSR_IA32_TSC, CpuidEntry, Segment, ThreadContext
+from ..thread import (
+    MSR_IA32_TSC,
+    CpuidEntry,
+    DescriptorTable,
+    Segment,
+    ThreadContext,
+    VcpuEvents,
+)
 from .base import BaseKvmCPU
 
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
@@ -77,6 +84,7 @@ class X86KvmCPU(BaseKvmCPU):
         self.cpuid_vendor = cpuid_vendor
         self.cpuid_overrides = dict(cpuid_overrides or {})
         self.pending_nmi = False
+        self._wait_for_sipi = False
         self._cpuid_applied: Optional[List[CpuidEntry]] = None
         self._msr_list: Optional[List[int]] = None
         self._use_xsave = False
@@ -258,6 +266,85 @@ class X86KvmCPU(BaseKvmCPU):
         self.pending_nmi = True
         self.wakeup()
 
+    # ------------------------------------------------------------ INIT / SIPI
+    @property
+    def wait_for_sipi(self) -> bool:
+        """True after an INIT, until a STARTUP IPI starts the thread again."""
+        return self._wait_for_sipi
+
+    def post_init(self) -> None:
+        """Deliver an INIT, as gem5's X86KvmCPU does for an InitInterrupt.
+
+        The thread takes the INIT state of the Intel SDM (vol. 3, table 9-1):
+        real mode at F000:FFF0 with CS.base 0xFFFF0000, the general registers
+        cleared but EDX = the CPUID signature, CR0 = ET (CD and NW kept), CR2-4,
+        CR8 and EFER cleared, GDTR/IDTR at 0 with limit 0xFFFF, DR0-3 cleared and
+        DR6/DR7 at their reset values, pending events dropped; x87/SSE state, the
+        other MSRs and the TSC are kept. Then, for want of firmware, the thread
+        waits for a SIPI (suspended, interrupts do not wake it; mp_state
+        INIT_RECEIVED in the thread context, which checkpoints carry). KVM's
+        in-kernel local APIC would do the same for a multiprocessor guest; this
+        is the user-space path every backend supports.
+        """
+        self.syncThreadContext()
+        tc = self.tc
+        signature = next((e.eax for e in tc.cpuid if e.function == 1 and e.index == 0), 0x600)
+        for name in ("rax", "rbx", "rcx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
+                     "r11", "r12", "r13", "r14", "r15"):
+            setattr(tc, name, 0)
+        tc.rdx = signature
+        tc.rip = 0xFFF0
+        tc.rflags = 0x2
+        tc.cr0 = modes.CR0_ET | (tc.cr0 & 0x60000000)  # CD and NW are kept
+        tc.cr2 = tc.cr3 = tc.cr4 = tc.cr8 = tc.efer = 0
+        tc.cs = Segment(base=0xFFFF0000, limit=0xFFFF, selector=0xF000, type=0xB)
+        for name in ("ds", "es", "fs", "gs", "ss"):
+            setattr(tc, name, Segment(base=0, limit=0xFFFF, selector=0, type=0x3))
+        tc.ldt = Segment(base=0, limit=0xFFFF, selector=0, type=0x2, s=0)
+        tc.tr = Segment(base=0, limit=0xFFFF, selector=0, type=0xB, s=0)
+        tc.gdt = DescriptorTable(base=0, limit=0xFFFF)
+        tc.idt = DescriptorTable(base=0, limit=0xFFFF)
+        tc.debug_db = (0, 0, 0, 0)
+        tc.dr6, tc.dr7 = 0xFFFF0FF0, 0x400
+        tc.events = VcpuEvents()
+        tc.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
+        self.pending_nmi = False
+        self.threadContextDirty = True
+        self.kvmStateDirty = False
+        self._wait_for_sipi = True
+        self.suspendContext()
+
+    def post_sipi(self, vector: int) -> None:
+        """Deliver a STARTUP IPI: a thread waiting after INIT starts in real mode at
+        ``vector`` * 4 KiB (CS = vector << 8, IP = 0). As on hardware, a SIPI that
+        finds the thread not waiting for one is ignored.
+
+        Raises:
+            ValueError: ``vector`` is not 0-255.
+        """
+        if not 0 <= vector <= 0xFF:
+            raise ValueError(f"SIPI vector must be 0-255, got {vector}")
+        if not self._wait_for_sipi:
+            log.debug("%s: SIPI %#x ignored (not waiting for one)", self.path(), vector)
+            return
+        tc = self.tc
+        tc.cs = Segment(base=vector << 12, limit=0xFFFF, selector=vector << 8, type=0xB)
+        tc.rip = 0
+        tc.mp_state = uapi.KVM_MP_STATE_RUNNABLE
+        self.threadContextDirty = True
+        self._wait_for_sipi = False
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        """As the base, except that a thread waiting for a SIPI stays asleep."""
+        if self._wait_for_sipi:
+            return
+        super().wakeup()
+
+    def unserializeThread(self, cp: Any) -> None:
+        super().unserializeThread(cp)
+        self._wait_for_sipi = self.tc.mp_state == uapi.KVM_MP_STATE_INIT_RECEIVED
+
     def archIsDrained(self) -> bool:
         """Drained only when no exception, interrupt or NMI is injected or pending."""
         vcpu = self.vcpu
@@ -282,6 +369,7 @@ class X86KvmCPU(BaseKvmCPU):
         if self.interrupts is None:
             self.interrupts = getattr(old, "interrupts", None)
         self.pending_nmi = bool(getattr(old, "pending_nmi", False))
+        self._wait_for_sipi = bool(getattr(old, "_wait_for_sipi", False))
 
     # ------------------------------------------------------------ m5ops
     def m5op_args(self, n: int) -> List[int]:
