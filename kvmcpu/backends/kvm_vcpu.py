@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import signal
 import struct
@@ -35,6 +36,7 @@ from typing import (
     Iterable,
     List,
     Mapping,
+    Optional,
     Sequence,
     Tuple,
     Union,
@@ -122,8 +124,11 @@ class KvmVcpu(Vcpu):
     and the decoder pre-bound (the exit round trip is the hot path). It has the
     same behaviour as ``KvmVcpu.run(vcpu)``; after close() it raises ClosedError.
 
-    The run page is unmapped on close(): ``kvm_run``, ``run_page`` and the
-    ``data`` views of exits returned earlier must not be used afterwards.
+    The run page is a Python ``mmap`` object, so that every view of it keeps it
+    mapped: close() unmaps it at once when nothing else refers to it, and
+    otherwise when the last view (an exit returned earlier, a structure made with
+    ``from_buffer(run_page)``) goes away. Exits read after close() show the page
+    as the vCPU left it; they never point into unmapped memory.
     """
 
     vm: KvmVm
@@ -132,11 +137,14 @@ class KvmVcpu(Vcpu):
         super().__init__(vm, vcpu_id)
         self.fd = fd
         self.mmap_size = mmap_size
-        self._map_addr = _ioctl.mmap_fd(fd, mmap_size, name="mmap vcpu")
-        # Lifetime: kvm_run and run_page view the mapping; _close_vcpu drops both
-        # (releasing run_page) before munmap.
-        self.kvm_run = uapi.kvm_run.from_address(self._map_addr)
-        self.run_page = exits.run_page_view(self.kvm_run, mmap_size)
+        try:
+            self._mm: Optional[mmap.mmap] = mmap.mmap(
+                fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as err:
+            raise KvmIoctlError("mmap vcpu", err.errno or errno.EINVAL) from err
+        # kvm_run and run_page are exports of the mapping (see the class docstring).
+        self.kvm_run = uapi.kvm_run.from_buffer(self._mm)
+        self.run_page = memoryview(self._mm)
         ring_pages = vm.check_extension(Cap.COALESCED_MMIO)
         ring_offset = uapi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE
         self._ring_offset: int | None = (
@@ -529,21 +537,22 @@ class KvmVcpu(Vcpu):
 
     # -- lifetime -----------------------------------------------------------------------
     def _close_vcpu(self) -> None:
-        """Drop every view of the run mapping, munmap it, close the fd."""
+        """Drop this object's views of the run mapping, close the mapping (now, or when
+        the last view held elsewhere goes: see the class docstring), close the fd."""
         with self._kick_lock:
             self._invalidate()
             setattr(self, "run", _closed_run)  # noqa: B010
+            del self.kvm_run
             try:
                 self.run_page.release()
             except BufferError:
-                # A ctypes object made with from_buffer(run_page) is alive: unmapping
-                # now would leave it dangling, so keep the mapping (leaked) instead.
-                os.close(self.fd)
-                self.fd = -1
-                return
-            del self.kvm_run
-            _ioctl.munmap(self._map_addr, self.mmap_size)
-            self._map_addr = 0
+                pass  # something made a buffer of run_page itself: it keeps the mapping
+            mm, self._mm = self._mm, None
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # views are alive: the mapping goes with the last of them
             os.close(self.fd)
             self.fd = -1
 

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from kvmcpu.backends import IntrExit, get_backend
+from guests import load_guest
+from kvmcpu.backends import IntrExit, IoExit, get_backend
 from kvmcpu.backends.kvm import KvmBackend, KvmVm
 from kvmcpu.errors import KvmIoctlError
 from kvmcpu.hostmem import HostMemory
@@ -98,3 +99,34 @@ def test_no_leaks_over_1000_cycles() -> None:
     assert _fd_count() == fds
     # Python's allocator may add an arena or two; a leaked run page per cycle would be 1000.
     assert _maps_lines() - maps < 10
+
+
+def _vcpu_mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "kvm-vcpu" in line)
+
+
+def test_an_exit_outlives_its_closed_vcpu_without_dangling() -> None:
+    """Exits view the run page; after close() the page stays mapped for as long as
+    such a view lives (reading it shows the last exit), and goes with the last one."""
+    gc.collect()
+    before, fds = _vcpu_mappings(), _fd_count()
+    with get_backend("kvm") as kvm, kvm.create_vm() as vm:
+        ram = vm.add_ram(0, 0x10000)
+        ram[0x1000:0x1003] = load_guest("out_loop")
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_real_mode(cs=0, ip=0x1000)
+        regs = vcpu.get_regs()
+        regs.rdx, regs.rax = 0x3F8, ord("z")
+        vcpu.set_regs(regs)
+        ex = vcpu.run()
+        assert isinstance(ex, IoExit)
+        vcpu.close()
+        assert _vcpu_mappings() == before + 1  # kept for ex.data
+    assert bytes(ex.data) == b"z" and ex.port == 0x3F8
+    with pytest.raises(ValueError):
+        vcpu.run_page[0]  # the vCPU's own view is released
+    del ex
+    gc.collect()
+    assert _vcpu_mappings() == before
+    assert _fd_count() == fds
