@@ -82,7 +82,7 @@ class HostMemory:
         self.view[key] = value
 
     def close(self) -> None:
-        """Unmap. Idempotent. Views handed out earlier must not be used afterwards."""
+        """Unmap. Idempotent. A view handed out earlier keeps the mapping until it goes."""
         if self._mm is None:
             return
         try:
