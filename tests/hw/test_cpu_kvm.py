@@ -188,34 +188,10 @@ def test_the_measured_floor_separates_dead_entries_from_useful_ones(make_rig: An
 
     rig = make_rig("kvm", "spin").start()
     measured = timer_module.measure_min_quantum_ns(rig.vm.backend)
-    backend = rig.vm.backend
-    with backend.create_vm() as vm:
-        ram = vm.add_ram(0, 0x10000)
-        ram[0x1000:0x1005] = bytes.fromhex("48ffc0ebfb")
-        vcpu = vm.create_vcpu(0)
-        vcpu.set_long_mode(rip=0x1000, cpl=3)
-        timer = PosixKvmTimer(min_quantum_ns=1)
-        try:
-            vcpu.set_signal_mask(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) - {
-                timer.signo})
-
-            def work(ns: int) -> int:
-                regs = vcpu.get_regs()
-                regs.rax = 0
-                vcpu.set_regs(regs)
-                timer.disarm()
-                timer.discard_pending()
-                timer.arm(ns * 1000)
-                ex = vcpu.run()
-                assert isinstance(ex, IntrExit)
-                timer.after_run(True)
-                return int(vcpu.get_regs().rax)
-
-            per_ns = max(work(1_000_000) for _ in range(3)) / 1_000_000
-            at_floor = max(work(measured) for _ in range(5)) / (per_ns * measured)
-            tiny = min(work(5_000) for _ in range(5)) / (per_ns * 5_000)
-        finally:
-            timer.close()
+    with timer_module.CountingGuest(rig.vm.backend) as guest:
+        per_ns = max(guest.work(1_000_000) for _ in range(3)) / 1_000_000
+        at_floor = max(guest.work(measured) for _ in range(5)) / (per_ns * measured)
+        tiny = min(guest.work(5_000) for _ in range(5)) / (per_ns * 5_000)
     assert at_floor > 0.2
     if measured > 5_000:  # a host whose entries are that cheap has nothing to compare
         assert tiny < at_floor

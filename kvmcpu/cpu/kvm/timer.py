@@ -372,20 +372,69 @@ _calibrated: Dict[int, int] = {}
 _calibration_lock = threading.Lock()
 
 
+class CountingGuest:
+    """A throw-away VM of ``backend`` whose one vCPU counts (``inc rax; jmp``, 64-bit
+    user mode, which runs natively everywhere) under its own POSIX run timer:
+    :meth:`work` is how far it counts in one entry armed for a quantum. Create and
+    use it in one thread (the timer signals that thread)."""
+
+    def __init__(self, backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
+                 signo: int = TIMER_SIGNAL) -> None:
+        self.vm = backend.create_vm()
+        self.timer: Optional[PosixKvmTimer] = None
+        try:
+            ram = self.vm.add_ram(0, 0x10000)
+            ram[0x1000 : 0x1000 + len(_COUNTING_GUEST)] = _COUNTING_GUEST
+            self.vcpu = self.vm.create_vcpu(0)
+            self.vcpu.set_long_mode(rip=0x1000, cpl=3)
+            self.timer = PosixKvmTimer(signo=signo, clock=clock, min_quantum_ns=1)
+            blocked = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            self.vcpu.set_signal_mask(blocked - {signo})
+        except BaseException:
+            self.close()
+            raise
+
+    def work(self, ns: int) -> int:
+        """Counts done in one entry with the timer armed ``ns`` host ns ahead."""
+        vcpu, timer = self.vcpu, self.timer
+        if timer is None:
+            raise KvmIoctlError("timer_settime", errno.EBADF, "the counting guest is closed")
+        regs = vcpu.get_regs()
+        regs.rax = 0
+        vcpu.set_regs(regs)
+        timer.disarm()
+        timer.discard_pending()
+        timer.arm(max(1, int(ns * timer.host_factor * _TICKS_PER_NS)))
+        ex = vcpu.run()
+        timer.after_run(isinstance(ex, IntrExit))
+        return int(vcpu.get_regs().rax)
+
+    def close(self) -> None:
+        """Release the timer and the VM. Idempotent."""
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        self.vm.close()
+
+    def __enter__(self) -> CountingGuest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def measure_min_quantum_ns(backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
                            signo: int = TIMER_SIGNAL) -> int:
     """The shortest run quantum (host ns) this host honours with a POSIX run timer.
 
     An entry that the timer ends costs the time of a KVM exit and a signal, which on
     a nested host is tens of microseconds: a quantum shorter than that ends before
-    the guest has done the work the quantum stands for. The measurement runs a
-    counting guest (``inc rax; jmp``, 64-bit user mode, which runs natively
-    everywhere) in a throw-away VM of ``backend``: one long run gives the guest's
-    speed, then each of :data:`CALIBRATION_QUANTA_NS` is tried (median of three
-    runs) and the first one where the guest does at least
-    :data:`CALIBRATION_PROGRESS` of the work it does in that time during the long
-    run is the answer, never below the clock's resolution. Done once per process
-    and clock (a few milliseconds), then cached.
+    the guest has done the work the quantum stands for. The measurement uses a
+    :class:`CountingGuest`: one long run gives the guest's speed, then each of
+    :data:`CALIBRATION_QUANTA_NS` is tried (median of three runs) and the first one
+    where the guest does at least :data:`CALIBRATION_PROGRESS` of the work it does
+    in that time during the long run is the answer, never below the clock's
+    resolution. Done once per process and clock (a few milliseconds), then cached.
 
     Raises:
         KvmIoctlError: the throw-away VM could not be built or run.
@@ -396,42 +445,21 @@ def measure_min_quantum_ns(backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
         if cached is not None:
             return cached
         floor = clock_getres_ns(clock)
-        with backend.create_vm() as vm:
-            ram = vm.add_ram(0, 0x10000)
-            ram[0x1000 : 0x1000 + len(_COUNTING_GUEST)] = _COUNTING_GUEST
-            vcpu = vm.create_vcpu(0)
-            vcpu.set_long_mode(rip=0x1000, cpl=3)
-            timer = PosixKvmTimer(signo=signo, clock=clock, min_quantum_ns=1)
-            try:
-                vcpu.set_signal_mask(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) - {signo})
-
-                def work_in(ns: int) -> int:
-                    regs = vcpu.get_regs()
-                    regs.rax = 0
-                    vcpu.set_regs(regs)
-                    timer.disarm()
-                    timer.discard_pending()
-                    timer.arm(max(1, int(ns * timer.host_factor * _TICKS_PER_NS)))
-                    ex = vcpu.run()
-                    timer.after_run(isinstance(ex, IntrExit))
-                    return int(vcpu.get_regs().rax)
-
-                reference = sorted(work_in(CALIBRATION_REFERENCE_NS) for _ in range(3))[1]
-                if reference <= 0:
-                    raise RuntimeError("the calibration guest made no progress in "
-                                       f"{CALIBRATION_REFERENCE_NS} ns")
-                per_ns = reference / CALIBRATION_REFERENCE_NS
-                found = CALIBRATION_QUANTA_NS[-1]
-                for quantum in CALIBRATION_QUANTA_NS:
-                    done = sorted(work_in(quantum) for _ in range(3))[1]
-                    if done >= CALIBRATION_PROGRESS * per_ns * quantum:
-                        found = quantum
-                        break
-                else:
-                    log.warning("no quantum up to %d ns was honoured; using it as the floor",
-                                found)
-            finally:
-                timer.close()
+        with CountingGuest(backend, clock=clock, signo=signo) as guest:
+            reference = sorted(guest.work(CALIBRATION_REFERENCE_NS) for _ in range(3))[1]
+            if reference <= 0:
+                raise RuntimeError("the calibration guest made no progress in "
+                                   f"{CALIBRATION_REFERENCE_NS} ns")
+            per_ns = reference / CALIBRATION_REFERENCE_NS
+            found = CALIBRATION_QUANTA_NS[-1]
+            for quantum in CALIBRATION_QUANTA_NS:
+                done = sorted(guest.work(quantum) for _ in range(3))[1]
+                if done >= CALIBRATION_PROGRESS * per_ns * quantum:
+                    found = quantum
+                    break
+            else:
+                log.warning("no quantum up to %d ns was honoured; using it as the floor",
+                            found)
         result = max(floor, found)
         _calibrated[clock] = result
         return result
