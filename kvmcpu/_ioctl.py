@@ -1,7 +1,7 @@
 """The one place kvmcpu calls libc.
 
-``ioctl`` on the KVM file descriptors, ``mmap``/``munmap`` of the vCPU run
-page, and the POSIX timer and perf calls the run timers need. Every failure
+``ioctl`` on the KVM file descriptors, and the POSIX timer and perf calls the
+run timers need (the vCPU run page is a Python ``mmap``). Every failure
 becomes a :class:`~kvmcpu.errors.KvmIoctlError` that names the call.
 """
 
@@ -28,21 +28,6 @@ _ioctl.restype = ctypes.c_int
 _ioctl_int = libc["ioctl"]
 _ioctl_int.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 _ioctl_int.restype = ctypes.c_int
-
-_mmap = libc.mmap
-_mmap.argtypes = (
-    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
-)
-_mmap.restype = ctypes.c_void_p
-
-_munmap = libc.munmap
-_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_munmap.restype = ctypes.c_int
-
-MAP_FAILED = ctypes.c_void_p(-1).value
-PROT_READ = 0x1
-PROT_WRITE = 0x2
-MAP_SHARED = 0x01
 
 
 def ioctl_name(request: int) -> str:
@@ -78,20 +63,6 @@ def ioctl_raw(fd: int, request: int, value: int = 0) -> int:
     if ret < 0:
         return -ctypes.get_errno()
     return ret
-
-
-def mmap_fd(fd: int, length: int, offset: int = 0, *, name: str = "mmap") -> int:
-    """mmap(2) a shared read-write mapping of ``fd``; returns the address."""
-    addr = _mmap(None, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)
-    if addr is None or addr == MAP_FAILED:
-        raise KvmIoctlError(name, ctypes.get_errno())
-    return int(addr)
-
-
-def munmap(addr: int, length: int) -> None:
-    """munmap(2). Raises KvmIoctlError on failure."""
-    if _munmap(addr, length) < 0:
-        raise KvmIoctlError("munmap", ctypes.get_errno())
 
 
 def open_dev(path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:

@@ -10,7 +10,6 @@ complete an IN or an MMIO read, write the value into ``exit.data`` and call
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable, ClassVar, Dict, Tuple
 
 from .. import uapi
@@ -298,14 +297,8 @@ def decode_exit(run: uapi.kvm_run, page: memoryview) -> Exit:
     return _DECODERS.get(run.exit_reason, _unknown)(run, page)
 
 
-def run_page_view(run: uapi.kvm_run, size: int) -> memoryview:
-    """A writable byte view of ``size`` bytes starting at the kvm_run structure."""
-    # Lifetime: the view refers to the run page; the owner keeps both alive together.
-    return memoryview((ctypes.c_char * size).from_address(ctypes.addressof(run))).cast("B")
-
-
 __all__ = [
     "Exit", "IoExit", "MmioExit", "HltExit", "IrqWindowOpenExit", "IntrExit", "ShutdownExit",
     "FailEntryExit", "InternalErrorExit", "HypercallExit", "SystemEventExit", "DebugExit",
-    "ExceptionExit", "UnknownExit", "decode_exit", "run_page_view",
+    "ExceptionExit", "UnknownExit", "decode_exit",
 ]
