@@ -52,7 +52,7 @@ from ...backends.exits import (
 from ...errors import SimulationError
 from ...sim import stats as st
 from ...sim.checkpoint import CheckpointIn, CheckpointOut
-from ...sim.eventq import MAX_TICK, EventFunctionWrapper, Priority, exit_sim_loop
+from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
 from ...sim.params import param
 from ...sim.simobject import ClockedObject, ClockedObjectParams, DrainState, SimObject
 from ..thread import ThreadContext
@@ -61,7 +61,6 @@ from .exit_handlers import GuestTripleFault as GuestTripleFault  # re-exported
 from .perfevent import CounterSource, HostClockCounters, choose_counters
 from .state_access import KvmStateAccess
 from .timer import (
-    _TICKS_PER_NS,
     BaseKvmTimer,
     BudgetKvmTimer,
     PerfKvmTimer,
@@ -224,12 +223,6 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         self._wake_pending = False
         self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
         self.stats = KvmCPUStats(self.stats_group)
-        # EXIT_HANDLERS with the stat objects of this CPU (exit classes added to
-        # EXIT_HANDLERS later are looked up there).
-        self._exit_table: Dict[type, Tuple[str, Optional[st.Scalar], Status]] = {
-            cls: (name, None if stat is None else getattr(self.stats, stat), state)
-            for cls, (name, stat, state) in EXIT_HANDLERS.items()
-        }
         #: Called after the thread suspends on HLT (the System ends runs nothing can wake).
         self.on_halt: Optional[Callable[[], None]] = None
         #: Called with a HypercallExit; returns the value for the guest's rax.
@@ -407,7 +400,6 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         simulation limit) is seen by the next look at the queue and ends the loop.
         """
         eq = self.eventq
-        heap = eq._heap
         period = self._clock_period
         status = self.status
         while True:
@@ -426,12 +418,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                     break
             elif status is not _Running and status is not _RunningServiceCompletion:
                 raise SimulationError(f"{self.path()}: tick() in state {status.value}")
-            # The next live event (EventQueue.next_tick without the call).
-            if heap:
-                head = heap[0]
-                next_tick = head[0] if head[3]._seq == head[2] else eq.next_tick()
-            else:
-                next_tick = MAX_TICK
+            next_tick = eq.next_tick()
             if serviced and next_tick <= now:
                 break  # another event is due at this tick: it goes first
             # -- Running / RunningServiceCompletion: one entry of at most the time
@@ -449,7 +436,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                 half = True
                 delay = self.kvmRunDrain()
             elif (status is _RunningServiceCompletion and timer is not None
-                  and ticks_to_execute < timer._resolution):
+                  and ticks_to_execute < timer.resolution()):
                 half = True
                 delay = self.kvmRun(0)
             else:
@@ -463,7 +450,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
             if type(self.last_exit) is IntrExit:
                 status = self.status = _Running
                 if (not half and delay < ticks_to_execute and timer is not None
-                        and ticks_to_execute - delay < timer._resolution):
+                        and ticks_to_execute - delay < timer.resolution()):
                     # The run timer expired (within its resolution): land on the event
                     # it was armed for. Any other INTR (a kick, a stray signal, a timer
                     # that fired early) keeps the time the guest really ran.
@@ -473,32 +460,17 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
             if draining and self.try_drain():
                 self.status = _Idle
                 return
-            # The tick that follows: the clock edge ``delay`` ticks from now, rounded up
-            # (clock_edge(ticks_to_cycles(delay)) with the cached edge when it is current).
-            edge = self._tick
-            if edge < now:
-                edge = self.clock_edge()
-            cycles = -(-delay // period)
-            when = edge + cycles * period
-            if self.tick_event._seq != -1:
+            # The tick that follows: the clock edge ``delay`` ticks from now, rounded up.
+            when = self.clock_edge(-(-delay // period))
+            if self.tick_event.scheduled():
                 return  # somebody (a device waking the CPU) scheduled the tick already
-            if heap:
-                head = heap[0]
-                next_tick = head[0] if head[3]._seq == head[2] else eq.next_tick()
-            else:
-                next_tick = MAX_TICK
-            if when >= next_tick:
+            if when >= eq.next_tick():
                 eq.schedule(self.tick_event, when)
                 return
             # This tick would be the next event the queue runs: run it now.
             eq.cur_tick = when
-            self._tick = when
-            self._cycle += cycles
         if status is not _Idle:
-            if delay:
-                eq.schedule(self.tick_event, self.clock_edge(-(-delay // period)))
-            else:
-                eq.schedule(self.tick_event, self.clock_edge())
+            eq.schedule(self.tick_event, self.clock_edge(-(-delay // period)))
 
     def try_drain(self) -> bool:
         """Signal drain done when draining and at a safe point (gem5 tryDrain)."""
@@ -540,7 +512,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         else:
             timer = self.run_timer
             if timer is not None:
-                res = timer._resolution
+                res = timer.resolution()
                 if ticks < res:
                     ticks = res
                 timer.arm(ticks)
@@ -550,19 +522,10 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                 ex = self.ioctlRun()
                 elapsed = perf_counter_ns() - t0
                 if timer is not None:
-                    if type(ex) is IntrExit:
-                        timer.after_run(True)
-                    elif timer.after_every_run:
-                        timer.after_run(False)
-                    ticks_executed = int(elapsed * timer.host_factor * _TICKS_PER_NS)
-                else:
-                    ticks_executed = 0
+                    timer.after_run(type(ex) is IntrExit)
                 stats.hostSecondsInKvm.value += elapsed * 1e-9
                 # The host clock *is* the elapsed time: no second measurement.
-                host_cycles = int(elapsed * clock._scale)
-                stats.numCycles.value += int(host_cycles * self.params.hostFactor)
-                stats.numInsts.value += host_cycles
-                self.ctr_insts += host_cycles
+                host_cycles = insts = int(elapsed * clock._scale)
             else:
                 counters = self.counters
                 if counters is not None:
@@ -577,14 +540,14 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
                     host_cycles, insts = counters.end()
                 else:
                     host_cycles = insts = 0
-                if self._budget_timer:
-                    ticks_executed = host_cycles * self._clock_period
-                    stats.numCycles.value += host_cycles
-                else:
-                    ticks_executed = timer.ticks_from_host_ns(elapsed) if timer is not None else 0
-                    stats.numCycles.value += int(host_cycles * self.params.hostFactor)
-                stats.numInsts.value += insts
-                self.ctr_insts += insts
+            if self._budget_timer:
+                ticks_executed = host_cycles * self._clock_period
+                stats.numCycles.value += host_cycles
+            else:
+                ticks_executed = timer.ticks_from_host_ns(elapsed) if timer is not None else 0
+                stats.numCycles.value += int(host_cycles * self.params.hostFactor)
+            stats.numInsts.value += insts
+            self.ctr_insts += insts
         if type(ex) is IntrExit:
             stats.numExitSignal.value += 1
         stats.numVMExits.value += 1
@@ -623,17 +586,15 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         looked up by name on every exit, so overriding or patching one works.
         """
         ex = self.last_exit
-        entry = self._exit_table.get(type(ex))
+        entry = EXIT_HANDLERS.get(type(ex))
         if entry is None:
-            found = EXIT_HANDLERS.get(type(ex)) or _exit_entry(ex)
-            if found is None:
+            entry = _exit_entry(ex)
+            if entry is None:
                 self.status = Status.Running
                 raise self._fatal(f"unexpected exit {ex!r}", ex)
-            name, stat_name, state = found
-            entry = (name, None if stat_name is None else getattr(self.stats, stat_name), state)
         name, stat, self.status = entry
         if stat is not None:
-            stat.value += 1
+            getattr(self.stats, stat).value += 1
         ticks: int = getattr(self, name)(ex)
         return ticks
 

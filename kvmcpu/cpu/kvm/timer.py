@@ -89,10 +89,6 @@ class BaseKvmTimer(abc.ABC):
         """Simulated ticks -> host cycles."""
         return int(ticks / self.host_factor / TICKS_PER_SECOND * self.host_freq)
 
-    #: True when :meth:`after_run` has work after an entry that was not interrupted
-    #: (the CPU skips the call otherwise).
-    after_every_run = True
-
     def resolution(self) -> int:
         """The shortest quantum (ticks) this timer honours; kvmRun clamps to it."""
         return self._resolution
@@ -153,7 +149,6 @@ class PosixKvmTimer(BaseKvmTimer):
     """
 
     describe = "POSIX timer (CLOCK_MONOTONIC, SIGEV_THREAD_ID)"
-    after_every_run = False  # the deadline stays armed; only EINTR needs after_run
 
     #: An armed deadline is kept when the wanted one is later by at most this share
     #: of the time left before it ...
@@ -404,7 +399,7 @@ class CountingGuest:
         vcpu.set_regs(regs)
         timer.disarm()
         timer.discard_pending()
-        timer.arm(max(1, int(ns * timer.host_factor * _TICKS_PER_NS)))
+        timer.arm(max(1, timer.ticks_from_host_ns(ns)))
         ex = vcpu.run()
         timer.after_run(isinstance(ex, IntrExit))
         return int(vcpu.get_regs().rax)
