@@ -54,6 +54,15 @@ CALIBRATION_PROGRESS = 0.5
 _TICKS_PER_NS: int = TICKS_PER_SECOND // 10**9
 
 
+def _discard_signal(signo: int) -> bool:
+    """Dequeue every pending instance of ``signo`` (real-time signals queue);
+    True if there was one."""
+    got = False
+    while signal.sigtimedwait({signo}, 0) is not None:
+        got = True
+    return got
+
+
 class BaseKvmTimer(abc.ABC):
     """Common arithmetic of every run timer.
 
@@ -217,11 +226,7 @@ class PosixKvmTimer(BaseKvmTimer):
             # else something else (a kick) ended the run: the setting still stands.
 
     def discard_pending(self) -> bool:
-        got = False
-        # Real-time signals queue: take every instance, not just one.
-        while signal.sigtimedwait({self.signo}, 0) is not None:
-            got = True
-        return got
+        return _discard_signal(self.signo)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -314,10 +319,7 @@ class PerfKvmTimer(BaseKvmTimer):
             _ioctl.ioctl_int(self.fd, PERF_EVENT_IOC_DISABLE, 0, name="PERF_EVENT_IOC_DISABLE")
 
     def discard_pending(self) -> bool:
-        got = False
-        while signal.sigtimedwait({self.signo}, 0) is not None:
-            got = True
-        return got
+        return _discard_signal(self.signo)
 
     def close(self) -> None:
         if self.fd is not None:
