@@ -164,19 +164,27 @@ def _without_backend(facts: Dict[str, Any], reason: str) -> Dict[str, Any]:
     return facts
 
 
+def _perf_line(facts: Dict[str, Any]) -> str:
+    perf = facts.get("perf_counters", {})
+    return f"HW perf:        {'yes' if perf.get('usable') else 'no'} ({perf.get('reason')})"
+
+
+def _host_lines(facts: Dict[str, Any]) -> List[str]:
+    lines = ["host:"]
+    for key, value in facts.get("host", {}).items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "none"
+        lines.append(f"  {key:34s} {value}")
+    return lines
+
+
 def format_text(facts: Dict[str, Any]) -> str:
     """The human-readable report."""
     if facts.get("backend") is None:
         lines = [f"backend:        none ({facts.get('requested')} is unavailable: "
                  f"{facts.get('error')})"]
-        perf = facts.get("perf_counters", {})
-        lines.append(f"HW perf:        {'yes' if perf.get('usable') else 'no'} "
-                     f"({perf.get('reason')})")
-        lines.append("host:")
-        for key, value in facts.get("host", {}).items():
-            if isinstance(value, list):
-                value = ", ".join(value) or "none"
-            lines.append(f"  {key:34s} {value}")
+        lines.append(_perf_line(facts))
+        lines.extend(_host_lines(facts))
         return "\n".join(lines)
     lines = [
         f"backend:        {facts.get('backend')}",
@@ -194,8 +202,7 @@ def format_text(facts: Dict[str, Any]) -> str:
     )
     lines.append(f"MSRs:           {facts.get('msr_count')} "
                  f"({facts.get('msr_feature_count')} feature MSRs)")
-    perf = facts.get("perf_counters", {})
-    lines.append(f"HW perf:        {'yes' if perf.get('usable') else 'no'} ({perf.get('reason')})")
+    lines.append(_perf_line(facts))
     timing = facts.get("cpu_timing", {})
     if timing:
         lines.append(f"CPU counters:   {timing.get('counters')}")
@@ -205,11 +212,7 @@ def format_text(facts: Dict[str, Any]) -> str:
     lines.append("capabilities:")
     for name, value in facts.get("capabilities", {}).items():
         lines.append(f"  {name:34s} {value}")
-    lines.append("host:")
-    for key, value in facts.get("host", {}).items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "none"
-        lines.append(f"  {key:34s} {value}")
+    lines.extend(_host_lines(facts))
     return "\n".join(lines)
 
 
