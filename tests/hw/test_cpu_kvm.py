@@ -211,3 +211,31 @@ def test_hello_through_system_prints_and_exits() -> None:
         assert stats.numIO.value > 100 and stats.numVMExits.value >= stats.numIO.value
         assert stats.numMMIO.value == 0
         assert "estimated" in stats.numInsts.desc or "measured" in stats.numInsts.desc
+
+
+def test_calibration_errors_are_typed_and_not_cached(mocker: Any) -> None:
+    """A backend that cannot build the throw-away VM: KvmIoctlError from the
+    measurement (nothing cached), "not measured: ..." from kvmcpu info; a closed
+    CountingGuest refuses to run."""
+    import errno
+
+    from kvmcpu import info
+    from kvmcpu.backends import get_backend
+    from kvmcpu.cpu.kvm import timer as timer_module
+    from kvmcpu.errors import KvmIoctlError
+
+    class Broken:
+        def create_vm(self) -> Any:
+            raise KvmIoctlError("KVM_CREATE_VM", errno.ENOMEM)
+
+    cache = mocker.patch.dict(timer_module._calibrated, clear=True)
+    with pytest.raises(KvmIoctlError, match="KVM_CREATE_VM"):
+        timer_module.measure_min_quantum_ns(Broken())
+    assert cache == {}
+    assert info.run_timer_floor(Broken()).startswith("not measured: KVM_CREATE_VM")  # type: ignore[arg-type]
+    with get_backend("kvm") as kvm:
+        guest = timer_module.CountingGuest(kvm)
+        assert max(guest.work(2_000_000) for _ in range(3)) > 0
+        guest.close()
+        with pytest.raises(KvmIoctlError, match="closed"):
+            guest.work(200_000)
