@@ -194,6 +194,9 @@ def format_text(facts: Dict[str, Any]) -> str:
     for key in ("device", "vcpu_mmap_size", "kick_signal"):
         if key in facts:
             lines.append(f"{key + ':':16s}{facts[key]}")
+    if "vendor_profile" in facts:
+        lines.append(f"vendor profile: {facts['vendor_profile']} (undefined flags and results; "
+                     f"chosen by: {facts.get('vendor_profile_source')})")
     cpuid = facts.get("cpuid", {})
     lines.append(
         f"CPUID:          {cpuid.get('vendor', '?')}, max basic leaf "

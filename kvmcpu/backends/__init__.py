@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from ..errors import BackendUnavailableError
 from .base import Backend, CoalescedMmio, MemorySlot, Vcpu, Vm, log
@@ -63,7 +63,7 @@ def kvm_disabled() -> bool:
     return os.environ.get("KVMCPU_DISABLE_KVM", "") not in ("", "0")
 
 
-def _load(name: str) -> Callable[[], Backend]:
+def _load(name: str) -> Callable[..., Backend]:
     try:
         target = _REGISTRY[name]
     except KeyError:
@@ -75,24 +75,31 @@ def _load(name: str) -> Callable[[], Backend]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise BackendUnavailableError(name, f"cannot import {module_name}: {err}") from err
-    cls: Callable[[], Backend] | None = getattr(module, cls_name, None)
+    cls: Callable[..., Backend] | None = getattr(module, cls_name, None)
     if cls is None:
         raise BackendUnavailableError(name, f"{module_name} has no {cls_name}")
     return cls
 
 
-def get_backend(name: str = "auto") -> Backend:
+def get_backend(name: str = "auto", **options: Any) -> Backend:
     """Open a backend by name: ``"auto"``, ``"kvm"`` or ``"mock"``.
+
+    ``options`` go to the named backend's constructor (the mock takes
+    ``vendor="intel" | "amd"``); ``auto`` takes none, since which backend it opens
+    depends on the host.
 
     Never returns None: raises BackendUnavailableError with the reason (no
     /dev/kvm, permission denied, API version, disabled by KVMCPU_DISABLE_KVM),
-    or ValueError for an unknown name.
+    ValueError for an unknown name, TypeError for options the backend does not take.
     """
     if name != "auto":
-        backend = _load(name)()
+        backend = _load(name)(**options)
         if not backend.reason:
             backend.reason = f"requested by name ({name!r})"
         return backend
+    if options:
+        raise TypeError(f"get_backend('auto') takes no backend options (got "
+                        f"{', '.join(sorted(options))}); name the backend to pass them")
     reasons: List[str] = []
     for candidate in AUTO_ORDER:
         try:

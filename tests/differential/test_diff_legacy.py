@@ -62,16 +62,16 @@ BODY = """
     mov [RES+32], esi
     pushf
     cld
-    mov si, RES
-    mov di, RES+64
-    mov cx, 9
+    mov esi, RES            ; the whole register: `bts esi, 20` above set bit 20, and
+    mov edi, RES+64         ; 32-bit code addresses strings with ESI/EDI and counts in ECX
+    mov ecx, 9
     rep movsb
     mov al, 0xcc
-    mov cx, 3
+    mov ecx, 3
     rep stosb
-    mov si, RES
-    mov di, RES+64
-    mov cx, 9
+    mov esi, RES
+    mov edi, RES+64
+    mov ecx, 9
     repe cmpsb
     mov [RES+40], cx
     pushf

@@ -1,13 +1,12 @@
 """Random integer programs: the mock against the host CPU itself (no /dev/kvm needed).
 
 The host executes the program natively at CPL3 through ctypes; the mock runs it in
-64-bit long mode at CPL3 and at CPL0. Registers, the arithmetic flags + DF and the
-scratch buffer must be identical. No flag is masked: the mock reproduces this
-project's reference silicon (AMD Zen) also where the SDM says "undefined"
-(MUL/IMUL keep SF/ZF/AF/PF; DIV/IDIV keep CF/OF, set AF, clear SF/ZF/PF; TZCNT/
-LZCNT clear SF/AF/PF and keep OF; shifts set AF; SHR/SHRD OF = MSB^MSB-1; SHLD
-OF = MSB^CF; 16-bit SHLD/SHRD counts above 16 use dst:src:src with CF=0). On a
-different host CPU (Intel) those choices may differ: the test then reports them.
+64-bit long mode at CPL3 and at CPL0 with its default vendor profile, which is the
+host's vendor (kvmcpu/backends/mock/vendor.py). Registers, every arithmetic flag,
+DF and the scratch buffer must be identical: where the SDM/APM say "undefined", the
+mock must do what this very CPU does (the per-vendor choices are listed in
+kvmcpu/backends/mock/undefined.py and pinned for both vendors by
+test_vendor_profiles.py).
 """
 
 from __future__ import annotations
@@ -28,16 +27,8 @@ _reason = native_available()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 
-def _vendor_is_amd() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "AuthenticAMD" in f.read(4096)
-    except OSError:
-        return False
-
-
-#: On Intel hosts the undefined-flag choices differ; compare the defined flags only there.
-FLAG_MASK = 0x8D5 | 0x400 if _vendor_is_amd() else 0x400
+#: Every arithmetic flag and DF.
+FLAG_MASK = 0x8D5 | 0x400
 
 
 def _inputs(rng: random.Random) -> tuple:  # type: ignore[type-arg]

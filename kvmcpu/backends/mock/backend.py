@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 from ... import uapi
 from ...uapi import Cap
 from ..base import Backend
 from .state import MSR_INDEX_LIST
+from .vendor import VendorProfile, get_profile
 
 #: vCPU mapping size reported by KVM_GET_VCPU_MMAP_SIZE: run page, PIO page, coalesced ring.
 VCPU_MMAP_SIZE = 3 * 4096
@@ -64,8 +65,13 @@ def _vendor(s: bytes) -> tuple:  # type: ignore[type-arg]
     return tuple(int.from_bytes(s[i:i + 4], "little") for i in (0, 4, 8))
 
 
-def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
-    """An AMD-like CPUID set advertising only what the mock emulates.
+def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cpuid_entry2]:
+    """The CPUID set of ``profile``'s vendor (default: the host's), advertising only
+    what the mock emulates.
+
+    Leaf 0 and 0x80000000 carry the profile's vendor string, leaf 1 and 0x80000001
+    EAX its family/model/stepping signature (vendor.py); the feature bits are the
+    same for both vendors:
 
     Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
     FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23). Not set:
@@ -73,7 +79,9 @@ def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
     LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27)
     LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1 is not claimed).
     """
-    vb, vd, vc = _vendor(b"AuthenticAMD")
+    if profile is None:
+        profile = get_profile()
+    vb, vd, vc = _vendor(profile.vendor_id)
     edx1 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
         | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
     ecx1 = (1 << 13) | (1 << 23)
@@ -83,10 +91,10 @@ def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
     words = [int.from_bytes(brand[i:i + 4], "little") for i in range(0, 48, 4)]
     return [
         _leaf(0, 0, 0x7, vb, vc, vd),
-        _leaf(1, 0, 0x00A00F11, 0x00000800, ecx1, edx1),
+        _leaf(1, 0, profile.signature, 0x00000800, ecx1, edx1),
         _leaf(7, 0, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         _leaf(0x80000000, 0, 0x80000008, vb, vc, vd),
-        _leaf(0x80000001, 0, 0x00A00F11, 0, ecx81, edx81),
+        _leaf(0x80000001, 0, profile.signature, 0, ecx81, edx81),
         _leaf(0x80000002, 0, *words[0:4]),
         _leaf(0x80000003, 0, *words[4:8]),
         _leaf(0x80000004, 0, *words[8:12]),
@@ -95,11 +103,21 @@ def supported_cpuid() -> List[uapi.kvm_cpuid_entry2]:
 
 
 class MockBackend(Backend):
-    """The software vCPU backend. Never unavailable."""
+    """The software vCPU backend. Never unavailable.
+
+    Args:
+        vendor: ``"intel"`` or ``"amd"``: whose undefined flags and results the vCPUs
+            imitate (vendor.py). None: ``KVMCPU_MOCK_VENDOR``, else the host's vendor.
+
+    Raises:
+        ValueError: an unknown vendor. TypeError: a vendor that is not a string.
+    """
 
     name = "mock"
 
-    def __init__(self) -> None:
+    def __init__(self, vendor: Optional[str] = None) -> None:
+        #: the vendor profile every vCPU of this backend runs (fixed for its lifetime)
+        self.profile: VendorProfile = get_profile(vendor)
         self._mark_open()
 
     def api_version(self) -> int:
@@ -120,7 +138,7 @@ class MockBackend(Backend):
     def get_supported_cpuid(self) -> List[uapi.kvm_cpuid_entry2]:
         """Wraps KVM_GET_SUPPORTED_CPUID: only features the mock emulates."""
         self._check_open()
-        return supported_cpuid()
+        return supported_cpuid(self.profile)
 
     def get_msr_index_list(self) -> List[int]:
         """Wraps KVM_GET_MSR_INDEX_LIST."""
@@ -143,6 +161,9 @@ class MockBackend(Backend):
         d = super().describe()
         d["notes"] = ("pure-Python x86 interpreter: integer ISA, real/protected/long mode, "
                       "paging; no irqchip/PIT, no x87/SSE, deterministic instruction budget")
+        p = self.profile
+        d["vendor_profile"] = p.name
+        d["vendor_profile_source"] = p.source
         return d
 
 

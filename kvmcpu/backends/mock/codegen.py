@@ -11,7 +11,8 @@ retired; on an exception it leaves ``c.rip`` at the faulting instruction and
 Generated code sees these globals: ``c`` (CpuState), ``R`` (the register
 list), ``SB`` (segment bases), ``rd1..rd8``/``wr1..wr8`` (memory at the
 block's privilege), ``STOP`` (set when an instruction produced an exit that
-must be returned after it completes), ``E`` (the engine), ``H`` (helpers) and
+must be returned after it completes), ``E`` (the engine), ``H`` (the helpers of
+the engine's vendor profile: helpers.py + one table of undefined.py) and
 per-block constants ``K0, K1, ...``.
 """
 
@@ -47,8 +48,11 @@ def gen(*opcodes: int) -> Callable[[Callable[["Translator", Insn], Optional[bool
 class Translator:
     """Emits the source of one block. One instance per block."""
 
-    def __init__(self, bits: int, stack_bits: int, cpl: int, pe: bool, long_mode: bool) -> None:
+    def __init__(self, bits: int, stack_bits: int, cpl: int, pe: bool, long_mode: bool,
+                 vendor: str = "amd") -> None:
         self.bits = bits
+        #: the vendor profile's name: generators ask undefined.py for its inline code
+        self.vendor = vendor
         self.stack_bits = stack_bits
         self.cpl = cpl
         self.pe = pe

@@ -20,6 +20,7 @@ from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
 from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
+from .vendor import VendorProfile
 
 if TYPE_CHECKING:
     from .vm import MockVm
@@ -46,6 +47,8 @@ class Engine:
 
     def __init__(self, vm: "MockVm") -> None:
         self.vm = vm
+        #: the vendor whose undefined behaviour this engine imitates (fixed for its life)
+        self.profile: VendorProfile = vm.backend.profile  # type: ignore[attr-defined]
         self.st = CpuState()
         self.mmu = Mmu(vm, self.st, self._code_written)
         self.stop = self.mmu.stop_flag
@@ -77,7 +80,7 @@ class Engine:
     def _namespace(self, priv: int) -> Dict[str, Any]:
         st = self.st
         ns: Dict[str, Any] = {"c": st, "R": st.R, "SB": st.sb, "STOP": self.stop, "E": self,
-                              "H": helpers, "PAR": helpers.PARITY}
+                              "H": self.profile.helpers, "PAR": helpers.PARITY}
         for n in (1, 2, 4, 8):
             ns[f"rd{n}"] = self.mmu.rd[priv][n]
             ns[f"wr{n}"] = self.mmu.wr[priv][n]
@@ -147,7 +150,8 @@ class Engine:
         ppage, view = self._fetch(lin)
         if view is None:
             raise ExitNow("emulation", b"", "execution from unbacked memory")
-        t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma)
+        t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma,
+                       self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
         off = lin & 0xFFF

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 from .codegen import BITS, SGN, M, Translator, gen
 from .decode import Insn
 from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_FIXED, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
+from .undefined import const_shift_flags
 
 _ALU_NAMES = ("add", "or", "adc", "sbb", "and", "sub", "xor", "cmp")
 
@@ -322,28 +323,27 @@ def g_grp2(t: Translator, d: Insn) -> None:
     if const and 0 < count < bits and op in (4, 5, 6, 7):
         # SHL/SHR/SAR by a constant: inline, flags as a LZ_FIXED tuple (CF|OF|AF + result)
         m = M[sz]
-        top = bits - 1
         cf, of = t.var(), t.var()
+        of_expr, af = const_shift_flags(t.vendor, op, count, bits)
         if op in (4, 6):
             t.emit(f"{r} = ({a} << {count}) & {m:#x}")
             t.emit(f"{cf} = ({a} >> {bits - count}) & 1")
-            t.emit(f"{of} = (({r} >> {top}) ^ {cf}) << 11")
         elif op == 5:
             t.emit(f"{r} = {a} >> {count}")
             t.emit(f"{cf} = ({a} >> {count - 1}) & 1")
-            t.emit(f"{of} = ((({r} >> {top}) ^ ({r} >> {top - 1})) & 1) << 11")
         else:
             sgn = SGN[sz]
             t.emit(f"{r} = (({a} - (({a} & {sgn:#x}) << 1)) >> {count}) & {m:#x}")
             t.emit(f"{cf} = (({a} - (({a} & {sgn:#x}) << 1)) >> {count - 1}) & 1")
-            t.emit(f"{of} = 0")
+        t.emit(f"{of} = {of_expr.format(a=a, r=r, cf=cf)}")
         t.rm_write(d, sz, addr, r)
-        t.emit(f"c.lz = ({LZ_FIXED}, {cf} | {of} | 0x10, 0, {r}, {bits})")
+        t.emit(f"c.lz = ({LZ_FIXED}, {cf} | {of} | {af:#x}, 0, {r}, {bits})")
         t.zf_var = r
         return
     saved = t.var()
     t.emit(f"{saved} = (c.fl, c.lz)")
-    t.emit(f"{r} = H.shift(c, {op}, {a}, {cnt}, {bits})")
+    fn = "H.shift_imm" if d.opc in (0xC0, 0xC1) else "H.shift"  # Intel: ROL/ROR imm8 keep OF
+    t.emit(f"{r} = {fn}(c, {op}, {a}, {cnt}, {bits})")
     if d.mod != 3:
         t.emit("try:")
         t.emit(f"    wr{sz}({addr}, {r})")
@@ -431,7 +431,7 @@ def g_bsf(t: Translator, d: Insn) -> None:
         fn = "bsf" if d.opc == 0x1BC else "bsr"
         t.emit(f"{r} = H.{fn}(c, {src}, {t.rget(d.reg, sz, d)}, {BITS[sz]})")
         if sz == 4:
-            # a zero source leaves the whole 64-bit destination alone (AMD)
+            # a zero source leaves the whole 64-bit destination alone (Intel and AMD)
             t.emit(f"if {src}: R[{d.reg}] = {r}")
             return
     t.rset(d.reg, sz, d, r)

@@ -1,10 +1,11 @@
-"""Runtime helpers called from generated code: eager-flag arithmetic (shifts,
-multiply/divide, bit scans), condition codes and the catch-all for
-instructions the engine does not implement.
+"""Runtime helpers called from generated code: condition codes, flag
+materialisation, the flags every vendor agrees on (BT*, POPCNT, decimal adjust)
+and the catch-all for instructions the engine does not implement.
 
-Undefined flags follow what this project's reference silicon (AMD EPYC, Zen)
-does where a test can observe it; the choices are listed in the package
-docstring and checked by tests/differential against the host CPU.
+The helpers whose undefined flags or results differ between Intel and AMD
+(shifts, rotates, SHLD/SHRD, MUL/DIV, BSF/BSR, TZCNT/LZCNT) are in
+``undefined.py``; ``vendor.py`` joins one vendor's set with these into the ``H``
+namespace of generated code.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 MASKS = {8: 0xFF, 16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
 SIGNS = {8: 0x80, 16: 0x8000, 32: 0x80000000, 64: 0x8000000000000000}
-__all__ = ["PARITY", "cond", "flags", "cf", "shift", "shld", "mul", "imul", "div", "idiv",
-           "bt_flags", "bsf", "bsr", "tzcnt", "lzcnt", "popcnt", "unimplemented", "raise_ud"]
+__all__ = ["PARITY", "cond", "flags", "cf", "set_arith", "szp", "bt_flags", "popcnt",
+           "logic_lz", "bcd", "unimplemented", "raise_ud"]
 
 
 def unimplemented(e: "Engine", d: Insn) -> None:
@@ -119,240 +120,16 @@ def cond(c: CpuState, cc: int) -> bool:
     return res != bool(cc & 1)
 
 
-# -- shifts and rotates ---------------------------------------------------------------------
-def shift(c: CpuState, op: int, v: int, count: int, bits: int) -> int:
-    """Group-2 operation ``op`` (0 rol, 1 ror, 2 rcl, 3 rcr, 4 shl, 5 shr, 6 sal, 7 sar)."""
-    count &= 0x3F if bits == 64 else 0x1F
-    if count == 0:
-        return v
-    m = MASKS[bits]
-    top = bits - 1
-    f = flags(c)
-    if op == 0:  # ROL
-        n = count % bits
-        r = ((v << n) | (v >> (bits - n))) & m if n else v
-        cfv = r & 1
-        of = (r >> top & 1) ^ cfv
-        c.fl = (f & ~(CF | OF)) | cfv | (OF if of else 0)
-        c.lz = None
-        return r
-    if op == 1:  # ROR
-        n = count % bits
-        r = ((v >> n) | (v << (bits - n))) & m if n else v
-        cfv = r >> top & 1
-        of = (r >> top & 1) ^ (r >> (top - 1) & 1)
-        c.fl = (f & ~(CF | OF)) | cfv | (OF if of else 0)
-        c.lz = None
-        return r
-    if op in (2, 3):  # RCL / RCR through CF
-        n = count % (bits + 1)
-        cin = f & 1
-        if n == 0:
-            # the count was a multiple of bits+1: nothing rotates, OF still computed
-            r = v
-            cfv = cin
-        else:
-            wide = (cin << bits) | v if op == 2 else (v << 1) | cin
-            width = bits + 1
-            if op == 2:
-                wide = ((wide << n) | (wide >> (width - n))) & ((1 << width) - 1)
-                r = wide & m
-                cfv = wide >> bits & 1
-            else:
-                wide = ((wide >> n) | (wide << (width - n))) & ((1 << width) - 1)
-                r = wide >> 1
-                cfv = wide & 1
-        if op == 2:
-            of = (r >> top & 1) ^ cfv
-        else:
-            of = (r >> top & 1) ^ (r >> (top - 1) & 1)
-        c.fl = (f & ~(CF | OF)) | cfv | (OF if of else 0)
-        c.lz = None
-        return r
-    if op in (4, 6):  # SHL
-        if count > bits:
-            r = 0
-            cfv = 0
-        else:
-            r = (v << count) & m
-            cfv = (v >> (bits - count)) & 1
-        of = (r >> top & 1) ^ cfv
-        nf = szp(r, bits) | cfv | (OF if of else 0) | AF
-        c.fl = (f & ~ARITH) | nf
-        c.lz = None
-        return r
-    if op == 5:  # SHR
-        r = v >> count if count < bits + 1 else 0
-        cfv = (v >> (count - 1)) & 1
-        of = (r >> top & 1) ^ (r >> (top - 1) & 1)  # = MSB(v) for count 1; AMD for others
-        nf = szp(r, bits) | cfv | (OF if of else 0) | AF
-        c.fl = (f & ~ARITH) | nf
-        c.lz = None
-        return r
-    # SAR
-    sv = v - ((v >> top & 1) << bits)
-    r = (sv >> count) & m
-    cfv = (sv >> (count - 1)) & 1
-    nf = szp(r, bits) | cfv | AF
-    c.fl = (f & ~ARITH) | nf
-    c.lz = None
-    return r
-
-
-def shld(c: CpuState, dst: int, src: int, count: int, bits: int, right: bool) -> int:
-    """SHLD (right=False) / SHRD (right=True).
-
-    16-bit counts above 16 (undefined) shift through dst:src:src / src:src:dst with CF=0
-    (and OF=0 for SHLD) as AMD Zen does; otherwise OF is MSB(res)^CF for SHLD and
-    MSB(res)^MSB-1(res) for SHRD at any count.
-    """
-    count &= 0x3F if bits == 64 else 0x1F
-    if count == 0:
-        return dst
-    m = MASKS[bits]
-    top = bits - 1
-    if not right:
-        if bits == 16:
-            w = (dst << 32) | (src << 16) | src
-            r = (w >> (32 - count)) & m
-            cfv = (w >> (48 - count)) & 1 if count <= 16 else 0
-        else:
-            r = ((dst << count) | (src >> (bits - count))) & m
-            cfv = (dst >> (bits - count)) & 1
-        of = (r >> top & 1) ^ cfv if bits != 16 or count <= 16 else 0
-    else:
-        if bits == 16:
-            w = (src << 32) | (src << 16) | dst
-            r = (w >> count) & m
-            cfv = (w >> (count - 1)) & 1 if count <= 16 else 0
-        else:
-            r = ((dst >> count) | (src << (bits - count))) & m
-            cfv = (dst >> (count - 1)) & 1
-        of = (r >> top & 1) ^ (r >> (top - 1) & 1)
-    f = flags(c)
-    c.fl = (f & ~ARITH) | szp(r, bits) | cfv | (OF if of else 0) | AF
-    c.lz = None
-    return r
-
-
-# -- multiply / divide -------------------------------------------------------------------------
-def mul_flags(c: CpuState, overflow: bool, low: int, bits: int) -> None:
-    """MUL/IMUL: CF=OF=overflow; SF/ZF/AF/PF (undefined) are left unchanged, as on AMD Zen."""
-    f = flags(c)
-    c.fl = (f & ~(CF | OF)) | ((CF | OF) if overflow else 0)
-    c.lz = None
-
-
-def div_flags(c: CpuState) -> None:
-    """DIV/IDIV leave every flag undefined; AMD Zen keeps CF/OF, sets AF, clears SF/ZF/PF."""
-    f = flags(c)
-    c.fl = (f & ~ARITH) | (f & (CF | OF)) | AF
-    c.lz = None
-
-
-def mul(c: CpuState, a: int, b: int, bits: int) -> Tuple[int, int]:
-    """Unsigned a*b -> (low, high)."""
-    p = a * b
-    m = MASKS[bits]
-    lo, hi = p & m, p >> bits
-    mul_flags(c, hi != 0, lo, bits)
-    return lo, hi
-
-
-def imul(c: CpuState, a: int, b: int, bits: int) -> Tuple[int, int]:
-    """Signed a*b of ``bits``-bit operands -> (low, high) as unsigned halves."""
-    sign = SIGNS[bits]
-    sa = a - ((a & sign) << 1)
-    sb = b - ((b & sign) << 1)
-    p = sa * sb
-    m = MASKS[bits]
-    lo = p & m
-    hi = (p >> bits) & m
-    slo = lo - ((lo & sign) << 1)
-    mul_flags(c, slo != p, lo, bits)
-    return lo, hi
-
-
-def div(c: CpuState, hi: int, lo: int, d: int, bits: int) -> Tuple[int, int]:
-    """Unsigned (hi:lo) / d -> (quotient, remainder); #DE on zero or overflow."""
-    if d == 0:
-        raise GuestFault(DE)
-    n = (hi << bits) | lo
-    q, r = divmod(n, d)
-    if q > MASKS[bits]:
-        raise GuestFault(DE)
-    div_flags(c)
-    return q, r
-
-
-def idiv(c: CpuState, hi: int, lo: int, d: int, bits: int) -> Tuple[int, int]:
-    if d == 0:
-        raise GuestFault(DE)
-    n = (hi << bits) | lo
-    wide_sign = 1 << (2 * bits - 1)
-    sn = n - ((n & wide_sign) << 1)
-    sign = SIGNS[bits]
-    sd = d - ((d & sign) << 1)
-    q = abs(sn) // abs(sd)
-    if (sn < 0) != (sd < 0):
-        q = -q
-    r = sn - q * sd
-    if not -sign <= q < sign:
-        raise GuestFault(DE)
-    m = MASKS[bits]
-    div_flags(c)
-    return q & m, r & m
-
-
 # -- bit operations ----------------------------------------------------------------------------
 def bt_flags(c: CpuState, bit: int) -> None:
-    """BT*: CF = the bit; AMD leaves OF/SF/ZF/AF/PF unchanged."""
+    """BT*: CF = the bit; OF/SF/ZF/AF/PF are left unchanged (Intel and AMD alike)."""
     f = flags(c)
     c.fl = (f & ~CF) | (1 if bit else 0)
     c.lz = None
 
 
-def bsf(c: CpuState, src: int, dst: int, bits: int) -> int:
-    """BSF: ZF = (src == 0) and the destination is kept then; other flags unchanged (AMD)."""
-    f = flags(c)
-    c.lz = None
-    if src == 0:
-        c.fl = f | ZF
-        return dst
-    c.fl = f & ~ZF
-    return (src & -src).bit_length() - 1
-
-
-def bsr(c: CpuState, src: int, dst: int, bits: int) -> int:
-    f = flags(c)
-    c.lz = None
-    if src == 0:
-        c.fl = f | ZF
-        return dst
-    c.fl = f & ~ZF
-    return src.bit_length() - 1
-
-
-def tzcnt(c: CpuState, src: int, bits: int) -> int:
-    """TZCNT: CF = (src == 0), ZF = (result == 0); AMD Zen clears SF/AF/PF, keeps OF."""
-    r = bits if src == 0 else (src & -src).bit_length() - 1
-    _cnt_flags(c, src, r)
-    return r
-
-
-def lzcnt(c: CpuState, src: int, bits: int) -> int:
-    r = bits - src.bit_length()
-    _cnt_flags(c, src, r)
-    return r
-
-
-def _cnt_flags(c: CpuState, src: int, r: int) -> None:
-    f = flags(c)
-    c.fl = (f & ~ARITH) | (f & OF) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
-    c.lz = None
-
-
 def popcnt(c: CpuState, src: int) -> int:
+    """POPCNT: ZF = (src == 0), the other five flags cleared (defined by both manuals)."""
     r = bin(src).count("1")
     f = flags(c)
     c.fl = (f & ~ARITH) | (ZF if src == 0 else 0)
