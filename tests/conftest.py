@@ -61,6 +61,18 @@ def _kvm_gate(request: pytest.FixtureRequest) -> None:
         require_kvm()
 
 
+@pytest.fixture(scope="module")
+def kvm_backend() -> Iterator[Backend]:
+    """One KVM backend for a module's tests, behind the same gate as the kvm marker
+    (module-scoped fixtures are set up before the function-scoped autouse gate)."""
+    require_kvm()
+    b = get_backend("kvm")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @pytest.fixture(params=["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
 def backend_name(request: pytest.FixtureRequest) -> str:
     """'mock' and 'kvm' (the latter marked kvm): one test body checks both."""

@@ -4,8 +4,10 @@ and the same final architectural state on both backends."""
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Dict, List, Tuple
 
+import deviations
 import pytest
 from diffkit import REG_NAMES, compare, run_backend
 from hypothesis import HealthCheck, given, settings
@@ -18,32 +20,31 @@ from kvmcpu.backends.base import Backend, Vcpu
 
 pytestmark = pytest.mark.kvm
 
-#: Families KVM's CPL0 emulator on this host gets wrong (HOST_DEVIATIONS.md).
-CPL0_UNRELIABLE = {"bitops", "xchg"}
-CPL0_FAMILIES = [f for f in Gen.FAMILIES if f not in CPL0_UNRELIABLE]
-
-
-def _kvm_or_skip() -> Backend:
-    """The KVM backend, or skip (fail under KVMCPU_REQUIRE_KVM=1) like tests/conftest.py."""
-    import os
-
-    from kvmcpu.backends import kvm_disabled
-    from kvmcpu.errors import BackendUnavailableError
-
-    try:
-        return get_backend("kvm")
-    except BackendUnavailableError as err:
-        if os.environ.get("KVMCPU_REQUIRE_KVM", "") not in ("", "0") and not kvm_disabled():
-            pytest.fail(f"KVMCPU_REQUIRE_KVM=1 but KVM is unusable: {err.reason}")
-        pytest.skip(f"KVM unusable: {err.reason}")
+@pytest.fixture(scope="module")
+def backends(kvm_backend: Backend) -> Any:
+    m = get_backend("mock")
+    yield kvm_backend, m
+    m.close()
 
 
 @pytest.fixture(scope="module")
-def backends() -> Any:
-    k, m = _kvm_or_skip(), get_backend("mock")
-    yield k, m
-    k.close()
-    m.close()
+def cpl0_excluded(backends: Any) -> List["re.Pattern[str]"]:
+    """The instruction patterns of the probed deviations present on this host at CPL0."""
+    k, m = backends
+    return [re.compile(r["match"]) for r in deviations.load()
+            if "probe" in r and r["cpl"] == 0 and deviations.present(k, m, r)]
+
+
+def _cpl0_program(rng: random.Random, n: int, excluded: List["re.Pattern[str]"],
+                  ) -> bytes:
+    """``n`` random instructions of every family, none matching a present deviation."""
+    gen = Gen(rng)
+    out: List[bytes] = []
+    while len(out) < n:
+        insn = gen.insn()
+        if not any(p.search(insn.hex()) for p in excluded):
+            out.append(insn)
+    return b"".join(out)
 
 
 def _inputs(rng: random.Random) -> Tuple[Dict[str, int], int, bytes]:
@@ -72,36 +73,47 @@ def test_random_programs_cpl3(backends: Any, seed: int) -> None:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_random_programs_cpl0(backends: Any, seed: int) -> None:
+def test_random_programs_cpl0(backends: Any, cpl0_excluded: Any, seed: int) -> None:
     rng = random.Random(seed)
-    _both(backends, b"".join(random_program(rng, 8, CPL0_FAMILIES)), 0, rng)
+    _both(backends, _cpl0_program(rng, 8, cpl0_excluded), 0, rng)
 
 
 @pytest.mark.slow
 @settings(max_examples=2000, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 30))
-def test_random_programs_long(backends: Any, seed: int, length: int) -> None:
-    """KVMCPU_LONG=1: many more programs, CPL3 (all families) and CPL0 (reliable ones)."""
+def test_random_programs_long(backends: Any, cpl0_excluded: Any, seed: int,
+                              length: int) -> None:
+    """KVMCPU_LONG=1: many more programs, CPL3 and CPL0 (minus the present deviations)."""
     rng = random.Random(seed)
     if seed & 1:
         _both(backends, b"".join(random_program(rng, length)), 3, rng)
     else:
-        _both(backends, b"".join(random_program(rng, length, CPL0_FAMILIES)), 0, rng)
+        _both(backends, _cpl0_program(rng, length, cpl0_excluded), 0, rng)
 
 
-def test_host_deviations(backends: Any) -> None:
-    """Pin the CPL0 emulator's known deviations (a fixed host kernel shows up here)."""
+PROBED = [r for r in deviations.load() if "probe" in r]
+
+
+@pytest.mark.parametrize("row", PROBED, ids=[r["id"] for r in PROBED])
+def test_probed_deviation_is_the_hosts(backends: Any, row: Dict[str, Any]) -> None:
+    """Where a probed deviation shows, it is KVM's emulator that deviates: the same probe
+    run natively (CPL3 on KVM) gives exactly what the mock gives."""
     k, m = backends
-    lz = bytes.fromhex("f3480fbdc3")  # lzcnt rax, rbx
-    regs = {"rax": 0x55, "rbx": 1}
-    kv = run_backend(k, lz, regs, 0, bytes(16), cpl=0)
-    mk = run_backend(m, lz, regs, 0, bytes(16), cpl=0)
-    k3 = run_backend(k, lz, regs, 0, bytes(16), cpl=3)
-    assert mk[0]["rax"] == 63 == k3[0]["rax"]
-    if kv[0]["rax"] == 63:
-        pytest.skip("this host's emulator computes LZCNT correctly now")
-    assert kv[0]["rax"] == 0  # executed as BSR
+    if not deviations.present(k, m, row):
+        pytest.skip(f"{row['id']}: not present on this host (its KVM agrees with the mock)")
+    p = row["probe"]
+    code = bytes.fromhex(p["code"])
+    native = run_backend(k, code, p.get("regs", {}), p.get("flags", 0), bytes(16), cpl=3)
+    mock = run_backend(m, code, p.get("regs", {}), p.get("flags", 0), bytes(16), cpl=3)
+    assert native[3] == mock[3]
+    assert not compare(native[:3], mock[:3])
+
+
+def test_deviation_page_is_generated() -> None:
+    """HOST_DEVIATIONS.md is the rendering of host_deviations.json."""
+    assert deviations.PAGE.read_text() == deviations.render(deviations.load()), \
+        "run: python tests/differential/deviations.py --write"
 
 
 # -- guest programs -----------------------------------------------------------------------
@@ -213,7 +225,6 @@ def test_system_guests(name: str) -> None:
     from guests import GUESTS_DIR
     from kvmcpu.system import System
 
-    _kvm_or_skip().close()
     results = []
     for be in ("kvm", "mock"):
         with System(memory="64M", backend=be) as s:

@@ -5,7 +5,7 @@ Each program stores results in memory; memory and registers must match."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Dict, Tuple
 
 import pytest
 from mockasm import asm
@@ -120,15 +120,6 @@ def _run(b: Backend, mode: str) -> Tuple[bytes, Dict[str, int], list]:  # type: 
             return bytes(ram[res:res + 0x100]) + bytes(ram[0x7F00:0x8000]), regs, exits
         finally:
             v.close()
-
-
-@pytest.fixture(scope="module")
-def kvm_backend() -> Any:
-    from test_diff_kvm import _kvm_or_skip
-
-    k = _kvm_or_skip()
-    yield k
-    k.close()
 
 
 @pytest.mark.parametrize("mode", ["real", "prot"])
