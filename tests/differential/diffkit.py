@@ -41,10 +41,23 @@ RAM = 0x100000
 DONE_PORT = 0xE0
 
 
+def host_mock() -> Backend:
+    """A mock backend imitating the host CPU's vendor whatever KVMCPU_MOCK_VENDOR says
+    (the differential tests compare with this very CPU, natively or through KVM)."""
+    from kvmcpu.backends.mock import MockBackend
+    from kvmcpu.backends.mock.vendor import FALLBACK, host_vendor
+
+    return MockBackend(vendor=host_vendor() or FALLBACK)
+
+
 def native_available() -> Optional[str]:
     """None when host code can be executed natively, else why not."""
+    from kvmcpu.backends.mock.vendor import host_vendor
+
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"host is {platform.machine()}, not x86-64"
+    if host_vendor() is None:
+        return "the host CPU is neither Intel nor AMD: the mock has no profile of its silicon"
     try:
         m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     except (OSError, AttributeError) as err:

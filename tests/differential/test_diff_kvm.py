@@ -9,20 +9,19 @@ from typing import Any, Dict, List, Tuple
 
 import deviations
 import pytest
-from diffkit import REG_NAMES, compare, run_backend
+from diffkit import REG_NAMES, compare, host_mock, run_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from x86enc import Gen, random_program
 
 from kvmcpu import uapi
-from kvmcpu.backends import get_backend
 from kvmcpu.backends.base import Backend, Vcpu
 
 pytestmark = pytest.mark.kvm
 
 @pytest.fixture(scope="module")
 def backends(kvm_backend: Backend) -> Any:
-    m = get_backend("mock")
+    m = host_mock()
     yield kvm_backend, m
     m.close()
 

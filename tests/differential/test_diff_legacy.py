@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import pytest
+from diffkit import host_mock
 from mockasm import asm
 
-from kvmcpu.backends import get_backend
 from kvmcpu.backends.base import Backend
 
 pytestmark = pytest.mark.kvm
@@ -124,7 +124,7 @@ def _run(b: Backend, mode: str) -> Tuple[bytes, Dict[str, int], list]:  # type: 
 
 @pytest.mark.parametrize("mode", ["real", "prot"])
 def test_legacy_program(kvm_backend: Backend, mode: str) -> None:
-    with get_backend("mock") as m:
+    with host_mock() as m:
         mine = _run(m, mode)
     theirs = _run(kvm_backend, mode)
     assert mine[2] == theirs[2]
@@ -177,7 +177,7 @@ def test_random_legacy_programs(kvm_backend: Backend, mode: str) -> None:
 
     from x86enc import legacy_program
 
-    with get_backend("mock") as m:
+    with host_mock() as m:
         for seed in range(25):
             rng = random.Random(seed * 31 + len(mode))
             body = b"".join(legacy_program(rng, 12, 16 if mode == "real" else 32))
@@ -253,7 +253,7 @@ def test_real_mode_addressing(kvm_backend: Backend) -> None:
             finally:
                 v.close()
 
-    with get_backend("mock") as m:
+    with host_mock() as m:
         mine = go(m)
     theirs = go(kvm_backend)
     assert mine[1] == theirs[1]

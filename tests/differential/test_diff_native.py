@@ -15,12 +15,10 @@ import os
 import random
 
 import pytest
-from diffkit import compare, native_available, run_backend, run_native
+from diffkit import compare, host_mock, native_available, run_backend, run_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from x86enc import Gen, random_program
-
-from kvmcpu.backends import get_backend
 
 LONG = os.environ.get("KVMCPU_LONG", "") not in ("", "0")
 _reason = native_available()
@@ -47,7 +45,7 @@ def _check(seed: int, length: int, cpl: int) -> None:
     body = b"".join(random_program(rng, length))
     regs, flags, buf = _inputs(rng)
     silicon = run_native(body, regs, flags, buf)
-    with get_backend("mock") as b:
+    with host_mock() as b:
         mock = run_backend(b, body, regs, flags, buf, cpl=cpl)
     assert mock[3][-1][0] == "io", (body.hex(), mock[3])
     diffs = compare(silicon, mock[:3], flag_mask=FLAG_MASK)
@@ -88,7 +86,7 @@ def test_each_family(family: str) -> None:
         body = b"".join(random_program(rng, 1, [family]))
         regs, flags, buf = _inputs(rng)
         silicon = run_native(body, regs, flags, buf)
-        with get_backend("mock") as b:
+        with host_mock() as b:
             mock = run_backend(b, body, regs, flags, buf, cpl=3)
         diffs = compare(silicon, mock[:3], flag_mask=FLAG_MASK)
         assert not diffs, f"{family} {body.hex()}: {diffs}"

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from diffkit import host_mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from kvmcpu.backends import get_backend
 
 MODES = ["real", "prot", "long0", "long3"]
 
@@ -19,7 +18,7 @@ class _Rig:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.b = get_backend("mock")
+        self.b = host_mock()
         self.vm = self.b.create_vm()
         self.ram = self.vm.add_ram(0, 0x200000)
         self.v = self.vm.create_vcpu(0)

@@ -92,6 +92,11 @@ def test_forgotten_vm_warns() -> None:
 
 
 def test_sync_regs_cap_is_reported(vm: KvmVm) -> None:
+    """KVM_CAP_SYNC_REGS is the mask of syncable register sets: only the x86 bits
+    <linux/kvm.h> defines, the same on the VM fd as on /dev/kvm, and REGS among them
+    whenever the capability is offered at all."""
     valid = vm.check_extension(Cap.SYNC_REGS)
-    if valid:
-        assert valid & uapi.KVM_SYNC_X86_REGS
+    known = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
+    assert valid & ~known == 0, f"unknown sync_regs bits {valid:#x}"
+    assert valid == vm.backend.check_extension(Cap.SYNC_REGS)
+    assert valid == 0 or valid & uapi.KVM_SYNC_X86_REGS

@@ -2,15 +2,17 @@
 
 ``asm(source, bits)`` returns the machine code of a nasm source. Results are
 kept in ``asm_cache.json`` beside this file (committed), keyed by a hash of
-the source, so the tests run on machines without nasm; when a snippet is new
-and nasm is installed it is assembled and the cache updated, otherwise the
-test is skipped.
+the source, so the tests run on machines without nasm. A snippet missing from
+the cache (new or changed) fails the test: a test run never writes into the
+checkout. To add it, run the tests once with nasm installed and
+``KVMCPU_UPDATE_ASM_CACHE=1``, and commit the updated cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +23,8 @@ from typing import Dict
 import pytest
 
 CACHE = Path(__file__).with_name("asm_cache.json")
+#: Set to 1 to let asm() assemble missing snippets with nasm and add them to CACHE.
+UPDATE_VAR = "KVMCPU_UPDATE_ASM_CACHE"
 _lock = threading.Lock()
 _cache: Dict[str, str] = {}
 _loaded = False
@@ -43,8 +47,10 @@ def asm(source: str, bits: int = 64, org: int = 0) -> bytes:
         if key in _cache:
             return bytes.fromhex(_cache[key])
         nasm = shutil.which("nasm")
-        if nasm is None:
-            pytest.skip("snippet not in asm_cache.json and nasm is not installed")
+        if os.environ.get(UPDATE_VAR, "") in ("", "0") or nasm is None:
+            pytest.fail(f"snippet {key} is not in {CACHE.name} (new or changed): run the "
+                        f"tests with nasm installed and {UPDATE_VAR}=1, then commit the cache"
+                        + ("" if nasm else " (nasm is not installed here)"))
         with tempfile.TemporaryDirectory() as d:
             src = Path(d) / "a.asm"
             out = Path(d) / "a.bin"

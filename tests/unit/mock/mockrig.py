@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from mockasm import asm
 
@@ -11,10 +11,12 @@ from kvmcpu.backends.mock import MockBackend, MockVcpu, MockVm
 
 
 class Machine:
-    """A mock VM with ``ram_size`` bytes of RAM at 0 and vCPU 0."""
+    """A mock VM with ``ram_size`` bytes of RAM at 0 and vCPU 0 (the host's vendor
+    profile unless ``vendor`` names one)."""
 
-    def __init__(self, ram_size: int = 4 << 20) -> None:
-        self.backend: MockBackend = get_backend("mock")  # type: ignore[assignment]
+    def __init__(self, ram_size: int = 4 << 20, vendor: Optional[str] = None) -> None:
+        self.backend: MockBackend = get_backend(  # type: ignore[assignment]
+            "mock", **({} if vendor is None else {"vendor": vendor}))
         self.vm: MockVm = self.backend.create_vm()
         self.ram = self.vm.add_ram(0, ram_size)
         self.vcpu: MockVcpu = self.vm.create_vcpu(0)  # type: ignore[assignment]

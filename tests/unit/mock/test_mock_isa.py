@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 # (instruction, rax, rbx, flags in) -> (rax out, arithmetic flags out), as measured on the
-# host CPU (tests/differential checks many more against silicon).
+# host CPU (tests/differential checks many more against silicon). Where the flags are the
+# vendor's choice (AF after a shift), the expectation is per vendor profile.
 ALU_CASES = [
     ("add al, bl", 0xFF, 0x01, 0, 0x00, 0x55),         # CF PF AF ZF
     ("add al, bl", 0x7F, 0x01, 0, 0x80, 0x890),        # OF SF AF
@@ -20,8 +21,8 @@ ALU_CASES = [
     ("neg eax", 0, 0, 1, 0, 0x44),
     ("inc al", 0xFF, 0, 1, 0x00, 0x55),               # CF preserved
     ("dec ax", 0x8000, 0, 0, 0x7FFF, 0x814),
-    ("shl al, 1", 0xC0, 0, 0, 0x80, 0x91),
-    ("sar al, 1", 0x81, 0, 0, 0xC0, 0x95),
+    ("shl al, 1", 0xC0, 0, 0, 0x80, {"amd": 0x91, "intel": 0x81}),
+    ("sar al, 1", 0x81, 0, 0, 0xC0, {"amd": 0x95, "intel": 0x85}),
     ("rol al, 1", 0x80, 0, 0, 0x01, 0x801),
     ("bt eax, 3", 0x08, 0, 0, 0x08, 0x01),
     ("cmp eax, ebx", 5, 7, 0, 5, 0x91),
@@ -39,6 +40,8 @@ def test_alu_flags(m, insn, a, b, fin, want, wflags) -> None:  # type: ignore[no
     assert m.run().kind == "hlt"
     r = m.regs()
     assert r.rax & 0xFFFFFFFF == want & 0xFFFFFFFF
+    if isinstance(wflags, dict):
+        wflags = wflags[m.backend.profile.name]
     assert r.rflags & 0x8D5 == wflags
 
 
@@ -230,7 +233,8 @@ def test_cpuid_msrs_and_tsc(m) -> None:  # type: ignore[no-untyped-def]
     """)
     assert m.run().kind == "shutdown"
     r = m.regs()
-    assert r.r8.to_bytes(4, "little") == b"Auth"
+    assert r.r8.to_bytes(4, "little") == {"amd": b"Auth", "intel": b"Genu"}[
+        m.backend.profile.name]  # CPUID leaf 0 EBX of the vendor profile
     assert r.r9 == 0x501
     assert r.r10 == 6  # TSC = cycles retired before RDTSC
     assert m.vcpu.get_msrs([0xC0000080, 0x12345, 0x10]) == {0xC0000080: 0x501}
