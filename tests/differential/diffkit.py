@@ -6,6 +6,11 @@
 * ``run_backend(backend, body, regs, flags, buf, cpl)`` runs the same body in a
   fresh VM of a backend in 64-bit long mode, ending with OUT (IOPL=3 so it also
   works at CPL3), and returns the registers, flags and scratch buffer.
+* ``run_native32(body, regs, flags)`` runs 32-bit code on the host CPU: a far
+  return to Linux's 32-bit user code segment (0x23, compatibility mode) on a stack
+  and register block below 4 GiB (MAP_32BIT), and back to 0x33. Silicon for the
+  instructions 64-bit mode does not have (DAA/DAS/AAA/AAS/AAM/AAD, ...) and for
+  16/32-bit operand forms. Registers EAX..EDI but ESP; only code that cannot fault.
 * ``compare(...)`` reports the differences register by register.
 """
 
@@ -32,6 +37,17 @@ _HEAD = bytes.fromhex(
 _TAIL = bytes.fromhex(
     "57488b7c24088f473848890748894f084889571048895f1848896f28488977304c8947404c894f484c8957"
     "504c895f584c8967604c896f684c8977704c897f789c8f87800000005f415f415e415d415c5d5bc3")
+
+#: run_native32's stub (assembled from the nasm source in the docstring of run_native32):
+#: 64-bit entry -> compatibility mode, load the registers, [body], store them, back.
+_HEAD32 = bytes.fromhex(
+    "53554154415541564157488967408c5f488c474a4889fc6a23488d05030000005048cb668cd08ed88ec0"
+    "578b4720509d8b078b4f048b57088b5f0c8b6f148b77188b7f1c")
+_TAIL32 = bytes.fromhex(
+    "9c877c24048907894f04895708895f0c896f14897718588947205889471c6a33e8000000005883c006"
+    "50cb89ff8e5f488e474a488b6740415f415e415d415c5d5bc3")
+REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+_MAP_32BIT = 0x40  # <sys/mman.h> on x86-64: map below 4 GiB
 
 CODE_GPA = 0x10000
 BUF_GPA = 0x20000
@@ -85,6 +101,47 @@ def run_native(body: bytes, regs: Dict[str, int], flags: int, buf: bytes
         del fn, anchor
         out = {n: int(block[i]) for i, n in enumerate(REG_NAMES)}
         return out, int(block[16]), bytes(data)
+    finally:
+        m.close()
+
+
+def run_native32(body: bytes, regs: Dict[str, int], flags: int) -> Tuple[Dict[str, int], int]:
+    """Run 32-bit ``body`` natively in compatibility mode; returns (registers, eflags).
+
+    The stub, in nasm (bits 64 entry, rdi = the register block, below 4 GiB)::
+
+        push rbx/rbp/r12-r15; mov [rdi+0x40], rsp; mov [rdi+0x48], ds; mov [rdi+0x4a], es
+        mov rsp, rdi; push 0x23; lea rax, [rel compat]; push rax; o64 retf
+      compat (bits 32): mov ax, ss; mov ds, ax; mov es, ax; push edi
+        mov eax, [edi+0x20]; push eax; popfd; mov eax/ecx/edx/ebx/ebp/esi/edi, [edi+...]
+        <body>
+        pushfd; xchg edi, [esp+4]; mov [edi+...], eax/ecx/edx/ebx/ebp/esi
+        pop eax; mov [edi+0x20], eax; pop eax; mov [edi+0x1c], eax
+        push 0x33; call next; next: pop eax; add eax, ret64-next; push eax; retf
+      ret64 (bits 64): mov edi, edi; mov ds/es, [rdi+0x48/0x4a]; mov rsp, [rdi+0x40]
+        pop r15-r12/rbp/rbx; ret
+    """
+    code = _HEAD32 + body + _TAIL32
+    m = mmap.mmap(-1, 0x2000, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_32BIT,
+                  prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    try:
+        m.write(code)
+        # Lifetime: anchor, blk and fn view m; all are dropped before m.close().
+        anchor = ctypes.c_char.from_buffer(m)
+        base = ctypes.addressof(anchor)
+        if base + 0x2000 > 1 << 32:
+            raise OSError("MAP_32BIT gave a mapping above 4 GiB")
+        blk = (ctypes.c_uint32 * 20).from_buffer(m, 0x1800)
+        for i, n in enumerate(REG32):
+            if n != "esp":
+                blk[i] = regs.get(n, 0) & 0xFFFFFFFF
+        blk[8] = (flags & 0x8D5) | 2
+        fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(base)
+        fn(base + 0x1800)
+        out = {n: int(blk[i]) for i, n in enumerate(REG32) if n != "esp"}
+        fl = int(blk[8])
+        del fn, blk, anchor
+        return out, fl
     finally:
         m.close()
 

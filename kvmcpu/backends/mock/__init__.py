@@ -22,8 +22,11 @@ What is emulated
   IRET, CPUID (from set_cpuid2), RDTSC/RDTSCP, RDMSR/WRMSR, MOV CRn/DRn,
   LGDT/LIDT/SGDT/SIDT/LLDT/LTR/SLDT/STR/SMSW/LMSW, INVLPG, CLTS, SWAPGS,
   SYSCALL/SYSRET, VMCALL/VMMCALL (KVM hypercall ABI), FXSAVE/FXRSTOR and
-  LDMXCSR/STMXCSR over the stored FPU state. Flags are exact; undefined flags
-  follow the AMD silicon this project is developed on (see helpers.py).
+  LDMXCSR/STMXCSR over the stored FPU state. Flags are exact; where the manuals
+  leave flags or results undefined, the vCPU follows a vendor profile, Intel or
+  AMD silicon, the host's vendor by default (vendor.py, undefined.py;
+  ``MockBackend(vendor=...)``, ``KVMCPU_MOCK_VENDOR``). CPUID (the supported set)
+  names that vendor.
 * Events: KVM_INTERRUPT (queued, injected at the next instruction boundary of
   the next run, like KVM without an irqchip: user space checks
   ready_for_interrupt_injection), KVM_NMI, STI and MOV SS shadows, the

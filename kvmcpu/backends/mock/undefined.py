@@ -33,6 +33,10 @@ BSF/BSR           CF = OF = SF = AF = 0, PF = parity  only ZF changes
                   of the index; a zero source: ZF =
                   PF = 1, the rest 0
 TZCNT/LZCNT       OF = SF = AF = PF = 0               OF kept, SF = AF = PF = 0
+AAS               AX - 6 as one 16-bit value, then    AL - 6 and AH - 1 apart (not yet
+                  AH - 1 (the SDM's pseudo-code)      checked on AMD silicon)
+AAD               the flags of the 8-bit addition     SF/ZF/PF from AL, OF/AF/CF = 0
+                  AL + AH * imm8 (CF, AF, OF too)     (not yet checked on AMD silicon)
 ================  ==================================  =================================
 
 Both keep the destination of BSF/BSR when the source is zero (the whole 64-bit
@@ -44,7 +48,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Tuple
 
 from .faults import DE, GuestFault
-from .helpers import flags, szp
+from .helpers import bcd, flags, szp
 from .state import AF, ARITH, CF, OF, PARITY, PF, SF, ZF, CpuState
 
 MASKS = {8: 0xFF, 16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
@@ -348,6 +352,37 @@ def lzcnt_intel(c: CpuState, src: int, bits: int) -> int:
     return r
 
 
+def bcd_intel(c: CpuState, op: int, imm: int) -> None:
+    """DAA..AAD, SALC as helpers.bcd, except: AAS adjusts AX as one 16-bit value (AX - 6,
+    then AH - 1: a borrow out of AL reaches AH, as the SDM's pseudo-code says), and AAD
+    leaves the flags of the 8-bit addition AL + AH * imm (CF, AF and OF included)."""
+    R = c.R
+    ax = R[0] & 0xFFFF
+    if op == 0x3F:
+        f = flags(c)
+        if (ax & 0xF) > 9 or f & AF:
+            ax = (((ax - 6) & 0xFFFF) - 0x100) & 0xFF0F
+            R[0] = (R[0] & ~0xFFFF) | ax
+            c.fl = (f & ~ARITH) | szp(ax & 0xFF, 8) | CF | AF
+        else:
+            R[0] = (R[0] & ~0xFFFF) | (ax & 0xFF0F)
+            c.fl = (f & ~ARITH) | szp(ax & 0x0F, 8)
+        c.lz = None
+        return
+    if op == 0xD5:
+        f = flags(c)
+        al, add = ax & 0xFF, ((ax >> 8) * imm) & 0xFF
+        r = (al + add) & 0xFF
+        nf = szp(r, 8) | (CF if al + add > 0xFF else 0) | ((al ^ add ^ r) & AF)
+        if (al ^ r) & (add ^ r) & 0x80:
+            nf |= OF
+        R[0] = (R[0] & ~0xFFFF) | r
+        c.fl = (f & ~ARITH) | nf
+        c.lz = None
+        return
+    bcd(c, op, imm)
+
+
 # -- multiply / divide: defined results, the vendor's flags --------------------------------
 MulFlags = Callable[[CpuState, bool, int, int], None]
 DivFlags = Callable[[CpuState], None]
@@ -406,11 +441,11 @@ def _muldiv(mul_flags: MulFlags, div_flags: DivFlags) -> Dict[str, Any]:
 TABLES: Dict[str, Dict[str, Any]] = {
     "amd": {"shift": shift_amd, "shift_imm": shift_amd, "shld": shld_amd, "bsf": bsf_amd,
             "bsr": bsr_amd, "tzcnt": tzcnt_amd, "lzcnt": lzcnt_amd,
-            "mul_flags": mul_flags_amd, "div_flags": div_flags_amd,
+            "mul_flags": mul_flags_amd, "div_flags": div_flags_amd, "bcd": bcd,
             **_muldiv(mul_flags_amd, div_flags_amd)},
     "intel": {"shift": shift_intel, "shift_imm": shift_imm_intel, "shld": shld_intel,
               "bsf": bsf_intel, "bsr": bsr_intel, "tzcnt": tzcnt_intel, "lzcnt": lzcnt_intel,
-              "mul_flags": mul_flags_intel, "div_flags": div_flags_intel,
+              "mul_flags": mul_flags_intel, "div_flags": div_flags_intel, "bcd": bcd_intel,
               **_muldiv(mul_flags_intel, div_flags_intel)},
 }
 

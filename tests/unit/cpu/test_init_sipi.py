@@ -54,7 +54,7 @@ def test_init_resets_to_the_sdm_init_state_and_waits_for_a_sipi(
     assert len(loop.log) == 3  # nothing ran after the INIT
     assert cpu.wait_for_sipi and cpu.thread_status is ThreadStatus.Suspended
     cpu.wakeup()  # an interrupt line does not start a thread waiting for a SIPI
-    rig.simulate(10**9)
+    rig.simulate(10**12)
     assert len(loop.log) == 3 and cpu.wait_for_sipi
     tc = cpu.getContext()
     assert (tc.cs.selector, tc.cs.base, tc.cs.limit, tc.rip) == (0xF000, 0xFFFF0000, 0xFFFF,
@@ -71,13 +71,13 @@ def test_init_resets_to_the_sdm_init_state_and_waits_for_a_sipi(
 def test_sipi_starts_the_thread_at_vector_times_4k(make_rig: Any, backend_name: str) -> None:
     rig = init_rig(make_rig, backend_name)
     cpu = rig.cpu
-    rig.simulate(10**9)
+    rig.simulate(10**12)
     cpu.post_sipi(VECTOR)
     assert not cpu.wait_for_sipi and cpu.thread_status is ThreadStatus.Active
     tc = cpu.getContext()
     assert (tc.cs.selector, tc.cs.base, tc.rip) == (VECTOR << 8, VECTOR << 12, 0)
     assert tc.mp_state == KVM_MP_STATE_RUNNABLE
-    rig.simulate(10**9)
+    rig.simulate(10**12)
     assert rig.io.device_at(SIPI_PORT).writes() == [(0, 1, ord("S"))]
     assert cpu.thread_status is ThreadStatus.Suspended  # the HLT after the OUT
     assert cpu.getContext().rip == len(AP_CODE)
@@ -88,7 +88,7 @@ def test_a_sipi_that_finds_no_init_is_ignored(make_rig: Any, backend_name: str) 
     cpu = rig.cpu
     rig.io.device_at(LOOP_PORT).at = 0  # no INIT
     rig.io.device_at(LOOP_PORT).write = lambda o, s, v: exit_sim_loop("w", queue=rig.queue)
-    rig.simulate(10**9)
+    rig.simulate(10**12)
     before = cpu.getContext().copy()
     cpu.post_sipi(VECTOR)
     after = cpu.getContext()
@@ -100,7 +100,7 @@ def test_a_sipi_that_finds_no_init_is_ignored(make_rig: Any, backend_name: str) 
 def test_waiting_for_a_sipi_survives_a_checkpoint(make_rig: Any, backend_name: str,
                                                   tmp_path: Path) -> None:
     rig = init_rig(make_rig, backend_name)
-    rig.simulate(10**9)
+    rig.simulate(10**12)
     # gem5's rule: serialize a drained system. The limit can fall while the CPU is
     # still servicing an exit (on KVM it depends on host timing).
     rig.root.drain_manager.drain()
@@ -117,5 +117,5 @@ def test_waiting_for_a_sipi_survives_a_checkpoint(make_rig: Any, backend_name: s
     other.root.instantiate()
     assert other.cpu.wait_for_sipi and other.cpu.thread_status is ThreadStatus.Suspended
     other.cpu.post_sipi(VECTOR)
-    other.simulate(10**9)
+    other.simulate(10**12)
     assert other.io.device_at(SIPI_PORT).writes() == [(0, 1, ord("S"))]
