@@ -117,7 +117,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("image", nargs="?", default=None,
                    help="the guest image (optional with --restore)")
     p.add_argument("--format", dest="fmt", default="auto",
-                   choices=("auto", "flat", "elf", "multiboot"), help="image format")
+                   choices=("auto", "flat", "elf", "multiboot"),
+                   help="image format (auto: Multiboot, else an ELF kernel, else flat only "
+                        "for a file named *.bin or *.img; anything else is refused)")
     p.add_argument("--append", default="", metavar="CMDLINE",
                    help="Multiboot command line")
     p.add_argument("--module", action="append", default=[], metavar="FILE",
