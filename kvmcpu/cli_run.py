@@ -144,7 +144,9 @@ def add_parsers(sub: Any) -> None:
                    help="continue from this checkpoint instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
     p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
-                   help="KVM's in-kernel irqchip (auto: the userspace PIC/PIT)")
+                   help="interrupt controller: auto and off use the userspace 8259/8254 on "
+                        "every backend, on uses KVM's in-kernel irqchip (status 2 when the "
+                        "backend has none)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")

@@ -145,7 +145,8 @@ class SystemParams(SimObjectParams):
 
     memory: int = param(128 << 20, "guest RAM in bytes", check=lambda v: v > 0)
     smp: int = param(1, "number of CPUs", check=lambda v: v >= 1)
-    irqchip: str = param("auto", "in-kernel irqchip: 'auto', 'on' or 'off'",
+    irqchip: str = param("auto", "interrupt controller: 'auto' or 'off' (the userspace "
+                         "8259/8254), 'on' (KVM's in-kernel irqchip)",
                          check=lambda v: v in ("auto", "on", "off"))
     clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
                               check=lambda v: v > 0)
@@ -165,8 +166,10 @@ class System(SimObject):
             None, "stdout", a callable taking bytes, or a binary file.
         serial_input: bytes the guest receives on COM1.
         smp: CPUs (only 1 is supported so far).
-        irqchip: "auto" (KVM's in-kernel irqchip when the backend has one),
-            "on" or "off" (the userspace 8259/8254 model).
+        irqchip: "auto" (the default) and "off" use the userspace 8259/8254
+            model on every backend (it keeps timing in simulated time);
+            "on" uses KVM's in-kernel irqchip and PIT (ConfigError when the
+            backend has none, e.g. the mock).
         quantum: longest KVM entry in ticks (0: run until the next event).
         unclaimed: policy for accesses no device claims.
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
