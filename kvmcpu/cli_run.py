@@ -23,11 +23,10 @@ count from the start of the command, across checkpoints the guest asks for.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvmcpu info` does not need them
     from .system import RunResult, System
@@ -69,25 +68,14 @@ def parse_duration(text: str) -> int:
 
 
 def guest_path(name: str) -> Path:
-    """Find a bundled guest image: $KVMCPU_GUESTS, the source checkout, or the installed copy.
+    """A bundled guest image (package data: :func:`kvmcpu.guests.path`).
 
     Raises:
-        GuestError: the image is not found anywhere.
+        GuestError: no bundled guest of that name.
     """
-    candidates: List[Path] = []
-    env = os.environ.get("KVMCPU_GUESTS")
-    if env:
-        candidates.append(Path(env) / name)
-    here = Path(__file__).resolve().parent
-    candidates.append(here.parent / "guests" / name)
-    candidates.append(Path(sys.prefix) / "share" / "kvmcpu" / "guests" / name)
-    for c in candidates:
-        if c.is_file():
-            return c
-    from .errors import GuestError
+    from . import guests
 
-    raise GuestError(f"bundled guest {name!r} not found (looked in "
-                     + ", ".join(str(c.parent) for c in candidates) + ")")
+    return guests.path(name)
 
 
 def _serial_sink(spec: str) -> Any:

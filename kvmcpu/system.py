@@ -2,14 +2,15 @@
 
 ::
 
+    import kvmcpu
     from kvmcpu import System
 
     system = System(memory="128M", backend="auto")
-    system.load("guests/hello.bin")             # flat, ELF64 or Multiboot
+    system.load(kvmcpu.guests.path("hello"))    # Multiboot, ELF64 or flat (*.bin)
     result = system.run(max_seconds=10)         # -> RunResult(cause, code, tick, status)
     print(result.cause, system.serial.output)
     system.stats.dump("stats.txt")
-    system.checkpoint("cpt.1")                  # System.restore("cpt.1", backend="mock")
+    system.checkpoint("cpt.1", overwrite=True)  # System.restore("cpt.1", backend="mock")
 
 The object tree is gem5's: a Root holding ``system`` (this object), which
 holds ``kvm_vm`` and ``cpu0``; stats come out as ``system.cpu0.numVMExits``.
