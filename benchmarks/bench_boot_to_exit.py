@@ -1,14 +1,14 @@
-"""Boot to exit: ``kvmcpu run guests/hello.bin`` next to QEMU booting the same kernel.
+"""Boot to exit: ``kvmcpu run kvmcpu/guests/hello.bin`` next to QEMU booting the same kernel.
 
 Wall time from process start to exit, median of the rounds (7; ``--quick``: 3),
 the two commands interleaved so load from other processes hits both alike:
 
-* kvmcpu: ``python -m kvmcpu run guests/hello.bin --backend kvm`` (``sys.executable``,
+* kvmcpu: ``python -m kvmcpu run kvmcpu/guests/hello.bin --backend kvm`` (``sys.executable``,
   not a pyenv shim). The package is copied to a temporary directory and
   byte-compiled first, as ``pip install`` leaves it; ``kvmcpu_no_bytecode_s`` is
   the same run from the bare source tree when no ``__pycache__`` can be used
   (``PYTHONDONTWRITEBYTECODE=1`` and none written yet), for comparison.
-* QEMU: ``qemu-system-x86_64 -accel kvm -kernel guests/hello.bin -device
+* QEMU: ``qemu-system-x86_64 -accel kvm -kernel kvmcpu/guests/hello.bin -device
   isa-debug-exit,iobase=0xf4,iosize=4 -serial stdio -display none -nodefaults
   -no-reboot`` (Debian's qemu-system-x86). QEMU boots its SeaBIOS first, which on
   hosts that emulate real mode (kvm_pvm) is most of its time.
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = ROOT / "guests" / "hello.bin"
+IMAGE = ROOT / "kvmcpu" / "guests" / "hello.bin"
 TARGET_RATIO = 0.25
 SETUP_TARGET_MS = 5.0
 HELLO_LINES = "Hello from kvmcpu!\nfw_cfg signature: QEMU\nfw_cfg cpus: 1\n"

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Assemble every ``guests/*.asm`` into the flat image ``guests/*.bin`` beside it.
+"""Assemble every guest source into the image ``NAME.bin`` beside it.
 
-The built images are committed, so the tests and tox need no assembler; run
-this after editing a source or one of the shared include files in
-``guests/lib/`` (``%include "lib/NAME.inc"``; needs ``nasm``):
+The sources are the test fixtures in ``guests/*.asm`` and the bootable guests
+that ship with the package in ``kvmcpu/guests/*.asm`` (found at run time by
+``kvmcpu.guests.path``). Both include the shared files in ``guests/lib/``
+(``%include "lib/NAME.inc"``). The built images are committed, so the tests
+and tox need no assembler; run this after editing a source or an include file
+(needs ``nasm``):
 
     python guests/build.py            # rebuild every image in place
     python guests/build.py --check    # rebuild into a temporary directory and
@@ -23,11 +26,14 @@ from pathlib import Path
 from typing import List
 
 GUESTS_DIR = Path(__file__).resolve().parent
+#: The bootable guests shipped as package data (``kvmcpu.guests``).
+BOOTABLE_DIR = GUESTS_DIR.parent / "kvmcpu" / "guests"
 
 
 def sources() -> List[Path]:
-    """Every assembly source (not the ``lib/*.inc`` it includes), sorted by name."""
-    return sorted(GUESTS_DIR.glob("*.asm"))
+    """Every assembly source (not the ``lib/*.inc`` they include): the fixtures,
+    then the bootable guests, each sorted by name."""
+    return sorted(GUESTS_DIR.glob("*.asm")) + sorted(BOOTABLE_DIR.glob("*.asm"))
 
 
 def nasm_path() -> str | None:
@@ -42,12 +48,14 @@ def include_prefix() -> str:
     return str(GUESTS_DIR) + os.sep
 
 
-def build(out_dir: Path, nasm: str = "nasm") -> List[Path]:
-    """Assemble every source into ``out_dir`` as ``NAME.bin``; returns the images."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def build(out_dir: Path | None, nasm: str = "nasm") -> List[Path]:
+    """Assemble every source into ``out_dir`` as ``NAME.bin`` (None: beside its
+    source); returns the images."""
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for src in sources():
-        dest = out_dir / (src.stem + ".bin")
+        dest = (src.parent if out_dir is None else out_dir) / (src.stem + ".bin")
         subprocess.run([nasm, "-f", "bin", "-i", include_prefix(), "-o", str(dest), str(src)],
                        check=True)
         images.append(dest)
@@ -58,8 +66,8 @@ def check(nasm: str = "nasm") -> List[str]:
     """Rebuild into a temporary directory; returns the names whose bytes differ."""
     with tempfile.TemporaryDirectory() as tmp:
         differ = []
-        for image in build(Path(tmp), nasm):
-            committed = GUESTS_DIR / image.name
+        for src, image in zip(sources(), build(Path(tmp), nasm)):
+            committed = src.with_suffix(".bin")
             if not committed.exists() or committed.read_bytes() != image.read_bytes():
                 differ.append(image.name)
         return differ
@@ -82,7 +90,7 @@ def main(argv: List[str] | None = None) -> int:
             return 1
         print(f"build.py: {len(sources())} images up to date")
         return 0
-    images = build(args.out or GUESTS_DIR, nasm)
+    images = build(args.out, nasm)
     for image in images:
         print(f"{image.name:16s} {image.stat().st_size:5d} bytes")
     return 0

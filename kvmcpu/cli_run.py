@@ -23,11 +23,10 @@ count from the start of the command, across checkpoints the guest asks for.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvmcpu info` does not need them
     from .system import RunResult, System
@@ -69,25 +68,14 @@ def parse_duration(text: str) -> int:
 
 
 def guest_path(name: str) -> Path:
-    """Find a bundled guest image: $KVMCPU_GUESTS, the source checkout, or the installed copy.
+    """A bundled guest image (package data: :func:`kvmcpu.guests.path`).
 
     Raises:
-        GuestError: the image is not found anywhere.
+        GuestError: no bundled guest of that name.
     """
-    candidates: List[Path] = []
-    env = os.environ.get("KVMCPU_GUESTS")
-    if env:
-        candidates.append(Path(env) / name)
-    here = Path(__file__).resolve().parent
-    candidates.append(here.parent / "guests" / name)
-    candidates.append(Path(sys.prefix) / "share" / "kvmcpu" / "guests" / name)
-    for c in candidates:
-        if c.is_file():
-            return c
-    from .errors import GuestError
+    from . import guests
 
-    raise GuestError(f"bundled guest {name!r} not found (looked in "
-                     + ", ".join(str(c.parent) for c in candidates) + ")")
+    return guests.path(name)
 
 
 def _serial_sink(spec: str) -> Any:
@@ -117,7 +105,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("image", nargs="?", default=None,
                    help="the guest image (optional with --restore)")
     p.add_argument("--format", dest="fmt", default="auto",
-                   choices=("auto", "flat", "elf", "multiboot"), help="image format")
+                   choices=("auto", "flat", "elf", "multiboot"),
+                   help="image format (auto: Multiboot, else an ELF kernel, else flat only "
+                        "for a file named *.bin or *.img; anything else is refused)")
     p.add_argument("--append", default="", metavar="CMDLINE",
                    help="Multiboot command line")
     p.add_argument("--module", action="append", default=[], metavar="FILE",
@@ -142,7 +132,9 @@ def add_parsers(sub: Any) -> None:
                    help="continue from this checkpoint instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
     p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
-                   help="KVM's in-kernel irqchip (auto: the userspace PIC/PIT)")
+                   help="interrupt controller: auto and off use the userspace 8259/8254 on "
+                        "every backend, on uses KVM's in-kernel irqchip (status 2 when the "
+                        "backend has none)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")

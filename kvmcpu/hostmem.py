@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import warnings
-from typing import Optional
+from typing import Any, Optional, Union, overload
 
 from .errors import ClosedError
 
@@ -73,12 +73,41 @@ class HostMemory:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, key: slice) -> bytes:
-        self._check()
-        return bytes(self.view[key])
+    @overload
+    def __getitem__(self, key: int) -> int: ...
 
-    def __setitem__(self, key: slice, value: bytes) -> None:
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: Union[int, slice]) -> Union[int, bytes]:
+        """Index like a ``bytearray``: ``mem[i]`` is the byte at ``i`` as an int
+        (negative counts from the end), ``mem[a:b]`` a copy as bytes; an index
+        out of range raises IndexError."""
         self._check()
+        if isinstance(key, slice):
+            return bytes(self.view[key])
+        if not isinstance(key, int):
+            raise TypeError(f"HostMemory indices must be integers or slices, "
+                            f"not {type(key).__name__}")
+        try:
+            return int(self.view[key])
+        except IndexError:
+            raise IndexError(f"HostMemory index {key} out of range "
+                             f"({self.size:#x} bytes)") from None
+
+    @overload
+    def __setitem__(self, key: int, value: int) -> None: ...
+
+    @overload
+    def __setitem__(self, key: slice, value: Union[bytes, bytearray, memoryview]) -> None: ...
+
+    def __setitem__(self, key: Union[int, slice], value: Any) -> None:
+        """Assign like a ``bytearray``: an int in 0..255 at an index, bytes of the
+        same length to a slice (the buffer never changes size)."""
+        self._check()
+        if not isinstance(key, (int, slice)):
+            raise TypeError(f"HostMemory indices must be integers or slices, "
+                            f"not {type(key).__name__}")
         self.view[key] = value
 
     def close(self) -> None:

@@ -2,14 +2,15 @@
 
 ::
 
+    import kvmcpu
     from kvmcpu import System
 
     system = System(memory="128M", backend="auto")
-    system.load("guests/hello.bin")             # flat, ELF64 or Multiboot
+    system.load(kvmcpu.guests.path("hello"))    # Multiboot, ELF64 or flat (*.bin)
     result = system.run(max_seconds=10)         # -> RunResult(cause, code, tick, status)
     print(result.cause, system.serial.output)
     system.stats.dump("stats.txt")
-    system.checkpoint("cpt.1")                  # System.restore("cpt.1", backend="mock")
+    system.checkpoint("cpt.1", overwrite=True)  # System.restore("cpt.1", backend="mock")
 
 The object tree is gem5's: a Root holding ``system`` (this object), which
 holds ``kvm_vm`` and ``cpu0``; stats come out as ``system.cpu0.numVMExits``.
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
@@ -33,7 +35,7 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
-from .errors import CheckpointError, ConfigError, GuestError
+from .errors import CheckpointError, ClosedError, ConfigError, GuestError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
@@ -79,6 +81,41 @@ MIN_CHECK_PERIOD = 1_000_000  # 1 us
 HOST_CHECK_INTERVAL = 0.05
 
 
+def _check_type(name: str, value: Any, types: Tuple[type, ...], what: str) -> None:
+    """TypeError naming the parameter unless ``value`` is one of ``types`` (bool is no int)."""
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return
+    raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def _seconds(name: str, value: Optional[float]) -> Optional[float]:
+    """A non-negative number of seconds; None or ``math.inf``: no limit (None)."""
+    if value is None:
+        return None
+    _check_type(name, value, (int, float), "a number of seconds (or None)")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    return None if math.isinf(value) else float(value)
+
+
+def run_limits(max_seconds: Optional[float], max_ticks: Optional[int],
+               timeout: Optional[float]) -> Tuple[Optional[int], Optional[float]]:
+    """The checked limits of :meth:`System.run`: ``(max_ticks, timeout)``.
+
+    Raises:
+        TypeError: a limit of the wrong type (the message names it).
+        ValueError: a negative or NaN limit (the message names it).
+    """
+    if max_ticks is not None:
+        _check_type("max_ticks", max_ticks, (int,), "an int (or None)")
+        if max_ticks < 0:
+            raise ValueError(f"max_ticks must be non-negative, got {max_ticks}")
+    seconds = _seconds("max_seconds", max_seconds)
+    if max_ticks is None and seconds is not None:
+        max_ticks = int(seconds * TICKS_PER_SECOND)
+    return max_ticks, _seconds("timeout", timeout)
+
+
 @dataclasses.dataclass
 class RunResult:
     """How a :meth:`System.run` ended.
@@ -109,7 +146,8 @@ class SystemParams(SimObjectParams):
 
     memory: int = param(128 << 20, "guest RAM in bytes", check=lambda v: v > 0)
     smp: int = param(1, "number of CPUs", check=lambda v: v >= 1)
-    irqchip: str = param("auto", "in-kernel irqchip: 'auto', 'on' or 'off'",
+    irqchip: str = param("auto", "interrupt controller: 'auto' or 'off' (the userspace "
+                         "8259/8254), 'on' (KVM's in-kernel irqchip)",
                          check=lambda v: v in ("auto", "on", "off"))
     clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
                               check=lambda v: v > 0)
@@ -129,8 +167,10 @@ class System(SimObject):
             None, "stdout", a callable taking bytes, or a binary file.
         serial_input: bytes the guest receives on COM1.
         smp: CPUs (only 1 is supported so far).
-        irqchip: "auto" (KVM's in-kernel irqchip when the backend has one),
-            "on" or "off" (the userspace 8259/8254 model).
+        irqchip: "auto" (the default) and "off" use the userspace 8259/8254
+            model on every backend (it keeps timing in simulated time);
+            "on" uses KVM's in-kernel irqchip and PIT (ConfigError when the
+            backend has none, e.g. the mock).
         quantum: longest KVM entry in ticks (0: run until the next event).
         unclaimed: policy for accesses no device claims.
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
@@ -148,6 +188,17 @@ class System(SimObject):
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None,
                  eventq: Optional[EventQueue] = None) -> None:
+        _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
+        _check_type("smp", smp, (int,), "an int")
+        _check_type("irqchip", irqchip, (str,), "a string")
+        _check_type("unclaimed", unclaimed, (str,), "a string")
+        _check_type("quantum", quantum, (int,), "an int (ticks)")
+        _check_type("clock_period", clock_period, (int,), "an int (ticks)")
+        _check_type("serial_input", serial_input, (bytes, bytearray), "bytes")
+        if cpu_params is not None:
+            _check_type("cpu_params", cpu_params, (Mapping,), "a dict of CPU parameters")
+        if stats_file is not None:
+            _check_type("stats_file", stats_file, (str, os.PathLike), "a path (or None)")
         if smp != 1:
             raise ConfigError(f"smp={smp}: more than one CPU is not supported yet")
         self.root = Root(eventq=eventq if eventq is not None else EventQueue("system"))
@@ -195,6 +246,15 @@ class System(SimObject):
         self._closed = False
 
     # ------------------------------------------------------------------ set-up
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise ClosedError(f"System.{operation}: the system is closed")
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` (every operation then raises ClosedError)."""
+        return self._closed
+
     def _want_irqchip(self, choice: str) -> bool:
         has = self.vm.kvm.capIRQChip()
         if choice == "on":
@@ -233,8 +293,14 @@ class System(SimObject):
         """Load a guest image (flat, ELF64 or Multiboot) and set the CPU's start state.
 
         Raises:
-            GuestError: the image is missing, malformed or does not fit in RAM.
+            GuestError: the image is missing, malformed, not a kernel or does
+                not fit in RAM.
+            TypeError: ``image`` is not a path or bytes.
+            ClosedError: the system is closed.
         """
+        self._check_open("load")
+        _check_type("image", image, (str, os.PathLike, bytes, bytearray, memoryview),
+                    "a path or the image's bytes")
         loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
                             load_addr=load_addr, entry=entry, mode=mode)
         self.set_start_state(loaded)
@@ -243,6 +309,7 @@ class System(SimObject):
 
     def set_start_state(self, loaded: LoadedImage) -> None:
         """Put the CPU in the mode the loader asked for."""
+        self._check_open("set_start_state")
         regs = dict(loaded.regs)
         if loaded.mode == "real":
             cs, ip = loaded.cs_ip
@@ -267,17 +334,21 @@ class System(SimObject):
         """Simulate until the guest exits, the limit or the host timeout is reached.
 
         Args:
-            max_seconds: simulated seconds (converted to ticks).
+            max_seconds: simulated seconds (converted to ticks; ``math.inf`` or
+                None: no limit).
             max_ticks: simulated ticks (takes precedence).
-            timeout: host (wall-clock) seconds.
+            timeout: host (wall-clock) seconds (``math.inf`` or None: none).
 
         Raises:
             VcpuRunError: the vCPU stopped in a way nothing handles (the
                 exception carries the exit and a register dump). A triple
                 fault is reported as a RunResult with cause "triple fault".
+            TypeError, ValueError: a limit of the wrong type, negative or NaN
+                (the message names it).
+            ClosedError: the system is closed.
         """
-        if max_ticks is None and max_seconds is not None:
-            max_ticks = int(max_seconds * TICKS_PER_SECOND)
+        self._check_open("run")
+        max_ticks, timeout = run_limits(max_seconds, max_ticks, timeout)
         started = time.monotonic()
         if not self.root.instantiated:
             self.root.instantiate()
@@ -405,6 +476,7 @@ class System(SimObject):
         """Drain and continue on a new CPU and VM on ``backend`` ("kvm", "mock" or a
         Backend), which take the old ones' places (gem5's switchCpus; see
         :func:`kvmcpu.cpu.kvm.switch.switch_cpu`). Returns the new CPU (``self.cpu``)."""
+        self._check_open("switch_cpu")
         old_cpu, old_vm = self.cpu, self.vm
         new = switch_cpu(old_cpu, backend)
         assert isinstance(new, X86KvmCPU)  # noqa: S101 - same class as the old one
@@ -417,6 +489,7 @@ class System(SimObject):
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
                    overwrite: bool = False) -> Path:
         """Drain and write a checkpoint directory (restore with :meth:`restore`)."""
+        self._check_open("checkpoint")
         return self.root.checkpoint(directory, overwrite=overwrite)
 
     def serialize(self, cp: CheckpointOut) -> None:
@@ -492,7 +565,11 @@ class System(SimObject):
     _closed = True
 
     def close(self) -> None:
-        """Release the CPU, the VM, the backend (if opened here) and guest RAM. Idempotent."""
+        """Release the CPU, the VM, the backend (if opened here) and guest RAM. Idempotent.
+
+        Afterwards every operation (run, load, checkpoint, switch_cpu, ...)
+        raises :class:`~kvmcpu.errors.ClosedError`; what was already produced
+        stays readable (``serial.output``, ``stats``, ``loaded``)."""
         closers, self._closers = getattr(self, "_closers", []), []
         for fn in closers:
             try:
@@ -502,6 +579,7 @@ class System(SimObject):
         self._closed = True
 
     def __enter__(self) -> System:
+        self._check_open("__enter__")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,12 +11,21 @@ Conventions shared by both backends:
 * State getters return fresh uapi structures; setters take them.
 * Failures the kernel would report are :class:`~kvmcpu.errors.KvmIoctlError`
   with KVM's errno (the mock uses the errno KVM would), named after the ioctl.
-* Bad arguments raise ``ValueError``/``TypeError`` before any system call.
+* Bad arguments raise ``ValueError``/``TypeError`` before any system call,
+  checked here once for both backends (:func:`check_u64` and the wrappers
+  :meth:`Vcpu.__init_subclass__`/:meth:`Vm.__init_subclass__` put around every
+  backend's ``set_*`` methods): a setter refuses anything but its uapi
+  structure, a guest address or size outside 0..2**64 (or a range that wraps)
+  is a ValueError, an MSR index or value too wide for its field too. The
+  uapi structures themselves are plain ctypes structures: assigning a value
+  too wide for a field (``regs.rip = 2**70``) keeps its low bits, as C does,
+  and no backend can see that it happened; check values before storing them.
 * ``run()`` returns a decoded exit (:mod:`kvmcpu.backends.exits`); EINTR is an
   :class:`~kvmcpu.backends.exits.IntrExit`, never an exception.
 * Everything is a context manager with an idempotent ``close()``; using a
-  closed object raises :class:`~kvmcpu.errors.ClosedError`; forgetting to close
-  warns with ``ResourceWarning``.
+  closed object raises :class:`~kvmcpu.errors.ClosedError`; closing a backend
+  closes its VMs (and so their vCPUs) first; forgetting to close warns with
+  ``ResourceWarning``.
 """
 
 from __future__ import annotations
@@ -24,11 +33,25 @@ from __future__ import annotations
 import abc
 import ctypes
 import errno
+import functools
 import logging
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from .. import uapi
 from ..errors import ClosedError, KvmIoctlError
@@ -91,6 +114,145 @@ class Closeable:
                 self.close()
             except Exception:  # noqa: BLE001 - never raise from a finalizer
                 pass
+
+
+_U64_LIMIT = 1 << 64
+
+
+def check_int(name: str, value: object, *, bits: int = 64) -> int:
+    """``value`` as an int in ``0 .. 2**bits - 1``.
+
+    Raises:
+        TypeError: not an int (bool included).
+        ValueError: negative or too wide; the message names ``name``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{name} must be in 0..2**{bits}-1, got {value:#x}")
+    return value
+
+
+def check_u64(name: str, value: object) -> int:
+    """``value`` as an unsigned 64-bit int (see :func:`check_int`)."""
+    return check_int(name, value, bits=64)
+
+
+def check_struct(method: str, param: str, value: object, struct: Type[ctypes.Structure]) -> None:
+    """Refuse anything but ``struct`` (a kvm_xsave may be a larger KVM_CAP_XSAVE2 buffer).
+
+    Raises:
+        TypeError: naming the method, the parameter and the expected structure.
+    """
+    if isinstance(value, struct):
+        return
+    if (struct is uapi.kvm_xsave and isinstance(value, ctypes.Structure)
+            and type(value).__name__.startswith("kvm_xsave")
+            and ctypes.sizeof(value) >= ctypes.sizeof(uapi.kvm_xsave)):
+        return
+    raise TypeError(f"{method}: {param} must be a kvmcpu.uapi.{struct.__name__}, "
+                    f"got {type(value).__name__}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _checked_setter(fn: _F, param: str, struct: Type[ctypes.Structure]) -> _F:
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def setter(self: Closeable, value: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        check_struct(name, param, value, struct)
+        return fn(self, value, *args, **kwargs)
+
+    setter.__contract_checked__ = True  # type: ignore[attr-defined]
+    return setter  # type: ignore[return-value]
+
+
+def _wrap_setters(cls: type, table: Mapping[str, Callable[[Callable[..., Any]], Any]]) -> None:
+    # Put the contract's argument checks around the setters a backend class defines.
+    for method, wrap in table.items():
+        fn = cls.__dict__.get(method)
+        if fn is not None and not getattr(fn, "__contract_checked__", False):
+            setattr(cls, method, wrap(fn))
+
+
+def _struct_setter(param: str, struct: Type[ctypes.Structure]) -> Callable[[_F], _F]:
+    return lambda fn: _checked_setter(fn, param, struct)
+
+
+def _checked_msrs(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def set_msrs(self: "Vcpu", values: Any) -> Any:
+        self._check_open()
+        if isinstance(values, Mapping):
+            items = list(values.items())
+        elif isinstance(values, (list, tuple)):
+            items = list(values)
+        else:
+            raise TypeError(f"set_msrs: values must be a mapping or a sequence of "
+                            f"(index, value) pairs, got {type(values).__name__}")
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise TypeError(f"set_msrs: each entry must be an (index, value) pair, "
+                                f"got {item!r}")
+            check_int("set_msrs: an MSR index", item[0], bits=32)
+            check_u64(f"set_msrs: the value of MSR {item[0]:#x}", item[1])
+        return fn(self, values)
+
+    set_msrs.__contract_checked__ = True  # type: ignore[attr-defined]
+    return set_msrs  # type: ignore[return-value]
+
+
+def _checked_one_reg(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def set_one_reg(self: "Vcpu", reg_id: Any, value: Any) -> Any:
+        self._check_open()
+        check_u64("set_one_reg: reg_id", reg_id)
+        check_u64("set_one_reg: value", value)
+        return fn(self, reg_id, value)
+
+    set_one_reg.__contract_checked__ = True  # type: ignore[attr-defined]
+    return set_one_reg  # type: ignore[return-value]
+
+
+def _checked_cpuid2(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def set_cpuid2(self: "Vcpu", entries: Any) -> Any:
+        self._check_open()
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
+            raise TypeError(f"set_cpuid2: entries must be a sequence of "
+                            f"kvmcpu.uapi.kvm_cpuid_entry2, got {type(entries).__name__}")
+        for entry in entries:
+            check_struct("set_cpuid2", "each entry", entry, uapi.kvm_cpuid_entry2)
+        return fn(self, entries)
+
+    set_cpuid2.__contract_checked__ = True  # type: ignore[attr-defined]
+    return set_cpuid2  # type: ignore[return-value]
+
+
+#: The Vcpu setters every backend's class gets the contract's checks around.
+VCPU_SETTER_CHECKS: Dict[str, Callable[[Callable[..., Any]], Any]] = {
+    "set_regs": _struct_setter("regs", uapi.kvm_regs),
+    "set_sregs": _struct_setter("sregs", uapi.kvm_sregs),
+    "set_fpu": _struct_setter("fpu", uapi.kvm_fpu),
+    "set_xsave": _struct_setter("xsave", uapi.kvm_xsave),
+    "set_xcrs": _struct_setter("xcrs", uapi.kvm_xcrs),
+    "set_vcpu_events": _struct_setter("events", uapi.kvm_vcpu_events),
+    "set_debugregs": _struct_setter("dregs", uapi.kvm_debugregs),
+    "set_lapic": _struct_setter("lapic", uapi.kvm_lapic_state),
+    "set_msrs": _checked_msrs,
+    "set_one_reg": _checked_one_reg,
+    "set_cpuid2": _checked_cpuid2,
+}
+
+#: The same for the Vm setters.
+VM_SETTER_CHECKS: Dict[str, Callable[[Callable[..., Any]], Any]] = {
+    "set_irqchip": _struct_setter("chip", uapi.kvm_irqchip),
+    "set_pit2": _struct_setter("state", uapi.kvm_pit_state2),
+    "set_clock": _struct_setter("data", uapi.kvm_clock_data),
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +326,21 @@ class Backend(Closeable, abc.ABC):
     def create_vm(self) -> "Vm":
         """Wraps KVM_CREATE_VM."""
 
+    def close(self) -> None:
+        """Close every VM of this backend still open (and their vCPUs), then the
+        backend itself. Idempotent."""
+        if self._closed:
+            return
+        for vm in list(self._vms_open()):
+            vm.close()
+        super().close()
+
+    def _vms_open(self) -> "weakref.WeakSet[Vm]":
+        vms: Optional["weakref.WeakSet[Vm]"] = self.__dict__.get("_contract_vms")
+        if vms is None:
+            vms = self.__dict__["_contract_vms"] = weakref.WeakSet()
+        return vms
+
     def describe(self) -> Dict[str, object]:
         """Facts for ``kvmcpu info``: name, reason, API version, notes."""
         return {"backend": self.name, "reason": self.reason, "api_version": self.api_version()}
@@ -184,11 +361,17 @@ class Vm(Closeable, abc.ABC):
     (or the mock) and everything marked abstract.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _wrap_setters(cls, VM_SETTER_CHECKS)
+
     def __init__(self, backend: Backend) -> None:
+        backend._check_open()
         self.backend = backend
         self.slots: Dict[int, MemorySlot] = {}
         self.vcpus: Dict[int, "Vcpu"] = {}
         self._owned_memory: List[HostMemory] = []
+        backend._vms_open().add(self)
 
     # -- capabilities ---------------------------------------------------------
     @abc.abstractmethod
@@ -220,6 +403,12 @@ class Vm(Closeable, abc.ABC):
         self._check_open()
         if not isinstance(slot, int) or slot < 0 or slot > 0xFFFF_FFFF:
             raise ValueError(f"slot must be a u32, got {slot!r}")
+        check_u64("guest_phys_addr", guest_phys_addr)
+        check_int("flags", flags, bits=32)
+        if size is not None:
+            check_u64("size", size)
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
         if memory is None or size == 0:
             self._set_user_memory_region(slot, flags, guest_phys_addr, 0, None, 0)
             self.slots.pop(slot, None)
@@ -233,6 +422,9 @@ class Vm(Closeable, abc.ABC):
                 f"slot {slot}: [{offset:#x}, +{size:#x}) is outside the "
                 f"{memory.size:#x}-byte buffer"
             )
+        if guest_phys_addr + size > _U64_LIMIT:
+            raise ValueError(f"slot {slot}: [{guest_phys_addr:#x}, +{size:#x}) wraps around "
+                             f"the end of the 64-bit guest physical address space")
         self._set_user_memory_region(slot, flags, guest_phys_addr, size, memory, offset)
         self.slots[slot] = MemorySlot(slot, guest_phys_addr, size, flags, memory, offset)
 
@@ -252,6 +444,13 @@ class Vm(Closeable, abc.ABC):
         """Allocate ``size`` bytes of host memory, map it at ``guest_phys_addr`` in the
         lowest free slot and return it. The VM owns the buffer and frees it on close."""
         self._check_open()
+        check_u64("guest_phys_addr", guest_phys_addr)
+        check_int("flags", flags, bits=32)
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size must be an int, got {type(size).__name__}")
+        if size > 0 and guest_phys_addr + size > _U64_LIMIT:
+            raise ValueError(f"[{guest_phys_addr:#x}, +{size:#x}) wraps around the end of "
+                             f"the 64-bit guest physical address space")
         mem = HostMemory(size)
         slot = 0
         while slot in self.slots:
@@ -410,6 +609,10 @@ class Vcpu(Closeable, abc.ABC):
 
     kvm_run: uapi.kvm_run
     run_page: memoryview
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _wrap_setters(cls, VCPU_SETTER_CHECKS)
 
     def __init__(self, vm: Vm, vcpu_id: int) -> None:
         self.vm = vm
@@ -652,4 +855,5 @@ PAGE = PAGE_SIZE
 
 __all__ = [
     "Backend", "Vm", "Vcpu", "MemorySlot", "CoalescedMmio", "Closeable", "open_objects", "log",
+    "check_int", "check_u64", "check_struct", "VCPU_SETTER_CHECKS", "VM_SETTER_CHECKS",
 ]

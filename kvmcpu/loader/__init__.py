@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from kvmcpu.errors import ConfigError
+from kvmcpu.errors import ConfigError, GuestError
 from kvmcpu.loader.elf import ELF_MAGIC, ElfImage, ElfSegment, load_elf, parse_elf
 from kvmcpu.loader.flat import load_flat
 from kvmcpu.loader.image import MODES, GuestMemory, LoadedImage, Source, read_source
@@ -25,6 +25,7 @@ from kvmcpu.loader.multiboot import (
 )
 
 __all__ = [
+    "FLAT_EXTENSIONS",
     "FORMATS",
     "MBI_ADDR",
     "MMAP_ADDR",
@@ -52,13 +53,29 @@ FORMATS = ("auto", "multiboot", "elf", "flat")
 FLAT_DEFAULT_ADDR = 0x7C00
 
 
-def detect_format(data: bytes) -> str:
-    """"multiboot" when a Multiboot header is found, else "elf" for ELF, else "flat"."""
+#: File name extensions ``fmt="auto"`` loads as flat binaries (anything else that is
+#: neither Multiboot nor ELF needs ``fmt="flat"``).
+FLAT_EXTENSIONS = (".bin", ".img")
+
+
+def detect_format(data: bytes, name: str = "<bytes>") -> str:
+    """"multiboot" when a Multiboot header is found, else "elf" for ELF, else "flat"
+    when ``name`` ends in one of :data:`FLAT_EXTENSIONS`.
+
+    Raises:
+        GuestError: none of these: the image is not recognised.
+    """
     if find_multiboot_header(data) is not None:
         return "multiboot"
     if data[:4] == ELF_MAGIC:
         return "elf"
-    return "flat"
+    if name.lower().endswith(FLAT_EXTENSIONS):
+        return "flat"
+    raise GuestError(
+        f"{name}: not a recognised kernel image (no Multiboot header in the first 8 KiB, "
+        f"not ELF); to run it as a flat binary say so (--format flat, fmt='flat') or name "
+        f"it *{' or *'.join(FLAT_EXTENSIONS)}"
+    )
 
 
 def load_image(
@@ -75,8 +92,11 @@ def load_image(
     """Load an image, choosing the loader like QEMU's ``-kernel`` would.
 
     ``fmt="auto"`` picks Multiboot when a valid header is in the first 8 KiB,
-    then ELF, then flat. A flat image goes to ``load_addr`` (default 0x7c00)
-    and starts at ``entry`` (default ``load_addr``) in ``mode`` (default real).
+    then ELF (a kernel: user-space programs are refused), then flat only for a
+    file named ``*.bin`` or ``*.img`` (:data:`FLAT_EXTENSIONS`); anything else
+    is refused (bytes included): say ``fmt="flat"``. A flat image goes to
+    ``load_addr`` (default 0x7c00) and starts at ``entry`` (default
+    ``load_addr``) in ``mode`` (default real).
 
     Args:
         source: the image file or its bytes.
@@ -96,7 +116,7 @@ def load_image(
     if fmt not in FORMATS:
         raise ConfigError(f"image format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     data, name = read_source(source)
-    kind = detect_format(data) if fmt == "auto" else fmt
+    kind = detect_format(data, name) if fmt == "auto" else fmt
     if kind != "multiboot" and (cmdline or modules):
         logger.warning("%s: %s image: the command line and modules are ignored "
                        "(only Multiboot kernels take them)", name, kind)

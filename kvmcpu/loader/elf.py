@@ -26,8 +26,8 @@ from kvmcpu.loader.image import (
 )
 from kvmcpu.mem.range import AddrRange
 
-__all__ = ["ELF_MAGIC", "EM_386", "EM_X86_64", "ElfImage", "ElfSegment", "load_elf",
-           "parse_elf"]
+__all__ = ["ELF_MAGIC", "EM_386", "EM_X86_64", "NOT_A_KERNEL", "ElfImage", "ElfSegment",
+           "load_elf", "parse_elf"]
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -38,6 +38,9 @@ ET_DYN = 3
 EM_386 = 3
 EM_X86_64 = 62
 PT_LOAD = 1
+PT_INTERP = 3
+#: The start of every refusal of a user-space program (what QEMU's -kernel refuses too).
+NOT_A_KERNEL = "not a kernel (a dynamically linked program?)"
 _CLASS_NAMES = {ELFCLASS32: "ELF32", ELFCLASS64: "ELF64"}
 _MACHINE = {ELFCLASS32: (EM_386, "i386"), ELFCLASS64: (EM_X86_64, "x86-64")}
 
@@ -88,7 +91,10 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
     Raises:
         GuestError: not ELF, truncated, big-endian, an unsupported class or
             machine, not an executable, no PT_LOAD segment, a segment whose file
-            bytes lie past the end of the file or whose filesz exceeds memsz.
+            bytes lie past the end of the file or whose filesz exceeds memsz, an
+            entry point outside every PT_LOAD segment; or a user-space program
+            rather than a kernel (:data:`NOT_A_KERNEL`): a PT_INTERP header, or
+            ET_DYN linked at address 0 (no load address).
     """
     if data[:4] != ELF_MAGIC:
         raise GuestError(f"{name}: not an ELF file (bad magic at offset 0)")
@@ -129,6 +135,7 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
                          f"({e_phnum} x {e_phentsize} bytes) end past the file "
                          f"({len(data):#x} bytes)")
     segments: List[ElfSegment] = []
+    interp = None
     for i in range(e_phnum):
         off = e_phoff + i * e_phentsize
         if elf_class == ELFCLASS64:
@@ -137,6 +144,9 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
         else:
             p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, _pf, _al = struct.unpack_from(
                 ph_fmt, data, off)
+        if p_type == PT_INTERP:
+            raw = data[p_offset : p_offset + min(p_filesz, 256)]
+            interp = raw.split(b"\0", 1)[0].decode("ascii", "replace") or "?"
         if p_type != PT_LOAD or p_memsz == 0:
             continue
         if p_filesz > p_memsz:
@@ -147,8 +157,19 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
                              f"[{p_offset:#x}, {p_offset + p_filesz:#x}) but the file has "
                              f"{len(data):#x}")
         segments.append(ElfSegment(i, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz))
+    if interp is not None:
+        raise GuestError(f"{name}: {NOT_A_KERNEL}: it names a program interpreter "
+                         f"(PT_INTERP {interp}); a kernel is a static ELF executable")
     if not segments:
         raise GuestError(f"{name}: ELF has no PT_LOAD segment")
+    if e_type == ET_DYN and min(s.paddr for s in segments) == 0 and \
+            min(s.vaddr for s in segments) == 0:
+        raise GuestError(f"{name}: {NOT_A_KERNEL}: a position-independent ELF (ET_DYN) "
+                         f"linked at address 0 has no load address")
+    if not any(s.vaddr <= e_entry < s.vaddr + s.memsz or s.paddr <= e_entry < s.paddr + s.memsz
+               for s in segments):
+        raise GuestError(f"{name}: entry point {e_entry:#x} at offset 24 is outside every "
+                         f"PT_LOAD segment: not a kernel image")
     ordered = sorted(segments, key=lambda s: s.paddr)
     for a, b in zip(ordered, ordered[1:]):
         if a.paddr + a.memsz > b.paddr:

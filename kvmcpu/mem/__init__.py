@@ -1,5 +1,5 @@
 """Guest memory and address spaces: address ranges, the IO-port and MMIO buses,
-and guest-physical RAM laid out like a PC (see DESIGN.md, "The platform")."""
+and guest-physical RAM laid out like a PC (see docs/architecture.md, "The platform")."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Iterator, List, NamedTuple, Tuple, Union
 
-from kvmcpu.errors import ConfigError, GuestError
+from kvmcpu.errors import ClosedError, ConfigError, GuestError
 from kvmcpu.hostmem import PAGE_SIZE, HostMemory
 
 __all__ = [
@@ -152,6 +152,7 @@ class PhysicalMemory:
     ) -> Iterator[Tuple[HostMemory, int, int, int]]:
         # Yields (host, offset in host, offset in the access, length) per piece; a
         # falsy tuple marks a hole when not strict.
+        self._check_open()
         done = 0
         while done < size:
             addr = gpa + done
@@ -204,6 +205,7 @@ class PhysicalMemory:
 
     def view(self, gpa: int, size: int) -> memoryview:
         """A writable view of ``size`` bytes at ``gpa`` (must lie in one region)."""
+        self._check_open()
         for region in self.regions:
             if region.gpa <= gpa and gpa + size <= region.end:
                 off = gpa - region.gpa
@@ -260,6 +262,10 @@ class PhysicalMemory:
     @property
     def closed(self) -> bool:
         return all(r.host.closed for r in self.regions)
+
+    def _check_open(self) -> None:
+        if any(r.host.closed for r in self.regions):
+            raise ClosedError("PhysicalMemory is closed")
 
     def __enter__(self) -> PhysicalMemory:
         return self

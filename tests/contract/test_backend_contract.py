@@ -161,3 +161,122 @@ def test_kick_before_run(backend: Backend) -> None:
 
 def test_in_value_constant_is_one_byte() -> None:
     assert len(IN_VALUE) == 1
+
+
+# -- arguments are checked in the contract layer, alike on both backends ------------------------
+class _NoSyscall:
+    """Fails the test if the backend reaches the kernel (or the mock's slot code)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, vm: object) -> None:
+        from kvmcpu import _ioctl
+
+        self.calls: list = []
+        for name in ("ioctl", "ioctl_int"):
+            monkeypatch.setattr(_ioctl, name, self._record(name))
+        monkeypatch.setattr(vm, "_set_user_memory_region", self._record("set_region"))
+
+    def _record(self, name: str) -> object:
+        def call(*args: object, **kwargs: object) -> int:
+            self.calls.append(name)
+            raise AssertionError(f"{name} reached with bad arguments")
+
+        return call
+
+
+@pytest.mark.parametrize("gpa,size,error", [
+    (-0x1000, 0x1000, ValueError),             # a negative address
+    (1 << 64, 0x1000, ValueError),             # past the 64-bit space (would wrap to 0)
+    ((1 << 64) - 0x1000, 0x2000, ValueError),  # a range that wraps
+    ("0", 0x1000, TypeError),
+    (0, "4096", TypeError),
+    (0, -0x1000, ValueError),
+])
+def test_add_ram_refuses_bad_ranges_before_any_call(backend: Backend, monkeypatch:
+                                                    pytest.MonkeyPatch, gpa: object,
+                                                    size: object, error: type) -> None:
+    with backend.create_vm() as vm:
+        guard = _NoSyscall(monkeypatch, vm)
+        with pytest.raises(error):
+            vm.add_ram(gpa, size)  # type: ignore[arg-type]
+        with HostMemory(0x1000) as mem, pytest.raises(ValueError, match="guest_phys_addr"):
+            vm.set_user_memory_region(0, -0x1000, mem)
+        monkeypatch.undo()
+        assert guard.calls == [] and vm.slots == {}
+
+
+@pytest.mark.parametrize("bad", [None, {}, b"\0" * 144, uapi.kvm_sregs()],
+                         ids=["None", "dict", "bytes", "kvm_sregs"])
+def test_setters_refuse_anything_but_their_struct(backend: Backend,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  bad: object) -> None:
+    with backend.create_vm() as vm:
+        vm.add_ram(0, 0x10000)
+        vcpu = vm.create_vcpu(0)
+        before = bytes(vcpu.get_regs())
+        guard = _NoSyscall(monkeypatch, vm)
+        with pytest.raises(TypeError, match=r"set_regs: regs must be a kvmcpu\.uapi\.kvm_regs"):
+            vcpu.set_regs(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="set_sregs: sregs"):
+            vcpu.set_sregs(uapi.kvm_regs())  # type: ignore[arg-type]
+        for setter in (vcpu.set_fpu, vcpu.set_xsave, vcpu.set_xcrs, vcpu.set_vcpu_events,
+                       vcpu.set_debugregs, vcpu.set_lapic, vm.set_irqchip, vm.set_pit2,
+                       vm.set_clock):
+            with pytest.raises(TypeError, match=setter.__name__):
+                setter(None)  # type: ignore[operator]
+        with pytest.raises(TypeError, match="set_cpuid2"):
+            vcpu.set_cpuid2([None])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="MSR 0x10"):
+            vcpu.set_msrs({0x10: 1 << 64})
+        with pytest.raises(ValueError, match="MSR index"):
+            vcpu.set_msrs([(1 << 32, 0)])
+        with pytest.raises(TypeError, match="set_msrs"):
+            vcpu.set_msrs(5)  # type: ignore[arg-type]
+        monkeypatch.undo()
+        assert guard.calls == []
+        assert bytes(vcpu.get_regs()) == before
+
+
+def test_a_too_wide_field_value_is_truncated_alike(backend: Backend) -> None:
+    # Documented (backends/base.py): uapi structures are C structures; a value
+    # too wide for a field keeps its low bits before any backend sees it.
+    with backend.create_vm() as vm:
+        vm.add_ram(0, 0x10000)
+        vcpu = vm.create_vcpu(0)
+        regs = vcpu.get_regs()
+        regs.rip = 2**70 + 0x1234
+        vcpu.set_regs(regs)
+        assert vcpu.get_regs().rip == 0x1234
+
+
+def test_closing_the_backend_closes_its_vms_and_vcpus(backend_name: str) -> None:
+    from kvmcpu.backends import get_backend
+
+    b = get_backend(backend_name)
+    vm = b.create_vm()
+    ram, vcpu = setup_real(vm, "io_real")
+    b.close()
+    assert vm.closed and vcpu.closed and ram.closed
+    for call in (vcpu.run, vcpu.get_regs, lambda: vcpu.set_regs(uapi.kvm_regs()),
+                 lambda: vm.add_ram(0x100000, 0x1000), lambda: vm.create_vcpu(1),
+                 b.create_vm, lambda: b.check_extension(Cap.USER_MEMORY)):
+        with pytest.raises(ClosedError):
+            call()
+
+
+def test_ram_indexes_like_a_bytearray(backend: Backend) -> None:
+    with backend.create_vm() as vm:
+        ram = vm.add_ram(0, 0x1000)
+        ram[0] = 0x07
+        ram[0xFFF] = 0xFE
+        ram[1:3] = b"\x01\x02"
+        assert (ram[0], ram[-1], ram[-0x1000]) == (0x07, 0xFE, 0x07)
+        assert isinstance(ram[0], int)
+        assert ram[0:3] == b"\x07\x01\x02" and ram[-2:] == b"\x00\xfe"
+        for index in (0x1000, -0x1001):
+            with pytest.raises(IndexError):
+                ram[index]
+        with pytest.raises(TypeError):
+            ram["0"]  # type: ignore[call-overload]
+        with pytest.raises(ValueError):
+            ram[0] = 256
+        assert vm.read_guest(0, 3) == b"\x07\x01\x02"

@@ -199,10 +199,11 @@ def test_the_measured_floor_separates_dead_entries_from_useful_ones(make_rig: An
 
 def test_hello_through_system_prints_and_exits() -> None:
     """The Multiboot hello kernel (long mode, UART polling, fw_cfg, debug-exit)."""
+    import kvmcpu.guests
     from kvmcpu.system import System
 
     with System(memory="64M", backend="kvm") as s:
-        s.load("guests/hello.bin")
+        s.load(kvmcpu.guests.path("hello"))
         r = s.run(max_seconds=1, timeout=30)
         assert (r.cause, r.code) == ("isa-debug-exit", 1)
         out = s.serial.output

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kvmcpu.guests
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-GUESTS = ROOT / "guests"
 
 #: What the bundled guests print over COM1 (QEMU prints the same; see each .asm header).
 HELLO_LINES = b"Hello from kvmcpu!\nfw_cfg signature: QEMU\nfw_cfg cpus: 1\n"
@@ -21,4 +22,4 @@ def sieve_output(n: int, primes: int) -> bytes:
 
 def guest(name: str) -> str:
     """The path of a bundled guest image, as a string (the Multiboot cmdline echoes it)."""
-    return str(GUESTS / name)
+    return str(kvmcpu.guests.path(name))

@@ -195,11 +195,12 @@ def test_readme_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     from kvmcpu import System as PublicSystem
 
     assert (PublicSystem, PublicRunResult) == (System, RunResult)
-    guests = Path(__file__).resolve().parent.parent.parent / "guests"
+    import kvmcpu.guests
+
     monkeypatch.chdir(tmp_path)
     system = PublicSystem(memory="32M", backend=backend_name)  # README: 128M
     try:
-        system.load(str(guests / "hello.bin"))
+        system.load(kvmcpu.guests.path("hello"))
         result = system.run(max_seconds=10)
         assert result.cause == "isa-debug-exit" and result.status == 1
         assert system.serial.output.startswith(b"Hello from kvmcpu!\n")

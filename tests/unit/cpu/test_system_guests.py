@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kvmcpu.guests
 from kvmcpu.system import System
 
 
@@ -10,7 +11,7 @@ def test_irq_bin_takes_ten_pit_interrupts_through_the_pic(backend_name: str) -> 
     every interrupt is injected by X86KvmCPU (no in-kernel irqchip) and wakes the
     halted thread; after ten it prints its count and exits through isa-debug-exit."""
     with System(memory="16M", backend=backend_name, irqchip="off") as s:
-        s.load("guests/irq.bin")
+        s.load(kvmcpu.guests.path("irq"))
         r = s.run(max_seconds=1, timeout=30)
         assert (r.cause, r.code) == ("isa-debug-exit", 1)
         stats = s.cpu.stats

@@ -7,9 +7,8 @@ from typing import Iterator
 
 import pytest
 
+import kvmcpu.guests
 from kvmcpu.mem import PhysicalMemory
-
-GUESTS = Path(__file__).resolve().parents[3] / "guests"
 
 
 @pytest.fixture
@@ -20,9 +19,9 @@ def mem() -> Iterator[PhysicalMemory]:
 
 @pytest.fixture
 def hello_bin() -> Path:
-    return GUESTS / "hello.bin"
+    return kvmcpu.guests.path("hello")
 
 
 @pytest.fixture
 def hello64_bin() -> Path:
-    return GUESTS / "hello64.bin"
+    return kvmcpu.guests.path("hello64")
