@@ -198,21 +198,15 @@ def test_guest_programs(backends: Any, name: str, mode: str) -> None:
 
 
 def _bootable_guests() -> List[Any]:
-    """Every guests/*.bin that System.load understands (Multiboot v1 or ELF64): new
-    images are compared automatically. sieve3 (a long compute kernel) is slow here."""
-    import struct as _struct
-    from pathlib import Path
+    """Every bootable guest shipped with the package (kvmcpu.guests): new images are
+    compared automatically. sieve3 (a long compute kernel) is slow here."""
+    import kvmcpu.guests
 
-    out: List[Any] = []
-    gdir = Path(__file__).resolve().parents[2] / "guests"
-    for path in sorted(gdir.glob("*.bin")):
-        head = path.read_bytes()[:8192]
-        multiboot = any(_struct.unpack_from("<I", head, i)[0] == 0x1BADB002
-                        for i in range(0, len(head) - 3, 4))
-        if head[:4] == b"\x7fELF" or multiboot:
-            marks = [pytest.mark.slow] if path.stem == "sieve3" else []
-            out.append(pytest.param(path.stem, marks=marks))
-    return out
+    names = kvmcpu.guests.names()
+    if not names:
+        raise RuntimeError("kvmcpu.guests ships no bootable guest")
+    return [pytest.param(n, marks=[pytest.mark.slow] if n == "sieve3" else [])
+            for n in names]
 
 
 SYSTEM_GUESTS = _bootable_guests()
@@ -221,13 +215,13 @@ SYSTEM_GUESTS = _bootable_guests()
 @pytest.mark.parametrize("name", SYSTEM_GUESTS)
 def test_system_guests(name: str) -> None:
     """Whole machines (devices, loaders, the CPU model): same serial output and exit."""
-    from guests import GUESTS_DIR
+    import kvmcpu.guests
     from kvmcpu.system import System
 
     results = []
     for be in ("kvm", "mock"):
         with System(memory="64M", backend=be) as s:
-            s.load(str(GUESTS_DIR / f"{name}.bin"))
+            s.load(kvmcpu.guests.path(name))
             r = s.run(max_seconds=60, timeout=120)
             results.append((r.cause, r.code, s.serial.output))
     assert results[0] == results[1]
