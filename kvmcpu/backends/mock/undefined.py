@@ -207,26 +207,6 @@ def bsr_amd(c: CpuState, src: int, dst: int, bits: int) -> int:
     return src.bit_length() - 1
 
 
-def _cnt_flags_amd(c: CpuState, src: int, r: int) -> None:
-    f = flags(c)
-    c.fl = (f & ~ARITH) | (f & OF) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
-    c.lz = None
-
-
-def tzcnt_amd(c: CpuState, src: int, bits: int) -> int:
-    """TZCNT: CF = (src == 0), ZF = (result == 0); SF/AF/PF cleared, OF kept."""
-    r = bits if src == 0 else (src & -src).bit_length() - 1
-    _cnt_flags_amd(c, src, r)
-    return r
-
-
-def lzcnt_amd(c: CpuState, src: int, bits: int) -> int:
-    """LZCNT: as TZCNT, counting from the top."""
-    r = bits - src.bit_length()
-    _cnt_flags_amd(c, src, r)
-    return r
-
-
 # -- Intel --------------------------------------------------------------------------------
 def shift_intel(c: CpuState, op: int, v: int, count: int, bits: int) -> int:
     """Group-2 operation by CL (or by 1): OF of a multi-bit count from the first step."""
@@ -332,26 +312,6 @@ def bsr_intel(c: CpuState, src: int, dst: int, bits: int) -> int:
     return r
 
 
-def _cnt_flags_intel(c: CpuState, src: int, r: int) -> None:
-    f = flags(c)
-    c.fl = (f & ~ARITH) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
-    c.lz = None
-
-
-def tzcnt_intel(c: CpuState, src: int, bits: int) -> int:
-    """TZCNT: CF = (src == 0), ZF = (result == 0), OF/SF/AF/PF cleared."""
-    r = bits if src == 0 else (src & -src).bit_length() - 1
-    _cnt_flags_intel(c, src, r)
-    return r
-
-
-def lzcnt_intel(c: CpuState, src: int, bits: int) -> int:
-    """LZCNT: as TZCNT, counting from the top."""
-    r = bits - src.bit_length()
-    _cnt_flags_intel(c, src, r)
-    return r
-
-
 def bcd_intel(c: CpuState, op: int, imm: int) -> None:
     """DAA..AAD, SALC as helpers.bcd, except: AAS adjusts AX as one 16-bit value (AX - 6,
     then AH - 1: a borrow out of AL reaches AH, as the SDM's pseudo-code says), and AAD
@@ -437,14 +397,35 @@ def _muldiv(mul_flags: MulFlags, div_flags: DivFlags) -> Dict[str, Any]:
     return {"mul": mul, "imul": imul, "div": div, "idiv": idiv}
 
 
+def _bitcounts(kept: int) -> Dict[str, Any]:
+    """TZCNT/LZCNT: CF = (src == 0), ZF = (result == 0), SF/AF/PF cleared; the flags in
+    ``kept`` (AMD: OF) stay as they were, the other flags are cleared (Intel: OF too)."""
+
+    def finish(c: CpuState, src: int, r: int) -> int:
+        f = flags(c)
+        c.fl = (f & ~ARITH) | (f & kept) | (CF if src == 0 else 0) | (ZF if r == 0 else 0)
+        c.lz = None
+        return r
+
+    def tzcnt(c: CpuState, src: int, bits: int) -> int:
+        """TZCNT: the number of trailing zero bits (the operand width for 0)."""
+        return finish(c, src, bits if src == 0 else (src & -src).bit_length() - 1)
+
+    def lzcnt(c: CpuState, src: int, bits: int) -> int:
+        """LZCNT: the number of leading zero bits (the operand width for 0)."""
+        return finish(c, src, bits - src.bit_length())
+
+    return {"tzcnt": tzcnt, "lzcnt": lzcnt}
+
+
 #: name -> the vendor's helpers, under the names generated code calls.
 TABLES: Dict[str, Dict[str, Any]] = {
     "amd": {"shift": shift_amd, "shift_imm": shift_amd, "shld": shld_amd, "bsf": bsf_amd,
-            "bsr": bsr_amd, "tzcnt": tzcnt_amd, "lzcnt": lzcnt_amd,
+            "bsr": bsr_amd, **_bitcounts(OF),
             "mul_flags": mul_flags_amd, "div_flags": div_flags_amd, "bcd": bcd,
             **_muldiv(mul_flags_amd, div_flags_amd)},
     "intel": {"shift": shift_intel, "shift_imm": shift_imm_intel, "shld": shld_intel,
-              "bsf": bsf_intel, "bsr": bsr_intel, "tzcnt": tzcnt_intel, "lzcnt": lzcnt_intel,
+              "bsf": bsf_intel, "bsr": bsr_intel, **_bitcounts(0),
               "mul_flags": mul_flags_intel, "div_flags": div_flags_intel, "bcd": bcd_intel,
               **_muldiv(mul_flags_intel, div_flags_intel)},
 }
