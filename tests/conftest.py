@@ -14,8 +14,11 @@ from kvmcpu.backends import get_backend, kvm_disabled
 from kvmcpu.backends.base import Backend, Vcpu, open_objects
 from kvmcpu.errors import BackendUnavailableError
 
-#: Seconds a kvm-marked test may keep a vCPU running before the watchdog kicks it.
+#: Seconds a test may keep a vCPU running before the watchdog kicks it.
 WATCHDOG_SECONDS = float(os.environ.get("KVMCPU_WATCHDOG", "30"))
+#: The same for tests marked slow (KVMCPU_LONG=1 fuzz and soak runs of thousands of
+#: programs, each a few milliseconds): they run for minutes while making progress.
+WATCHDOG_SLOW_SECONDS = float(os.environ.get("KVMCPU_WATCHDOG_SLOW", "1800"))
 
 _kvm_reason: Optional[str] = None
 _kvm_probed = False
@@ -111,9 +114,11 @@ def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
     guest spinning inside KVM_RUN returns with IntrExit instead of hanging."""
     fired = threading.Event()
     done = threading.Event()
+    limit = WATCHDOG_SLOW_SECONDS if request.node.get_closest_marker("slow") else \
+        WATCHDOG_SECONDS
 
     def bite() -> None:
-        if done.wait(WATCHDOG_SECONDS):
+        if done.wait(limit):
             return
         fired.set()
         while not done.is_set():
@@ -131,4 +136,4 @@ def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
     done.set()
     t.join(5)
     if fired.is_set():
-        pytest.fail(f"watchdog fired after {WATCHDOG_SECONDS:.0f} s: a vCPU did not stop")
+        pytest.fail(f"watchdog fired after {limit:.0f} s: a vCPU did not stop")
