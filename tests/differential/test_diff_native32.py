@@ -57,25 +57,34 @@ def mock() -> Backend:
     b.close()
 
 
-def _check(mock: Backend, body: bytes, regs: Dict[str, int], flags: int) -> None:
+def _check(mock: Backend, body: bytes, regs: Dict[str, int], flags: int,
+           flag_mask: int = ARITH) -> None:
     n_regs, n_fl = run_native32(body, regs, flags)
     m_regs, m_fl = _mock32(mock, body, regs, flags)
     assert m_regs == n_regs, f"{body.hex()}: registers {m_regs} != silicon {n_regs}"
-    assert m_fl & ARITH == n_fl & ARITH, \
-        f"{body.hex()}: flags {m_fl & ARITH:#x} != silicon {n_fl & ARITH:#x}"
+    assert m_fl & flag_mask == n_fl & flag_mask, \
+        f"{body.hex()}: flags {m_fl & flag_mask:#x} != silicon {n_fl & flag_mask:#x}"
 
 
-BCD_OPS = [("daa", "27"), ("das", "2f"), ("aaa", "37"), ("aas", "3f"), ("aam", "d40a"),
-           ("aam 7", "d407"), ("aad", "d50a"), ("aad 0x33", "d533"), ("salc", "d6")]
+#: (name, code, the flags both manuals define after it)
+BCD_OPS = [("daa", "27", 0x0D5), ("das", "2f", 0x0D5), ("aaa", "37", 0x011),
+           ("aas", "3f", 0x011), ("aam", "d40a", 0x0C4), ("aam 7", "d407", 0x0C4),
+           ("aad", "d50a", 0x0C4), ("aad 0x33", "d533", 0x0C4), ("salc", "d6", ARITH)]
+#: Vendors whose undefined BCD flags the mock's profile was measured for. Elsewhere only
+#: the defined flags are compared (and the results, which the manuals define).
+BCD_MEASURED = ("intel",)
 
 
-@pytest.mark.parametrize("name,code", BCD_OPS, ids=[n for n, _ in BCD_OPS])
-def test_decimal_adjust(mock: Backend, name: str, code: str) -> None:
+@pytest.mark.parametrize("name,code,defined", BCD_OPS, ids=[n for n, _, _ in BCD_OPS])
+def test_decimal_adjust(mock: Backend, name: str, code: str, defined: int) -> None:
     """Each BCD instruction over 150 random AX values and input flags (fixed seeds)."""
-    rng = random.Random(hash(name) & 0xFFFF)
+    from kvmcpu.backends.mock.vendor import host_vendor
+
+    mask = ARITH if host_vendor() in BCD_MEASURED else defined
+    rng = random.Random(sum(map(ord, name)))
     for _ in range(150):
         regs = {"eax": rng.getrandbits(32), "ebx": rng.getrandbits(32)}
-        _check(mock, bytes.fromhex(code), regs, rng.getrandbits(12) & ARITH)
+        _check(mock, bytes.fromhex(code), regs, rng.getrandbits(12) & ARITH, mask)
 
 
 def _legacy(mock: Backend, seed: int, n: int) -> None:
