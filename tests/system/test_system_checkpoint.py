@@ -19,7 +19,7 @@ from system_helpers import (
 from kvmcpu import cli
 from kvmcpu.backends.base import open_objects
 from kvmcpu.errors import CheckpointError
-from kvmcpu.sim.checkpoint import reseal
+from kvmcpu.sim.checkpoint import CheckpointIn, reseal
 from kvmcpu.system import CAUSE_HALTED, System
 
 PAIRS = [
@@ -177,3 +177,19 @@ def test_restore_keeps_registers_and_tick(tmp_path: Path) -> None:
         tc = system.cpu.getContext()
         assert (tc.rax & 0xFFFF, tc.rbx & 0xFFFF) == (0x1234, 0x5678)
         assert system.run(timeout=20).cause == CAUSE_HALTED
+
+
+def test_restore_validates_the_checkpoint_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cpt = _small_checkpoint(tmp_path)
+    loads: List[Path] = []
+    real = CheckpointIn.load.__func__  # type: ignore[attr-defined]
+
+    def load(cls: type, directory: Path) -> CheckpointIn:
+        loads.append(Path(directory))
+        return real(cls, directory)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(CheckpointIn, "load", classmethod(load))
+    with System.restore(cpt, backend="mock") as system:
+        assert system.cpu.getContext().rax & 0xFFFF == 0x1234
+    assert loads == [cpt]
