@@ -216,15 +216,32 @@ def _read_exact(f: IO[bytes], n: int, sha: Any, where: str) -> bytes:
     return data
 
 
-def _zero(view: memoryview, start: int, end: int, extents: Optional[Extents]) -> None:
-    """Zero ``view[start:end]``, only where ``extents`` says it may hold data."""
-    if start >= end:
-        return
-    for ext_start, ext_len in (extents or _whole)(start, end - start):
-        a, b = max(start, ext_start), min(end, ext_start + ext_len)
-        for pos in range(a, b, RECORD_MAX):
-            n = min(RECORD_MAX, b - pos)
-            view[pos : pos + n] = _ZERO_RECORD[:n]
+class _Zeroer:
+    """Zeroes the gaps between records, in ascending order, only where the
+    destination may hold data (its extents, asked once: asking the kernel per gap
+    would rescan the empty rest of a large fresh RAM every time)."""
+
+    def __init__(self, view: memoryview, extents: Optional[Extents]) -> None:
+        self.view = view
+        self.extents = iter((extents or _whole)(0, view.nbytes))
+        self.current: Optional[Tuple[int, int]] = next(self.extents, None)
+
+    def zero(self, start: int, end: int) -> None:
+        """Zero ``[start, end)``; calls come in ascending, non-overlapping order."""
+        while self.current is not None and start < end:
+            ext_start, ext_len = self.current
+            ext_end = ext_start + ext_len
+            if ext_end <= start:
+                self.current = next(self.extents, None)
+                continue
+            a, b = max(start, ext_start), min(end, ext_end)
+            for pos in range(a, b, RECORD_MAX):
+                n = min(RECORD_MAX, b - pos)
+                self.view[pos : pos + n] = _ZERO_RECORD[:n]
+            if ext_end > end:
+                return
+            start = ext_end
+            self.current = next(self.extents, None)
 
 
 def read_image(path: str | os.PathLike[str], info: Dict[str, str], view: memoryview,
@@ -256,6 +273,7 @@ def read_image(path: str | os.PathLike[str], info: Dict[str, str], view: memoryv
             if raw_size != size or codec != CODECS.get(info["compression"]):
                 raise CheckpointError(f"{where}: the file's header does not match the manifest")
             pos = records = data = 0
+            zeroer = _Zeroer(view, extents)
             while True:
                 offset, raw_len, stored_len, flags = _RECORD.unpack(
                     _read_exact(f, _RECORD.size, sha, where))
@@ -272,7 +290,7 @@ def read_image(path: str | os.PathLike[str], info: Dict[str, str], view: memoryv
                 if len(raw) != raw_len:
                     raise CheckpointError(f"{where}: record {records} at {offset:#x} holds "
                                           f"{len(raw)} bytes, its header says {raw_len}")
-                _zero(view, pos, offset, extents)
+                zeroer.zero(pos, offset)
                 view[offset : offset + raw_len] = raw
                 pos = offset + raw_len
                 records += 1
@@ -285,7 +303,7 @@ def read_image(path: str | os.PathLike[str], info: Dict[str, str], view: memoryv
             _end, count, total = _TRAILER.unpack(trailer)
             if count != records or total != data or f.read(1):
                 raise CheckpointError(f"{where}: the trailer does not match the records")
-            _zero(view, pos, size, extents)
+            zeroer.zero(pos, size)
     except (OSError, zlib.error) as err:
         raise CheckpointError(f"{where}: cannot read: {err}") from err
     except Exception as err:  # zstandard.ZstdError and the like
