@@ -384,6 +384,12 @@ def write_checkpoint(directory: Union[str, os.PathLike[str]], cp: CheckpointOut,
         if not target.is_dir() or (any(target.iterdir()) and not (target / CPT_FILE).exists()):
             raise CheckpointError(f"refusing to overwrite {target}: it is not a checkpoint")
     parent = target.parent
+    for above in (parent, *parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise CheckpointError(f"cannot write checkpoint {target}: {above} is not a "
+                                      f"directory")
+            break
     step = f"creating {parent}"
     tmp: Optional[Path] = None
     try:

@@ -133,6 +133,18 @@ def test_checkpoint_into_an_unwritable_place_names_that_place(tmp_path: Path) ->
     assert ".tmp-" not in message and ".x." not in message
 
 
+def test_checkpoint_under_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with System(memory="1M", backend="mock") as system:
+        system.load(bytes.fromhex("fa f4"), fmt="flat")
+        system.run(timeout=20)
+        with pytest.raises(CheckpointError) as info:
+            system.checkpoint(tmp_path / "f" / "sub" / "cpt.1")
+    assert str(info.value) == (f"cannot write checkpoint {tmp_path}/f/sub/cpt.1: "
+                               f"{tmp_path}/f is not a directory")
+    assert (tmp_path / "f").read_text() == "x"
+
+
 # ----------------------------------------------------------------- SIGKILL while writing
 #: Python run in the writer before the CLI: SIGKILL itself at one point of the write.
 KILL_HOOKS = {
