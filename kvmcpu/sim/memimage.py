@@ -149,9 +149,13 @@ def _runs(view: memoryview, extents: Extents) -> Iterator[Tuple[int, bytes]]:
     """Runs of non-zero pages as ``(offset, bytes)``, each at most RECORD_MAX long."""
     size = view.nbytes
     block = bytearray(RECORD_MAX)
-    for ext_start, ext_len in extents(0, size):
-        start = max(0, ext_start - ext_start % PAGE)
-        end = min(size, ext_start + ext_len)
+    done = 0  # extents may come unsorted, unaligned or overlapping: whole pages, once
+    for ext_start, ext_len in sorted(extents(0, size)):
+        start = max(done, ext_start - ext_start % PAGE)
+        end = min(size, -(-(ext_start + ext_len) // PAGE) * PAGE)
+        if start >= end:
+            continue
+        done = end
         for pos in range(start, end, RECORD_MAX):
             n = min(RECORD_MAX, end - pos)
             block[:n] = view[pos : pos + n]

@@ -475,3 +475,16 @@ def test_overwrite_swaps_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyP
     write_checkpoint(target, make_cp(), overwrite=True)
     assert states == [True]
     assert [p.name for p in tmp_path.iterdir()] == ["cpt"]
+
+
+def test_unsorted_overlapping_unaligned_extents_store_each_page_once(tmp_path: Path) -> None:
+    ram = bytearray(os.urandom(16 * 4096))
+    cp = CheckpointOut("none")
+    cp.add_memory_image("ram", ram, extents=lambda start, length: [
+        (9 * 4096 + 5, 100), (100, 3 * 4096), (2 * 4096, 4096), (8 * 4096, 2 * 4096)])
+    loaded = CheckpointIn.load(write_checkpoint(tmp_path / "c", cp))
+    want = bytearray(len(ram))
+    for page in (0, 1, 2, 3, 8, 9):
+        want[page * 4096 : (page + 1) * 4096] = ram[page * 4096 : (page + 1) * 4096]
+    assert loaded.image_data_size("ram") == 6 * 4096
+    assert loaded.memory_image("ram") == want
