@@ -128,6 +128,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints requested by the guest (m5 checkpoint) go "
                         "(default m5out; each is DIR/cpt.TICK)")
+    p.add_argument("--checkpoint-compression", default="zlib", choices=("none", "zlib", "zstd"),
+                   help="how checkpoints compress guest RAM (zero pages are never stored; "
+                        "zstd needs the optional zstandard package)")
     p.add_argument("--restore", default=None, metavar="DIR",
                    help="continue from this checkpoint instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
@@ -204,6 +207,13 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
         raise UsageError(f"--max-seconds {args.max_seconds}: must be a non-negative number")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    from .errors import CheckpointError
+    from .sim.memimage import check_codec
+
+    try:
+        check_codec(args.checkpoint_compression)
+    except CheckpointError as err:
+        raise UsageError(f"--checkpoint-compression: {err}") from err
     if args.restore is not None:
         if not Path(args.restore).is_dir():
             raise UsageError(f"--restore {args.restore}: no such checkpoint directory")
@@ -286,7 +296,7 @@ def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
         if result.cause != CAUSE_CHECKPOINT:
             return result
         directory = Path(args.checkpoint_dir or "m5out") / f"cpt.{result.tick}"
-        system.checkpoint(directory, overwrite=True)
+        system.checkpoint(directory, overwrite=True, compression=args.checkpoint_compression)
         print(f"kvmcpu run: checkpoint written to {directory}", file=sys.stderr)
 
 

@@ -4,14 +4,22 @@ A :class:`HostMemory` is an anonymous, page-aligned ``mmap`` owned by Python.
 The System allocates it, registers it with ``Vm.set_user_memory_region`` and
 devices, loaders and the mock vCPU all read and write the very same bytes, so
 guest memory looks identical whichever backend runs the guest.
+
+With ``noreserve`` (the default) the mapping is a memfd (shared memory with a
+file descriptor): pages are reserved lazily, when first touched, and
+:meth:`HostMemory.data_extents` can ask the kernel (``SEEK_DATA``/``SEEK_HOLE``)
+which pages were ever touched, so a checkpoint of a large guest does not read
+(and so allocate) the RAM it never used.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
+import os
 import warnings
-from typing import Any, Optional, Union, overload
+from typing import Any, Iterator, Optional, Tuple, Union, overload
 
 from .errors import ClosedError
 
@@ -24,17 +32,32 @@ class HostMemory:
 
     ``view`` is a writable memoryview of the whole mapping and ``address`` its
     host virtual address (what KVM's ``userspace_addr`` wants). Large sizes are
-    mapped with MAP_NORESERVE so that untouched guest RAM costs nothing.
+    mapped with MAP_NORESERVE so that untouched guest RAM costs nothing; they
+    are a memfd (see the module docstring) where the host has ``memfd_create``.
     """
+
+    _fd: Optional[int] = None
 
     def __init__(self, size: int, *, noreserve: bool = True) -> None:
         if not isinstance(size, int) or isinstance(size, bool):
             raise TypeError(f"size must be an int, got {type(size).__name__}")
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"size must be a positive multiple of {PAGE_SIZE}, got {size:#x}")
-        flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | (_MAP_NORESERVE if noreserve else 0)
         self.size = size
-        self._mm: Optional[mmap.mmap] = mmap.mmap(-1, size, flags=flags)
+        memfd = getattr(os, "memfd_create", None)
+        if noreserve and memfd is not None:
+            fd = memfd("kvmcpu-ram", getattr(os, "MFD_CLOEXEC", 1))
+            try:
+                os.ftruncate(fd, size)
+                self._mm: Optional[mmap.mmap] = mmap.mmap(
+                    fd, size, flags=mmap.MAP_SHARED | _MAP_NORESERVE)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        else:
+            flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | (_MAP_NORESERVE if noreserve else 0)
+            self._mm = mmap.mmap(-1, size, flags=flags)
         # The ctypes anchor exports a pointer into the mmap; it lives until close(),
         # which drops it (and every view) before closing the mapping.
         self._anchor: Optional[ctypes.Array[ctypes.c_char]] = (ctypes.c_char * size).from_buffer(
@@ -69,6 +92,34 @@ class HostMemory:
                 f"write [{offset:#x}, +{len(data):#x}) outside a {self.size:#x}-byte buffer"
             )
         self.view[offset : offset + len(data)] = data
+
+    def data_extents(self, start: int = 0, length: Optional[int] = None
+                     ) -> Iterator[Tuple[int, int]]:
+        """``(offset, length)`` ranges in ``[start, start + length)`` that may hold
+        non-zero bytes: the pages ever touched (the rest reads as zero).
+
+        Without a memfd (``noreserve=False``) the whole range is one extent.
+        """
+        self._check()
+        end = self.size if length is None else min(self.size, start + length)
+        fd = self._fd
+        if fd is None:
+            if start < end:
+                yield start, end - start
+            return
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data after pos
+                    return
+                raise
+            if data >= end:
+                return
+            hole = min(end, os.lseek(fd, data, os.SEEK_HOLE))
+            yield data, hole - data
+            pos = hole
 
     def __len__(self) -> int:
         return self.size
@@ -125,6 +176,9 @@ class HostMemory:
         except BufferError:
             # Someone still holds an exported view; the mapping stays until it is freed.
             pass
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # the mapping keeps the memory while it exists
 
     def __enter__(self) -> "HostMemory":
         return self

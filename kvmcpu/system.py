@@ -26,20 +26,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .backends.modes import sregs_refusal
 from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
 from .cpu.kvm.x86 import (
+    fixup_sregs,
     long_mode_context,
     long_mode_tables,
     protected_mode_context,
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
-from .errors import CheckpointError, ClosedError, ConfigError, GuestError
+from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
-from .sim.checkpoint import CheckpointIn, CheckpointOut
+from .sim.checkpoint import DEFAULT_COMPRESSION, CheckpointIn, CheckpointOut
 from .sim.eventq import (
     QUEUE_EMPTY_CAUSE,
     SIM_LIMIT_CAUSE,
@@ -487,10 +489,21 @@ class System(SimObject):
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
-                   overwrite: bool = False) -> Path:
-        """Drain and write a checkpoint directory (restore with :meth:`restore`)."""
+                   overwrite: bool = False, compression: str = DEFAULT_COMPRESSION) -> Path:
+        """Drain and write a checkpoint directory (restore with :meth:`restore`).
+
+        Guest RAM is stored sparse (zero pages are left out) and compressed with
+        ``compression``: ``zlib`` (default), ``none`` or ``zstd`` (needs the
+        optional ``zstandard`` package).
+
+        Raises:
+            ValueError: an unknown compression.
+            CheckpointError: writing failed (naming ``directory``), or ``zstd``
+                without its package.
+            ClosedError: the System is closed.
+        """
         self._check_open("checkpoint")
-        return self.root.checkpoint(directory, overwrite=overwrite)
+        return self.root.checkpoint(directory, overwrite=overwrite, compression=compression)
 
     def serialize(self, cp: CheckpointOut) -> None:
         p = self.params
@@ -502,7 +515,8 @@ class System(SimObject):
         cp.param_out("unclaimed", p.unclaimed)
         cp.param_out("regions", [r[0] for r in self.physmem.regions])
         for i, region in enumerate(self.physmem.regions):
-            cp.add_memory_image(f"system.physmem.region{i}", region[1].view)
+            cp.add_memory_image(f"system.physmem.region{i}", region.host.view,
+                                extents=region.host.data_extents)
         for name, dev in self.devices.named():
             if hasattr(dev, "serialize"):
                 with cp.subsection(name):
@@ -521,7 +535,8 @@ class System(SimObject):
         if regions != [r[0] for r in self.physmem.regions]:
             raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
         for i, region in enumerate(self.physmem.regions):
-            cp.read_into(f"system.physmem.region{i}", region[1].view)
+            cp.read_into(f"system.physmem.region{i}", region.host.view,
+                         extents=region.host.data_extents)
         for name, dev in self.devices.named():
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):
@@ -553,13 +568,31 @@ class System(SimObject):
             raise CheckpointError(f"checkpoint {directory}: cannot build the system it "
                                   f"describes: {err}") from err
         try:
-            system.root.instantiate(directory)
+            try:
+                system.root.instantiate(cp)  # validated once, above
+                # Hand the CPU state to the vCPU now (if startup has not), so that
+                # state the backend refuses is the checkpoint's fault, not a run error.
+                system.cpu.syncKvmState()
+            except KvmIoctlError as err:
+                raise system._refused_cpu_state(cp, err) from err
         except BaseException:
             system.close()
             raise
         if system.cpu.thread_status is ThreadStatus.Active:
             system.cpu.activateContext()
         return system
+
+    def _refused_cpu_state(self, cp: CheckpointIn, err: KvmIoctlError) -> CheckpointError:
+        """The CheckpointError for CPU state the backend refused to take."""
+        cpu = self.cpu
+        field = ""
+        if err.call == "KVM_SET_SREGS":
+            why = sregs_refusal(fixup_sregs(cpu.tc.to_sregs()))
+            field = f" ({why})" if why else " (cr0, cr3, cr4, efer or a segment register)"
+        return CheckpointError(
+            f"checkpoint {cp.directory}: the CPU state in [{cpu.path()}.xc.0] is refused by "
+            f"the {self.backend.name} backend: {err.call}{field}: {err.strerror}"
+        )
 
     # ------------------------------------------------------------------ teardown
     _closed = True

@@ -8,7 +8,7 @@ serves /dev/kvm and the mock.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .. import uapi
 
@@ -22,6 +22,8 @@ CR0_ET = 1 << 4
 CR0_NE = 1 << 5
 CR0_WP = 1 << 16
 CR0_AM = 1 << 18
+CR0_NW = 1 << 29
+CR0_CD = 1 << 30
 CR0_PG = 1 << 31
 CR4_PAE = 1 << 5
 CR4_OSFXSR = 1 << 9
@@ -30,6 +32,30 @@ EFER_SCE = 1 << 0
 EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
 EFER_NXE = 1 << 11
+
+
+def sregs_refusal(s: uapi.kvm_sregs, *, cr4_valid: int = ~0, efer_valid: int = ~0
+                  ) -> Optional[str]:
+    """Why KVM_SET_SREGS refuses ``s`` with EINVAL (the kernel's kvm_is_valid_sregs and
+    the CR0/CR4/EFER checks behind it), or None. Which CR4 and EFER bits are reserved
+    depends on the vCPU's CPUID: pass the backend's valid sets to judge them too."""
+    cr0, cr4, efer = int(s.cr0), int(s.cr4), int(s.efer)
+    if cr0 & CR0_PG and not cr0 & CR0_PE:
+        return "CR0.PG without CR0.PE"
+    if cr0 >> 32:
+        return "reserved CR0 bits"
+    if cr4 & ~cr4_valid:
+        return f"reserved CR4 bits {cr4 & ~cr4_valid:#x}"
+    if efer & ~efer_valid:
+        return f"reserved EFER bits {efer & ~efer_valid:#x}"
+    if efer & EFER_LMA and not cr0 & CR0_PG:
+        return "EFER.LMA without CR0.PG"
+    if efer & EFER_LME and cr0 & CR0_PG and not cr4 & CR4_PAE:
+        return "EFER.LME and CR0.PG without CR4.PAE"
+    if cr0 & CR0_NW and not cr0 & CR0_CD:
+        return "CR0.NW without CR0.CD"
+    return None
+
 
 # Page-table entry bits
 PTE_P = 1 << 0

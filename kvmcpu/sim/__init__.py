@@ -12,6 +12,7 @@ from kvmcpu.sim.checkpoint import (
     UnknownCheckpointKeyWarning,
     param_in,
     param_out,
+    reseal,
     write_checkpoint,
 )
 from kvmcpu.sim.eventq import (
@@ -74,4 +75,5 @@ __all__ = [
     "param_out",
     "simulate",
     "write_checkpoint",
+    "reseal",
 ]

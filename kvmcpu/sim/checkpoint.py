@@ -4,39 +4,52 @@
 (``[system.cpu0]``) followed by ``key=value`` lines, lists space-separated,
 booleans ``true``/``false``, byte strings in hex. The ``[Globals]`` section
 comes first; the ``[kvmcpu]`` manifest comes last and holds the format version,
-the list of sections, and for every memory image its file, size, compression
-and SHA-256 digests (of the raw bytes and of the stored file), then
-``complete=true`` as the file's last line.
+the list of sections, and for every memory image its file, raw size,
+compression and the SHA-256 of the stored file, then ``complete=true``; the
+file's last line, ``m5cpt_sha256=``, is the SHA-256 of every byte of ``m5.cpt``
+before it. So every file of a checkpoint is covered by a digest: a byte changed
+anywhere is a :class:`CheckpointError` naming the file. (A deliberate hand edit
+of ``m5.cpt`` is accepted after :func:`reseal`.)
+
+Memory images are sparse and compressed (``zlib`` by default; ``none``, or
+``zstd`` with the optional ``zstandard`` package): only non-zero pages are
+stored, in records of at most 1 MiB written and read one at a time, so memory
+use is bounded whatever the RAM size. The file format is in
+:mod:`kvmcpu.sim.memimage`.
 
 Writing is atomic: everything goes to a hidden temporary sibling directory,
-every file and the directory are fsync'ed, and only then is it renamed into
-place. An interrupted write leaves either nothing or the previous checkpoint
-at the target path (with ``overwrite=True`` the old one is first renamed to a
-hidden ``.NAME.old-*`` sibling, so for an instant the target is absent, never
-half-written).
+every file and the directory are fsync'ed, and only then is it moved into
+place; an existing checkpoint being overwritten is swapped out in one step
+(``renameat2(RENAME_EXCHANGE)``) and then deleted. An interrupted write (even
+SIGKILL) leaves the previous checkpoint, or nothing, at the target path, and at
+worst a hidden ``.NAME.tmp-*`` sibling.
 
-Loading validates the whole checkpoint (syntax, version, sections, image
-sizes and digests) before anything is handed to an object. Unknown keys and
-sections are accepted, as gem5 accepts them, but reported: see
-:meth:`CheckpointIn.unused_keys` and :class:`UnknownCheckpointKeyWarning`.
+Loading validates the whole checkpoint (digest of ``m5.cpt``, syntax, version,
+sections, every image file's size and digest) before anything is handed to an
+object. Unknown keys and sections are accepted, as gem5 accepts them, but
+reported: see :meth:`CheckpointIn.unused_keys` and
+:class:`UnknownCheckpointKeyWarning`. Format version 1 (whole-RAM images, no
+digest of ``m5.cpt``) is not read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
+import ctypes
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 import warnings
-import zlib
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Sequence, Set, Tuple, TypeVar, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 from kvmcpu.errors import CheckpointError
+from kvmcpu.sim import memimage
+from kvmcpu.sim.memimage import Extents
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +57,8 @@ __all__ = [
     "GLOBALS_SECTION",
     "MANIFEST_SECTION",
     "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
+    "reseal",
     "UnknownCheckpointKeyWarning",
     "CheckpointOut",
     "CheckpointIn",
@@ -56,15 +71,19 @@ __all__ = [
 ]
 
 #: The checkpoint format this code writes and reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: The ini file inside a checkpoint directory (gem5's name).
 CPT_FILE = "m5.cpt"
 #: gem5's section for simulator-wide values (curTick).
 GLOBALS_SECTION = "Globals"
 #: The manifest section: version, sections, images and digests.
 MANIFEST_SECTION = "kvmcpu"
-#: Memory image compressions and the file suffix each one uses.
-COMPRESSIONS = {"none": ".pmem", "zlib": ".pmem.zlib", "gzip": ".pmem.gz"}
+#: Memory image compressions (``zstd`` needs the optional ``zstandard`` package).
+COMPRESSIONS = tuple(memimage.CODECS)
+#: What memory images are compressed with unless asked otherwise (gem5 gzips its pmem).
+DEFAULT_COMPRESSION = "zlib"
+#: The last line of m5.cpt: the SHA-256 of every byte before it.
+DIGEST_KEY = "m5cpt_sha256"
 
 _CHUNK = 1 << 22
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -176,10 +195,13 @@ class _Scoped:
 class CheckpointOut(_Scoped):
     """Collects sections and memory images; :func:`write_checkpoint` stores them."""
 
-    def __init__(self) -> None:
+    def __init__(self, compression: str = DEFAULT_COMPRESSION) -> None:
         super().__init__()
+        memimage.check_codec(compression)
+        #: The compression of images added without one.
+        self.compression = compression
         self._sections: Dict[str, SectionOut] = {}
-        self._images: Dict[str, Tuple[memoryview, str]] = {}
+        self._images: Dict[str, Tuple[memoryview, str, Optional[Extents]]] = {}
 
     def section(self, path: str) -> SectionOut:
         """The section ``path``, created (empty) on first use."""
@@ -202,29 +224,37 @@ class CheckpointOut(_Scoped):
         """The section paths, in the order they were created."""
         return list(self._sections)
 
-    def add_memory_image(self, name: str, buffer: Buffer, compression: str = "none") -> None:
+    def add_memory_image(self, name: str, buffer: Buffer, compression: Optional[str] = None,
+                         *, extents: Optional[Extents] = None) -> None:
         """Add a memory image (not copied: the buffer must not change until written).
+
+        Only its non-zero pages are stored.
 
         Args:
             name: file-name-safe identifier (``system.physmem.ram0``).
             buffer: the bytes (any buffer, e.g. an mmap of guest RAM).
-            compression: ``none``, ``zlib`` or ``gzip``.
+            compression: ``none``, ``zlib`` or ``zstd`` (default: :attr:`compression`).
+            extents: where ``buffer`` may hold non-zero bytes, as
+                :meth:`kvmcpu.hostmem.HostMemory.data_extents` says; only there is
+                it read (default: everywhere).
+
+        Raises:
+            ValueError: a bad name or compression, or a name added twice.
+            CheckpointError: ``zstd`` without the ``zstandard`` package.
         """
         if not _IMAGE_NAME.match(name) or ".." in name:
             raise ValueError(f"invalid memory image name {name!r}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(
-                f"unknown compression {compression!r}; use one of {list(COMPRESSIONS)}"
-            )
+        compression = self.compression if compression is None else compression
+        memimage.check_codec(compression)
         if name in self._images:
             raise ValueError(f"memory image {name!r} added twice")
-        self._images[name] = (memoryview(buffer).cast("B"), compression)
+        self._images[name] = (memoryview(buffer).cast("B"), compression, extents)
 
     def images(self) -> List[str]:
         """The memory image names."""
         return list(self._images)
 
-    def _image(self, name: str) -> Tuple[memoryview, str]:
+    def _image(self, name: str) -> Tuple[memoryview, str, Optional[Extents]]:
         return self._images[name]
 
 
@@ -244,60 +274,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _HashingWriter:
-    """Writes to a file while counting and hashing what was stored."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.size = 0
-        self.sha = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self.f.write(view)
-        self.sha.update(view)
-        self.size += view.nbytes
-        return view.nbytes
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def _write_image(path: Path, data: memoryview, compression: str) -> Dict[str, str]:
-    raw_sha = hashlib.sha256()
-    with open(path, "wb") as f:
-        out = _HashingWriter(f)
-        if compression == "gzip":
-            # mtime=0 and no file name keep the file byte-identical for identical RAM.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-                for i in range(0, len(data), _CHUNK):
-                    chunk = data[i : i + _CHUNK]
-                    raw_sha.update(chunk)
-                    gz.write(chunk)
-        elif compression == "zlib":
-            comp = zlib.compressobj(6)
-            for i in range(0, len(data), _CHUNK):
-                chunk = data[i : i + _CHUNK]
-                raw_sha.update(chunk)
-                out.write(comp.compress(chunk))
-            out.write(comp.flush())
-        else:
-            for i in range(0, len(data), _CHUNK):
-                chunk = data[i : i + _CHUNK]
-                raw_sha.update(chunk)
-                out.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    return {
-        "file": path.name,
-        "size": str(len(data)),
-        "compression": compression,
-        "sha256": raw_sha.hexdigest(),
-        "stored_size": str(out.size),
-        "stored_sha256": out.sha.hexdigest(),
-    }
-
-
 def _render(cp: CheckpointOut, manifest: Dict[str, str]) -> str:
     lines = [f"## checkpoint generated by kvmcpu (format {FORMAT_VERSION})"]
     order = [GLOBALS_SECTION] if GLOBALS_SECTION in cp.sections() else []
@@ -314,7 +290,72 @@ def _render(cp: CheckpointOut, manifest: Dict[str, str]) -> str:
     for key, text in manifest.items():
         lines.append(f"{key}={text}")
     lines.append("complete=true")
-    return "\n".join(lines) + "\n"
+    return _seal("\n".join(lines) + "\n")
+
+
+def _seal(text: str) -> str:
+    """``text`` followed by its digest line."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"{text}{DIGEST_KEY}={digest}\n"
+
+
+def reseal(directory: Union[str, os.PathLike[str]]) -> None:
+    """Accept a deliberate hand edit of ``directory/m5.cpt``: recompute its digest line.
+
+    gem5 users edit ``m5.cpt`` by hand; kvmcpu refuses an edited file (its digest
+    no longer matches) until this is called. Memory images are not touched:
+    their digests stay checked.
+
+    Raises:
+        CheckpointError: there is no m5.cpt, or it is not a sealed kvmcpu m5.cpt.
+    """
+    path = Path(directory) / CPT_FILE
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: cannot read {CPT_FILE}: {err}") from err
+    body, _digest = _split_digest(text)
+    if body is None:
+        raise CheckpointError(f"checkpoint {directory}: {CPT_FILE} has no {DIGEST_KEY} line")
+    _atomic_write_text(path, _seal(body))
+
+
+def _split_digest(text: str) -> Tuple[Optional[str], str]:
+    """(everything before the digest line, the digest), or (None, "") without one."""
+    body, sep, last = text.rstrip("\n").rpartition("\n")
+    if not sep or not last.startswith(DIGEST_KEY + "="):
+        return None, ""
+    return body + "\n", last[len(DIGEST_KEY) + 1 :].strip()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def write_checkpoint(directory: Union[str, os.PathLike[str]], cp: CheckpointOut,
@@ -331,7 +372,8 @@ def write_checkpoint(directory: Union[str, os.PathLike[str]], cp: CheckpointOut,
 
     Raises:
         CheckpointError: the directory exists (without ``overwrite``), is not a
-            checkpoint, or writing failed (then nothing is left behind).
+            checkpoint, or writing failed (then nothing is left behind); the
+            message names ``directory``, not the temporary one.
     """
     if MANIFEST_SECTION in cp.sections():
         raise CheckpointError(f"section [{MANIFEST_SECTION}] is reserved for the manifest")
@@ -342,23 +384,39 @@ def write_checkpoint(directory: Union[str, os.PathLike[str]], cp: CheckpointOut,
         if not target.is_dir() or (any(target.iterdir()) and not (target / CPT_FILE).exists()):
             raise CheckpointError(f"refusing to overwrite {target}: it is not a checkpoint")
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    for above in (parent, *parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise CheckpointError(f"cannot write checkpoint {target}: {above} is not a "
+                                      f"directory")
+            break
+    step = f"creating {parent}"
+    tmp: Optional[Path] = None
     try:
+        parent.mkdir(parents=True, exist_ok=True)
+        step = f"creating a directory in {parent}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
         manifest: Dict[str, str] = {"format_version": str(FORMAT_VERSION)}
         names = cp.images()
         manifest["images"] = encode_value(names)
         for name in names:
-            data, compression = cp._image(name)
-            info = _write_image(tmp / (name + COMPRESSIONS[compression]), data, compression)
+            data, compression, extents = cp._image(name)
+            file = name + memimage.IMAGE_SUFFIX
+            step = f"writing {file}"
+            info = memimage.write_image(tmp / file, data, compression, extents)
             for key, text in info.items():
                 manifest[f"image.{name}.{key}"] = text
+        step = f"writing {CPT_FILE}"
         with open(tmp / CPT_FILE, "w", encoding="utf-8", newline="\n") as f:
             f.write(_render(cp, manifest))
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if target.exists():
+        step = "moving it into place"
+        if target.exists() and _exchange(tmp, target):
+            _fsync_dir(parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old checkpoint
+        elif target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
             os.rmdir(old)
             os.rename(target, old)
@@ -369,9 +427,13 @@ def write_checkpoint(directory: Union[str, os.PathLike[str]], cp: CheckpointOut,
             os.rename(tmp, target)
             _fsync_dir(parent)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, (OSError, ValueError)):
-            raise CheckpointError(f"writing checkpoint {target} failed: {err}") from err
+        if tmp is not None and tmp.exists() and tmp != target:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            why = err.strerror or str(err)
+            raise CheckpointError(f"cannot write checkpoint {target}: {step}: {why}") from err
+        if isinstance(err, ValueError):
+            raise CheckpointError(f"cannot write checkpoint {target}: {err}") from err
         raise
     return target
 
@@ -530,23 +592,40 @@ class CheckpointIn(_Scoped):
     def load(cls, directory: Union[str, os.PathLike[str]]) -> CheckpointIn:
         """Read and validate the checkpoint at ``directory``.
 
-        Everything is checked before this returns: the ini syntax, the format
-        version, that every listed section is present, and for every memory
-        image its file, stored size and digest, raw size and digest.
+        Everything is checked before this returns: the digest of ``m5.cpt``,
+        the ini syntax, the format version, that every listed section is
+        present, and for every memory image its file's size and digest.
 
         Raises:
-            CheckpointError: naming the first problem found.
+            CheckpointError: naming the first problem found (and the file).
         """
         path = Path(directory)
         cpt = path / CPT_FILE
         if not path.is_dir():
             raise CheckpointError(f"checkpoint {path}: not a directory")
         try:
-            text = cpt.read_text(encoding="utf-8")
+            text = cpt.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path}: no {CPT_FILE}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise CheckpointError(f"checkpoint {path}: cannot read {CPT_FILE}: {err}") from err
+        body, digest = _split_digest(text)
+        if body is None:
+            found = re.search(r"^format_version=(\d+)\s*$", text, re.M)
+            if found and int(found.group(1)) != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"checkpoint {path}: format version {found.group(1)} is not supported "
+                    f"(this kvmcpu reads version {FORMAT_VERSION})"
+                )
+            raise CheckpointError(f"checkpoint {path}: {CPT_FILE} is incomplete (truncated?): "
+                                  f"its last line is not {DIGEST_KEY}=")
+        if hashlib.sha256(body.encode("utf-8")).hexdigest() != digest:
+            raise CheckpointError(
+                f"checkpoint {path}: {CPT_FILE} was changed after it was written (its SHA-256 "
+                f"does not match its {DIGEST_KEY} line; after a deliberate edit, "
+                f"kvmcpu.sim.checkpoint.reseal() accepts it)"
+            )
+        text = body
         sections = _parse_ini(text, str(path))
         manifest_values = sections.pop(MANIFEST_SECTION, None)
         if manifest_values is None:
@@ -570,7 +649,7 @@ class CheckpointIn(_Scoped):
                 "file": manifest.get_str(prefix + "file"),
                 "size": str(manifest.get_int(prefix + "size")),
                 "compression": manifest.get_str(prefix + "compression"),
-                "sha256": manifest.get_str(prefix + "sha256"),
+                "data_size": str(manifest.get_int(prefix + "data_size")),
                 "stored_size": str(manifest.get_int(prefix + "stored_size")),
                 "stored_sha256": manifest.get_str(prefix + "stored_sha256"),
             }
@@ -614,35 +693,10 @@ class CheckpointIn(_Scoped):
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 sha.update(chunk)
         if sha.hexdigest() != info["stored_sha256"]:
-            raise CheckpointError(f"{where}: SHA-256 of the stored file does not match")
-        raw_sha = hashlib.sha256()
-        size = 0
-        for chunk in cls._raw_chunks(file, info["compression"], where):
-            raw_sha.update(chunk)
-            size += len(chunk)
-        if size != int(info["size"]):
-            raise CheckpointError(f"{where}: holds {size} bytes, manifest says {info['size']}")
-        if raw_sha.hexdigest() != info["sha256"]:
-            raise CheckpointError(f"{where}: SHA-256 of the image does not match")
-
-    @staticmethod
-    def _raw_chunks(file: Path, compression: str, where: str) -> Iterator[bytes]:
-        try:
-            with open(file, "rb") as f:
-                if compression == "gzip":
-                    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                        yield from iter(lambda: gz.read(_CHUNK), b"")
-                elif compression == "zlib":
-                    dec = zlib.decompressobj()
-                    for chunk in iter(lambda: f.read(_CHUNK), b""):
-                        yield dec.decompress(chunk)
-                    yield dec.flush()
-                    if not dec.eof:
-                        raise CheckpointError(f"{where}: compressed stream is truncated")
-                else:
-                    yield from iter(lambda: f.read(_CHUNK), b"")
-        except (OSError, EOFError, zlib.error) as err:
-            raise CheckpointError(f"{where}: cannot decompress: {err}") from err
+            raise CheckpointError(f"{where}: SHA-256 of the file does not match the manifest "
+                                  f"(the file was changed after it was written)")
+        if int(info["data_size"]) > int(info["size"]):
+            raise CheckpointError(f"{where}: holds more data than its size")
 
     # -- sections ------------------------------------------------------------------
     def sections(self) -> List[str]:
@@ -722,8 +776,20 @@ class CheckpointIn(_Scoped):
         self.read_into(name, buf)
         return bytes(buf)
 
-    def read_into(self, name: str, buffer: Buffer) -> None:
+    def image_data_size(self, name: str) -> int:
+        """How many bytes of image ``name`` are stored (its non-zero pages)."""
+        return int(self._image_info(name)["data_size"])
+
+    def read_into(self, name: str, buffer: Buffer, *,
+                  extents: Optional[Extents] = None) -> None:
         """Fill ``buffer`` (exactly the image's size) with memory image ``name``.
+
+        Args:
+            name: the image.
+            buffer: the writable destination.
+            extents: where ``buffer`` may already hold non-zero bytes
+                (:meth:`kvmcpu.hostmem.HostMemory.data_extents`): only there are
+                the image's zero pages written (default: everywhere).
 
         Raises:
             CheckpointError: size mismatch, or the file changed since :meth:`load`
@@ -731,7 +797,7 @@ class CheckpointIn(_Scoped):
         """
         info = self._image_info(name)
         view = memoryview(buffer).cast("B")
-        where = f"checkpoint {self.directory}: image {name}"
+        where = f"checkpoint {self.directory}: image {name} ({info['file']})"
         if view.readonly:
             raise CheckpointError(f"{where}: the destination buffer is read-only")
         if view.nbytes != int(info["size"]):
@@ -739,17 +805,7 @@ class CheckpointIn(_Scoped):
                 f"{where}: is {info['size']} bytes, the destination holds {view.nbytes}"
             )
         file = self._image_path(self.directory, name, info)
-        sha = hashlib.sha256()
-        pos = 0
-        for chunk in self._raw_chunks(file, info["compression"], where):
-            end = pos + len(chunk)
-            if end > view.nbytes:
-                raise CheckpointError(f"{where}: file grew since the checkpoint was loaded")
-            view[pos:end] = chunk
-            sha.update(chunk)
-            pos = end
-        if pos != view.nbytes or sha.hexdigest() != info["sha256"]:
-            raise CheckpointError(f"{where}: file changed since the checkpoint was loaded")
+        memimage.read_image(file, info, view, where, extents)
 
 
 def param_in(cp: CheckpointIn, key: str, kind: type[T]) -> T:

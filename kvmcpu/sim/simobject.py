@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Union
 
 from kvmcpu.errors import CheckpointError, ConfigError, SimulationError
 from kvmcpu.sim.checkpoint import (
+    DEFAULT_COMPRESSION,
     GLOBALS_SECTION,
     CheckpointIn,
     CheckpointOut,
@@ -381,12 +382,15 @@ class Root(SimObject):
         self.statistics.add_root(self.stats_group)
         self.instantiated = False
 
-    def instantiate(self, ckpt_dir: Union[str, os.PathLike[str], None] = None) -> None:
+    def instantiate(self, ckpt_dir: Union[str, os.PathLike[str], CheckpointIn, None] = None
+                    ) -> None:
         """Run init, then initState or (restoring ``ckpt_dir``) loadState, then startup.
 
         A checkpoint is loaded and fully validated, and every object's section is
-        checked to exist, before any object's ``unserialize`` is called. Keys no
-        object read produce an UnknownCheckpointKeyWarning (they are ignored, as gem5).
+        checked to exist, before any object's ``unserialize`` is called; an
+        already loaded :class:`CheckpointIn` is used as it is (not validated
+        again). Keys no object read produce an UnknownCheckpointKeyWarning
+        (they are ignored, as gem5).
 
         Raises:
             CheckpointError: the checkpoint is invalid or does not match the tree.
@@ -401,7 +405,7 @@ class Root(SimObject):
             for obj in objs:
                 obj.init_state()
         else:
-            cp = CheckpointIn.load(ckpt_dir)
+            cp = ckpt_dir if isinstance(ckpt_dir, CheckpointIn) else CheckpointIn.load(ckpt_dir)
             missing = [o.path() for o in objs if not cp.has_section(o.path())]
             if missing:
                 raise CheckpointError(
@@ -431,9 +435,10 @@ class Root(SimObject):
             obj.startup()
         self.instantiated = True
 
-    def serialize_all(self) -> CheckpointOut:
-        """Every object's state (and ``[Globals] curTick``) as a CheckpointOut."""
-        cp = CheckpointOut()
+    def serialize_all(self, compression: str = DEFAULT_COMPRESSION) -> CheckpointOut:
+        """Every object's state (and ``[Globals] curTick``) as a CheckpointOut whose
+        memory images are compressed with ``compression``."""
+        cp = CheckpointOut(compression)
         with cp.scope(GLOBALS_SECTION):
             cp.param_out("curTick", self.eventq.cur_tick)
         for obj in self.descendants():
@@ -442,14 +447,19 @@ class Root(SimObject):
         return cp
 
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, compression: str = DEFAULT_COMPRESSION) -> Path:
         """Drain (if needed) and write a checkpoint (gem5 ``m5.checkpoint``).
 
         The system stays drained; the next :meth:`simulate` resumes it.
+
+        Raises:
+            ValueError: an unknown ``compression`` (before anything is drained).
+            CheckpointError: ``zstd`` without its package, or writing failed.
         """
+        CheckpointOut(compression)  # refuses a bad compression up front
         if not self.drain_manager.is_drained():
             self.drain_manager.drain()
-        return write_checkpoint(directory, self.serialize_all(), overwrite=overwrite)
+        return write_checkpoint(directory, self.serialize_all(compression), overwrite=overwrite)
 
     def drain(self) -> DrainState:
         """Root's own drain hook (it has no state); see :meth:`drain_all`."""

@@ -70,7 +70,7 @@ ALLOWED = {
     "mem": {"errors", "hostmem"}, "devices": {"errors", "mem", "sim"},
     "loader": {"errors", "mem"}, "guests": {"errors"},
     "cpu": {"_ioctl", "backends", "errors", "hostmem", "sim", "uapi"},
-    "system": {"cpu", "devices", "errors", "loader", "mem", "sim"},
+    "system": {"backends", "cpu", "devices", "errors", "loader", "mem", "sim"},
 }
 
 
@@ -103,3 +103,17 @@ def test_dependencies_point_downward_only() -> None:
             continue  # kvmcpu/__init__, __main__, cli, cli_run, info: the top
         wrong = _imports(path, module) - ALLOWED[layer] - {layer}
         assert not wrong, f"{path.relative_to(ROOT)} ({layer}) imports {sorted(wrong)}"
+
+
+def test_only_the_backends_know_a_backend() -> None:
+    """Above backends/, code talks to the contract (base.py, exits.py, modes.py,
+    get_backend), never to kvm.py, kvm_vcpu.py or mock/ directly."""
+    import re
+
+    private = re.compile(
+        r"^\s*(from|import)\s+[.\w]*backends(\.|\s+import\s+)(mock|kvm|kvm_vcpu)\b", re.M)
+    for path in sorted((ROOT / "kvmcpu").rglob("*.py")):
+        if "backends" in path.relative_to(ROOT).parts:
+            continue
+        hits = [m.group(0).strip() for m in private.finditer(path.read_text())]
+        assert not hits, f"{path.relative_to(ROOT)}: {hits}"

@@ -19,6 +19,7 @@ from system_helpers import (
 from kvmcpu import cli
 from kvmcpu.backends.base import open_objects
 from kvmcpu.errors import CheckpointError
+from kvmcpu.sim.checkpoint import CheckpointIn, reseal
 from kvmcpu.system import CAUSE_HALTED, System
 
 PAIRS = [
@@ -91,25 +92,36 @@ def _small_checkpoint(tmp_path: Path) -> Path:
         return system.checkpoint(tmp_path / "cpt.small")
 
 
-def _edit_cpt(pattern: str, replacement: str) -> Callable[[Path], None]:
+def _edit_cpt(pattern: str, replacement: str, *, seal: bool = True) -> Callable[[Path], None]:
+    """An edit of m5.cpt; ``seal``: made deliberately (resealed), to test the checks
+    after the digest; unsealed, the digest itself refuses it."""
     def edit(cpt: Path) -> None:
         path = cpt / "m5.cpt"
         text = path.read_text()
         new = re.sub(pattern, replacement, text, count=1, flags=re.M)
         assert new != text, pattern
         path.write_text(new)
+        if seal:
+            reseal(cpt)
     return edit
 
 
 def _truncate_image(cpt: Path) -> None:
-    (image,) = cpt.glob("*.pmem")
+    (image,) = cpt.glob("*.pmem.chunks")
     with image.open("r+b") as f:
-        f.truncate(4096)
+        f.truncate(f.seek(0, 2) - 1)
 
 
 def _remove_image(cpt: Path) -> None:
-    for image in cpt.glob("*.pmem"):
+    for image in cpt.glob("*.pmem.chunks"):
         image.unlink()
+
+
+def _flip_image_byte(cpt: Path) -> None:
+    (image,) = cpt.glob("*.pmem.chunks")
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 1
+    image.write_bytes(bytes(data))
 
 
 DAMAGE = {
@@ -128,6 +140,10 @@ DAMAGE = {
     "uart key missing": _edit_cpt(r"^lsr=\d+\n", ""),
     "memory image truncated": _truncate_image,
     "memory image missing": _remove_image,
+    "memory image byte flipped": _flip_image_byte,
+    "rbx changed, not resealed": _edit_cpt(r"^rbx=(\d+)", r"rbx=1\1", seal=False),
+    "a comment added, not resealed": _edit_cpt(r"^\[Globals\]", "# hi\n[Globals]", seal=False),
+    "CR0 reserved bits set": _edit_cpt(r"^cr0=(\d+)", r"cr0=4294967296\1"),  # SET_SREGS refuses
 }
 
 
@@ -161,3 +177,19 @@ def test_restore_keeps_registers_and_tick(tmp_path: Path) -> None:
         tc = system.cpu.getContext()
         assert (tc.rax & 0xFFFF, tc.rbx & 0xFFFF) == (0x1234, 0x5678)
         assert system.run(timeout=20).cause == CAUSE_HALTED
+
+
+def test_restore_validates_the_checkpoint_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cpt = _small_checkpoint(tmp_path)
+    loads: List[Path] = []
+    real = CheckpointIn.load.__func__  # type: ignore[attr-defined]
+
+    def load(cls: type, directory: Path) -> CheckpointIn:
+        loads.append(Path(directory))
+        return real(cls, directory)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(CheckpointIn, "load", classmethod(load))
+    with System.restore(cpt, backend="mock") as system:
+        assert system.cpu.getContext().rax & 0xFFFF == 0x1234
+    assert loads == [cpt]

@@ -26,7 +26,7 @@ from kvmcpu.cpu.thread import (
     VcpuEvents,
 )
 from kvmcpu.errors import CheckpointError
-from kvmcpu.sim.checkpoint import CheckpointIn, CheckpointOut, write_checkpoint
+from kvmcpu.sim.checkpoint import CheckpointIn, CheckpointOut, reseal, write_checkpoint
 
 S = TypeVar("S", bound=ctypes.Structure)
 BOUNDED = settings(max_examples=50, deadline=None)
@@ -301,12 +301,14 @@ def test_unserialize_is_all_or_nothing(tmp_path: Path) -> None:
     write_checkpoint(tmp_path / "c", cp)
     f = tmp_path / "c" / "m5.cpt"
     f.write_text(f.read_text().replace("\ncpuid=\n", "\ncpuid=1 2 3\n"))
+    reseal(tmp_path / "c")  # a deliberate edit
     loaded = CheckpointIn.load(tmp_path / "c")
     target = ThreadContext(rax=99)
     with loaded.scope("xc"), pytest.raises(CheckpointError, match=r"\[xc\] cpuid"):
         target.unserialize(loaded)
     assert target.rax == 99
     f.write_text(f.read_text().replace("\nrbx=0\n", "\n"))
+    reseal(tmp_path / "c")
     loaded = CheckpointIn.load(tmp_path / "c")
     with loaded.scope("xc"), pytest.raises(CheckpointError, match=r"\[xc\] rbx: missing"):
         target.unserialize(loaded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from ... import uapi
+from ..modes import sregs_refusal
 
 # Register numbers
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
@@ -308,20 +309,5 @@ class CpuState:
 
 
 def check_sregs(s: uapi.kvm_sregs) -> Optional[str]:
-    """Why KVM_SET_SREGS would refuse ``s`` (EINVAL), or None."""
-    cr0, cr4, efer = int(s.cr0), int(s.cr4), int(s.efer)
-    if cr0 & CR0_PG and not cr0 & CR0_PE:
-        return "CR0.PG without CR0.PE"
-    if cr0 >> 32:
-        return "reserved CR0 bits"
-    if cr4 & ~CR4_VALID:
-        return f"reserved CR4 bits {cr4 & ~CR4_VALID:#x}"
-    if efer & ~EFER_VALID:
-        return f"reserved EFER bits {efer & ~EFER_VALID:#x}"
-    if efer & EFER_LMA and not cr0 & CR0_PG:
-        return "EFER.LMA without CR0.PG"
-    if efer & EFER_LME and cr0 & CR0_PG and not cr4 & CR4_PAE:
-        return "EFER.LME and CR0.PG without CR4.PAE"
-    if cr0 & CR0_NW and not cr0 & CR0_CD:
-        return "CR0.NW without CR0.CD"
-    return None
+    """Why KVM_SET_SREGS would refuse ``s`` (EINVAL) on the mock, or None."""
+    return sregs_refusal(s, cr4_valid=CR4_VALID, efer_valid=EFER_VALID)

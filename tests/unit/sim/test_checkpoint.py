@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
+import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from kvmcpu.errors import CheckpointError
 from kvmcpu.sim import checkpoint as ckpt
+from kvmcpu.sim import memimage
 from kvmcpu.sim.checkpoint import (
     CPT_FILE,
     CheckpointIn,
@@ -19,6 +21,7 @@ from kvmcpu.sim.checkpoint import (
     encode_value,
     param_in,
     param_out,
+    reseal,
     write_checkpoint,
 )
 
@@ -39,7 +42,7 @@ def make_cp() -> CheckpointOut:
         with cp.subsection("xc"):
             cp.param_out("depth", -3)
     cp.section("system.empty")
-    for comp in ("none", "zlib", "gzip"):
+    for comp in ("none", "zlib"):
         cp.add_memory_image(f"ram_{comp}", RAM, comp)
     return cp
 
@@ -60,15 +63,19 @@ def test_round_trip(tmp_path: Path) -> None:
         assert param_in(cp, "depth", int) == -3
         assert cp.current.path == "system.cpu0.xc"
     assert cp.section("system.empty").keys() == []
-    for comp in ("none", "zlib", "gzip"):
+    for comp in ("none", "zlib"):
         assert cp.image_size(f"ram_{comp}") == len(RAM)
         assert cp.memory_image(f"ram_{comp}") == RAM
-        buf = bytearray(len(RAM))
+        buf = bytearray(b"\xff" * len(RAM))  # the zero pages not stored are zeroed
         cp.read_into(f"ram_{comp}", buf)
         assert buf == RAM
-    assert sorted(cp.image_names()) == ["ram_gzip", "ram_none", "ram_zlib"]
-    assert (target / "ram_gzip.pmem.gz").read_bytes()[:2] == b"\x1f\x8b"
-    assert gzip.decompress((target / "ram_gzip.pmem.gz").read_bytes()) == RAM
+        # The 8 KiB of zero pages are not stored; the partial last page is.
+        assert cp.image_data_size(f"ram_{comp}") == len(RAM) - 8192
+    assert sorted(cp.image_names()) == ["ram_none", "ram_zlib"]
+    none = (target / "ram_none.pmem.chunks").stat().st_size
+    zlib_size = (target / "ram_zlib.pmem.chunks").stat().st_size
+    assert none < len(RAM) - 8192 + 200  # raw records: data plus a few headers
+    assert zlib_size < none // 2  # the repeated 0..255 compresses
 
 
 def test_m5cpt_is_gem5_style_ini(tmp_path: Path) -> None:
@@ -78,8 +85,10 @@ def test_m5cpt_is_gem5_style_ini(tmp_path: Path) -> None:
     assert "\n[system.cpu0]\nrax=18446744073709551615\nhalted=false\n" in text
     assert "msrs=16 3221225600\n" in text
     assert text.index("[Globals]") < text.index("[system.cpu0]") < text.index("[kvmcpu]")
-    assert text.endswith("complete=true\n")
-    assert "format_version=1\n" in text
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    assert body.endswith("\ncomplete=true")
+    assert last == "m5cpt_sha256=" + hashlib.sha256((body + "\n").encode()).hexdigest()
+    assert "format_version=2\n" in text
 
 
 def test_encode_value_rules() -> None:
@@ -106,7 +115,7 @@ def test_refuses_overwrite_and_replaces_with_flag(tmp_path: Path) -> None:
     loaded = CheckpointIn.load(target)
     assert loaded.section("Globals").get_int("curTick") == 1
     assert loaded.image_names() == []
-    assert not (target / "ram_none.pmem").exists()
+    assert not (target / "ram_none.pmem.chunks").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["cpt"]  # no temporaries left
 
 
@@ -121,23 +130,26 @@ def test_refuses_to_overwrite_a_non_checkpoint(tmp_path: Path) -> None:
 
 def test_interrupted_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = ckpt._write_image
+    real = memimage.write_image
 
-    def failing(path: Path, data: memoryview, compression: str) -> dict[str, str]:
+    def failing(path: Path, *args: Any) -> Dict[str, str]:
         calls.append(path)
         if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return real(path, data, compression)
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, *args)
 
-    monkeypatch.setattr(ckpt, "_write_image", failing)
-    with pytest.raises(CheckpointError, match="No space left"):
+    monkeypatch.setattr(memimage, "write_image", failing)
+    with pytest.raises(CheckpointError) as info:
         write_checkpoint(tmp_path / "cpt", make_cp())
+    # The message names the checkpoint the caller asked for, not the temporary directory.
+    assert str(info.value) == (f"cannot write checkpoint {tmp_path / 'cpt'}: writing "
+                               f"ram_zlib.pmem.chunks: No space left on device")
     assert list(tmp_path.iterdir()) == []
     # An old checkpoint survives a failed overwrite untouched.
-    monkeypatch.setattr(ckpt, "_write_image", real)
+    monkeypatch.setattr(memimage, "write_image", real)
     write_checkpoint(tmp_path / "cpt", make_cp())
     calls.clear()
-    monkeypatch.setattr(ckpt, "_write_image", failing)
+    monkeypatch.setattr(memimage, "write_image", failing)
     with pytest.raises(CheckpointError):
         write_checkpoint(tmp_path / "cpt", make_cp(), overwrite=True)
     assert CheckpointIn.load(tmp_path / "cpt").memory_image("ram_none") == RAM
@@ -149,14 +161,20 @@ def saved(tmp_path: Path) -> Path:
     return write_checkpoint(tmp_path / "cpt", make_cp())
 
 
-def edit_cpt(path: Path, old: str, new: str) -> None:
+def edit_cpt(path: Path, old: str, new: str, *, seal: bool = True) -> None:
+    """Edit m5.cpt; ``seal``: accept the edit (reseal), to test what is checked next."""
     f = path / CPT_FILE
     text = f.read_text()
     assert old in text
     f.write_text(text.replace(old, new, 1))
+    if seal:
+        reseal(path)
 
 
-@pytest.mark.parametrize("image", ["ram_none.pmem", "ram_zlib.pmem.zlib", "ram_gzip.pmem.gz"])
+IMAGES = ["ram_none.pmem.chunks", "ram_zlib.pmem.chunks"]
+
+
+@pytest.mark.parametrize("image", IMAGES)
 def test_truncated_image(saved: Path, image: str) -> None:
     f = saved / image
     data = f.read_bytes()
@@ -165,33 +183,51 @@ def test_truncated_image(saved: Path, image: str) -> None:
         CheckpointIn.load(saved)
 
 
-@pytest.mark.parametrize("image", ["ram_none.pmem", "ram_zlib.pmem.zlib", "ram_gzip.pmem.gz"])
+@pytest.mark.parametrize("image", IMAGES)
 def test_flipped_byte(saved: Path, image: str) -> None:
     f = saved / image
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x40
     f.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="SHA-256"):
+    with pytest.raises(CheckpointError, match=rf"\({image}\): SHA-256 of the file"):
         CheckpointIn.load(saved)
 
 
-def test_flipped_byte_with_matching_stored_digest_is_caught_by_raw_digest(saved: Path) -> None:
-    # Someone "repairs" the stored digest: the digest of the raw bytes still catches it.
-    f = saved / "ram_none.pmem"
+def test_repaired_image_digest_is_caught_by_the_m5cpt_digest(saved: Path) -> None:
+    # Someone "repairs" the image's digest in m5.cpt: m5.cpt's own digest catches it.
+    f = saved / "ram_none.pmem.chunks"
     data = bytearray(f.read_bytes())
-    data[5] ^= 1
+    data[100] ^= 1
     f.write_bytes(bytes(data))
-    import hashlib
-
     text = (saved / CPT_FILE).read_text()
     line = next(ln for ln in text.splitlines() if ln.startswith("image.ram_none.stored_sha256="))
-    edit_cpt(saved, line, "image.ram_none.stored_sha256=" + hashlib.sha256(data).hexdigest())
-    with pytest.raises(CheckpointError, match="SHA-256 of the image"):
+    edit_cpt(saved, line, "image.ram_none.stored_sha256=" + hashlib.sha256(data).hexdigest(),
+             seal=False)
+    with pytest.raises(CheckpointError, match="m5.cpt was changed after it was written"):
+        CheckpointIn.load(saved)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("rax=18446744073709551615", "rax=18446744073709551614"),  # one digit
+    ("[system.cpu0]", "[system.cpu1]"),
+    ("complete=true", "complete=True"),
+])
+def test_any_edit_of_m5cpt_is_refused(saved: Path, old: str, new: str) -> None:
+    edit_cpt(saved, old, new, seal=False)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {saved}: m5.cpt was changed"):
+        CheckpointIn.load(saved)
+
+
+def test_an_edited_digest_line_is_refused(saved: Path) -> None:
+    f = saved / CPT_FILE
+    text = f.read_text()
+    f.write_text(text[:-3] + ("0" if text[-3] != "0" else "1") + text[-2:])
+    with pytest.raises(CheckpointError, match="m5.cpt was changed"):
         CheckpointIn.load(saved)
 
 
 def test_missing_image_file(saved: Path) -> None:
-    (saved / "ram_zlib.pmem.zlib").unlink()
+    (saved / "ram_zlib.pmem.chunks").unlink()
     with pytest.raises(CheckpointError, match="ram_zlib.*missing"):
         CheckpointIn.load(saved)
 
@@ -203,8 +239,18 @@ def test_missing_section(saved: Path) -> None:
 
 
 def test_wrong_version(saved: Path) -> None:
-    edit_cpt(saved, "format_version=1", "format_version=2")
-    with pytest.raises(CheckpointError, match="format version 2 is not supported"):
+    edit_cpt(saved, "format_version=2", "format_version=3")
+    with pytest.raises(CheckpointError, match="format version 3 is not supported"):
+        CheckpointIn.load(saved)
+
+
+def test_format_version_1_is_refused_by_name(saved: Path) -> None:
+    # Version 1 (whole-RAM images, no m5.cpt digest) had no digest line.
+    f = saved / CPT_FILE
+    body = f.read_text().rstrip("\n").rpartition("\n")[0] + "\n"
+    f.write_text(body.replace("format_version=2", "format_version=1"))
+    with pytest.raises(CheckpointError, match=r"format version 1 is not supported \(this "
+                                              r"kvmcpu reads version 2\)"):
         CheckpointIn.load(saved)
 
 
@@ -215,6 +261,10 @@ def test_truncated_m5cpt(saved: Path) -> None:
     with pytest.raises(CheckpointError, match="incomplete"):
         CheckpointIn.load(saved)
     f.write_text(text[: text.index("[kvmcpu]")])
+    with pytest.raises(CheckpointError, match="incomplete"):
+        CheckpointIn.load(saved)
+    body = text.rstrip("\n").rpartition("\n")[0] + "\n"
+    f.write_text(ckpt._seal(body[: body.index("[kvmcpu]")]))
     with pytest.raises(CheckpointError, match="manifest"):
         CheckpointIn.load(saved)
 
@@ -259,8 +309,11 @@ def test_typed_getter_errors_name_section_and_key(saved: Path) -> None:
         cp.read_into("ram_none", bytearray(3))
 
 
-def test_hand_edited_value_is_accepted(saved: Path) -> None:
-    edit_cpt(saved, "rax=18446744073709551615", "rax=0x10")
+def test_hand_edited_value_is_accepted_only_once_resealed(saved: Path) -> None:
+    edit_cpt(saved, "rax=18446744073709551615", "rax=0x10", seal=False)
+    with pytest.raises(CheckpointError, match="reseal"):
+        CheckpointIn.load(saved)
+    reseal(saved)
     assert CheckpointIn.load(saved).section("system.cpu0").get_int("rax") == 16
 
 
@@ -278,13 +331,13 @@ def test_unknown_keys_are_accepted_with_a_warning(saved: Path) -> None:
 
 
 def test_unknown_manifest_key_warns_at_load(saved: Path) -> None:
-    edit_cpt(saved, "format_version=1\n", "format_version=1\nsigned_by=nobody\n")
+    edit_cpt(saved, "format_version=2\n", "format_version=2\nsigned_by=nobody\n")
     with pytest.warns(UnknownCheckpointKeyWarning, match="signed_by"):
         CheckpointIn.load(saved)
 
 
 def test_image_file_may_not_escape(saved: Path) -> None:
-    edit_cpt(saved, "image.ram_none.file=ram_none.pmem", "image.ram_none.file=../x")
+    edit_cpt(saved, "image.ram_none.file=ram_none.pmem.chunks", "image.ram_none.file=../x")
     with pytest.raises(CheckpointError, match="bad file name"):
         CheckpointIn.load(saved)
 
@@ -313,3 +366,125 @@ def test_no_warning_for_clean_checkpoint(saved: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CheckpointIn.load(saved)
+
+
+# --------------------------------------------------------------- sparse, compressed images
+def test_zero_pages_are_not_stored_and_gaps_are_zeroed(tmp_path: Path) -> None:
+    ram = bytearray(64 << 20)
+    pages = [0, 1, 2, 1000, (64 << 20) // 4096 - 1]
+    for p in pages:
+        ram[p * 4096 : p * 4096 + 13] = b"page %8d" % p
+    for comp in ("none", "zlib"):
+        cp = CheckpointOut(comp)
+        cp.add_memory_image("ram", ram)
+        target = write_checkpoint(tmp_path / comp, cp)
+        loaded = CheckpointIn.load(target)
+        assert loaded.image_data_size("ram") == len(pages) * 4096
+        size = (target / "ram.pmem.chunks").stat().st_size
+        assert size < (len(pages) * 4096 + 300 if comp == "none" else 1000)
+        dirty = bytearray(b"\xaa" * len(ram))
+        loaded.read_into("ram", dirty)
+        assert dirty == ram
+
+
+def test_extents_limit_what_is_read_and_what_is_zeroed(tmp_path: Path) -> None:
+    ram = bytearray(1 << 20)
+    ram[8192:8200] = b"in range"
+    ram[65536:65544] = b"ignored!"  # outside the extents: taken as zero
+    seen: List[Tuple[int, int]] = []
+
+    def extents(start: int, length: int) -> Iterator[Tuple[int, int]]:
+        seen.append((start, length))
+        yield 4096, 8192
+
+    cp = CheckpointOut()
+    cp.add_memory_image("ram", ram, extents=extents)
+    loaded = CheckpointIn.load(write_checkpoint(tmp_path / "c", cp))
+    assert seen == [(0, 1 << 20)]
+    assert loaded.memory_image("ram") == bytes(8192) + b"in range" + bytes((1 << 20) - 8200)
+    # Restoring into a buffer that has data only where its extents say: only there
+    # are zero pages written.
+    dest = bytearray(b"\x55" * (1 << 20))
+    loaded.read_into("ram", dest, extents=lambda start, length: [(0, 4096)])
+    assert dest[:4096] == bytes(4096)
+    assert dest[8192:8200] == b"in range"
+    assert dest[4096:8192] == b"\x55" * 4096  # not data by its extents: left alone
+
+
+def test_the_image_file_changed_after_load_is_noticed(saved: Path) -> None:
+    cp = CheckpointIn.load(saved)
+    f = saved / "ram_none.pmem.chunks"
+    data = bytearray(f.read_bytes())
+    data[200] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="changed since the checkpoint was loaded"):
+        cp.read_into("ram_none", bytearray(len(RAM)))
+
+
+def test_a_malformed_record_is_refused_even_with_a_matching_digest(saved: Path) -> None:
+    # The digest only proves the file is what was written; the reader checks the
+    # structure too (a record reaching past the image's end).
+    f = saved / "ram_none.pmem.chunks"
+    data = bytearray(f.read_bytes())
+    data[memimage._HEADER.size : memimage._HEADER.size + 8] = (1 << 40).to_bytes(8, "little")
+    f.write_bytes(bytes(data))
+    text = (saved / CPT_FILE).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("image.ram_none.stored_sha256="))
+    edit_cpt(saved, line, "image.ram_none.stored_sha256=" + hashlib.sha256(data).hexdigest())
+    cp = CheckpointIn.load(saved)
+    with pytest.raises(CheckpointError, match="record 0 at 0x10000000000.*malformed"):
+        cp.read_into("ram_none", bytearray(len(RAM)))
+
+
+def test_unknown_compression_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown checkpoint compression 'gzip'"):
+        CheckpointOut("gzip")
+    with pytest.raises(ValueError, match="use one of none, zlib, zstd"):
+        CheckpointOut().add_memory_image("ram", b"x", "lz4")
+
+
+def test_zstd_without_zstandard_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memimage, "_zstandard", lambda: None)
+    with pytest.raises(CheckpointError, match=r"needs the optional 'zstandard' package "
+                                              r"\(pip install 'kvmcpu\[zstd\]'\)"):
+        CheckpointOut("zstd")
+
+
+def test_zstd_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("zstandard")
+    cp = CheckpointOut("zstd")
+    cp.add_memory_image("ram", RAM)
+    loaded = CheckpointIn.load(write_checkpoint(tmp_path / "z", cp))
+    assert loaded.memory_image("ram") == RAM
+    assert (tmp_path / "z" / "ram.pmem.chunks").read_bytes()[24:25] == b"\x02"  # the codec byte
+
+
+def test_overwrite_swaps_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With renameat2(RENAME_EXCHANGE) the target path never stops naming a checkpoint.
+    target = write_checkpoint(tmp_path / "cpt", make_cp())
+    real = ckpt._exchange
+    states: List[bool] = []
+
+    def exchange(a: Path, b: Path) -> bool:
+        done = real(a, b)
+        states.append(done)
+        CheckpointIn.load(b)  # a complete checkpoint right after the swap
+        return done
+
+    monkeypatch.setattr(ckpt, "_exchange", exchange)
+    write_checkpoint(target, make_cp(), overwrite=True)
+    assert states == [True]
+    assert [p.name for p in tmp_path.iterdir()] == ["cpt"]
+
+
+def test_unsorted_overlapping_unaligned_extents_store_each_page_once(tmp_path: Path) -> None:
+    ram = bytearray(os.urandom(16 * 4096))
+    cp = CheckpointOut("none")
+    cp.add_memory_image("ram", ram, extents=lambda start, length: [
+        (9 * 4096 + 5, 100), (100, 3 * 4096), (2 * 4096, 4096), (8 * 4096, 2 * 4096)])
+    loaded = CheckpointIn.load(write_checkpoint(tmp_path / "c", cp))
+    want = bytearray(len(ram))
+    for page in (0, 1, 2, 3, 8, 9):
+        want[page * 4096 : (page + 1) * 4096] = ram[page * 4096 : (page + 1) * 4096]
+    assert loaded.image_data_size("ram") == 6 * 4096
+    assert loaded.memory_image("ram") == want

@@ -11,7 +11,13 @@ from typing import List, Optional, Tuple
 import pytest
 
 from kvmcpu.errors import CheckpointError, ConfigError, SimulationError
-from kvmcpu.sim.checkpoint import CPT_FILE, CheckpointIn, CheckpointOut, UnknownCheckpointKeyWarning
+from kvmcpu.sim.checkpoint import (
+    CPT_FILE,
+    CheckpointIn,
+    CheckpointOut,
+    UnknownCheckpointKeyWarning,
+    reseal,
+)
 from kvmcpu.sim.eventq import EventFunctionWrapper, EventQueue
 from kvmcpu.sim.params import Params, param
 from kvmcpu.sim.simobject import (
@@ -245,6 +251,7 @@ def test_restore_unknown_section_and_key_warn(tmp_path: Path) -> None:
     root.checkpoint(tmp_path / "cpt")
     f = tmp_path / "cpt" / CPT_FILE
     f.write_text(f.read_text().replace("[system.a]\n", "[system.a]\nextra=1\n"))
+    reseal(tmp_path / "cpt")  # a deliberate edit
     q2 = EventQueue()
     root2, a2, b2 = build(q2, [])
     with pytest.warns(UnknownCheckpointKeyWarning) as record:
@@ -261,6 +268,7 @@ def test_restore_bad_value_raises_checkpointerror(tmp_path: Path) -> None:
     root.checkpoint(tmp_path / "cpt")
     f = tmp_path / "cpt" / CPT_FILE
     f.write_text(f.read_text().replace("[system.b]\nvalue=0", "[system.b]\nvalue=zero"))
+    reseal(tmp_path / "cpt")  # a deliberate edit
     root2, _, _ = build(EventQueue(), [])
     with pytest.raises(CheckpointError, match=r"\[system.b\] value: cannot parse 'zero'"):
         root2.instantiate(tmp_path / "cpt")
