@@ -9,6 +9,7 @@ guest memory through :meth:`PhysicalMemory.read`/:meth:`PhysicalMemory.write`.
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Iterator, List, NamedTuple, Tuple, Union
 
@@ -67,6 +68,36 @@ def parse_size(value: Union[str, int]) -> int:
         )
     number = int(m.group(1), 0)
     return number * _UNITS[m.group(2).upper()]
+
+
+def format_size(nbytes: int) -> str:
+    """``"128 MiB"``, ``"1 TiB"``, ``"1.5 GiB"``: bytes in the largest binary unit."""
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if nbytes >= unit:
+            return f"{nbytes / unit:.3g} {name}"
+    return f"{nbytes} bytes"
+
+
+def host_memory_note() -> str:
+    """What the host can give guest RAM (from /proc/meminfo), for error messages."""
+    facts: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields = rest.split()
+                if fields and fields[0].isdigit():
+                    facts[key] = int(fields[0]) * 1024
+    except OSError:
+        return "the host's memory is unknown"
+    total, avail = facts.get("MemTotal"), facts.get("MemAvailable")
+    if total is None:
+        return "the host's memory is unknown"
+    note = f"the host has {format_size(total)} of RAM"
+    if avail is not None:
+        note += f" ({format_size(avail)} available)"
+    return note + (", and guest RAM is reserved lazily: only the pages the guest touches "
+                   "take host memory, but the whole size must fit in the address space")
 
 
 class RamRegion(NamedTuple):
@@ -132,9 +163,19 @@ class PhysicalMemory:
         self.hole_end = hole_end
         low = min(nbytes, hole_start)
         high = nbytes - low
-        self.regions: List[RamRegion] = [RamRegion(0, HostMemory(low, noreserve=noreserve))]
-        if high:
-            self.regions.append(RamRegion(hole_end, HostMemory(high, noreserve=noreserve)))
+        self.regions: List[RamRegion] = []
+        try:
+            self.regions.append(RamRegion(0, HostMemory(low, noreserve=noreserve)))
+            if high:
+                self.regions.append(RamRegion(hole_end, HostMemory(high, noreserve=noreserve)))
+        except OSError as err:
+            self.close()
+            if err.errno != errno.ENOMEM:
+                raise
+            raise ConfigError(
+                f"guest RAM of {format_size(nbytes)}: the host cannot map it "
+                f"({err.strerror}); {host_memory_note()}"
+            ) from err
         #: Total RAM in bytes.
         self.ram_size = nbytes
         #: RAM below the hole (bytes from address 0).
