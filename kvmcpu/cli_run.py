@@ -365,19 +365,21 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
     if args.restore is not None:
         if args.image is not None:
             print(f"kvmcpu run: --restore given: {args.image} is not loaded", file=sys.stderr)
+        caught: List[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UnknownCheckpointKeyWarning)
-                system = System.restore(args.restore, backend=args.backend, serial=sink,
-                                        stats_file=args.stats_file)
+                return System.restore(args.restore, backend=args.backend, serial=sink,
+                                      stats_file=args.stats_file)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
-        for w in caught:
-            if issubclass(w.category, UnknownCheckpointKeyWarning):
-                print(f"kvmcpu run: warning: {w.message}", file=sys.stderr)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return system
+        finally:
+            # One line each, without the warnings module's source path.
+            for w in caught:
+                if issubclass(w.category, UnknownCheckpointKeyWarning):
+                    print(f"kvmcpu run: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
