@@ -151,9 +151,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--memory", default="128M", metavar="SIZE",
                    help="guest RAM, e.g. 512M or 2G (default: 128M); reserved lazily: "
                         "only the pages the guest touches take host memory")
-    p.add_argument("--smp", type=int, default=1, help="number of CPUs (only 1 so far)")
-    p.add_argument("--backend", default="auto",
-                   help="auto, kvm or mock (default: auto: kvm when /dev/kvm works)")
+    p.add_argument("--smp", type=int, default=1, metavar="N",
+                   help="number of CPUs (default: 1, the only number supported so far)")
+    p.add_argument("--backend", default="auto", metavar="{auto,kvm,mock}",
+                   help="the vCPU backend (default: auto: kvm when /dev/kvm works, else mock)")
     lim = p.add_mutually_exclusive_group()
     lim.add_argument("--max-ticks", type=int, default=None, metavar="T",
                      help="simulated-time limit in ticks (default: none)")
@@ -162,8 +163,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--quantum", default="0", metavar="DURATION",
                    help="longest KVM entry in simulated time, e.g. 1ms (default: 0: "
                         "until the next event)")
-    p.add_argument("--serial", default="stdio",
-                   help="COM1 output: stdio, file:PATH or none (default: stdio)")
+    p.add_argument("--serial", default="stdio", metavar="{stdio,file:PATH,none}",
+                   help="where COM1's output goes (default: stdio)")
     p.add_argument("--stats-file", default=None, metavar="FILE",
                    help="write gem5's stats.txt here at the end and on m5 dump-stats "
                         "(default: none)")
@@ -181,7 +182,8 @@ def add_parsers(sub: Any) -> None:
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")
-    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    prog.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="never show progress")
     p.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the bundled hello guest on the best backend")

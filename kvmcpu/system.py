@@ -353,15 +353,17 @@ class System(SimObject):
         needed: the signal itself ended KVM_RUN).
         """
         self.eventq.request_exit(cause, code)
-        self._kick(from_signal=threading.current_thread() is threading.main_thread())
+        self._kick(on_main_thread=threading.current_thread() is threading.main_thread())
 
-    def _kick(self, from_signal: bool) -> None:
+    def _kick(self, on_main_thread: bool) -> None:
         cpu = getattr(self, "cpu", None)
         vcpu = None if cpu is None else cpu.vcpu
         if vcpu is None:
             return
-        # The KVM vCPU's kick() takes a lock the main thread may hold right now.
-        if from_signal and self.backend.name != "mock":
+        # On the main thread this is a signal handler (or code between two entries):
+        # the KVM vCPU's kick() takes a lock the interrupted code may hold, and the
+        # signal has ended KVM_RUN already (EINTR). The mock's kick() takes no lock.
+        if on_main_thread and self.backend.name != "mock":
             return
         try:
             vcpu.kick()
@@ -371,7 +373,7 @@ class System(SimObject):
     def _deadline_passed(self) -> None:
         """The host timer of run(timeout=...) (another thread)."""
         self.eventq.request_exit(CAUSE_TIMEOUT, STATUS_TIMEOUT)
-        self._kick(from_signal=False)
+        self._kick(on_main_thread=False)
 
     #: Called about every simulated millisecond during run() (progress displays).
     progress_hook: Optional[Callable[[], None]] = None
