@@ -254,6 +254,12 @@ def _check_output_file(path: str, option: str) -> None:
     if not parent.is_dir():
         raise UsageError(f"{option} {path}: No such file or directory")
     try:
+        if target.exists() and not target.is_file():
+            # A device or a FIFO (/dev/stdout) is written in place; opening a FIFO
+            # here would wait for its reader.
+            if not os.access(target, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            return
         if target.exists():
             open(target, "ab").close()  # noqa: SIM115 - writes nothing
         # The dump goes to a temporary file beside it, renamed over it.

@@ -37,16 +37,17 @@ def write_atomically(path: Union[str, "os.PathLike[str]"], text: str, *,
         OSError: the file or the temporary file cannot be written (the old file
             is then unchanged and the temporary file removed).
     """
-    target = os.path.realpath(os.fspath(path))
+    given = os.fspath(path)
     try:
-        st = os.stat(target)
+        st = os.stat(given)
     except FileNotFoundError:
         st = None
     data = text.encode("utf-8")
     if st is not None and not stat_mode.S_ISREG(st.st_mode):
-        with open(target, "ab" if append else "wb") as out:
+        with open(given, "ab" if append else "wb") as out:
             out.write(data)
         return
+    target = os.path.realpath(given)
     tmp = temporary_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if st is None
                  else stat_mode.S_IMODE(st.st_mode))

@@ -347,3 +347,23 @@ def test_readme_lists_every_exit_status() -> None:
     assert "isa-debug-exit" in table and "status 1" in table  # the ambiguity is spelled out
     usage = readme[readme.index("kvmcpu run IMAGE"):readme.index("`python -m kvmcpu` works")]
     assert "[--memory 128M]" not in usage and "[--stats-file stats.txt]" not in usage
+
+
+def test_stats_to_stdout_and_a_fifo(tmp_path: Path) -> None:
+    """Not regular files: written in place (no temporary file, no rename)."""
+    proc = kvmcpu(tmp_path, "run", str(GUESTS / "hello64.bin"), "--backend", "mock",
+                  "--memory", "8M", "--serial", "none", "--stats-json", "/dev/stdout")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["stats"]["system.cpu0.numIO"]["value"] > 0
+    fifo = tmp_path / "stats.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    try:
+        proc = kvmcpu(tmp_path, "run", str(GUESTS / "hello64.bin"), "--backend", "mock",
+                      "--memory", "8M", "--serial", "none", "--stats-file", str(fifo))
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert proc.returncode == 1, proc.stderr
+    assert out.count(BEGIN) == 1
