@@ -407,6 +407,36 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
     return system
 
 
+def _check_kvm_ram(system: System, args: argparse.Namespace) -> None:
+    """Refuse guest RAM whose KVM bookkeeping the host cannot hold, before KVM allocates
+    it at the first run (on a shadow-paging host that much kernel memory takes minutes
+    to allocate, and could set off the OOM killer).
+
+    Raises:
+        UsageError: naming the guest RAM, the kernel memory and what is available.
+    """
+    from .hostmem import PAGE_SIZE
+    from .mem.physmem import (
+        KVM_SHADOW_BYTES_PER_PAGE,
+        format_size,
+        host_meminfo,
+        kvm_shadow_paging,
+    )
+
+    if system.backend.name != "kvm" or not kvm_shadow_paging():
+        return
+    ram = system.physmem.ram_size
+    need = ram // PAGE_SIZE * KVM_SHADOW_BYTES_PER_PAGE
+    avail = host_meminfo().get("MemAvailable")
+    if avail is not None and need > avail // 2:
+        given = f"--memory {args.memory}" if args.restore is None else f"--restore {args.restore}"
+        raise UsageError(
+            f"{given}: guest RAM of {format_size(ram)} needs {format_size(need)} of kernel "
+            f"memory for KVM's page bookkeeping on this host (shadow paging: "
+            f"kvm.tdp_mmu=N), more than half of the {format_size(avail)} available "
+            f"(the mock backend has no such cost)")
+
+
 def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
     """Run until the guest stops for good, writing the checkpoints it asks for."""
     from .system import CAUSE_CHECKPOINT
@@ -491,6 +521,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with _StopOnSignals() as stop:
             try:
                 system = _build(args, memory, sink)
+                _check_kvm_ram(system, args)
             except UsageError as err:
                 print(f"kvmcpu run: {err}", file=sys.stderr)
                 return EXIT_USAGE

@@ -78,8 +78,8 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes} bytes"
 
 
-def host_memory_note() -> str:
-    """What the host can give guest RAM (from /proc/meminfo), for error messages."""
+def host_meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes (``MemTotal``, ``MemAvailable``, ...); empty if unreadable."""
     facts: dict[str, int] = {}
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -89,7 +89,29 @@ def host_memory_note() -> str:
                 if fields and fields[0].isdigit():
                     facts[key] = int(fields[0]) * 1024
     except OSError:
-        return "the host's memory is unknown"
+        pass
+    return facts
+
+
+#: Bytes of kernel memory KVM keeps per 4 KiB page of a memory slot when it uses
+#: shadow paging (the 4 KiB rmap entry; the huge-page levels add under 1 %).
+KVM_SHADOW_BYTES_PER_PAGE = 8
+
+
+def kvm_shadow_paging(sys_module: str = "/sys/module") -> bool:
+    """True when this host's KVM uses shadow paging for every VM (``kvm.tdp_mmu=N``):
+    then registering guest RAM costs :data:`KVM_SHADOW_BYTES_PER_PAGE` of zeroed
+    kernel memory per 4 KiB page, allocated when the slot is created."""
+    try:
+        with open(f"{sys_module}/kvm/parameters/tdp_mmu", encoding="ascii") as f:
+            return f.read().strip() in ("N", "n", "0")
+    except OSError:
+        return False
+
+
+def host_memory_note() -> str:
+    """What the host can give guest RAM (from /proc/meminfo), for error messages."""
+    facts = host_meminfo()
     total, avail = facts.get("MemTotal"), facts.get("MemAvailable")
     if total is None:
         return "the host's memory is unknown"

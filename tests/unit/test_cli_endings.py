@@ -367,3 +367,21 @@ def test_stats_to_stdout_and_a_fifo(tmp_path: Path) -> None:
         reader.wait()
     assert proc.returncode == 1, proc.stderr
     assert out.count(BEGIN) == 1
+
+
+@pytest.mark.kvm
+def test_guest_ram_whose_kvm_bookkeeping_the_host_cannot_hold(tmp_path: Path) -> None:
+    """On a shadow-paging host KVM allocates 8 bytes of kernel memory per guest page when
+    the RAM is registered (minutes and the OOM killer for a few TiB): refused up front.
+    The host is made to look small, so that a regression costs seconds, not the host."""
+    patch = ("from kvmcpu.mem import physmem\n"
+             "physmem.host_meminfo = lambda: {'MemTotal': 2 << 30, 'MemAvailable': 1 << 30}\n"
+             "physmem.kvm_shadow_paging = lambda sys_module='/sys/module': True\n")
+    proc = start(tmp_path, "run", str(GUESTS / "hello.bin"), "--backend", "kvm",
+                 "--memory", "1T", "--timeout", "30", patch=patch)
+    err = finish(proc, [])
+    assert proc.returncode == 2, err
+    assert err == ("kvmcpu run: --memory 1T: guest RAM of 1 TiB needs 2 GiB of kernel memory "
+                   "for KVM's page bookkeeping on this host (shadow paging: kvm.tdp_mmu=N), "
+                   "more than half of the 1 GiB available (the mock backend has no such "
+                   "cost)\n")
