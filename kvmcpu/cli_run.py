@@ -115,7 +115,7 @@ RUN_EPILOG = """\
 exit status:
   (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4), as QEMU: so a
                 guest's "exit 0" there is status 1, the same as a runtime error
-                (the message on stderr tells them apart)
+                (which prints a line on stderr; the guest's exit prints nothing)
   0             m5 exit with code 0, or the guest halted with nothing left to run
   c             the guest's m5 exit code c (the shell keeps c % 256)
   124           the simulated-time limit (--max-ticks/--max-seconds) or --timeout
