@@ -3,8 +3,9 @@
 :func:`write_atomically` writes a new version of a file next to it under a
 temporary name and renames it over the old one, as editors and databases do:
 a process killed (SIGKILL, a crash) in the middle of a write leaves the old
-file as it was. Stats dumps use it; anything else that rewrites a user's file
-can.
+file as it was (its temporary file is deleted by the next write, once that
+process is gone). Stats dumps use it; anything else that rewrites a user's
+file can.
 """
 
 from __future__ import annotations
@@ -60,9 +61,37 @@ def write_atomically(path: Union[str, "os.PathLike[str]"], text: str, *,
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+        _remove_stale(target)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _remove_stale(target: str) -> None:
+    """Delete temporary files of ``target`` left by processes that no longer exist
+    (killed during a write); those of a live process are its own business."""
+    directory, name = os.path.split(target)
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory or ".")
+    except OSError:
+        return
+    for entry in entries:
+        middle = entry[len(prefix):-len(".tmp")]
+        if not (entry.startswith(prefix) and entry.endswith(".tmp") and middle.isdigit()):
+            continue
+        pid = int(middle)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive (EPERM: someone else's)

@@ -157,6 +157,7 @@ def test_sigkill_during_a_stats_write_leaves_the_previous_file(tmp_path: Path) -
                    "--stats-file", str(stats))
     assert again.returncode == 1, again.stderr
     assert stats.read_text().count(BEGIN) == 1 and stats.read_bytes() != previous
+    assert not temporary[0].exists()  # the killed run's temporary file is cleaned up
 
 
 # ------------------------------------------------------------------ item 2: every ending

@@ -100,3 +100,15 @@ def test_start_file_makes_the_next_dump_replace_then_append(tmp_path: Path) -> N
     assert "an earlier run" not in text.read_text()
     assert text.read_text().count(BEGIN_BANNER) == 2
     assert len(js.read_text().splitlines()) == 1
+
+
+def test_a_dead_writers_temporary_file_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "stats.txt"
+    dead = tmp_path / ".stats.txt.999999999.tmp"  # above any pid_max: no such process
+    alive = tmp_path / f".stats.txt.{os.getppid()}.tmp"
+    other = tmp_path / ".other.txt.999999999.tmp"
+    for p in (dead, alive, other):
+        p.write_text("half a dump")
+    write_atomically(path, "whole\n")
+    assert path.read_text() == "whole\n"
+    assert not dead.exists() and alive.exists() and other.exists()
