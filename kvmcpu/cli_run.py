@@ -1,32 +1,27 @@
 """``kvmcpu run`` and ``kvmcpu demo``: boot a guest image on a System.
 
-Exit status of ``kvmcpu run`` (also in ``kvmcpu run --help`` and the README):
-
-====  ==================================================================
-N     the guest wrote v to isa-debug-exit (port 0xf4): N = (v << 1) | 1
-0     the guest ended with m5 exit (code 0), or halted with nothing left to run
-c     the guest's m5 exit code c (taken modulo 256 by the shell)
-124   the simulated-time limit (--max-ticks/--max-seconds) or --timeout was reached
-125   the guest triple-faulted
-126   the vCPU stopped with an error KVM reports (internal error, failed entry, ...)
-1     any other error (one line on stderr; ``-v`` for the traceback)
-2     bad command line: a missing or unloadable image, module or checkpoint, a bad
-      size, duration, backend, --serial or --smp, an impossible configuration
-====  ==================================================================
-
-With ``--restore DIR`` the machine (RAM size, devices, CPU state) comes from the
-checkpoint, so IMAGE may be left out (and is ignored when given); ``--backend``
-may differ from the backend that wrote it. Limits (``--max-*``, ``--timeout``)
-count from the start of the command, across checkpoints the guest asks for.
+``kvmcpu run --help`` shows :data:`RUN_DESCRIPTION` and :data:`RUN_EPILOG`
+(plain text: the exit statuses, also in the README). A run ends in one of the
+ways listed there and every ending writes the final stats to ``--stats-file``
+and ``--stats-json``. SIGINT, SIGTERM and SIGHUP end the simulation at its next
+safe point (:meth:`kvmcpu.system.System.request_stop`); a second one aborts at
+once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import stat
 import sys
+import tempfile
+import threading
 import time
+import traceback
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvmcpu info` does not need them
     from .system import RunResult, System
@@ -94,11 +89,42 @@ def _serial_sink(spec: str) -> Any:
     raise UsageError(f"bad --serial {spec!r} (use stdio, file:PATH or none)")
 
 
+RUN_DESCRIPTION = """\
+Boot a guest image (flat, ELF64 or Multiboot) on a simulated PC with one KVM CPU,
+or continue a checkpoint (--restore DIR/cpt.TICK). The machine of a checkpoint
+(RAM size, devices, CPU state) comes from it, so IMAGE may be left out (it is
+ignored when given), and --backend may differ from the one that wrote it.
+Limits (--max-*, --timeout) count from the start of the command, across the
+checkpoints the guest asks for. Every ending writes the final stats to
+--stats-file and --stats-json. SIGINT (Ctrl-C), SIGTERM and SIGHUP end the
+simulation at its next safe point (stats written); a second one aborts at once.
+"""
+
+RUN_EPILOG = """\
+exit status:
+  (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4), as QEMU: so a
+                guest's "exit 0" there is status 1, the same as a runtime error
+                (which prints a line on stderr; the guest's exit prints nothing)
+  0             m5 exit with code 0, or the guest halted with nothing left to run
+  c             the guest's m5 exit code c (the shell keeps c % 256)
+  124           the simulated-time limit (--max-ticks/--max-seconds) or --timeout
+  125           the guest triple-faulted
+  126           the vCPU stopped with an error KVM reports (internal error,
+                failed entry, ...)
+  129, 130, 143 stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM (128 + the signal)
+  1             a runtime error (one line on stderr; -v for the traceback)
+  2             bad command line: a missing or unusable image, module or
+                checkpoint, a bad size, duration, backend, --serial or --smp,
+                an output that cannot be written, an impossible configuration
+"""
+
+
 def add_parsers(sub: Any) -> None:
     """Register ``run`` and ``demo`` on the subcommand parser."""
     p = sub.add_parser(
         "run", help="boot a guest image (flat, ELF64 or Multiboot)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log more, and show tracebacks of errors")
@@ -107,45 +133,56 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--format", dest="fmt", default="auto",
                    choices=("auto", "flat", "elf", "multiboot"),
                    help="image format (auto: Multiboot, else an ELF kernel, else flat only "
-                        "for a file named *.bin or *.img; anything else is refused)")
+                        "for a file named *.bin or *.img; anything else is refused; default: auto)")
     p.add_argument("--append", default="", metavar="CMDLINE",
-                   help="Multiboot command line")
+                   help="Multiboot command line (default: empty)")
     p.add_argument("--module", action="append", default=[], metavar="FILE",
                    help="Multiboot module (repeatable; the first can serve as initrd)")
-    p.add_argument("--memory", default="128M", help="guest RAM (e.g. 128M, 1G)")
-    p.add_argument("--smp", type=int, default=1, help="number of CPUs (only 1 so far)")
-    p.add_argument("--backend", default="auto", help="auto, kvm or mock")
+    p.add_argument("--memory", default="128M", metavar="SIZE",
+                   help="guest RAM, e.g. 512M or 2G (default: 128M); reserved lazily: "
+                        "only the pages the guest touches take host memory")
+    p.add_argument("--smp", type=int, default=1, metavar="N",
+                   help="number of CPUs (default: 1, the only number supported so far)")
+    p.add_argument("--backend", default="auto", metavar="{auto,kvm,mock}",
+                   help="the vCPU backend (default: auto: kvm when /dev/kvm works, else mock)")
     lim = p.add_mutually_exclusive_group()
-    lim.add_argument("--max-ticks", type=int, default=None, help="simulated ticks limit")
-    lim.add_argument("--max-seconds", type=float, default=None,
-                     help="simulated seconds limit")
-    p.add_argument("--quantum", default="0",
-                   help="longest KVM entry in simulated time (e.g. 1ms; 0: until the next event)")
-    p.add_argument("--serial", default="stdio", help="stdio, file:PATH or none")
-    p.add_argument("--stats-file", default=None,
-                   help="write gem5 stats.txt here at the end (and on m5 dump-stats)")
-    p.add_argument("--stats-json", default=None, help="write the stats as JSON here")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="where checkpoints requested by the guest (m5 checkpoint) go "
-                        "(default m5out; each is DIR/cpt.TICK)")
+    lim.add_argument("--max-ticks", type=int, default=None, metavar="T",
+                     help="simulated-time limit in ticks (default: none)")
+    lim.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                     help="simulated-time limit in seconds (default: none)")
+    p.add_argument("--quantum", default="0", metavar="DURATION",
+                   help="longest KVM entry in simulated time, e.g. 1ms (default: 0: "
+                        "until the next event)")
+    p.add_argument("--serial", default="stdio", metavar="{stdio,file:PATH,none}",
+                   help="where COM1's output goes (default: stdio)")
+    p.add_argument("--stats-file", default=None, metavar="FILE",
+                   help="write gem5's stats.txt here at the end and on m5 dump-stats "
+                        "(default: none)")
+    p.add_argument("--stats-json", default=None, metavar="FILE",
+                   help="write the final stats as JSON here (default: none)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="where checkpoints the guest asks for (m5 checkpoint) go, "
+                        "each as DIR/cpt.TICK (default: m5out)")
     p.add_argument("--checkpoint-compression", default="zlib", choices=("none", "zlib", "zstd"),
-                   help="how checkpoints compress guest RAM (zero pages are never stored; "
-                        "zstd needs the optional zstandard package)")
+                   help="how checkpoints compress guest RAM; zero pages are never stored; "
+                        "zstd needs the optional zstandard package (default: zlib)")
     p.add_argument("--restore", default=None, metavar="DIR",
-                   help="continue from this checkpoint instead of booting IMAGE")
-    p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
+                   help="continue this checkpoint (DIR/cpt.TICK) instead of booting IMAGE")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="host (wall-clock) seconds limit (default: none)")
     p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
-                   help="interrupt controller: auto and off use the userspace 8259/8254 on "
-                        "every backend, on uses KVM's in-kernel irqchip (status 2 when the "
-                        "backend has none)")
+                   help="interrupt controller (default: auto): auto and off use the userspace "
+                        "8259/8254 on every backend, on uses KVM's in-kernel irqchip (status 2 "
+                        "when the backend has none)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")
-    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    prog.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="never show progress")
     p.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the bundled hello guest on the best backend")
-    d.add_argument("--backend", default="auto", help="auto, kvm or mock")
+    d.add_argument("--backend", default="auto", help="auto, kvm or mock (default: auto)")
     d.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log more, and show tracebacks of errors")
     d.set_defaults(func=cmd_demo)
@@ -182,6 +219,88 @@ class _Progress:
         self.bar.close()
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISCHR, "is a character device"),
+               (stat.S_ISBLK, "is a block device"), (stat.S_ISFIFO, "is a pipe (or FIFO)"),
+               (stat.S_ISSOCK, "is a socket"))
+
+
+def _input_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be read as an image or module file (None: it can)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return str(err.strerror or err).lower()
+    for test, what in _FILE_KINDS:
+        if test(mode):
+            return f"{what}, not a file (an image must be a regular file: save it to one)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """``path`` can be written (created, or replaced) without touching it now."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a directory")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: No such file or directory")
+    try:
+        if target.exists() and not target.is_file():
+            # A device or a FIFO (/dev/stdout) is written in place; opening a FIFO
+            # here would wait for its reader.
+            if not os.access(target, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+            return
+        if target.exists():
+            open(target, "ab").close()  # noqa: SIM115 - writes nothing
+        # The dump goes to a temporary file beside it, renamed over it.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise UsageError(f"{option} {path}: {err.strerror or err}") from err
+
+
+def _check_output_dir(path: str, option: str) -> None:
+    """``path`` is, or can be made, a directory we can create entries in."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{option} {path}: {probe} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kvmcpu-probe-", dir=probe))
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot create a directory in {probe}: "
+                         f"{err.strerror or err}") from err
+
+
+def _check_restore(path: str) -> None:
+    from .sim.checkpoint import CPT_FILE
+
+    where = Path(path)
+    if not where.exists():
+        raise UsageError(f"--restore {path}: no such checkpoint directory")
+    if not where.is_dir():
+        raise UsageError(f"--restore {path}: not a checkpoint (a checkpoint is a directory "
+                         f"holding {CPT_FILE}, e.g. m5out/cpt.TICK)")
+    if (where / CPT_FILE).is_file():
+        return
+    inside = sorted((c for c in where.glob("cpt.*") if (c / CPT_FILE).is_file()),
+                    key=lambda c: (len(c.name), c.name))
+    if inside:
+        shown = ", ".join(str(c) for c in inside[:5]) + (", ..." if len(inside) > 5 else "")
+        raise UsageError(f"--restore {path}: not a checkpoint (no {CPT_FILE}), but it holds "
+                         f"{len(inside)}: {shown}; restore one of those")
+    raise UsageError(f"--restore {path}: not a checkpoint directory (no {CPT_FILE} in it)")
+
+
 def _check_args(args: argparse.Namespace) -> Optional[int]:
     """Validate what needs no System; returns the memory size in bytes.
 
@@ -204,9 +323,11 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
     if args.max_ticks is not None and args.max_ticks < 0:
         raise UsageError(f"--max-ticks {args.max_ticks}: must not be negative")
     if args.max_seconds is not None and not 0 <= args.max_seconds < float("inf"):
-        raise UsageError(f"--max-seconds {args.max_seconds}: must be a non-negative number")
+        raise UsageError(f"--max-seconds {args.max_seconds}: must be a finite number of "
+                         f"seconds >= 0 (leave it out for no limit)")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
-        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds "
+                         f"(finite; leave it out for no limit)")
     from .errors import CheckpointError
     from .sim.memimage import check_codec
 
@@ -214,17 +335,23 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
         check_codec(args.checkpoint_compression)
     except CheckpointError as err:
         raise UsageError(f"--checkpoint-compression: {err}") from err
+    for path, option in ((args.stats_file, "--stats-file"), (args.stats_json, "--stats-json")):
+        if path:
+            _check_output_file(path, option)
+    if args.checkpoint_dir is not None:
+        _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     if args.restore is not None:
-        if not Path(args.restore).is_dir():
-            raise UsageError(f"--restore {args.restore}: no such checkpoint directory")
+        _check_restore(args.restore)
         return None
     if args.image is None:
         raise UsageError("an IMAGE is required (or --restore DIR)")
-    if not Path(args.image).is_file():
-        raise UsageError(f"{args.image}: no such file")
+    problem = _input_file_problem(args.image)
+    if problem:
+        raise UsageError(f"{args.image}: {problem}")
     for m in args.module:
-        if not Path(m).is_file():
-            raise UsageError(f"--module {m}: no such file")
+        problem = _input_file_problem(m)
+        if problem:
+            raise UsageError(f"--module {m}: {problem}")
     try:
         memory = parse_size(args.memory)
     except ConfigError as err:
@@ -235,15 +362,6 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
     return memory
 
 
-def _truncate(path: Optional[str], option: str) -> None:
-    """Start an output file empty, as gem5 starts stats.txt (dumps then append)."""
-    if path:
-        try:
-            open(path, "w").close()  # noqa: SIM115
-        except OSError as err:
-            raise UsageError(f"{option} {path}: {err.strerror or err}") from err
-
-
 def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System:
     """The System to run: restored from --restore, or booting IMAGE.
 
@@ -251,22 +369,34 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
         UsageError: the configuration or the image is unusable.
     """
     from .errors import CheckpointError, ConfigError, GuestError
+    from .sim.checkpoint import UnknownCheckpointKeyWarning
     from .system import System
 
     if args.restore is not None:
         if args.image is not None:
             print(f"kvmcpu run: --restore given: {args.image} is not loaded", file=sys.stderr)
+        caught: List[warnings.WarningMessage] = []
         try:
-            return System.restore(args.restore, backend=args.backend, serial=sink,
-                                  stats_file=args.stats_file)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnknownCheckpointKeyWarning)
+                return System.restore(args.restore, backend=args.backend, serial=sink,
+                                      stats_file=args.stats_file)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
+        finally:
+            # One line each, without the warnings module's source path.
+            for w in caught:
+                if issubclass(w.category, UnknownCheckpointKeyWarning):
+                    print(f"kvmcpu run: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
                         stats_file=args.stats_file)
     except ConfigError as err:
-        raise UsageError(str(err)) from err
+        raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)
+                         else str(err)) from err
     try:
         system.load(args.image, fmt=args.fmt, cmdline=args.append,
                     modules=[(m, m) for m in args.module])
@@ -277,6 +407,36 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
         system.close()
         raise
     return system
+
+
+def _check_kvm_ram(system: System, args: argparse.Namespace) -> None:
+    """Refuse guest RAM whose KVM bookkeeping the host cannot hold, before KVM allocates
+    it at the first run (on a shadow-paging host that much kernel memory takes minutes
+    to allocate, and could set off the OOM killer).
+
+    Raises:
+        UsageError: naming the guest RAM, the kernel memory and what is available.
+    """
+    from .hostmem import PAGE_SIZE
+    from .mem.physmem import (
+        KVM_SHADOW_BYTES_PER_PAGE,
+        format_size,
+        host_meminfo,
+        kvm_shadow_paging,
+    )
+
+    if system.backend.name != "kvm" or not kvm_shadow_paging():
+        return
+    ram = system.physmem.ram_size
+    need = ram // PAGE_SIZE * KVM_SHADOW_BYTES_PER_PAGE
+    avail = host_meminfo().get("MemAvailable")
+    if avail is not None and need > avail // 2:
+        given = f"--memory {args.memory}" if args.restore is None else f"--restore {args.restore}"
+        raise UsageError(
+            f"{given}: guest RAM of {format_size(ram)} needs {format_size(need)} of kernel "
+            f"memory for KVM's page bookkeeping on this host (shadow paging: "
+            f"kvm.tdp_mmu=N), more than half of the {format_size(avail)} available "
+            f"(the mock backend has no such cost)")
 
 
 def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
@@ -300,66 +460,153 @@ def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
         print(f"kvmcpu run: checkpoint written to {directory}", file=sys.stderr)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Aborted(BaseException):
+    """A second stop signal: leave at once (no stats)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignals:
+    """SIGINT, SIGTERM and SIGHUP while ``kvmcpu run`` runs: the first asks the
+    System to stop at its next safe point (gem5: the handler only sets a flag the
+    loop checks), a second raises :class:`_Aborted`."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.system: Optional[System] = None
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in _STOP_SIGNALS:
+                self._old[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old.clear()
+
+    def attach(self, system: System) -> None:
+        from .system import CAUSE_INTERRUPTED
+
+        self.system = system
+        system.expect_stop_requests = True
+        if self.signum is not None:  # it came while the System was being built
+            system.request_stop(CAUSE_INTERRUPTED, self.signum)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        from .system import CAUSE_INTERRUPTED
+
+        if self.signum is not None:
+            raise _Aborted(signum)
+        self.signum = signum
+        if self.system is not None:
+            self.system.request_stop(CAUSE_INTERRUPTED, signum)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``kvmcpu run``."""
     try:
         memory = _check_args(args)
-        _truncate(args.stats_file, "--stats-file")
-        _truncate(args.stats_json, "--stats-json")
         sink = _serial_sink(args.serial)
     except UsageError as err:
         print(f"kvmcpu run: {err}", file=sys.stderr)
         return EXIT_USAGE
     system: Optional[System] = None
-    progress: Optional[_Progress] = None
     try:
-        try:
-            system = _build(args, memory, sink)
-        except UsageError as err:
-            print(f"kvmcpu run: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        return _run_and_report(system, args)
+        with _StopOnSignals() as stop:
+            try:
+                system = _build(args, memory, sink)
+                _check_kvm_ram(system, args)
+            except UsageError as err:
+                print(f"kvmcpu run: {err}", file=sys.stderr)
+                return EXIT_USAGE
+            stop.attach(system)
+            return _run_and_report(system, args)
+    except _Aborted as abort:
+        print(f"kvmcpu run: aborted ({signal.Signals(abort.signum).name})", file=sys.stderr)
+        return 128 + abort.signum
     finally:
-        if progress is not None:
-            progress.close()
         if system is not None:
             system.close()
         if sink is not None and sink != "stdout":
             sink.close()
 
 
+def _write_stats(system: System, args: argparse.Namespace) -> bool:
+    """The final stats to --stats-file and --stats-json; False (and a message) on failure."""
+    ok = True
+    for path, option, dump in ((args.stats_file, "--stats-file", system.stats.dump),
+                               (args.stats_json, "--stats-json", system.stats.dump_json)):
+        if not path:
+            continue
+        try:
+            dump(path)
+        except OSError as err:
+            print(f"kvmcpu run: error: {option} {path}: {err.strerror or err}", file=sys.stderr)
+            ok = False
+    return ok
+
+
 def _run_and_report(system: System, args: argparse.Namespace) -> int:
-    from .errors import VcpuRunError
-    from .system import STATUS_TIMEOUT, STATUS_TRIPLE_FAULT, STATUS_VCPU_ERROR
+    """Run, then write the final stats whatever ended the run."""
+    from .errors import KvmCpuError, VcpuRunError
+    from .system import (
+        CAUSE_INTERRUPTED,
+        STATUS_TIMEOUT,
+        STATUS_TRIPLE_FAULT,
+        STATUS_VCPU_ERROR,
+    )
 
     if args.verbose:
         print(f"kvmcpu run: backend {system.backend.name} ({system.backend.reason})",
               file=sys.stderr)
+    for path in (args.stats_file, args.stats_json):
+        if path:  # this run's stats replace an earlier file, once there are some
+            system.stats.start_file(path)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = _Progress(system) if show else None
+    result: Optional[RunResult] = None
     try:
         if progress is not None:
             system.progress_hook = progress.update
         try:
             result = _run_to_end(system, args)
-        except VcpuRunError as err:
+        finally:
             if progress is not None:
                 progress.close()
-                progress = None
-            print(err if args.verbose else f"kvmcpu run: {err.message}", file=sys.stderr)
-            return STATUS_VCPU_ERROR
-    finally:
-        if progress is not None:
-            progress.close()
-    if args.stats_file:
-        system.stats.dump(args.stats_file)
-    if args.stats_json:
-        system.stats.dump_json(args.stats_json)
-    if result.status in (STATUS_TIMEOUT, STATUS_TRIPLE_FAULT) or args.verbose:
-        print(f"kvmcpu run: {result.cause} at {result.tick / _TICKS_PER_SECOND:.6f} s "
+                system.progress_hook = None
+    except VcpuRunError as err:
+        print(err if args.verbose else f"kvmcpu run: {err.message}", file=sys.stderr)
+        status = STATUS_VCPU_ERROR
+    except Exception as err:  # noqa: BLE001 - KVM, OS or a device's own error: stats first
+        if args.verbose:
+            traceback.print_exc()
+        what = str(err) if isinstance(err, (KvmCpuError, OSError)) else (
+            f"{type(err).__name__}: {err} (a Python error inside the simulation; "
+            f"-v for the traceback)")
+        print(f"kvmcpu run: error: {what}", file=sys.stderr)
+        status = EXIT_RUNTIME
+    else:
+        status = result.status
+    if not _write_stats(system, args):
+        status = EXIT_RUNTIME
+    if result is not None and (args.verbose or result.status in (STATUS_TIMEOUT,
+                                                                  STATUS_TRIPLE_FAULT)
+                               or result.cause == CAUSE_INTERRUPTED):
+        cause = result.cause
+        if cause == CAUSE_INTERRUPTED and result.code > 0:
+            cause += f" by {signal.Signals(result.code).name}"
+        print(f"kvmcpu run: {cause} at {result.tick / _TICKS_PER_SECOND:.6f} s "
               f"simulated ({result.host_seconds:.3f} s host), status {result.status}",
               file=sys.stderr)
-    return result.status
+    return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -44,8 +44,12 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def host_notes(sys_module: Path = SYS_MODULE) -> Dict[str, Any]:
-    """KVM modules loaded, nesting, PVM and PMU settings from /sys/module."""
+def host_notes(sys_module: Path = SYS_MODULE, *, backend: str | None = "kvm") -> Dict[str, Any]:
+    """KVM modules loaded, nesting, PVM and PMU settings from /sys/module.
+
+    The note on how KVM runs guest code (``note``) is given only for the
+    ``kvm`` backend: the mock runs every guest itself.
+    """
     notes: Dict[str, Any] = {}
     modules = [m for m in ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
                if (sys_module / m).is_dir()]
@@ -58,7 +62,7 @@ def host_notes(sys_module: Path = SYS_MODULE) -> Dict[str, Any]:
     enable_pmu = _read(sys_module / "kvm" / "parameters" / "enable_pmu")
     if enable_pmu is not None:
         notes["kvm.enable_pmu"] = enable_pmu
-    if notes["pvm"]:
+    if notes["pvm"] and backend == "kvm":
         notes["note"] = (
             "kvm_pvm (pagetable-based virtualization, nested): 64-bit CPL3 guest code runs "
             "natively; real mode, protected mode and CPL0 code is emulated by KVM"
@@ -128,21 +132,35 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
         facts["msr_count"] = len(msrs)
         facts["msr_feature_count"] = len(backend.get_msr_feature_index_list())
         if facts.get("backend") == "kvm":
-            facts["run_timer_floor"] = run_timer_floor(backend)
+            facts["run_timer_floor"] = measure_run_timer_floor(backend)
     facts["perf_counters"] = probe_perf_counters()
     facts["cpu_timing"] = cpu_timing(str(facts.get("backend")), facts["perf_counters"])
-    facts["host"] = host_notes()
+    facts["host"] = host_notes(backend=facts.get("backend"))
     return facts
 
 
-def run_timer_floor(backend: Backend) -> str:
-    """The shortest run-timer quantum this host honours (measured, see
-    :func:`~kvmcpu.cpu.kvm.timer.measure_min_quantum_ns`), or why it could not be."""
+def measure_run_timer_floor(backend: Backend) -> Dict[str, Any]:
+    """The shortest run-timer quantum this host honours (see
+    :func:`~kvmcpu.cpu.kvm.timer.measure_min_quantum_ns`) as numbers:
+    ``{"ns": 30000, "measured": True}``, or ``{"ns": None, "measured": False,
+    "error": why}``."""
     try:
         ns = measure_min_quantum_ns(backend)
     except (KvmIoctlError, RuntimeError) as err:
-        return f"not measured: {err}"
-    return f"{ns / 1000:g} us (measured: shorter quanta give the guest under half their time)"
+        return {"ns": None, "measured": False, "error": str(err)}
+    return {"ns": int(ns), "measured": True}
+
+
+def _floor_text(floor: Dict[str, Any]) -> str:
+    if floor.get("ns") is None:
+        return f"not measured: {floor.get('error')}"
+    return (f"{floor['ns'] / 1000:g} us (measured: shorter quanta give the guest under half "
+            f"their time)")
+
+
+def run_timer_floor(backend: Backend) -> str:
+    """:func:`measure_run_timer_floor` as the line ``kvmcpu info`` prints."""
+    return _floor_text(measure_run_timer_floor(backend))
 
 
 def cpu_timing(backend_name: str, perf: Dict[str, Any]) -> Dict[str, str]:
@@ -160,7 +178,7 @@ def cpu_timing(backend_name: str, perf: Dict[str, Any]) -> Dict[str, str]:
 def _without_backend(facts: Dict[str, Any], reason: str) -> Dict[str, Any]:
     facts.update({"backend": None, "error": reason})
     facts["perf_counters"] = probe_perf_counters()
-    facts["host"] = host_notes()
+    facts["host"] = host_notes(backend=None)
     return facts
 
 
@@ -211,7 +229,7 @@ def format_text(facts: Dict[str, Any]) -> str:
         lines.append(f"CPU counters:   {timing.get('counters')}")
         lines.append(f"run timer:      {timing.get('run_timer')}")
     if "run_timer_floor" in facts:
-        lines.append(f"timer floor:    {facts['run_timer_floor']}")
+        lines.append(f"timer floor:    {_floor_text(facts['run_timer_floor'])}")
     lines.append("capabilities:")
     for name, value in facts.get("capabilities", {}).items():
         lines.append(f"  {name:34s} {value}")
@@ -220,4 +238,4 @@ def format_text(facts: Dict[str, Any]) -> str:
 
 
 __all__ = ["gather", "format_text", "host_notes", "probe_perf_counters", "cpuid_summary",
-           "capabilities", "INTERESTING_CAPS"]
+           "capabilities", "measure_run_timer_floor", "run_timer_floor", "INTERESTING_CAPS"]

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -66,6 +67,9 @@ CAUSE_LIMIT = SIM_LIMIT_CAUSE
 CAUSE_TIMEOUT = "host timeout"
 CAUSE_TRIPLE_FAULT = "triple fault"
 CAUSE_CHECKPOINT = "checkpoint"
+#: A signal (SIGINT, SIGTERM, SIGHUP) or :meth:`System.request_stop` ended the run;
+#: the code is the signal number and the status 128 + it, as a shell reports it.
+CAUSE_INTERRUPTED = "interrupted"
 
 #: Process exit statuses ``kvmcpu run`` uses (besides the guest's debug-exit status).
 STATUS_OK = 0
@@ -74,6 +78,10 @@ STATUS_USAGE = 2
 STATUS_TIMEOUT = 124
 STATUS_TRIPLE_FAULT = 125
 STATUS_VCPU_ERROR = 126
+#: ``kvmcpu run`` stopped by SIGINT / SIGTERM / SIGHUP: 128 + the signal number.
+STATUS_SIGINT = 130
+STATUS_SIGTERM = 143
+STATUS_SIGHUP = 129
 
 #: The longest simulated time between two host-timeout (and progress) checks.
 TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
@@ -339,9 +347,15 @@ class System(SimObject):
             max_seconds: simulated seconds (converted to ticks; ``math.inf`` or
                 None: no limit).
             max_ticks: simulated ticks (takes precedence).
-            timeout: host (wall-clock) seconds (``math.inf`` or None: none).
+            timeout: host (wall-clock) seconds (``math.inf`` or None: none), kept to
+                within a fraction of a second whatever the guest does (a host timer
+                kicks the vCPU).
+
+        A :meth:`request_stop` (the CLI calls it on SIGINT, SIGTERM, SIGHUP) ends
+        the run at the next safe point with that cause.
 
         Raises:
+            ValueError: a negative, infinite or NaN limit.
             VcpuRunError: the vCPU stopped in a way nothing handles (the
                 exception carries the exit and a register dump). A triple
                 fault is reported as a RunResult with cause "triple fault".
@@ -356,11 +370,18 @@ class System(SimObject):
             self.root.instantiate()
             self.cpu.activateContext()
         self._host_deadline = None if timeout is None else started + timeout
-        housekeeping = self._host_deadline is not None or self.progress_hook is not None
+        housekeeping = (self._host_deadline is not None or self.progress_hook is not None
+                        or self.expect_stop_requests)
         if housekeeping and not self._timeout_event.scheduled():
             self._check_period = MIN_CHECK_PERIOD
             self._last_check = started
             self.eventq.schedule(self._timeout_event, self.eventq.cur_tick + MIN_CHECK_PERIOD)
+        # The host deadline is kept by a host timer too: simulated time can stall on
+        # the host (the mock translating cold code), so the event above may come late.
+        alarm = None if timeout is None else threading.Timer(timeout, self._deadline_passed)
+        if alarm is not None:
+            alarm.daemon = True
+            alarm.start()
         try:
             ev = self.root.simulate(max_ticks)
         except GuestTripleFault as err:
@@ -368,9 +389,52 @@ class System(SimObject):
             return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
                              time.monotonic() - started)
         finally:
+            if alarm is not None:
+                alarm.cancel()
+                alarm.join()
+                if self.eventq.pending_exit == (CAUSE_TIMEOUT, STATUS_TIMEOUT):
+                    self.eventq.pending_exit = None  # fired as the run ended otherwise
             if self._timeout_event.scheduled():
                 self.eventq.deschedule(self._timeout_event)
         return self._result(ev, time.monotonic() - started)
+
+    #: Keep the housekeeping event running in every run() so that an entry into the
+    #: guest lasts at most about a simulated millisecond and a :meth:`request_stop`
+    #: from a signal handler is seen at once (the CLI sets it).
+    expect_stop_requests = False
+
+    def request_stop(self, cause: str = CAUSE_INTERRUPTED, code: int = 0) -> None:
+        """End the run in progress (or the next one) at the next safe point.
+
+        :meth:`run` then returns ``RunResult(cause, code, ...)``; with
+        :data:`CAUSE_INTERRUPTED` the code is a signal number and the status 128
+        + it. Safe from a signal handler and from another thread: it records the
+        request (:meth:`EventQueue.request_exit`) and kicks the vCPU so that a
+        long entry into the guest ends (on KVM from the main thread no kick is
+        needed: the signal itself ended KVM_RUN).
+        """
+        self.eventq.request_exit(cause, code)
+        self._kick(on_main_thread=threading.current_thread() is threading.main_thread())
+
+    def _kick(self, on_main_thread: bool) -> None:
+        cpu = getattr(self, "cpu", None)
+        vcpu = None if cpu is None else cpu.vcpu
+        if vcpu is None:
+            return
+        # On the main thread this is a signal handler (or code between two entries):
+        # the KVM vCPU's kick() takes a lock the interrupted code may hold, and the
+        # signal has ended KVM_RUN already (EINTR). The mock's kick() takes no lock.
+        if on_main_thread and self.backend.name != "mock":
+            return
+        try:
+            vcpu.kick()
+        except Exception as err:  # noqa: BLE001 - racing with close: nothing left to stop
+            log.debug("kick: %s", err)
+
+    def _deadline_passed(self) -> None:
+        """The host timer of run(timeout=...) (another thread)."""
+        self.eventq.request_exit(CAUSE_TIMEOUT, STATUS_TIMEOUT)
+        self._kick(on_main_thread=False)
 
     #: Called about every simulated millisecond during run() (progress displays).
     progress_hook: Optional[Callable[[], None]] = None
@@ -381,6 +445,8 @@ class System(SimObject):
             status = code
         elif cause in (CAUSE_LIMIT, CAUSE_TIMEOUT):
             status = STATUS_TIMEOUT
+        elif cause == CAUSE_INTERRUPTED:
+            status = 128 + code if code > 0 else STATUS_SIGINT
         elif cause == QUEUE_EMPTY_CAUSE:
             # Nothing is scheduled: the CPU halted (or was never started) and no
             # device can wake it.

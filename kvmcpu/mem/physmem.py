@@ -9,6 +9,7 @@ guest memory through :meth:`PhysicalMemory.read`/:meth:`PhysicalMemory.write`.
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Iterator, List, NamedTuple, Tuple, Union
 
@@ -67,6 +68,58 @@ def parse_size(value: Union[str, int]) -> int:
         )
     number = int(m.group(1), 0)
     return number * _UNITS[m.group(2).upper()]
+
+
+def format_size(nbytes: int) -> str:
+    """``"128 MiB"``, ``"1 TiB"``, ``"1.5 GiB"``: bytes in the largest binary unit."""
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if nbytes >= unit:
+            return f"{nbytes / unit:.3g} {name}"
+    return f"{nbytes} bytes"
+
+
+def host_meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes (``MemTotal``, ``MemAvailable``, ...); empty if unreadable."""
+    facts: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields = rest.split()
+                if fields and fields[0].isdigit():
+                    facts[key] = int(fields[0]) * 1024
+    except OSError:
+        pass
+    return facts
+
+
+#: Bytes of kernel memory KVM keeps per 4 KiB page of a memory slot when it uses
+#: shadow paging (the 4 KiB rmap entry; the huge-page levels add under 1 %).
+KVM_SHADOW_BYTES_PER_PAGE = 8
+
+
+def kvm_shadow_paging(sys_module: str = "/sys/module") -> bool:
+    """True when this host's KVM uses shadow paging for every VM (``kvm.tdp_mmu=N``):
+    then registering guest RAM costs :data:`KVM_SHADOW_BYTES_PER_PAGE` of zeroed
+    kernel memory per 4 KiB page, allocated when the slot is created."""
+    try:
+        with open(f"{sys_module}/kvm/parameters/tdp_mmu", encoding="ascii") as f:
+            return f.read().strip() in ("N", "n", "0")
+    except OSError:
+        return False
+
+
+def host_memory_note() -> str:
+    """What the host can give guest RAM (from /proc/meminfo), for error messages."""
+    facts = host_meminfo()
+    total, avail = facts.get("MemTotal"), facts.get("MemAvailable")
+    if total is None:
+        return "the host's memory is unknown"
+    note = f"the host has {format_size(total)} of RAM"
+    if avail is not None:
+        note += f" ({format_size(avail)} available)"
+    return note + (", and guest RAM is reserved lazily: only the pages the guest touches "
+                   "take host memory, but the whole size must fit in the address space")
 
 
 class RamRegion(NamedTuple):
@@ -132,9 +185,19 @@ class PhysicalMemory:
         self.hole_end = hole_end
         low = min(nbytes, hole_start)
         high = nbytes - low
-        self.regions: List[RamRegion] = [RamRegion(0, HostMemory(low, noreserve=noreserve))]
-        if high:
-            self.regions.append(RamRegion(hole_end, HostMemory(high, noreserve=noreserve)))
+        self.regions: List[RamRegion] = []
+        try:
+            self.regions.append(RamRegion(0, HostMemory(low, noreserve=noreserve)))
+            if high:
+                self.regions.append(RamRegion(hole_end, HostMemory(high, noreserve=noreserve)))
+        except OSError as err:
+            self.close()
+            if err.errno != errno.ENOMEM:
+                raise
+            raise ConfigError(
+                f"guest RAM of {format_size(nbytes)}: the host cannot map it "
+                f"({err.strerror}); {host_memory_note()}"
+            ) from err
         #: Total RAM in bytes.
         self.ram_size = nbytes
         #: RAM below the hole (bytes from address 0).

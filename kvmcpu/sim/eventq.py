@@ -222,7 +222,7 @@ class EventQueue:
         name: for messages only.
     """
 
-    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit")
+    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit", "pending_exit")
 
     def __init__(self, name: str = "MainEventQueue") -> None:
         self.name = name
@@ -232,6 +232,8 @@ class EventQueue:
         self._next_seq = 0
         #: The exit event that ended the last :meth:`simulate` (None before any).
         self.last_exit: SimLoopExitEvent | None = None
+        #: An exit asked for asynchronously (:meth:`request_exit`), not yet taken.
+        self.pending_exit: Tuple[str, int] | None = None
 
     # -- scheduling ----------------------------------------------------------------
     def schedule(self, event: Event, when: int) -> None:
@@ -330,6 +332,25 @@ class EventQueue:
             )
         self.cur_tick = tick
 
+    # -- asynchronous exits ----------------------------------------------------------
+    def request_exit(self, cause: str, code: int = 0) -> None:
+        """Make the running (or the next) :meth:`simulate` return at its next safe point.
+
+        gem5's ``async_event``: safe from a signal handler and from another
+        thread, because it only stores ``(cause, code)`` in :attr:`pending_exit`;
+        the loop checks it after every event (and a CPU after every entry it
+        leaves early) and ends with an exit event of that cause at the current
+        tick. A later request replaces one not yet taken.
+        """
+        self.pending_exit = (cause, code)
+
+    def _take_pending_exit(self) -> SimLoopExitEvent:
+        pending, self.pending_exit = self.pending_exit, None
+        cause, code = pending if pending is not None else (QUEUE_EMPTY_CAUSE, 0)
+        event = SimLoopExitEvent(cause, code)
+        event.tick = self.cur_tick
+        return event
+
     # -- running -------------------------------------------------------------------
     def service_one(self) -> Event | None:
         """Process the next live event and return it (None when the queue is empty).
@@ -352,13 +373,16 @@ class EventQueue:
             return ev
         return None
 
-    def simulate(self, max_ticks: int | None = None) -> SimLoopExitEvent:
+    def simulate(self, max_ticks: int | None = None, *,
+                 async_exits: bool = True) -> SimLoopExitEvent:
         """Run events until an exit event fires and return it (gem5 ``simulate()``).
 
         Args:
             max_ticks: run for at most this many ticks from now (as gem5's
                 ``simulate(num_cycles)``); the loop then stops with cause
                 :data:`SIM_LIMIT_CAUSE` at ``cur_tick + max_ticks``.
+            async_exits: end at a :meth:`request_exit` (checked before the first
+                event and after each one); False leaves a request pending (a drain).
 
         Returns:
             The exit event; when the queue runs dry first, an exit event with
@@ -368,6 +392,10 @@ class EventQueue:
         if max_ticks is not None:
             if max_ticks < 0:
                 raise SimulationError(f"max_ticks must be non-negative, got {max_ticks}")
+        if async_exits and self.pending_exit is not None:
+            self.last_exit = self._take_pending_exit()
+            return self.last_exit
+        if max_ticks is not None:
             limit = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
             self.schedule(limit, self.cur_tick + max_ticks)
         heap = self._heap
@@ -384,6 +412,8 @@ class EventQueue:
                 self.cur_tick = when
                 ev._seq = -1
                 ev.process()
+                if self.pending_exit is not None and async_exits:
+                    raise _StopLoopError(self._take_pending_exit())
             result = SimLoopExitEvent(QUEUE_EMPTY_CAUSE, 0)
             result.tick = self.cur_tick
         except _StopLoopError as stop:
@@ -403,6 +433,7 @@ class EventQueue:
         self.cur_tick = 0
         self._next_seq = 0
         self.last_exit = None
+        self.pending_exit = None
 
     def __repr__(self) -> str:
         return f"<EventQueue {self.name!r} tick={self.cur_tick} entries={len(self._heap)}>"

@@ -339,7 +339,7 @@ class DrainManager:
         """
         while not self.try_drain():
             while True:
-                ev = self.eventq.simulate()
+                ev = self.eventq.simulate(async_exits=False)  # an interrupt waits for the run
                 if ev.cause == DRAIN_DONE_CAUSE:
                     break
                 if not self._pending:

@@ -21,6 +21,12 @@ print without decimals, other values with six (or the stat's precision),
 no value as ``nan``. Every dump appends one such block to the file.
 :meth:`Statistics.dump_json` writes the same lines as one JSON object per dump
 (JSON Lines).
+
+A dump to a file name never leaves a half-written file: the new contents go to
+a temporary file in the same directory, which is renamed over the old one
+(:func:`write_atomically`), so a run killed during a dump leaves the previous
+file whole. :meth:`Statistics.start_file` makes the next dump replace a file
+instead of appending to it (the CLI's per-run stats.txt, as gem5 starts one).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import os
 import re
 import resource
 import time
@@ -45,6 +52,7 @@ from typing import (
     Union,
 )
 
+from kvmcpu.sim.atomic import write_atomically
 from kvmcpu.sim.eventq import TICKS_PER_SECOND, Event, EventQueue, Priority, main_queue
 
 __all__ = [
@@ -72,6 +80,7 @@ __all__ = [
     "Statistics",
     "StatDumpEvent",
     "value_to_string",
+    "write_atomically",
     "BEGIN_BANNER",
     "END_BANNER",
 ]
@@ -691,6 +700,7 @@ class Statistics:
         self._start_tick = self.queue.cur_tick
         self._start_host = host_clock()
         self.roots: List[Group] = []
+        self._replace_next: set[str] = set()
         g = self.global_group = Group(queue=self.queue)
         self.simTicks = Value(None, "simTicks", "Number of ticks simulated", Tick,
                               functor=lambda: self.queue.cur_tick - self._start_tick)
@@ -707,7 +717,7 @@ class Statistics:
             "(restored from checkpoints and never reset)",
             Tick, functor=lambda: self.queue.cur_tick)
         self.hostTickRate = Formula(
-            None, "hostTickRate", "The number of ticks simulated per host second (ticks/s)",
+            None, "hostTickRate", "The number of ticks simulated per host second",
             Tick / Second, formula=self.simTicks / self.hostSeconds, precision=0)
         self.hostMemory = Value(None, "hostMemory", "Number of bytes of host memory used", Byte,
                                 functor=host_memory, flags=Flags.nozero)
@@ -734,13 +744,25 @@ class Statistics:
         body = "".join(_format_row(row) for row in self._rows())
         return f"\n{BEGIN_BANNER}\n{body}\n{END_BANNER}\n"
 
+    def start_file(self, path: str) -> None:
+        """Make the next dump (text or JSON) to ``path`` replace the file instead of
+        appending to it; until then a file an earlier run left stays as it is."""
+        self._replace_next.add(os.path.abspath(path))
+
+    def _write(self, path: str, text: str) -> None:
+        key = os.path.abspath(path)
+        write_atomically(path, text, append=key not in self._replace_next)
+        self._replace_next.discard(key)
+
     def dump(self, path: Union[str, IO[str], None] = None) -> str:
-        """Append one gem5-format block to ``path`` (a file name or stream); returns it."""
+        """Append one gem5-format block to ``path`` (a file name or stream); returns it.
+
+        A file name is written with :func:`write_atomically`.
+        """
         text = self.format_text()
         if path is not None:
             if isinstance(path, str):
-                with open(path, "a", encoding="utf-8", newline="\n") as f:
-                    f.write(text)
+                self._write(path, text)
             else:
                 path.write(text)
                 path.flush()
@@ -763,8 +785,7 @@ class Statistics:
         if path is not None:
             line = json.dumps(doc, sort_keys=False) + "\n"
             if isinstance(path, str):
-                with open(path, "a", encoding="utf-8", newline="\n") as f:
-                    f.write(line)
+                self._write(path, line)
             else:
                 path.write(line)
                 path.flush()

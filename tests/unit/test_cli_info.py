@@ -80,3 +80,22 @@ def test_info_on_kvm_text_and_json() -> None:
     assert facts["msr_count"] > 0
     assert set(facts["capabilities"]) == {f"KVM_CAP_{c.name}" for c in info.INTERESTING_CAPS}
     assert Cap.XSAVE2 in info.INTERESTING_CAPS
+
+
+def test_pvm_note_only_for_the_kvm_backend(tmp_path: Path) -> None:
+    (tmp_path / "kvm").mkdir()
+    (tmp_path / "kvm_pvm").mkdir()
+    assert "kvm_pvm" in info.host_notes(tmp_path, backend="kvm")["note"]
+    notes = info.host_notes(tmp_path, backend="mock")
+    assert notes["pvm"] is True and "note" not in notes
+    facts = json.loads(_run("info", "--backend", "mock", "--json").stdout)
+    assert facts["backend"] == "mock" and "note" not in facts["host"]
+    assert "run_timer_floor" not in facts
+
+
+@pytest.mark.kvm
+def test_info_json_gives_the_timer_floor_as_numbers() -> None:
+    facts = json.loads(_run("info", "--backend", "kvm", "--json").stdout)
+    floor = facts["run_timer_floor"]
+    assert floor["measured"] is True and isinstance(floor["ns"], int) and floor["ns"] > 0
+    assert info.measure_run_timer_floor.__name__ in info.__all__

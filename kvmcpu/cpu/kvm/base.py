@@ -397,7 +397,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
           the queue again.
 
         Anything that schedules an event (a device, :func:`exit_sim_loop`, a
-        simulation limit) is seen by the next look at the queue and ends the loop.
+        simulation limit) is seen by the next look at the queue and ends the loop,
+        and so is an exit requested asynchronously (:meth:`EventQueue.request_exit`:
+        a signal or a kick ends the entry with INTR, and the CPU returns to the queue).
         """
         eq = self.eventq
         period = self._clock_period
@@ -464,7 +466,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
             when = self.clock_edge(-(-delay // period))
             if self.tick_event.scheduled():
                 return  # somebody (a device waking the CPU) scheduled the tick already
-            if when >= eq.next_tick():
+            if when >= eq.next_tick() or eq.pending_exit is not None:
+                # (An exit asked for asynchronously -- a signal, the host deadline --
+                # is taken by the queue's loop: go back to it.)
                 eq.schedule(self.tick_event, when)
                 return
             # This tick would be the next event the queue runs: run it now.
