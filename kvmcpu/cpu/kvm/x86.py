@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ... import uapi
 from ...backends import modes
-from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
+from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit, MmioExit
 from ...errors import KvmIoctlError
 from ...sim.simobject import DrainState
 from ..thread import (
@@ -68,7 +68,10 @@ class X86KvmCPU(BaseKvmCPU):
 
     Args:
         interrupts: the interrupt source used without an in-kernel irqchip
-            (anything with ``has_pending()`` and ``acknowledge() -> vector``).
+            (anything with ``has_pending()`` and ``acknowledge() -> vector``: the
+            8259 pair, or :class:`~kvmcpu.devices.lapic.ApicInterrupts`, whose
+            ``attach_cpu(cpu)`` is called so that the local APIC's NMI, INIT,
+            SIPI and wake-ups reach this CPU).
         cpuid_vendor: "intel", "amd", a 12-character vendor string, or None to
             keep the backend's.
         cpuid_overrides: ``{(function, index): (eax, ebx, ecx, edx)}`` applied
@@ -81,6 +84,9 @@ class X86KvmCPU(BaseKvmCPU):
                  **kw: Any) -> None:
         super().__init__(name, parent, vm=vm, **kw)
         self.interrupts = interrupts
+        #: The user-space local APIC behind ``interrupts`` (None: none, or KVM's).
+        self.lapic: Any = None
+        self._attach_interrupts()
         self.cpuid_vendor = cpuid_vendor
         self.cpuid_overrides = dict(cpuid_overrides or {})
         self.pending_nmi = False
@@ -88,6 +94,13 @@ class X86KvmCPU(BaseKvmCPU):
         self._cpuid_applied: Optional[List[CpuidEntry]] = None
         self._msr_list: Optional[List[int]] = None
         self._use_xsave = False
+
+    def _attach_interrupts(self) -> None:
+        src = self.interrupts
+        attach = getattr(src, "attach_cpu", None)
+        if attach is not None:
+            attach(self)
+        self.lapic = getattr(src, "lapic", None)
 
     # ------------------------------------------------------------------ startup
     def startup_thread(self) -> None:
@@ -221,6 +234,16 @@ class X86KvmCPU(BaseKvmCPU):
         for i in range(ex.count):
             ticks += self._io_access(ex.port, data[i * size : (i + 1) * size], ex.is_write)
         return ticks
+
+    def handleKvmExitMMIO(self, ex: MmioExit) -> int:
+        """As the base; with a user-space local APIC, first follow IA32_APIC_BASE
+        (``kvm_run.apic_base``: the guest may have moved or disabled the page)."""
+        lapic = self.lapic
+        if lapic is not None:
+            base = self._vcpu().kvm_run.apic_base
+            if base != lapic.base_msr:
+                lapic.set_base(base)
+        return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: keep running when an interrupt is already waiting, else suspend."""
@@ -368,6 +391,7 @@ class X86KvmCPU(BaseKvmCPU):
     def _take_over_arch(self, old: BaseKvmCPU) -> None:
         if self.interrupts is None:
             self.interrupts = getattr(old, "interrupts", None)
+        self._attach_interrupts()
         self.pending_nmi = bool(getattr(old, "pending_nmi", False))
         self._wait_for_sipi = bool(getattr(old, "_wait_for_sipi", False))
 
