@@ -10,8 +10,8 @@
 ;
 ;   apic: base fee00000 enabled bsp     IA32_APIC_BASE (RDMSR 0x1b)
 ;   apic: version 14                     the version register's low byte
-;   ioapic: pit ticks 10                 PIT channel 0 at 1 kHz (mode 2, count
-;                                        1193) through IOAPIC pins 0 and 2,
+;   ioapic: pit ticks 10                 PIT channel 0 at 100 Hz (mode 2, count
+;                                        11932) through IOAPIC pins 0 and 2,
 ;                                        vector 0x70 (ISA IRQ 0 is on pin 2 with
 ;                                        QEMU's and kvmcpu's routing, on pin 0
 ;                                        with KVM's default one: exactly one of
@@ -26,10 +26,10 @@
 ;                                        0x60 and waits with `sti; hlt` until
 ;                                        0x60 preempted it; 0x51 (the class of
 ;                                        the one in service) waits for its EOI
-;   lapic periodic: ok                   LAPIC timer periodic, 1 ms (divide by
-;                                        16, count 62500 at a 1 GHz bus) ticks
-;                                        within 2 of the PIT's over 20 ms
-;   lapic one-shot: ok                   a 5 ms one-shot: fires once, 4-6 PIT
+;   lapic periodic: ok                   LAPIC timer periodic, 10 ms (divide by
+;                                        16, count 625000 at a 1 GHz bus) ticks
+;                                        within 2 of the PIT's over 200 ms
+;   lapic one-shot: ok                   a 50 ms one-shot: fires once, 4-6 PIT
 ;                                        ticks after it was armed, its current
 ;                                        count counts down and ends at 0
 ;   ioapic: uart thre interrupt 1        COM1's THRE interrupt (IER = 2) through
@@ -39,7 +39,9 @@
 ; then writes 0 to isa-debug-exit (exit status 1). An unexpected exception
 ; prints "apic: exception N" and exits with status 5; a wait that does not end
 ; within 100 PIT ticks prints "apic: timeout" and exits with status 7.
-; Simulated time needed: about 40 ms.
+; Simulated time needed: about 0.45 s. The periods are long next to the
+; guest's interrupt latency, so that no tick is lost (merged with a pending
+; one) even where the guest runs slowly in host time (KVM's emulator).
 
 %include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
 %include "lib/exit.inc"
@@ -66,6 +68,9 @@ PIC1        equ 0x20
 PIC2        equ 0xa0
 PIT_CH0     equ 0x40
 PIT_CMD     equ 0x43
+PIT_COUNT   equ 11932                       ; 1193182 Hz / 11932: 100 Hz
+PERIODIC_COUNT equ 625000                   ; x 16 ns: 10 ms
+ONESHOT_COUNT equ 3125000                   ; x 16 ns: 50 ms
 
 ; (the APIC pages are above 2 GiB: a disp32 would sign-extend, so R11 holds the address)
 %macro LAPIC_W 2                            ; LAPIC_W reg, value (clobbers EAX, R11)
@@ -187,12 +192,12 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     call ioapic_route
     mov ecx, 2
     call ioapic_route
-    ; PIT channel 0: mode 2, lobyte/hibyte, count 1193 (1 kHz).
+    ; PIT channel 0: mode 2, lobyte/hibyte, 100 Hz.
     mov al, 0x34
     out PIT_CMD, al
-    mov al, 1193 & 0xff
+    mov al, PIT_COUNT & 0xff
     out PIT_CH0, al
-    mov al, 1193 >> 8
+    mov al, PIT_COUNT >> 8
     out PIT_CH0, al
     mov rbx, 10
     call wait_pit
@@ -230,13 +235,13 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     call wait_flag
     SAY msg_nl
 
-    ; LAPIC timer, periodic, 1 ms; counted over 20 PIT ticks.
+    ; LAPIC timer, periodic, 10 ms; counted over 20 PIT ticks.
     LAPIC_W L_TIMER_DCR, 0x3                ; divide by 16
     LAPIC_W L_LVT_TIMER, (1 << 17) | 0x31
     mov qword [rel timer_ticks], 0
     mov rax, [rel pit_ticks]
     mov [rel pit_mark], rax
-    LAPIC_W L_TIMER_ICR, 62500
+    LAPIC_W L_TIMER_ICR, PERIODIC_COUNT
     mov rbx, 20
     call wait_pit
     LAPIC_W L_TIMER_ICR, 0                  ; stop
@@ -260,15 +265,15 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     SAY msg_nl
 .periodic_done:
 
-    ; LAPIC timer, one-shot, 5 ms.
+    ; LAPIC timer, one-shot, 50 ms.
     LAPIC_W L_LVT_TIMER, 0x32
     mov rax, [rel pit_ticks]
     mov [rel pit_mark], rax
-    LAPIC_W L_TIMER_ICR, 312500
+    LAPIC_W L_TIMER_ICR, ONESHOT_COUNT
     LAPIC_R L_TIMER_CCR
     test eax, eax
     jz fail
-    cmp eax, 312500
+    cmp eax, ONESHOT_COUNT
     ja fail
     lea r12, [rel oneshot_ticks]
     call wait_flag

@@ -176,6 +176,8 @@ class X86KvmCPU(BaseKvmCPU):
             vcpu.set_vcpu_events(tc.to_events())
         if kvm.capDebugRegs():
             vcpu.set_debugregs(tc.to_debugregs())
+        if self.vm.has_irqchip and len(tc.lapic) == uapi.KVM_APIC_REG_SIZE:
+            vcpu.set_lapic(tc.to_lapic())  # KVM's in-kernel local APIC
         try:
             vcpu.set_mp_state(tc.mp_state)
         except KvmIoctlError as err:
@@ -214,6 +216,8 @@ class X86KvmCPU(BaseKvmCPU):
             tc.load_events(vcpu.get_vcpu_events())
         if kvm.capDebugRegs():
             tc.load_debugregs(vcpu.get_debugregs())
+        if self.vm.has_irqchip:
+            tc.load_lapic(vcpu.get_lapic())
         try:
             tc.mp_state = vcpu.get_mp_state()
         except KvmIoctlError as err:
