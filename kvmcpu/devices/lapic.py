@@ -680,7 +680,10 @@ class ApicInterrupts:
         if lapic.irr and lapic.pending_vector() >= 0:
             return True
         pic = self.pic
-        return pic is not None and pic.has_pending() and lapic.accepts_pic()
+        # PicPair.output is its INTR level, kept up to date on every change: an
+        # attribute read instead of the priority logic on each entry.
+        return (pic is not None and bool(getattr(pic, "output", True)) and pic.has_pending()
+                and lapic.accepts_pic())
 
     def acknowledge(self) -> int:
         lapic = self.lapic
