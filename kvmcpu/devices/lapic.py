@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from kvmcpu.devices.base import Device
 from kvmcpu.errors import GuestError
-from kvmcpu.sim.eventq import EventFunctionWrapper, EventQueue
+from kvmcpu.sim.eventq import TICKS_PER_SECOND, EventFunctionWrapper, EventQueue
 
 if TYPE_CHECKING:
     from kvmcpu.sim.checkpoint import CheckpointIn
@@ -173,8 +173,9 @@ class LocalApic(Device):
             raise ValueError(f"tsc_period must be positive, got {tsc_period}")
         self.queue = queue
         self.bsp = bsp
-        self.tsc_period = tsc_period
-        self._tsc = tsc if tsc is not None else (lambda: self.queue.cur_tick // self.tsc_period)
+        #: The guest TSC's frequency (TSC-deadline mode converts TSC cycles to ticks).
+        self.tsc_hz = TICKS_PER_SECOND // tsc_period
+        self._tsc = tsc if tsc is not None else self._simulated_tsc
         self.bus: Optional[ApicBus] = None
         #: The CPU (anything with post_nmi/post_init/post_sipi/wakeup); see :meth:`attach_cpu`.
         self.cpu: Any = None
@@ -211,6 +212,17 @@ class LocalApic(Device):
         self.tsc_deadline = 0
         if self._timer_event.scheduled():
             self.queue.deschedule(self._timer_event)
+
+    def _simulated_tsc(self) -> int:
+        return self.queue.cur_tick * self.tsc_hz // TICKS_PER_SECOND
+
+    def set_tsc_source(self, read: Callable[[], int], hz: int) -> None:
+        """Where the guest's TSC comes from (TSC-deadline mode): ``read()`` returns it
+        now, ``hz`` is its frequency (on KVM: IA32_TSC and KVM_GET_TSC_KHZ)."""
+        if hz <= 0:
+            raise ValueError(f"TSC frequency must be positive, got {hz}")
+        self._tsc = read
+        self.tsc_hz = hz
 
     def attach_cpu(self, cpu: Any) -> None:
         """Deliver NMIs, INIT, SIPIs and wake-ups to ``cpu`` (the CPU model calls this)."""
@@ -488,7 +500,7 @@ class LocalApic(Device):
             self._arm(-1)
             return
         delta = max(0, value - self._tsc())
-        self._arm(self.queue.cur_tick + delta * self.tsc_period)
+        self._arm(self.queue.cur_tick + -(-delta * TICKS_PER_SECOND // self.tsc_hz))
 
     # ------------------------------------------------------------------ registers
     def read_register(self, offset: int) -> int:

@@ -160,6 +160,8 @@ class KvmVM(SimObject):
         self._started = False
         self.has_irqchip = False
         self.has_pit = False
+        #: The x2APIC/TSC-deadline MSRs go to user space (X86KvmCPU._take_apic_msrs).
+        self.apic_msrs_taken = False
         #: In-kernel chip state read from a checkpoint, applied once the chips exist.
         self._restored_chips: Dict[str, bytes] = {}
         #: (start, size, pio) of every coalesced zone registered at delayed startup.

@@ -266,7 +266,7 @@ LVT_MASKED_BIT = 1 << 16
 
 def test_tsc_deadline_mode() -> None:
     apic, q, _ = make()
-    apic.tsc_period = 1000  # 1 GHz TSC
+    assert apic.tsc_hz == 10**9  # the default: simulated cycles of 1 ns
     apic.write_msr(MSR_IA32_TSC_DEADLINE, 500)  # ignored outside TSC-deadline mode
     assert apic.tsc_deadline == 0
     apic.write(REG_LVT_TIMER, 4, (2 << 17) | 0x32)
@@ -280,6 +280,12 @@ def test_tsc_deadline_mode() -> None:
     apic.write_msr(MSR_IA32_TSC_DEADLINE, 1)  # in the past: fires at once
     advance(q, 2000 * NS)
     assert apic.timer_next_tick == -1
+    # Another TSC source (KVM's guest TSC): 2.5 GHz, reading 10,000 now.
+    apic.set_tsc_source(lambda: 10_000, 2_500_000_000)
+    apic.write_msr(MSR_IA32_TSC_DEADLINE, 12_500)  # 2,500 cycles = 1 us from now
+    assert apic.timer_next_tick == q.cur_tick + 1000 * NS
+    with pytest.raises(ValueError, match="positive"):
+        apic.set_tsc_source(lambda: 0, 0)
 
 
 def test_x2apic_msrs() -> None:
