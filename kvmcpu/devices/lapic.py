@@ -332,8 +332,7 @@ class LocalApic(Device):
         elif mode == DM_SMI:
             raise GuestError(f"{self.name}: SMI delivery is not modelled (no SMM in kvmcpu)")
         elif mode == DM_EXTINT:
-            if self.cpu is not None:
-                self.cpu.wakeup()
+            pass  # the 8259 answers the INTA: ApicInterrupts asks it (its INTR wakes the CPU)
         else:
             log.warning("%s: reserved delivery mode %d ignored", self.name, mode)
 
