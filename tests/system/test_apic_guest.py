@@ -80,10 +80,15 @@ def _run_until(system: System, text: bytes, step: int = 5_000_000_000) -> None:
     raise AssertionError(f"{text!r} never printed: {system.serial.output!r}")
 
 
-@pytest.mark.parametrize("reader", ["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
-def test_apic_checkpoint_in_the_periodic_timer_test(tmp_path: Path, reader: str) -> None:
-    """A checkpoint taken while the LAPIC timer runs (mock) continues on either backend."""
-    with System(memory="32M", backend="mock") as system:
+BACKENDS = ["mock", pytest.param("kvm", marks=pytest.mark.kvm)]
+
+
+@pytest.mark.parametrize("writer", BACKENDS)
+@pytest.mark.parametrize("reader", BACKENDS)
+def test_apic_checkpoint_in_the_periodic_timer_test(tmp_path: Path, writer: str,
+                                                    reader: str) -> None:
+    """A checkpoint taken while the LAPIC timer runs continues on either backend."""
+    with System(memory="32M", backend=writer) as system:
         system.load(IMAGE)
         _run_until(system, b"51< >51\n")
         system.run(max_ticks=50_000_000_000, timeout=TIMEOUT)  # into the 200 ms periodic test
@@ -139,3 +144,44 @@ def test_cli_runs_the_apic_guest(tmp_path: Path, irqchip: str) -> None:
                            IMAGE], capture_output=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1, done.stderr  # isa-debug-exit (0 << 1) | 1
     _same_lines(done.stdout)
+
+
+def test_a_checkpoint_from_before_the_apic_restores_with_it_at_reset(tmp_path: Path) -> None:
+    """Checkpoints written before the APIC existed have no [system.lapic]/[system.ioapic]."""
+    with System(memory="32M", backend="mock") as system:
+        system.load(str(ROOT / "kvmcpu" / "guests" / "irq.bin"))
+        system.run(max_ticks=2_000_000_000, timeout=TIMEOUT)
+        cpt = system.checkpoint(tmp_path / "cpt")
+    ini = cpt / "m5.cpt"
+    kept, skip = [], False
+    for line in ini.read_text().splitlines():
+        if line.startswith("["):
+            skip = line in ("[system.lapic]", "[system.ioapic]")
+        if line.startswith("sections="):
+            line = line.replace(" system.ioapic system.lapic", "")
+        if not skip:
+            kept.append(line)
+    ini.write_text("\n".join(kept) + "\n")
+    with System.restore(cpt, backend="mock") as restored:
+        lapic = restored.devices.lapic
+        assert lapic is not None and not lapic.sw_enabled and lapic.accepts_pic()
+        result = restored.run(max_seconds=1, timeout=TIMEOUT)
+        assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
+        assert restored.serial.output.endswith(b"irq: 10 timer interrupts\n")
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("first,second", [("kvm", "mock"), ("mock", "kvm")])
+def test_apic_guest_across_switch_cpu(first: str, second: str) -> None:
+    """switch_cpu in the middle of the periodic timer test: the APIC (a device) stays,
+    the new CPU takes over its interrupts and the guest's output is unchanged."""
+    with System(memory="32M", backend=first) as system:
+        system.load(IMAGE)
+        _run_until(system, b"51< >51\n")
+        system.run(max_ticks=50_000_000_000, timeout=TIMEOUT)
+        new = system.switch_cpu(second)
+        assert system.devices.lapic is not None and system.devices.lapic.cpu is new
+        assert new.lapic is system.devices.lapic
+        result = system.run(max_seconds=5, timeout=TIMEOUT)
+        assert system.serial.output == APIC_OUTPUT
+        assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)

@@ -29,6 +29,7 @@ from ... import uapi
 from ...backends import modes
 from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit, MmioExit, MsrExit
 from ...errors import KvmIoctlError
+from ...sim.eventq import TICKS_PER_SECOND
 from ...sim.simobject import DrainState
 from ...uapi import Cap
 from ..thread import (
@@ -130,6 +131,10 @@ class X86KvmCPU(BaseKvmCPU):
         TSC-deadline mode are then not reachable from the guest)."""
         vm = self.vm
         kvm = vm.kvm
+        lapic = self.lapic
+        # Until told otherwise the TSC is simulated cycles (a CPU switched in from
+        # KVM must not leave the old vCPU as the APIC's TSC source).
+        lapic.set_tsc_source(lapic._simulated_tsc, TICKS_PER_SECOND // self.clock_period())
         if not (kvm.check_extension(Cap.X86_USER_SPACE_MSR)
                 and kvm.check_extension(Cap.X86_MSR_FILTER)):
             log.info("%s: no user-space MSRs on this backend: the local APIC's x2APIC "
@@ -159,7 +164,7 @@ class X86KvmCPU(BaseKvmCPU):
                         "clock", self.path(), err)
             return
         if khz > 0:
-            self.lapic.set_tsc_source(self._guest_tsc, khz * 1000)
+            lapic.set_tsc_source(self._guest_tsc, khz * 1000)
 
     def _guest_tsc(self) -> int:
         return int(self._vcpu().get_msrs([MSR_IA32_TSC])[MSR_IA32_TSC])
