@@ -170,10 +170,13 @@ def add_parsers(sub: Any) -> None:
                    help="continue this checkpoint (DIR/cpt.TICK) instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="host (wall-clock) seconds limit (default: none)")
-    p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
-                   help="interrupt controller (default: auto): auto and off use the userspace "
-                        "8259/8254 on every backend, on uses KVM's in-kernel irqchip (status 2 "
-                        "when the backend has none)")
+    p.add_argument("--irqchip", default="auto",
+                   choices=("auto", "user", "kernel", "split", "on", "off"),
+                   help="interrupt controllers (default: auto): auto and user use the user-space "
+                        "local APIC, IOAPIC, 8259 and 8254 on every backend (simulated time); "
+                        "kernel uses KVM's in-kernel irqchip and PIT (status 2 when the "
+                        "backend has none); split is not implemented yet (status 2); off "
+                        "and on are the old names of user and kernel")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")

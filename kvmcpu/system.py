@@ -71,6 +71,9 @@ CAUSE_CHECKPOINT = "checkpoint"
 #: the code is the signal number and the status 128 + it, as a shell reports it.
 CAUSE_INTERRUPTED = "interrupted"
 
+#: The accepted values of System(irqchip=...) and --irqchip.
+IRQCHIP_MODES = ("auto", "user", "kernel", "split", "off", "on")
+
 #: Process exit statuses ``kvmcpu run`` uses (besides the guest's debug-exit status).
 STATUS_OK = 0
 STATUS_ERROR = 1
@@ -156,9 +159,11 @@ class SystemParams(SimObjectParams):
 
     memory: int = param(128 << 20, "guest RAM in bytes", check=lambda v: v > 0)
     smp: int = param(1, "number of CPUs", check=lambda v: v >= 1)
-    irqchip: str = param("auto", "interrupt controller: 'auto' or 'off' (the userspace "
-                         "8259/8254), 'on' (KVM's in-kernel irqchip)",
-                         check=lambda v: v in ("auto", "on", "off"))
+    irqchip: str = param("auto", "interrupt controllers: 'auto' or 'user' (the user-space "
+                         "local APIC, IOAPIC, 8259 and 8254), 'kernel' (KVM's in-kernel "
+                         "irqchip and PIT), 'split' (refused: not implemented); 'off' and "
+                         "'on' are the old names of 'user' and 'kernel'",
+                         check=lambda v: v in IRQCHIP_MODES)
     clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
                               check=lambda v: v > 0)
     quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
@@ -177,10 +182,13 @@ class System(SimObject):
             None, "stdout", a callable taking bytes, or a binary file.
         serial_input: bytes the guest receives on COM1.
         smp: CPUs (only 1 is supported so far).
-        irqchip: "auto" (the default) and "off" use the userspace 8259/8254
-            model on every backend (it keeps timing in simulated time);
-            "on" uses KVM's in-kernel irqchip and PIT (ConfigError when the
-            backend has none, e.g. the mock).
+        irqchip: "auto" (the default) and "user" use the user-space local
+            APIC, IOAPIC, 8259 and 8254 on every backend (they keep timing in
+            simulated time, so the mock and KVM agree tick for tick);
+            "kernel" uses KVM's in-kernel irqchip (LAPIC, IOAPIC, PIC) and PIT
+            (ConfigError when the backend has none, e.g. the mock); "split"
+            is refused (ConfigError: not implemented yet). "off" and "on" are
+            the old names of "user" and "kernel".
         quantum: longest KVM entry in ticks (0: run until the next event).
         unclaimed: policy for accesses no device claims.
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
@@ -241,11 +249,12 @@ class System(SimObject):
                 self.io_bus, self.mmio_bus, memory=self.physmem, nb_cpus=smp,
                 uart_sink=serial, uart_input=serial_input, on_exit=self._on_debug_exit,
                 m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
-                queue=self.eventq, on_interrupt=self._on_interrupt,
+                queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
+                tsc_period=clock_period,
             )
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
-                interrupts=self.devices.pic, clock_period=clock_period, quantum=quantum,
+                interrupts=self.devices.interrupts, clock_period=clock_period, quantum=quantum,
                 **(cpu_params or {}),
             )
             self._closers.insert(0, self.cpu.close)
@@ -266,15 +275,23 @@ class System(SimObject):
         return self._closed
 
     def _want_irqchip(self, choice: str) -> bool:
-        has = self.vm.kvm.capIRQChip()
-        if choice == "on":
-            if not has:
-                raise ConfigError("irqchip='on' but the backend has no in-kernel irqchip")
+        """True for KVM's in-kernel irqchip, False for the user-space one."""
+        if choice not in IRQCHIP_MODES:
+            raise ConfigError(f"irqchip must be one of {', '.join(IRQCHIP_MODES)}, "
+                              f"got {choice!r}")
+        if choice == "split":
+            raise ConfigError("irqchip='split' (KVM_CAP_SPLIT_IRQCHIP: the local APIC in "
+                              "KVM, IOAPIC and PIC in user space) is not implemented yet; "
+                              "use 'kernel' or 'user'")
+        if choice in ("on", "kernel"):
+            if not self.vm.kvm.capIRQChip():
+                raise ConfigError(f"irqchip={choice!r} but the backend has no in-kernel "
+                                  "irqchip")
             return True
-        if choice == "off":
-            return False
-        # "auto": the userspace PIC/PIT model keeps timing in simulated time and
-        # works on every backend; the in-kernel irqchip is used only when asked.
+        # "auto" = "user" ("off"): the user-space APIC/IOAPIC/PIC/PIT keep timing in
+        # simulated time and work on every backend, so a guest gives the same
+        # output, tick counts and checkpoints on the mock and on KVM; KVM's
+        # in-kernel timers run in host time. The in-kernel irqchip only when asked.
         return False
 
     @property
@@ -486,9 +503,10 @@ class System(SimObject):
         exit_sim_loop(cause, status, queue=self.eventq)
 
     def _on_interrupt(self, level: bool) -> None:
+        # The 8259's INTR rose: wake the CPU if that reaches it (LINT0 may mask it).
         if level:
             cpu = getattr(self, "cpu", None)
-            if cpu is not None:
+            if cpu is not None and (cpu.interrupts is None or cpu.interrupts.has_pending()):
                 cpu.wakeup()
 
     def on_cpu_halt(self) -> None:
@@ -505,8 +523,11 @@ class System(SimObject):
         pit = self.devices.pit
         if pit is not None and any(ch._event.scheduled() for ch in pit.channels):
             return True
-        pic = self.devices.pic
-        return bool(pic is not None and pic.has_pending())
+        lapic = self.devices.lapic
+        if lapic is not None and lapic.timer_next_tick >= 0:
+            return True
+        interrupts = cpu.interrupts
+        return bool(interrupts is not None and interrupts.has_pending())
 
     # m5ops handler ---------------------------------------------------------
     def m5_exit(self, code: int, delay: int) -> object:
@@ -604,6 +625,8 @@ class System(SimObject):
             cp.read_into(f"system.physmem.region{i}", region.host.view,
                          extents=region.host.data_extents)
         for name, dev in self.devices.named():
+            if name in ("ioapic", "lapic") and not cp.has_section(f"{cp.current_path}.{name}"):
+                continue  # a checkpoint from before the APIC: it stays at its reset state
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):
                     dev.unserialize(cp)

@@ -540,6 +540,27 @@ class kvm_irqchip(Structure):  # <linux/kvm.h>; the ioapic view is left as raw b
     _fields_ = [("chip_id", _u32), ("pad", _u32), ("chip", _kvm_irqchip_u)]
 
 
+# --- MSR exits to user space (KVM_CAP_X86_USER_SPACE_MSR, KVM_X86_SET_MSR_FILTER) ----
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0
+KVM_MSR_FILTER_DEFAULT_DENY = 1
+KVM_MSR_FILTER_MAX_RANGES = 16
+
+
+class kvm_msr_filter_range(Structure):  # <linux/kvm.h>; a 0 bit in the bitmap: exit
+    _fields_ = [("flags", _u32), ("nmsrs", _u32), ("base", _u32),
+                ("bitmap", ctypes.c_void_p)]
+
+
+class kvm_msr_filter(Structure):  # <linux/kvm.h>
+    _fields_ = [("flags", _u32),
+                ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES)]
+
+
 # --- struct kvm_run and its exit union -------------------------------------
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
@@ -1151,6 +1172,7 @@ KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
 KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
 KVM_SET_TSC_KHZ = _IO(KVMIO, 0xA2)
 KVM_GET_TSC_KHZ = _IO(KVMIO, 0xA3)
+KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xC6, kvm_msr_filter)
 KVM_GET_ONE_REG = _IOW(KVMIO, 0xAB, kvm_one_reg)
 KVM_SET_ONE_REG = _IOW(KVMIO, 0xAC, kvm_one_reg)
 KVM_KVMCLOCK_CTRL = _IO(KVMIO, 0xAD)
@@ -1177,7 +1199,7 @@ for _name, _value in list(globals().items()):
         "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_ENABLE_CAP", "KVM_GET_XSAVE",
         "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_SET_TSC_KHZ", "KVM_GET_TSC_KHZ",
         "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_KVMCLOCK_CTRL", "KVM_GET_REG_LIST",
-        "KVM_SMI", "KVM_GET_XSAVE2",
+        "KVM_SMI", "KVM_GET_XSAVE2", "KVM_X86_SET_MSR_FILTER",
     }:
         IOCTL_NAMES.setdefault(_value, _name)
 del _name, _value

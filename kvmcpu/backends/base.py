@@ -251,6 +251,7 @@ VCPU_SETTER_CHECKS: Dict[str, Callable[[Callable[..., Any]], Any]] = {
 VM_SETTER_CHECKS: Dict[str, Callable[[Callable[..., Any]], Any]] = {
     "set_irqchip": _struct_setter("chip", uapi.kvm_irqchip),
     "set_pit2": _struct_setter("state", uapi.kvm_pit_state2),
+    "set_msr_filter": _struct_setter("msr_filter", uapi.kvm_msr_filter),
     "set_clock": _struct_setter("data", uapi.kvm_clock_data),
 }
 
@@ -539,6 +540,14 @@ class Vm(Closeable, abc.ABC):
     @abc.abstractmethod
     def set_irqchip(self, chip: uapi.kvm_irqchip) -> None:
         """Wraps KVM_SET_IRQCHIP."""
+
+    def set_msr_filter(self, msr_filter: uapi.kvm_msr_filter) -> None:
+        """Wraps KVM_X86_SET_MSR_FILTER (with KVM_CAP_X86_USER_SPACE_MSR enabled, the
+        MSRs it denies exit to user space). A backend without it: ENOTTY."""
+        self._check_open()
+        check_struct("set_msr_filter", "msr_filter", msr_filter, uapi.kvm_msr_filter)
+        raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.ENOTTY,
+                            "the backend has no MSR filter")
 
     @abc.abstractmethod
     def get_pit2(self) -> uapi.kvm_pit_state2:

@@ -270,6 +270,42 @@ class UnknownExit(Exit):
         return {"reason": self.reason, "hardware_exit_reason": self.hardware_exit_reason}
 
 
+class MsrExit(Exit):
+    """KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR: an MSR access the MSR filter hands to
+    user space (KVM_CAP_X86_USER_SPACE_MSR). For a read set ``data``; set ``error``
+    to 1 to make the guest take #GP. The next KVM_RUN completes the instruction."""
+
+    __slots__ = ("index", "is_write", "msr_reason")
+    kind = "msr"
+
+    def __init__(self, run: uapi.kvm_run) -> None:
+        super().__init__(run)
+        m = run.msr
+        self.index: int = m.index
+        self.is_write: bool = run.exit_reason == ExitReason.X86_WRMSR
+        self.msr_reason: int = m.reason
+
+    @property
+    def data(self) -> int:
+        return int(self._run.msr.data)
+
+    @data.setter
+    def data(self, value: int) -> None:
+        self._run.msr.data = value & 0xFFFFFFFFFFFFFFFF
+
+    @property
+    def error(self) -> int:
+        return int(self._run.msr.error)
+
+    @error.setter
+    def error(self, value: int) -> None:
+        self._run.msr.error = 1 if value else 0
+
+    def fields(self) -> Dict[str, object]:
+        return {"index": self.index, "is_write": self.is_write, "data": self.data,
+                "msr_reason": self.msr_reason}
+
+
 _Decoder = Callable[[uapi.kvm_run, memoryview], Exit]
 
 _DECODERS: Dict[int, _Decoder] = {
@@ -285,6 +321,8 @@ _DECODERS: Dict[int, _Decoder] = {
     ExitReason.SYSTEM_EVENT: lambda run, page: SystemEventExit(run),
     ExitReason.DEBUG: lambda run, page: DebugExit(run),
     ExitReason.EXCEPTION: lambda run, page: ExceptionExit(run),
+    ExitReason.X86_RDMSR: lambda run, page: MsrExit(run),
+    ExitReason.X86_WRMSR: lambda run, page: MsrExit(run),
 }
 
 
@@ -300,5 +338,5 @@ def decode_exit(run: uapi.kvm_run, page: memoryview) -> Exit:
 __all__ = [
     "Exit", "IoExit", "MmioExit", "HltExit", "IrqWindowOpenExit", "IntrExit", "ShutdownExit",
     "FailEntryExit", "InternalErrorExit", "HypercallExit", "SystemEventExit", "DebugExit",
-    "ExceptionExit", "UnknownExit", "decode_exit",
+    "ExceptionExit", "MsrExit", "UnknownExit", "decode_exit",
 ]

@@ -335,6 +335,11 @@ class KvmVm(Vm):
         self._check_open()
         _ioctl.ioctl(self.fd, uapi.KVM_SET_IRQCHIP, chip)
 
+    def set_msr_filter(self, msr_filter: uapi.kvm_msr_filter) -> None:
+        """Wraps KVM_X86_SET_MSR_FILTER (the bitmaps are copied by the kernel)."""
+        self._check_open()
+        _ioctl.ioctl(self.fd, uapi.KVM_X86_SET_MSR_FILTER, msr_filter)
+
     def get_pit2(self) -> uapi.kvm_pit_state2:
         """Wraps KVM_GET_PIT2."""
         self._check_open()

@@ -18,8 +18,15 @@ io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
 io          0x3f8-0x3ff  16550A COM1 (:class:`Uart16550`)        4
 io          0x510-0x511  fw_cfg (:class:`FwCfg`)
 io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`)
+mmio        0xfec00000   IOAPIC, 24 pins (:class:`IoApic`)
+mmio        0xfee00000   local APIC page, relocatable (:class:`LocalApic`)
 mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
 ==========  ===========  ======================================  =====
+
+The IOAPIC and the local APIC are the user-space interrupt architecture
+(``apic=True``): every ISA IRQ then goes to the 8259 pair and to the IOAPIC
+(:class:`IsaIrqRouter`: IRQ 0 to pin 2, the others to the pin of their number),
+and the 8259's INTR reaches the CPU as ExtINT through the local APIC's LINT0.
 """
 
 from __future__ import annotations
@@ -32,13 +39,16 @@ from kvmcpu.devices.base import BusDevice, Device, size_mask
 from kvmcpu.devices.cmos import CMOS_PORT, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
+from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
+from kvmcpu.devices.lapic import ApicBus, ApicInterrupts, LocalApic
 from kvmcpu.devices.m5ops import M5OP_ADDR, M5OP_SIZE, M5Ops, M5OpsHandler
 from kvmcpu.devices.pci import PCI_CONFIG_ADDRESS, PciHost
 from kvmcpu.devices.pic import I8259, MASTER_PORT, SLAVE_PORT, PicPair
 from kvmcpu.devices.pit import PIT_PORT, Pit
 from kvmcpu.devices.post import POST_PORT, PostCard
 from kvmcpu.devices.uart import COM1_IRQ, COM1_PORT, Sink, Uart16550
+from kvmcpu.sim.eventq import main_queue
 
 if TYPE_CHECKING:
     from kvmcpu.mem.bus import Bus
@@ -47,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG_EXIT_CAUSE",
+    "ApicBus",
+    "ApicInterrupts",
     "BusDevice",
     "Cmos",
     "DebugExit",
@@ -54,8 +66,11 @@ __all__ = [
     "FwCfg",
     "I8259",
     "InterruptController",
+    "IoApic",
     "IrqLine",
+    "IsaIrqRouter",
     "KernelIrqChip",
+    "LocalApic",
     "M5Ops",
     "M5OpsHandler",
     "PcDevices",
@@ -88,13 +103,24 @@ class PcDevices:
     m5ops: M5Ops
     pic: PicPair | None
     pit: Pit | None
-    #: Where device interrupts go: the PIC pair, or the controller passed in.
+    #: Where device interrupts go: the PIC pair, the ISA router, or the controller passed in.
     irqchip: InterruptController
+    #: The user-space IOAPIC and the CPU's local APIC (None without ``apic``).
+    ioapic: IoApic | None = None
+    lapic: LocalApic | None = None
+
+    @property
+    def interrupts(self) -> object:
+        """What the CPU model asks for interrupts: the APIC (with the PIC behind
+        LINT0), the PIC pair alone, or None (an in-kernel irqchip)."""
+        if self.lapic is not None:
+            return ApicInterrupts(self.lapic, self.pic)
+        return self.pic
 
     def named(self) -> Iterator[Tuple[str, object]]:
         """(name, device) for every device present, in a stable order (for checkpoints)."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
-                     "pit"):
+                     "pit", "ioapic", "lapic"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
@@ -118,6 +144,8 @@ def pc_devices(
     queue: EventQueue | None = None,
     clock: Callable[[], float] | None = None,
     on_interrupt: Callable[[bool], None] | None = None,
+    apic: bool = False,
+    tsc_period: int = 1000,
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -136,7 +164,12 @@ def pc_devices(
         queue: the event queue the PIT schedules on (default: the main queue).
         clock: the CMOS clock (seconds since the epoch); default host time.
         on_interrupt: the PIC pair's INTR output callback (see :class:`PicPair`).
+        apic: add the user-space IOAPIC and local APIC (with the PIC; not with an
+            external ``irqchip``).
+        tsc_period: ticks per guest TSC cycle (the local APIC's TSC-deadline mode).
     """
+    if apic and irqchip is not None:
+        raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
     ram_size = memory.ram_size if memory is not None else 0
     below = memory.below_hole if memory is not None else 0
     above = memory.above_hole if memory is not None else 0
@@ -147,6 +180,22 @@ def pc_devices(
         irqchip = pic
         io.add(MASTER_PORT, 2, pic.master, name="pic.master")
         io.add(SLAVE_PORT, 2, pic.slave, name="pic.slave")
+
+    ioapic: IoApic | None = None
+    lapic: LocalApic | None = None
+    if apic:
+        apic_bus = ApicBus()
+        lapic = LocalApic("lapic0", apic_id=0, bsp=True,
+                          queue=main_queue if queue is None else queue, tsc_period=tsc_period)
+        apic_bus.attach(lapic)
+        ioapic = IoApic("ioapic", bus=apic_bus)
+        ioapic.connect_eoi(lapic)
+        mmio.add(IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+        lapic.on_remap = _lapic_remapper(mmio, lapic)
+        base = lapic.base_address
+        if base is not None:
+            mmio.add(base, 0x1000, lapic, name="lapic0")
+        irqchip = IsaIrqRouter(pic, ioapic)
 
     pit_dev: Pit | None = None
     if pit:
@@ -170,4 +219,15 @@ def pc_devices(
     m5ops = M5Ops("m5ops", handler=m5_handler)
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
-                     cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip)
+                     cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
+                     ioapic=ioapic, lapic=lapic)
+
+
+def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:
+    """Move the local APIC's page on ``mmio`` when IA32_APIC_BASE moves or disables it."""
+    def remap(old: int | None, new: int | None) -> None:
+        if old is not None:
+            mmio.remove(lapic)
+        if new is not None:
+            mmio.add(new, 0x1000, lapic, name=lapic.name)
+    return remap

@@ -45,6 +45,7 @@ from ...backends.exits import (
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
+    MsrExit,
     ShutdownExit,
     SystemEventExit,
     UnknownExit,
@@ -115,6 +116,7 @@ EXIT_HANDLERS: Dict[type, _ExitEntry] = {
     ExceptionExit: ("handleKvmExitException", None, Status.Running),
     SystemEventExit: ("handleKvmExitSystemEvent", None, Status.Running),
     DebugExit: ("handleKvmExitDebug", None, Status.Running),
+    MsrExit: ("handleKvmExitMSR", None, Status.RunningServiceCompletion),
     UnknownExit: ("handleKvmExitUnknown", None, Status.Running),
 }
 
@@ -647,6 +649,11 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         exit_sim_loop(f"debug exit at {ex.pc:#x} (exception {ex.exception})", 0,
                       queue=self.eventq)
         return 0
+
+    def handleKvmExitMSR(self, ex: MsrExit) -> int:
+        """An MSR the filter hands to user space; architectures that set one up handle it."""
+        raise self._fatal(f"unhandled MSR {'write' if ex.is_write else 'read'} "
+                          f"{ex.index:#x}", ex)
 
     def doMMIOAccess(self, paddr: int, data: memoryview, size: int, is_write: bool) -> int:
         """Send one MMIO access to the data port; returns its latency in ticks."""

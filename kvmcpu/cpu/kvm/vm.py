@@ -10,6 +10,7 @@ in-kernel irqchip where asked and available, and hands out vCPU ids.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -19,6 +20,7 @@ from ...backends import get_backend
 from ...backends.base import Backend, Vcpu, Vm
 from ...errors import ConfigError, KvmCpuError, KvmIoctlError
 from ...hostmem import HostMemory
+from ...sim.checkpoint import CheckpointIn, CheckpointOut
 from ...sim.params import param
 from ...sim.simobject import SimObject, SimObjectParams
 from ...uapi import Cap
@@ -157,6 +159,11 @@ class KvmVM(SimObject):
         self._ram: List[Tuple[int, HostMemory, int]] = []  # (gpa, memory, flags)
         self._started = False
         self.has_irqchip = False
+        self.has_pit = False
+        #: The x2APIC/TSC-deadline MSRs go to user space (X86KvmCPU._take_apic_msrs).
+        self.apic_msrs_taken = False
+        #: In-kernel chip state read from a checkpoint, applied once the chips exist.
+        self._restored_chips: Dict[str, bytes] = {}
         #: (start, size, pio) of every coalesced zone registered at delayed startup.
         self.coalesced_zones: List[Tuple[int, int, bool]] = []
         if self.kvm.capSetTSSAddress():
@@ -242,6 +249,8 @@ class KvmVM(SimObject):
                 if not self.kvm.capPIT2():
                     raise ConfigError("pit: the backend has no in-kernel PIT (KVM_CAP_PIT2 = 0)")
                 self.vm.create_pit2()
+                self.has_pit = True
+            self._apply_restored_chips()
 
     delayedStartup = delayed_startup
 
@@ -294,6 +303,49 @@ class KvmVM(SimObject):
         return int(create(dev_type))
 
     createDevice = create_device
+
+    # -- checkpoints ----------------------------------------------------------
+    #: The in-kernel chips a checkpoint holds: (key, KVM_GET_IRQCHIP chip id).
+    _CHIPS = (("pic_master", uapi.KVM_IRQCHIP_PIC_MASTER),
+              ("pic_slave", uapi.KVM_IRQCHIP_PIC_SLAVE),
+              ("ioapic", uapi.KVM_IRQCHIP_IOAPIC))
+
+    def serialize(self, cp: CheckpointOut) -> None:
+        """The in-kernel PIC pair, IOAPIC (KVM_GET_IRQCHIP) and PIT (KVM_GET_PIT2),
+        as raw structures, when the VM has them (the local APICs are in each
+        CPU's thread context, KVM_GET_LAPIC)."""
+        if self.has_irqchip:
+            for key, chip_id in self._CHIPS:
+                cp.param_out(f"irqchip.{key}", bytes(self.vm.get_irqchip(chip_id)))
+        if self.has_pit:
+            cp.param_out("pit2", bytes(self.vm.get_pit2()))
+
+    def unserialize(self, cp: CheckpointIn) -> None:
+        section = cp.current
+        self._restored_chips = {}
+        for key, _ in self._CHIPS:
+            if section.has(f"irqchip.{key}"):
+                self._restored_chips[key] = section.get_bytes(
+                    f"irqchip.{key}", ctypes.sizeof(uapi.kvm_irqchip))
+        if section.has("pit2"):
+            self._restored_chips["pit2"] = section.get_bytes(
+                "pit2", ctypes.sizeof(uapi.kvm_pit_state2))
+        if self._started:
+            self._apply_restored_chips()
+
+    def _apply_restored_chips(self) -> None:
+        chips, self._restored_chips = self._restored_chips, {}
+        if chips and not self.has_irqchip:
+            log.warning("checkpoint holds in-kernel irqchip state but this VM has no "
+                        "in-kernel irqchip: ignored")
+            return
+        for key, chip_id in self._CHIPS:
+            if key in chips:
+                chip = uapi.kvm_irqchip.from_buffer_copy(chips[key])
+                chip.chip_id = chip_id
+                self.vm.set_irqchip(chip)
+        if "pit2" in chips and self.has_pit:
+            self.vm.set_pit2(uapi.kvm_pit_state2.from_buffer_copy(chips["pit2"]))
 
     # -- teardown -------------------------------------------------------------
     def close(self) -> None:

@@ -20,15 +20,18 @@ Adds to :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` what is x86-specific:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import struct
 from typing import Any, Dict, List, Optional, Sequence
 
 from ... import uapi
 from ...backends import modes
-from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
+from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit, MmioExit, MsrExit
 from ...errors import KvmIoctlError
+from ...sim.eventq import TICKS_PER_SECOND
 from ...sim.simobject import DrainState
+from ...uapi import Cap
 from ..thread import (
     MSR_IA32_TSC,
     CpuidEntry,
@@ -54,6 +57,14 @@ ARCH_MSRS = (
     0xC0000103,  # TSC_AUX
 )
 
+#: The MSRs a user-space local APIC takes from KVM through the MSR filter,
+#: (first, count): IA32_TSC_DEADLINE. The x2APIC MSRs 0x800-0x8ff cannot be
+#: filtered (KVM handles them itself); without an in-kernel APIC their accesses
+#: fail in KVM, and KVM_MSR_EXIT_REASON_INVAL brings those failures here.
+USER_APIC_MSR_RANGES = ((0x6E0, 1),)
+#: The MSRs handleKvmExitMSR gives the local APIC (the others keep their #GP).
+_APIC_MSRS = frozenset(range(0x800, 0x900)) | {0x6E0}
+
 #: How long kvmRunDrain lets the guest run to take an injected event (1 ms, as gem5).
 DRAIN_RUN_TICKS = 1_000_000_000
 
@@ -68,7 +79,10 @@ class X86KvmCPU(BaseKvmCPU):
 
     Args:
         interrupts: the interrupt source used without an in-kernel irqchip
-            (anything with ``has_pending()`` and ``acknowledge() -> vector``).
+            (anything with ``has_pending()`` and ``acknowledge() -> vector``: the
+            8259 pair, or :class:`~kvmcpu.devices.lapic.ApicInterrupts`, whose
+            ``attach_cpu(cpu)`` is called so that the local APIC's NMI, INIT,
+            SIPI and wake-ups reach this CPU).
         cpuid_vendor: "intel", "amd", a 12-character vendor string, or None to
             keep the backend's.
         cpuid_overrides: ``{(function, index): (eax, ebx, ecx, edx)}`` applied
@@ -81,6 +95,9 @@ class X86KvmCPU(BaseKvmCPU):
                  **kw: Any) -> None:
         super().__init__(name, parent, vm=vm, **kw)
         self.interrupts = interrupts
+        #: The user-space local APIC behind ``interrupts`` (None: none, or KVM's).
+        self.lapic: Any = None
+        self._attach_interrupts()
         self.cpuid_vendor = cpuid_vendor
         self.cpuid_overrides = dict(cpuid_overrides or {})
         self.pending_nmi = False
@@ -89,6 +106,13 @@ class X86KvmCPU(BaseKvmCPU):
         self._msr_list: Optional[List[int]] = None
         self._use_xsave = False
 
+    def _attach_interrupts(self) -> None:
+        src = self.interrupts
+        attach = getattr(src, "attach_cpu", None)
+        if attach is not None:
+            attach(self)
+        self.lapic = getattr(src, "lapic", None)
+
     # ------------------------------------------------------------------ startup
     def startup_thread(self) -> None:
         super().startup_thread()
@@ -96,6 +120,54 @@ class X86KvmCPU(BaseKvmCPU):
         self._use_xsave = kvm.capXSave()
         if not self.tc.cpuid:
             self.tc.cpuid = self.default_cpuid()
+        if self.lapic is not None and not self.vm.has_irqchip:
+            self._take_apic_msrs()
+
+    def _take_apic_msrs(self) -> None:
+        """With a user-space local APIC on a backend that offers KVM_CAP_X86_USER_SPACE_MSR
+        and KVM_X86_SET_MSR_FILTER (KVM), have KVM hand RDMSR/WRMSR of the x2APIC MSRs
+        and IA32_TSC_DEADLINE to :meth:`handleKvmExitMSR`, and give the APIC the guest's
+        TSC. Elsewhere (the mock) those MSRs stay the backend's (x2APIC and
+        TSC-deadline mode are then not reachable from the guest)."""
+        vm = self.vm
+        kvm = vm.kvm
+        lapic = self.lapic
+        # Until told otherwise the TSC is simulated cycles (a CPU switched in from
+        # KVM must not leave the old vCPU as the APIC's TSC source).
+        lapic.set_tsc_source(lapic._simulated_tsc, TICKS_PER_SECOND // self.clock_period())
+        if not (kvm.check_extension(Cap.X86_USER_SPACE_MSR)
+                and kvm.check_extension(Cap.X86_MSR_FILTER)):
+            log.info("%s: no user-space MSRs on this backend: the local APIC's x2APIC "
+                     "and TSC-deadline MSRs are not reachable", self.path())
+            return
+        if not vm.apic_msrs_taken:
+            vm.vm.enable_cap(Cap.X86_USER_SPACE_MSR, uapi.KVM_MSR_EXIT_REASON_FILTER
+                             | uapi.KVM_MSR_EXIT_REASON_INVAL
+                             | uapi.KVM_MSR_EXIT_REASON_UNKNOWN)
+            flt = uapi.kvm_msr_filter()
+            flt.flags = uapi.KVM_MSR_FILTER_DEFAULT_ALLOW
+            bitmaps = []
+            for i, (base, count) in enumerate(USER_APIC_MSR_RANGES):
+                bitmap = (ctypes.c_uint8 * ((count + 7) // 8))()  # all 0: deny -> exit
+                bitmaps.append(bitmap)
+                rng = flt.ranges[i]
+                rng.flags = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
+                rng.nmsrs, rng.base = count, base
+                rng.bitmap = ctypes.addressof(bitmap)
+            vm.vm.set_msr_filter(flt)
+            vm.apic_msrs_taken = True
+        vcpu = self._vcpu()
+        try:
+            khz = int(vcpu.get_tsc_khz())
+        except KvmIoctlError as err:
+            log.warning("%s: KVM_GET_TSC_KHZ: %s; TSC-deadline mode assumes the CPU "
+                        "clock", self.path(), err)
+            return
+        if khz > 0:
+            lapic.set_tsc_source(self._guest_tsc, khz * 1000)
+
+    def _guest_tsc(self) -> int:
+        return int(self._vcpu().get_msrs([MSR_IA32_TSC])[MSR_IA32_TSC])
 
     def default_cpuid(self) -> List[CpuidEntry]:
         """The backend's supported CPUID with the vendor and overrides applied."""
@@ -163,6 +235,8 @@ class X86KvmCPU(BaseKvmCPU):
             vcpu.set_vcpu_events(tc.to_events())
         if kvm.capDebugRegs():
             vcpu.set_debugregs(tc.to_debugregs())
+        if self.vm.has_irqchip and len(tc.lapic) == uapi.KVM_APIC_REG_SIZE:
+            vcpu.set_lapic(tc.to_lapic())  # KVM's in-kernel local APIC
         try:
             vcpu.set_mp_state(tc.mp_state)
         except KvmIoctlError as err:
@@ -201,6 +275,8 @@ class X86KvmCPU(BaseKvmCPU):
             tc.load_events(vcpu.get_vcpu_events())
         if kvm.capDebugRegs():
             tc.load_debugregs(vcpu.get_debugregs())
+        if self.vm.has_irqchip:
+            tc.load_lapic(vcpu.get_lapic())
         try:
             tc.mp_state = vcpu.get_mp_state()
         except KvmIoctlError as err:
@@ -221,6 +297,42 @@ class X86KvmCPU(BaseKvmCPU):
         for i in range(ex.count):
             ticks += self._io_access(ex.port, data[i * size : (i + 1) * size], ex.is_write)
         return ticks
+
+    def handleKvmExitMMIO(self, ex: MmioExit) -> int:
+        """As the base; with a user-space local APIC, first follow IA32_APIC_BASE
+        (``kvm_run.apic_base``: the guest may have moved or disabled the page)."""
+        if self.lapic is not None:
+            self._sync_apic_base()
+        return self.doMMIOAccess(ex.phys_addr, ex.data, ex.len, ex.is_write)
+
+    def _sync_apic_base(self) -> None:
+        # KVM (and the mock) keep IA32_APIC_BASE; kvm_run.apic_base reports it at exits.
+        base = self._vcpu().kvm_run.apic_base
+        if base != self.lapic.base_msr:
+            self.lapic.set_base(base)
+
+    def handleKvmExitMSR(self, ex: MsrExit) -> int:
+        """RDMSR/WRMSR of an MSR the user-space local APIC took (x2APIC, TSC deadline).
+        An x2APIC MSR outside x2APIC mode is a #GP, as on hardware, and so is any
+        other MSR KVM failed on (the #GP KVM would have given).
+
+        Raises:
+            GuestError: what the APIC refuses outright (an SMI by IPI).
+        """
+        lapic = self.lapic
+        if lapic is not None:
+            self._sync_apic_base()
+        if lapic is None or ex.index not in _APIC_MSRS or (
+                0x800 <= ex.index <= 0x8FF and not lapic.x2apic):
+            log.debug("%s: #GP for MSR %#x", self.path(), ex.index)
+            ex.error = 1
+            return 0
+        if ex.is_write:
+            lapic.write_msr(ex.index, ex.data)
+        else:
+            ex.data = lapic.read_msr(ex.index)
+        ex.error = 0
+        return 0
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: keep running when an interrupt is already waiting, else suspend."""
@@ -368,6 +480,7 @@ class X86KvmCPU(BaseKvmCPU):
     def _take_over_arch(self, old: BaseKvmCPU) -> None:
         if self.interrupts is None:
             self.interrupts = getattr(old, "interrupts", None)
+        self._attach_interrupts()
         self.pending_nmi = bool(getattr(old, "pending_nmi", False))
         self._wait_for_sipi = bool(getattr(old, "_wait_for_sipi", False))
 

@@ -1,0 +1,70 @@
+"""guests/apic_msr.bin: x2APIC mode and the TSC-deadline timer, through the APIC's MSRs.
+
+On KVM with the user-space APIC the x2APIC MSRs and IA32_TSC_DEADLINE reach
+the model through KVM_CAP_X86_USER_SPACE_MSR (the filter for
+IA32_TSC_DEADLINE, KVM_MSR_EXIT_REASON_INVAL for the x2APIC range, which KVM
+does not let a filter cover); with the in-kernel irqchip KVM runs them. Both
+print the same, and so does QEMU + KVM with ``-cpu host``. The mock offers
+neither feature in CPUID (it cannot hand MSRs to user space), and the guest
+says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmcpu.system import CAUSE_DEBUG_EXIT, System
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+IMAGE = str(ROOT / "guests" / "apic_msr.bin")
+TIMEOUT = 60
+
+MSR_OUTPUT = (
+    b"x2apic: enabled id 0\n"
+    b"x2apic: version 14\n"
+    b"x2apic: self-ipi 40 taken\n"
+    b"x2apic: icr 41 taken\n"
+    b"x2apic: xapic page gone\n"
+    b"tsc-deadline: near deadline taken\n"
+    b"tsc-deadline: far deadline held, cleared by 0\n"
+    b"apic_msr: done\n"
+)
+NOT_OFFERED = b"x2apic: not offered\ntsc-deadline: not offered\napic_msr: done\n"
+
+
+def _run(backend: str, irqchip: str) -> bytes:
+    with System(memory="32M", backend=backend, irqchip=irqchip) as system:
+        system.load(IMAGE)
+        result = system.run(max_seconds=5, timeout=TIMEOUT)
+        assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), system.serial.output
+        if irqchip == "user" and backend == "kvm":
+            assert system.vm.apic_msrs_taken
+            lapic = system.devices.lapic
+            assert lapic is not None and lapic.x2apic and lapic.tsc_hz > 0
+        return bytes(system.serial.output)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("irqchip", ["user", "kernel"])
+def test_x2apic_and_tsc_deadline_on_kvm(irqchip: str) -> None:
+    assert _run("kvm", irqchip) == MSR_OUTPUT
+
+
+def test_the_mock_offers_neither() -> None:
+    assert _run("mock", "user") == NOT_OFFERED
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                    reason="qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+def test_qemu_kvm_cpu_host_prints_the_same(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "32", "-kernel", IMAGE,
+         "-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot",
+         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
+        capture_output=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (MSR_OUTPUT, 1), done.stderr
