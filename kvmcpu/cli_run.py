@@ -131,6 +131,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--restore", default=None, metavar="DIR",
                    help="continue from this checkpoint instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, help="host (wall-clock) seconds limit")
+    add_gdb_arguments(p)
     p.add_argument("--irqchip", default="auto", choices=("auto", "on", "off"),
                    help="interrupt controller: auto and off use the userspace 8259/8254 on "
                         "every backend, on uses KVM's in-kernel irqchip (status 2 when the "
@@ -204,6 +205,7 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
         raise UsageError(f"--max-seconds {args.max_seconds}: must be a non-negative number")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    _check_gdb_args(args)
     if args.restore is not None:
         if not Path(args.restore).is_dir():
             raise UsageError(f"--restore {args.restore}: no such checkpoint directory")
@@ -269,9 +271,46 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
     return system
 
 
+def add_gdb_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gdb [HOST:]PORT``, ``-S`` and ``--gdb-allow-remote`` (see kvmcpu.gdb)."""
+    g = p.add_argument_group("debugging (GDB remote stub)")
+    g.add_argument("--gdb", default=None, metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (loopback: 127.0.0.1 unless HOST)")
+    g.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="with --gdb: wait for the debugger before the first instruction")
+    g.add_argument("--gdb-allow-remote", action="store_true",
+                   help="let --gdb listen on an address that is not loopback (warns)")
+
+
+def _run_under_gdb(system: System, args: argparse.Namespace) -> RunResult:
+    from .gdb import run_under_gdb
+
+    return run_under_gdb(system, args.gdb, wait=args.gdb_wait,
+                         allow_remote=args.gdb_allow_remote, timeout=args.timeout)
+
+
+def _check_gdb_args(args: argparse.Namespace) -> None:
+    from .gdb.stub import is_loopback, parse_address
+
+    if args.gdb is None:
+        if args.gdb_wait or args.gdb_allow_remote:
+            raise UsageError("-S and --gdb-allow-remote need --gdb [HOST:]PORT")
+        return
+    try:
+        host, _ = parse_address(args.gdb)
+    except ValueError as err:
+        raise UsageError(f"--gdb {err}") from err
+    if not is_loopback(host) and not args.gdb_allow_remote:
+        raise UsageError(f"--gdb {args.gdb}: {host} is not a loopback address; the stub "
+                         "gives full control of the guest (--gdb-allow-remote to allow it)")
+
+
 def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
     """Run until the guest stops for good, writing the checkpoints it asks for."""
     from .system import CAUSE_CHECKPOINT
+
+    if getattr(args, "gdb", None) is not None:
+        return _run_under_gdb(system, args)
 
     limit = args.max_ticks
     if limit is None and args.max_seconds is not None:
