@@ -11,11 +11,11 @@ Packets (see :mod:`kvmcpu.gdb.packet` for framing): ``qSupported``
 ``vContSupported+``), ``qXfer:features:read:target.xml``, ``?``, ``g``/``G``,
 ``p``/``P``, ``m``/``M``, ``X``, ``c``/``s`` (with an address), ``vCont``
 (``c``, ``s``, ``t``), ``Z0``/``z0`` and ``Z1``/``z1`` (both are PC events:
-hardware breakpoints on KVM, so four at most), ``qfThreadInfo``/
+hardware breakpoints on KVM, so four at most), ``Z2``/``z2`` write
+watchpoints (single steps, see :mod:`.target`), ``qfThreadInfo``/
 ``qsThreadInfo``, ``qC``, ``T``, ``Hg``/``Hc``, ``qAttached``, ``D``, ``k``,
-``QStartNoAckMode``. Watchpoints (``Z2``-``Z4``) get the empty reply, so gdb
-falls back to its software watchpoints (single steps), which behave alike on
-both backends. Anything else unknown gets the empty reply too; malformed
+``QStartNoAckMode``. Read and access watchpoints (``Z3``, ``Z4``) get the
+empty reply (not supported), as does anything else unknown; malformed
 requests ``E NN`` with the errno in hex, as the protocol says (``E16``
 EINVAL: a bad argument or a too large read; ``E0e`` EFAULT: an address that
 is not mapped RAM; ``E1c`` ENOSPC: no debug register left; ``E01``: not
@@ -36,7 +36,15 @@ from typing import List, Optional, Tuple
 
 from ..system import RunResult
 from .packet import INTERRUPT, Ack, BadPacket, Packet, PacketReader, encode
-from .target import CAUSE_BREAK, CAUSE_STEP, G_SIZE, SystemTarget, TargetError, target_xml
+from .target import (
+    CAUSE_BREAK,
+    CAUSE_WATCH,
+    G_SIZE,
+    STOP_CAUSES,
+    SystemTarget,
+    TargetError,
+    target_xml,
+)
 
 log = logging.getLogger("kvmcpu.gdb")
 
@@ -215,7 +223,7 @@ class GdbStub:
                 if self.client is None:
                     if running:
                         result = self.target.run_slice()
-                        if result is not None and result.cause not in (CAUSE_BREAK, CAUSE_STEP):
+                        if result is not None and result.cause not in STOP_CAUSES:
                             return result
                         if self._accept(0):
                             running = False
@@ -229,7 +237,7 @@ class GdbStub:
                 if running:
                     result = self.target.run_slice()
                     if result is not None:
-                        if result.cause in (CAUSE_BREAK, CAUSE_STEP):
+                        if result.cause in STOP_CAUSES:
                             running = False
                             self._send(self._stop_reply(SIGTRAP, result.cause))
                             continue
@@ -266,6 +274,8 @@ class GdbStub:
 
     def _stop_reply(self, signo: int, cause: Optional[str]) -> str:
         why = "swbreak:;" if cause == CAUSE_BREAK else ""
+        if cause == CAUSE_WATCH and self.target.watch_hit is not None:
+            why = f"watch:{self.target.watch_hit:x};"
         return f"T{signo:02x}{why}thread:01;"
 
     # --------------------------------------------------------------- packets
@@ -344,19 +354,24 @@ class GdbStub:
         elif head in ("c", "s"):
             if len(pkt) > 1:
                 self._set_pc(int(pkt[1:], 16))
-            if head == "s":
-                t.request_step()
+            t.resume(step=head == "s")
             return True, None
         elif pkt == "vCont?":
             send("vCont;c;C;s;S;t")
         elif pkt.startswith("vCont;"):
             return self._vcont(pkt[6:])
-        elif head in ("Z", "z") and pkt[1:2] in ("0", "1"):
-            _kind, addr_s, _size = pkt[1:].split(",")[:3]
-            if head == "Z":
-                t.insert_breakpoint(int(addr_s, 16))
+        elif head in ("Z", "z") and pkt[1:2] in ("0", "1", "2"):
+            kind, addr_s, size_s = pkt[1:].split(",")[:3]
+            addr = int(addr_s, 16)
+            if kind == "2":
+                if head == "Z":
+                    t.insert_watchpoint(addr, int(size_s, 16))
+                else:
+                    t.remove_watchpoint(addr, int(size_s, 16))
+            elif head == "Z":
+                t.insert_breakpoint(addr)
             else:
-                t.remove_breakpoint(int(addr_s, 16))
+                t.remove_breakpoint(addr)
             send("OK")
         elif pkt == "qfThreadInfo":
             send("m" + ",".join(f"{i:x}" for i in t.threads()))
@@ -408,6 +423,5 @@ class GdbStub:
             elif not (kind == "c" or kind.startswith("C")):
                 raise TargetError(22, f"vCont action {kind!r}")
             break  # one thread: the first action that applies to it is the one
-        if step:
-            self.target.request_step()
+        self.target.resume(step)
         return True, None

@@ -11,6 +11,11 @@
   unmapped page or an address outside RAM is an error;
 * breakpoints as PC events (so KVM has four: the debug registers), single
   steps with :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.request_step`;
+* write watchpoints by single steps: while one is set the thread runs one
+  instruction at a time and the watched bytes are compared after each, so a
+  watchpoint stops after the instruction that changed the value, exactly and
+  alike on both backends (and at any number of addresses), at the cost of an
+  exit per instruction. Read and access watchpoints are not offered;
 * running in slices of simulated time, so the stub can look at its socket
   (Ctrl-C, a second debugger) between them.
 
@@ -30,6 +35,9 @@ from ..system import CAUSE_CHECKPOINT, CAUSE_LIMIT, RunResult, System
 #: Causes the stub's own events give System.run.
 CAUSE_BREAK = "gdb: breakpoint"
 CAUSE_STEP = "gdb: single step"
+CAUSE_WATCH = "gdb: watchpoint"
+#: Causes after which gdb gets a stop reply (the others end the guest).
+STOP_CAUSES = (CAUSE_BREAK, CAUSE_STEP, CAUSE_WATCH)
 
 TARGET_XML = """<?xml version="1.0"?>
 <!DOCTYPE target SYSTEM "gdb-target.dtd">
@@ -147,6 +155,10 @@ class SystemTarget:
         self.slice_ticks = slice_ticks
         self._breakpoints: Dict[int, object] = {}
         self._stop_event: Optional[SimLoopExitEvent] = None
+        self._watch: Dict[Tuple[int, int], bytes] = {}
+        self._user_step = False
+        #: The watched address that changed, for the stop reply (None: none did).
+        self.watch_hit: Optional[int] = None
         if not system.root.instantiated:
             # What System.run does first: create the vCPU, start the thread.
             system.root.instantiate()
@@ -303,15 +315,54 @@ class SystemTarget:
         if ev is not None:
             ev.remove()  # type: ignore[attr-defined]
 
+    def insert_watchpoint(self, addr: int, length: int) -> None:
+        if length not in (1, 2, 4, 8):
+            raise TargetError(22, f"watchpoint length {length} (1, 2, 4 or 8)")
+        self._watch[(addr, length)] = self.read_memory(addr, length)
+
+    def remove_watchpoint(self, addr: int, length: int) -> None:
+        self._watch.pop((addr, length), None)
+
     def remove_all(self) -> None:
-        """Forget every breakpoint and pending step (the debugger went away)."""
+        """Forget every breakpoint, watchpoint and pending step (the debugger went away)."""
         for addr in list(self._breakpoints):
             self.remove_breakpoint(addr)
+        self._watch.clear()
+        self._user_step = False
         self.system.cpu.cancel_steps()
 
     # ---------------------------------------------------------------- running
-    def request_step(self) -> None:
-        self.system.cpu.request_step(lambda tc: self._stop(CAUSE_STEP))
+    def resume(self, step: bool) -> None:
+        """Prepare the next slices: one instruction (``step``) or until a stop."""
+        cpu = self.system.cpu
+        cpu.cancel_steps()  # a step a breakpoint interrupted is not resumed
+        self.watch_hit = None
+        self._user_step = step
+        if self._watch:
+            for key in self._watch:  # compare with the values as they are now
+                self._watch[key] = self._peek(*key)
+            cpu.request_step(self._after_watched_step)
+        elif step:
+            cpu.request_step(lambda tc: self._stop(CAUSE_STEP))
+
+    def _peek(self, addr: int, length: int) -> bytes:
+        try:
+            return self.read_memory(addr, length)
+        except TargetError:
+            return b""  # not mapped now: a change when it is mapped again
+
+    def _after_watched_step(self, tc: ThreadContext) -> None:
+        for key, old in self._watch.items():
+            new = self._peek(*key)
+            if new != old:
+                self._watch[key] = new
+                self.watch_hit = key[0]
+                self._stop(CAUSE_WATCH)
+                return
+        if self._user_step:
+            self._stop(CAUSE_STEP)
+            return
+        self.system.cpu.request_step(self._after_watched_step)
 
     def run_slice(self) -> Optional[RunResult]:
         """Run one slice; None when the slice ended only because its time was up,
@@ -321,6 +372,8 @@ class SystemTarget:
             if result.cause == CAUSE_LIMIT:
                 return None
             if result.cause != CAUSE_CHECKPOINT:  # under gdb, checkpoint requests go on
+                if result.cause not in STOP_CAUSES:
+                    self.remove_all()
                 return result
 
     def stop_pc(self) -> int:

@@ -24,8 +24,7 @@ SESSION = [
     "set var *(long *)&counter = 1000",
     "x/gx &counter",
     "delete",
-    "set can-use-hw-watchpoints 0",  # Z2 is not offered: gdb's software watchpoint
-    "watch *(long *)&counter",
+    "watch *(long *)&counter",  # Z2: the stub single-steps and compares
     "continue",
     "delete",
     "info threads",
@@ -59,7 +58,10 @@ def test_gdb_session(backend: str) -> None:
     assert "0x100032 <compute>:\t0x48\t0x89\t0xf8\t0x48\t0x0f\t0xaf\t0xc7\t0x48" in lines
     assert "0x100040 <counter>:\t0x0000000000000000" in lines
     assert "0x100040 <counter>:\t0x00000000000003e8" in lines
+    assert "Hardware watchpoint 2: *(long *)&counter" in lines
     assert "Old value = 1000" in lines and "New value = 1001" in lines
+    # stopped after the add that changed it
+    assert "0x000000000010001b in loop_top ()" in lines
     assert any(ln.startswith("* 1    Thread 1 (CPU#0 [running])") for ln in lines)
     assert "$1 = 8064" in lines  # MXCSR 0x1f80
     assert "[Inferior 1 (Remote target) detached]" in lines

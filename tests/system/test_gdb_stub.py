@@ -49,7 +49,7 @@ def test_the_packet_set(backend: str) -> None:
         assert g.ask("vCont?") == "vCont;c;C;s;S;t"
         assert g.ask("m100032,4") == "4889f848"  # compute: mov rax, rdi; imul ...
         assert g.ask("qRcmd,68656c70") == ""  # unsupported: the empty reply
-        assert g.ask("Z2,100040,8") == ""  # watchpoints: gdb falls back to its own
+        assert g.ask("Z3,100040,8") == "" and g.ask("Z4,100040,8") == ""  # not offered
         # a breakpoint at compute, continue, stopped there
         assert g.ask("Z0,100032,1") == "OK"
         assert g.ask("vCont;c") == "T05swbreak:;thread:01;"
@@ -70,10 +70,18 @@ def test_the_packet_set(backend: str) -> None:
         assert g.reply() == "OK"
         assert g.ask("m100040,4") == "23247d2a"
         assert g.ask("M100040,8:0000000000000000") == "OK"
+        # a write watchpoint on counter: stops after the add at 0x100014
+        assert g.ask("Z2,100040,8") == "OK"
+        assert g.ask("c") == "T05watch:100040;thread:01;"
+        assert g.ask("p10") == (0x10001B).to_bytes(8, "little").hex()
+        assert g.ask("m100040,8") == (1).to_bytes(8, "little").hex()  # compute(0) = 1
+        assert g.ask("Z2,100040,3") == "E16"
+        assert g.ask("z2,100040,8") == "OK"
+        assert g.ask("M100040,8:0000000000000000") == "OK"
         assert g.ask("D") == "OK"
         status, _ = s.wait()
-        # detached with counter reset before compute(0)'s result was added
-        assert status == ((148 & 0x7F) << 1) | 1
+        # detached with counter reset after compute(0)'s 1 was added: 148 - 1 in the end
+        assert status == ((147 & 0x7F) << 1) | 1
 
 
 @both
