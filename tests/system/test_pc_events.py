@@ -227,3 +227,19 @@ def test_events_move_with_the_thread_on_a_cpu_switch(
     assert old.pc_events() == [] and len(s.cpu.pc_events()) == 1
     assert s.run(timeout=120).status == STATUS
     assert hits == [(first, i) for i in range(3)] + [(second, i) for i in range(3, 8)]
+
+
+@both
+def test_a_callback_that_moves_the_thread_away_sees_its_next_arrival(
+        backend_name: str, make_system: Callable[..., System]) -> None:
+    s = _system(make_system, backend_name)
+    hits: List[int] = []
+
+    def once_more(tc: ThreadContext) -> None:
+        hits.append(tc.rbx)
+        if hits.count(8) == 1:
+            tc.rip, tc.rbx = LOOP_TOP, 7  # one more round: compute(7) again
+    s.schedule_pc_event("finish", once_more)
+    s.schedule_pc_event("compute", lambda tc: hits.append(-tc.rdi))
+    assert s.run(timeout=120).status == ((148 + 50) & 0x7F) << 1 | 1
+    assert hits == [-i for i in range(8)] + [8, -7, 8]

@@ -155,6 +155,8 @@ class KvmDebug:
     _step_callbacks: Optional[List[Callback]] = None
     _step_from: Optional[int] = None
     _hw_skip: Optional[int] = None
+    #: A breakpoint the vCPU will skip once when it next gets there (see handleKvmExitDebug).
+    _stale_skip: Optional[int] = None
     _bp_refires = False
     _debug_on = False
 
@@ -209,6 +211,8 @@ class KvmDebug:
             if not lst:
                 events.pop(ev.addr, None)
         ev.cpu = None
+        if self._stale_skip == ev.addr and ev.addr not in (events or {}):
+            self._stale_skip = None
         self._apply_guest_debug()
 
     def pc_events(self) -> List[PcEvent]:
@@ -236,7 +240,8 @@ class KvmDebug:
         if vcpu is None:
             return  # applied when the vCPU is created (_create_vcpu)
         events = self._pc_events or {}
-        single = bool(self._step_callbacks) or self._step_from is not None
+        single = (bool(self._step_callbacks) or self._step_from is not None
+                  or self._stale_skip is not None)
         control = 0
         debugreg: List[int] = [0] * 8
         if len(events) > HW_BREAKPOINTS:
@@ -267,6 +272,7 @@ class KvmDebug:
         # has no record of that hit, so its breakpoint is left out of the step.
         self._step_from, old._step_from = old._step_from, None
         self._hw_skip, old._hw_skip = self._step_from, None
+        self._stale_skip = old._stale_skip = None  # a fresh vCPU skips nothing
         old._debug_on = False
         if old._inst_events:
             done = old.ctr_insts
@@ -310,8 +316,16 @@ class KvmDebug:
             self._step_from = self._hw_skip = None
         # Arrival at pc, before its instruction. With hardware breakpoints an
         # arrival by a single step leaves the events to the breakpoint, which
-        # fires on the next entry (firing here too would run them twice).
-        if pc in events and (not stepped or not hw_mode):
+        # fires on the next entry (firing here too would run them twice) --
+        # except at a breakpoint the vCPU would skip once (see _stale_skip).
+        stale = self._stale_skip
+        if not stepped:
+            self._stale_skip = None  # the vCPU's pending skip moved to this hit
+        at_stale = stepped and pc == stale
+        if at_stale:
+            self._stale_skip = None
+        hit = pc in events and (not stepped or not hw_mode or at_stale)
+        if hit:
             self._fire_pc_events(pc)
         if stepped and self._step_callbacks:
             callbacks, self._step_callbacks = self._step_callbacks, None
@@ -319,10 +333,19 @@ class KvmDebug:
         events = self._pc_events or {}
         if 0 < len(events) <= HW_BREAKPOINTS:
             cur = self.tc.linear_rip() if self.threadContextDirty else pc
-            if cur in events and (cur == pc and not stepped):
+            if hit and cur == pc and cur in events:
                 # Resuming at the breakpoint that just fired: step over it.
                 self._step_from = cur
                 self._hw_skip = cur if self._bp_refires else None
+            elif hit and cur != pc and pc in events and not self._bp_refires \
+                    and self.exact_stepping():
+                # The callback moved the thread away from a breakpoint the mock
+                # has marked to skip once on resume (its RF): that skip would eat
+                # the next arrival. Single-step until the thread is back there
+                # (or another breakpoint fires) and run the events on that step.
+                self._stale_skip = pc
+        else:
+            self._stale_skip = None
         self._apply_guest_debug()
         return 0
 
