@@ -39,11 +39,9 @@ from .packet import INTERRUPT, Ack, BadPacket, Packet, PacketReader, encode
 from .target import (
     CAUSE_BREAK,
     CAUSE_WATCH,
-    G_SIZE,
     STOP_CAUSES,
     SystemTarget,
     TargetError,
-    target_xml,
 )
 
 log = logging.getLogger("kvmcpu.gdb")
@@ -133,6 +131,7 @@ class GdbStub:
             return False
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = conn
+        self.target.choose_layout()
         self.reader = PacketReader(PACKET_SIZE)
         self.no_ack = False
         self._pending = []
@@ -308,7 +307,7 @@ class GdbStub:
             else:
                 off_s, _, len_s = span.partition(",")
                 off, length = int(off_s, 16), int(len_s, 16)
-                xml = target_xml()
+                xml = t.layout.xml()
                 chunk = xml[off: off + min(length, PACKET_SIZE - 5)]
                 send(("l" if off + len(chunk) >= len(xml) else "m") + chunk)
         elif pkt == "?":
@@ -317,8 +316,6 @@ class GdbStub:
             send(t.read_registers().hex())
         elif head == "G":
             data = bytes.fromhex(pkt[1:])
-            if len(data) != G_SIZE:
-                raise TargetError(22, f"G with {len(data)} bytes, {G_SIZE} expected")
             t.write_registers(data)
             send("OK")
         elif head == "p":
@@ -406,8 +403,8 @@ class GdbStub:
         return tid in (0, -1) or tid in self.target.threads()
 
     def _set_pc(self, addr: int) -> None:
-        reg = 16  # rip
-        self.target.write_register(reg, addr.to_bytes(8, "little"))
+        layout = self.target.layout
+        self.target.write_register(layout.pc, addr.to_bytes(layout.bits // 8, "little"))
 
     def _vcont(self, actions: str) -> Tuple[bool, Optional[RunResult]]:
         step = False

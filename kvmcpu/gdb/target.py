@@ -4,7 +4,9 @@
 
 * registers in gdb's amd64 numbering (the target description
   :data:`TARGET_XML`: ``org.gnu.gdb.i386.core`` and ``.sse``, the layout
-  QEMU's stub sends for x86-64), read from and written to the thread context;
+  QEMU's stub sends for x86-64), or i386's for a thread that is not in long
+  mode when the debugger connects (:class:`Layout`), read from and written to
+  the thread context;
 * memory by *virtual* address, as QEMU's stub treats it: each page is
   translated through the guest's page tables (``KVM_TRANSLATE``; with paging
   off that is the identity) and read from or written to guest RAM; an
@@ -42,7 +44,7 @@ STOP_CAUSES = (CAUSE_BREAK, CAUSE_STEP, CAUSE_WATCH)
 TARGET_XML = """<?xml version="1.0"?>
 <!DOCTYPE target SYSTEM "gdb-target.dtd">
 <target version="1.0">
-  <architecture>i386:x86-64</architecture>
+  <architecture>%(arch)s</architecture>
   <feature name="org.gnu.gdb.i386.core">
     <flags id="i386_eflags" size="4">
       <field name="CF" start="0" end="0"/><field name="" start="1" end="1"/>
@@ -91,15 +93,27 @@ class Reg:
     type: str
 
 
-def _registers() -> List[Reg]:
+#: gdb's i386 general registers, in its numbering, and the context field of each.
+_GPRS32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+#: register name -> the ThreadContext attribute holding it (GPRs and the PC)
+_CTX = {**{n: n for n in _GPRS + ("rip",)},
+        **{n: "r" + n[1:] for n in _GPRS32 + ("eip",)}}
+
+
+def _registers(bits: int) -> List[Reg]:
     regs: List[Reg] = []
 
     def add(name: str, size: int, typ: str) -> None:
         regs.append(Reg(len(regs), name, size, typ))
 
-    for n in _GPRS:
-        add(n, 8, "data_ptr" if n in ("rbp", "rsp") else "int64")
-    add("rip", 8, "code_ptr")
+    if bits == 64:
+        for n in _GPRS:
+            add(n, 8, "data_ptr" if n in ("rbp", "rsp") else "int64")
+        add("rip", 8, "code_ptr")
+    else:
+        for n in _GPRS32:
+            add(n, 4, "data_ptr" if n in ("ebp", "esp") else "int32")
+        add("eip", 4, "code_ptr")
     add("eflags", 4, "i386_eflags")
     for n in _SEGS:
         add(n, 4, "int32")
@@ -107,28 +121,48 @@ def _registers() -> List[Reg]:
         add(f"st{i}", 10, "i387_ext")
     for n in _X87:
         add(n, 4, "int")
-    for i in range(16):
+    for i in range(16 if bits == 64 else 8):
         add(f"xmm{i}", 16, "vec128")
     add("mxcsr", 4, "int")
     return regs
 
 
-REGISTERS = _registers()
-REG_BY_NAME = {r.name: r for r in REGISTERS}
-#: Bytes of a ``g`` reply.
-G_SIZE = sum(r.size for r in REGISTERS)
+class Layout:
+    """The registers gdb is told about: x86-64 (``i386:x86-64``, amd64 numbering)
+    or i386 for a guest that is not in long mode when the debugger connects."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.arch = "i386:x86-64" if bits == 64 else "i386"
+        self.registers = _registers(bits)
+        self.by_name = {r.name: r for r in self.registers}
+        #: Bytes of a ``g`` reply.
+        self.g_size = sum(r.size for r in self.registers)
+        self.pc = self.by_name["rip" if bits == 64 else "eip"].num
+
+    def xml(self) -> str:
+        def line(r: Reg) -> str:
+            group = ' group="float"' if r.name in _X87 or r.name.startswith("st") else ""
+            if r.name.startswith("xmm") or r.name == "mxcsr":
+                group = ' group="vector"'
+            return (f'    <reg name="{r.name}" bitsize="{r.size * 8}" type="{r.type}" '
+                    f'regnum="{r.num}"{group}/>')
+
+        first_sse = self.by_name["xmm0"].num
+        core = "\n".join(line(r) for r in self.registers if r.num < first_sse)
+        sse = "\n".join(line(r) for r in self.registers if r.num >= first_sse)
+        return TARGET_XML % {"arch": self.arch, "core": core, "sse": sse}
 
 
-def target_xml() -> str:
-    def line(r: Reg) -> str:
-        group = ' group="float"' if r.name in _X87 or r.name.startswith("st") else ""
-        group = ' group="vector"' if r.name.startswith("xmm") or r.name == "mxcsr" else group
-        return (f'    <reg name="{r.name}" bitsize="{r.size * 8}" type="{r.type}" '
-                f'regnum="{r.num}"{group}/>')
+AMD64 = Layout(64)
+I386 = Layout(32)
+#: The x86-64 layout's sizes (what most callers mean).
+REGISTERS = AMD64.registers
+G_SIZE = AMD64.g_size
 
-    core = "\n".join(line(r) for r in REGISTERS if r.num < REG_BY_NAME["xmm0"].num)
-    sse = "\n".join(line(r) for r in REGISTERS if r.num >= REG_BY_NAME["xmm0"].num)
-    return TARGET_XML % {"core": core, "sse": sse}
+
+def target_xml(bits: int = 64) -> str:
+    return (AMD64 if bits == 64 else I386).xml()
 
 
 class TargetError(Exception):
@@ -163,6 +197,15 @@ class SystemTarget:
             # What System.run does first: create the vCPU, start the thread.
             system.root.instantiate()
             system.cpu.activateContext()
+        #: What gdb is told (chosen once: gdb reads the description when it connects).
+        self.layout = AMD64
+        self.choose_layout()
+
+    def choose_layout(self) -> None:
+        """x86-64 for a thread in long mode, i386 otherwise (called on each connect)."""
+        from ..cpu.thread import CpuMode
+
+        self.layout = AMD64 if self._tc().mode() is CpuMode.LONG else I386
 
     # ---------------------------------------------------------------- threads
     def threads(self) -> List[int]:
@@ -174,13 +217,15 @@ class SystemTarget:
 
     # -------------------------------------------------------------- registers
     def read_register(self, num: int) -> bytes:
-        if not 0 <= num < len(REGISTERS):
+        regs = self.layout.registers
+        if not 0 <= num < len(regs):
             raise TargetError(22, f"no register {num}")
-        reg = REGISTERS[num]
+        reg = regs[num]
         tc = self._tc()
         name = reg.name
-        if name in _GPRS or name == "rip":
-            return struct.pack("<Q", getattr(tc, name) & (2**64 - 1))
+        if name in _CTX:
+            value: int = getattr(tc, _CTX[name])
+            return (value & ((1 << 8 * reg.size) - 1)).to_bytes(reg.size, "little")
         if name == "eflags":
             return struct.pack("<I", tc.rflags & 0xFFFFFFFF)
         if name in _SEGS:
@@ -208,18 +253,19 @@ class SystemTarget:
         return int(values[name])
 
     def read_registers(self) -> bytes:
-        return b"".join(self.read_register(r.num) for r in REGISTERS)
+        return b"".join(self.read_register(r.num) for r in self.layout.registers)
 
     def write_register(self, num: int, value: bytes) -> None:
-        if not 0 <= num < len(REGISTERS):
+        regs = self.layout.registers
+        if not 0 <= num < len(regs):
             raise TargetError(22, f"no register {num}")
-        reg = REGISTERS[num]
+        reg = regs[num]
         if len(value) != reg.size:
             raise TargetError(22, f"{reg.name} has {reg.size} bytes, got {len(value)}")
         tc = self._tc()
         name = reg.name
-        if name in _GPRS or name == "rip":
-            setattr(tc, name, struct.unpack("<Q", value)[0])
+        if name in _CTX:
+            setattr(tc, _CTX[name], int.from_bytes(value, "little"))
         elif name == "eflags":
             tc.rflags = (tc.rflags & ~0xFFFFFFFF) | struct.unpack("<I", value)[0] | 0x2
         elif name.startswith("xmm") or name == "mxcsr" or name.startswith("st"):
@@ -237,10 +283,11 @@ class SystemTarget:
         self.system.cpu.threadContextDirty = True
 
     def write_registers(self, data: bytes) -> None:
-        if len(data) != G_SIZE:
-            raise TargetError(22, f"G needs {G_SIZE} bytes, got {len(data)}")
+        size = self.layout.g_size
+        if len(data) != size:
+            raise TargetError(22, f"G needs {size} bytes, got {len(data)}")
         off = 0
-        for r in REGISTERS:
+        for r in self.layout.registers:
             chunk = data[off: off + r.size]
             off += r.size
             if self.read_register(r.num) != chunk:

@@ -14,7 +14,7 @@ import pytest
 from gdb_helpers import DEBUGME, ROOT, SPIN, WAIT, stub
 
 from kvmcpu.gdb.packet import encode
-from kvmcpu.gdb.target import G_SIZE, target_xml
+from kvmcpu.gdb.target import G_SIZE, I386, target_xml
 
 both = pytest.mark.parametrize("backend", ["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
 
@@ -132,13 +132,17 @@ def test_ctrl_c_interrupts_a_running_guest(backend: str) -> None:
     for s in stub(backend, SPIN, "--format", "flat"):
         g = s.client()  # connecting stops the running guest
         assert g.ask("?") == "T05thread:01;"
-        rip = g.ask("p10")
+        # not in long mode: gdb is given i386's registers (eip is number 8)
+        assert "<architecture>i386</architecture>" in g.ask(
+            "qXfer:features:read:target.xml:0,3000")
+        assert len(bytes.fromhex(g.ask("g"))) == I386.g_size
+        rip = g.ask("p8")
         g.send_raw(encode("c"))
         time.sleep(0.5)
         g.send_raw(b"\x03")
         assert g.reply() == "T02thread:01;"
-        assert rip == (0x7C00).to_bytes(8, "little").hex()  # a flat image starts at 0:7c00
-        assert g.ask("p10") == rip  # jmp $: still there
+        assert rip == (0x7C00).to_bytes(4, "little").hex()  # a flat image starts at 0:7c00
+        assert g.ask("p8") == rip  # jmp $: still there
         assert g.ask("m7c00,2") == "ebfe"  # the guest's code (real mode: no paging)
         g.send_raw(encode("k"))
         status, _ = s.wait()
@@ -189,3 +193,20 @@ def test_the_port_in_use_is_a_runtime_error() -> None:
                               capture_output=True, text=True, timeout=WAIT, cwd=str(ROOT))
     assert done.returncode == 1
     assert "Address already in use" in done.stderr
+
+
+def test_a_32_bit_guest_gets_the_i386_description() -> None:
+    hello = ROOT / "kvmcpu" / "guests" / "hello.bin"  # Multiboot: 32-bit protected mode
+    for s in stub("mock", hello, "-S"):
+        g = s.client()
+        xml = g.ask("qXfer:features:read:target.xml:0,3000")
+        assert xml[0] == "l" and xml[1:] == target_xml(32)
+        assert '<reg name="eip" bitsize="32" type="code_ptr" regnum="8"/>' in xml
+        regs = bytes.fromhex(g.ask("g"))
+        assert len(regs) == I386.g_size == 16 * 4 + 8 * 10 + 8 * 4 + 8 * 16 + 4
+        eip = int.from_bytes(regs[32:36], "little")
+        assert g.ask("p8") == eip.to_bytes(4, "little").hex()
+        assert g.ask(f"m{eip:x},1") != "E0e"  # the entry point is readable
+        assert g.ask("P0=2a000000") == "OK" and g.ask("p0") == "2a000000"  # eax
+        g.send_raw(encode("k"))
+        assert s.wait()[0] == 0
