@@ -56,10 +56,38 @@ def build(out_dir: Path | None, nasm: str = "nasm") -> List[Path]:
     images = []
     for src in sources():
         dest = (src.parent if out_dir is None else out_dir) / (src.stem + ".bin")
-        subprocess.run([nasm, "-f", "bin", "-i", include_prefix(), "-o", str(dest), str(src)],
-                       check=True)
+        if _header(src).startswith("; build: nasm -f elf64, ld"):
+            _build_linked(src, dest.resolve(), nasm)
+        else:
+            subprocess.run([nasm, "-f", "bin", "-i", include_prefix(), "-o", str(dest),
+                            str(src)], check=True)
         images.append(dest)
     return images
+
+
+def _header(src: Path) -> str:
+    return src.read_text().split("\n", 1)[0]
+
+
+#: How a source whose first line is ``; build: nasm -f elf64, ld`` is linked: a
+#: static ELF64 with its symbol table at 1 MiB (one RWX segment, like hello64's).
+LD_ARGS = ["-static", "-nostdlib", "-N", "-Ttext=0x100000", "-e", "_start",
+           "--build-id=none", "--no-warn-rwx-segments"]
+
+
+def _build_linked(src: Path, dest: Path, nasm: str) -> None:
+    """Assemble ``src`` to an object file and link it with ld (needs binutils).
+    nasm runs in the source's directory on its bare name, so the FILE symbol it
+    records does not depend on where the tree is."""
+    ld = shutil.which("ld")
+    if ld is None:
+        raise SystemExit(f"build.py: {src.name} needs ld (apt-get install binutils)")
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / (src.stem + ".o")
+        subprocess.run([nasm, "-f", "elf64", "-i", include_prefix(), "-o", str(obj), src.name],
+                       check=True, cwd=src.parent)
+        subprocess.run([ld, *LD_ARGS, "-o", str(dest), str(obj)], check=True)
+    dest.chmod(0o644)
 
 
 def check(nasm: str = "nasm") -> List[str]:

@@ -170,6 +170,7 @@ def add_parsers(sub: Any) -> None:
                    help="continue this checkpoint (DIR/cpt.TICK) instead of booting IMAGE")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="host (wall-clock) seconds limit (default: none)")
+    add_gdb_arguments(p)
     p.add_argument("--irqchip", default="auto",
                    choices=("auto", "user", "kernel", "split", "on", "off"),
                    help="interrupt controllers (default: auto): auto and user use the user-space "
@@ -343,6 +344,7 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
             _check_output_file(path, option)
     if args.checkpoint_dir is not None:
         _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    _check_gdb_args(args)
     if args.restore is not None:
         _check_restore(args.restore)
         return None
@@ -442,9 +444,46 @@ def _check_kvm_ram(system: System, args: argparse.Namespace) -> None:
             f"(the mock backend has no such cost)")
 
 
+def add_gdb_arguments(p: argparse.ArgumentParser) -> None:
+    """``--gdb [HOST:]PORT``, ``-S`` and ``--gdb-allow-remote`` (see kvmcpu.gdb)."""
+    g = p.add_argument_group("debugging (GDB remote stub)")
+    g.add_argument("--gdb", default=None, metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (loopback: 127.0.0.1 unless HOST)")
+    g.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="with --gdb: wait for the debugger before the first instruction")
+    g.add_argument("--gdb-allow-remote", action="store_true",
+                   help="let --gdb listen on an address that is not loopback (warns)")
+
+
+def _run_under_gdb(system: System, args: argparse.Namespace) -> RunResult:
+    from .gdb import run_under_gdb
+
+    return run_under_gdb(system, args.gdb, wait=args.gdb_wait,
+                         allow_remote=args.gdb_allow_remote, timeout=args.timeout)
+
+
+def _check_gdb_args(args: argparse.Namespace) -> None:
+    from .gdb.stub import is_loopback, parse_address
+
+    if args.gdb is None:
+        if args.gdb_wait or args.gdb_allow_remote:
+            raise UsageError("-S and --gdb-allow-remote need --gdb [HOST:]PORT")
+        return
+    try:
+        host, _ = parse_address(args.gdb)
+    except ValueError as err:
+        raise UsageError(f"--gdb {err}") from err
+    if not is_loopback(host) and not args.gdb_allow_remote:
+        raise UsageError(f"--gdb {args.gdb}: {host} is not a loopback address; the stub "
+                         "gives full control of the guest (--gdb-allow-remote to allow it)")
+
+
 def _run_to_end(system: System, args: argparse.Namespace) -> RunResult:
     """Run until the guest stops for good, writing the checkpoints it asks for."""
     from .system import CAUSE_CHECKPOINT
+
+    if getattr(args, "gdb", None) is not None:
+        return _run_under_gdb(system, args)
 
     limit = args.max_ticks
     if limit is None and args.max_seconds is not None:

@@ -89,3 +89,9 @@ class CheckpointError(KvmCpuError):
 
 class SimulationError(KvmCpuError):
     """The simulation core was used against its rules (e.g. scheduling in the past)."""
+
+
+class DebugUnsupportedError(SimulationError):
+    """A debugging request the backend cannot serve exactly (more PC events at
+    distinct addresses than the debug registers hold, instruction-count events
+    without an exact instruction counter). kvmcpu refuses rather than approximates."""

@@ -334,6 +334,36 @@ class System(SimObject):
         self.loaded = loaded
         return loaded
 
+    def symbol(self, name: str) -> int:
+        """The address of ``name`` in the symbol table of the loaded ELF image.
+
+        Raises:
+            GuestError: nothing loaded, the image has no symbol table, or no such symbol.
+        """
+        _check_type("name", name, (str,), "a symbol name")
+        symbols = self.loaded.symbols if self.loaded is not None else {}
+        if name not in symbols:
+            what = "no image is loaded" if self.loaded is None else (
+                "the image has no symbol table" if not symbols else
+                f"it has {len(symbols)} symbols, e.g. {', '.join(sorted(symbols)[:8])}")
+            raise GuestError(f"no symbol {name!r}: {what}")
+        return symbols[name]
+
+    def schedule_pc_event(self, where: Union[int, str], callback: Callable[[Any], Any],
+                          name: Optional[str] = None) -> Any:
+        """Schedule a PC event on the CPU at a linear address or at a symbol of the
+        loaded ELF image (see :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.schedule_pc_event`:
+        ``callback(tc)`` runs before the instruction there). Returns the event.
+
+        Raises:
+            GuestError: an unknown symbol.
+            DebugUnsupportedError: more distinct addresses than the backend can watch.
+        """
+        self._check_open("schedule_pc_event")
+        addr = self.symbol(where) if isinstance(where, str) else where
+        label = name or (where if isinstance(where, str) else None)
+        return self.cpu.schedule_pc_event(addr, callback, label)
+
     def set_start_state(self, loaded: LoadedImage) -> None:
         """Put the CPU in the mode the loader asked for."""
         self._check_open("set_start_state")

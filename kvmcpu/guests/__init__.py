@@ -11,6 +11,8 @@ directory and any installation::
     sieve3      Multiboot: a compute kernel (primes), ``n=`` on the command line
     irq         Multiboot: PIT interrupts through the 8259
     checkpoint  Multiboot: takes an m5 checkpoint and checks its state after restore
+    debugme     ELF64 with a symbol table (linked by ld): a loop calling compute(i),
+                to try PC events and ``kvmcpu run --gdb`` on
 
 The test fixtures (tiny flat images for the backend tests) are not part of the
 package; they live in ``guests/`` of the source tree.

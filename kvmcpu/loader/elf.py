@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from kvmcpu.errors import GuestError
 from kvmcpu.loader.image import (
@@ -214,4 +214,53 @@ def load_elf(source: Source, mem: GuestMemory) -> LoadedImage:
                      f"[{low:#x}, {high:#x}), entry {entry:#x} ({mode} mode)"),
         format=fmt,
         page_tables=free_page_tables(ranges),
+        symbols=elf_symbols(data),
     )
+
+
+def elf_symbols(data: bytes) -> Dict[str, int]:
+    """The named symbols of an ELF image's ``SHT_SYMTAB`` (name -> value), without
+    section and file symbols; empty when the image has no symbol table (stripped,
+    or hand-written without sections). Malformed section headers give an empty
+    table rather than an error: symbols are a debugging aid, not needed to load."""
+    try:
+        return _elf_symbols(data)
+    except (struct.error, IndexError, UnicodeDecodeError):
+        return {}
+
+
+def _elf_symbols(data: bytes) -> Dict[str, int]:
+    is64 = data[4] == ELFCLASS64
+    if is64:
+        e_shoff, = struct.unpack_from("<Q", data, 0x28)
+        e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
+        sh_fmt, sym_fmt = "<IIQQQQIIQQ", "<IBBHQQ"
+    else:
+        e_shoff, = struct.unpack_from("<I", data, 0x20)
+        e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x2E)
+        sh_fmt, sym_fmt = "<IIIIIIIIII", "<IIIBBH"
+    if not e_shoff or not e_shnum:
+        return {}
+    sections = [struct.unpack_from(sh_fmt, data, e_shoff + i * e_shentsize)
+                for i in range(e_shnum)]
+    out: Dict[str, int] = {}
+    sym_size = struct.calcsize(sym_fmt)
+    for sh in sections:
+        _name, sh_type, _flags, _addr, sh_offset, sh_size, sh_link = sh[:7]
+        if sh_type != 2:  # SHT_SYMTAB
+            continue
+        strtab = sections[sh_link]
+        str_off, str_size = strtab[4], strtab[5]
+        strings = data[str_off: str_off + str_size]
+        for off in range(sh_offset + sym_size, sh_offset + sh_size, sym_size):
+            if is64:
+                st_name, st_info, _other, shndx, value, _size = struct.unpack_from(
+                    sym_fmt, data, off)
+            else:
+                st_name, value, _size, st_info, _other, shndx = struct.unpack_from(
+                    sym_fmt, data, off)
+            if not st_name or shndx == 0 or st_info & 0xF in (3, 4):  # SECTION, FILE
+                continue
+            end = strings.index(b"\0", st_name)
+            out.setdefault(strings[st_name:end].decode("ascii"), value)
+    return out

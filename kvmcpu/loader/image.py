@@ -59,6 +59,8 @@ class LoadedImage:
         page_tables: a free, page-aligned address for a long-mode start's page
             tables and GDT (``set_long_mode(page_tables=...)``).
         info: loader-specific facts (Multiboot: ``mbi``, ``cmdline``, ``modules``).
+        symbols: the ELF symbol table's named functions and objects (name ->
+            address); empty for other formats and stripped images.
     """
 
     entry: int
@@ -69,6 +71,7 @@ class LoadedImage:
     format: str = "flat"
     page_tables: int = DEFAULT_PAGE_TABLES
     info: Dict[str, object] = field(default_factory=dict)
+    symbols: Dict[str, int] = field(default_factory=dict)
 
     @property
     def cs_ip(self) -> Tuple[int, int]:

@@ -51,7 +51,7 @@ def test_the_document_covers_each_layer_and_the_named_code() -> None:
                     "## The platform", "## Where to add", "## Mock backend", "## Naming"):
         assert heading in text
     for layer in ("uapi", "_ioctl", "errors", "backends", "sim", "mem", "devices", "cpu",
-                  "loader", "system", "cli"):
+                  "loader", "system", "gdb", "cli"):
         assert re.search(rf"^\| {re.escape(layer)} \|", text, flags=re.M), layer
     from kvmcpu.cpu.kvm import base
 
@@ -71,6 +71,7 @@ ALLOWED = {
     "loader": {"errors", "mem"}, "guests": {"errors"},
     "cpu": {"_ioctl", "backends", "errors", "hostmem", "sim", "uapi"},
     "system": {"backends", "cpu", "devices", "errors", "loader", "mem", "sim"},
+    "gdb": {"cpu", "errors", "sim", "system"},
 }
 
 

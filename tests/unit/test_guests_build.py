@@ -23,7 +23,7 @@ def test_every_source_has_a_committed_image() -> None:
     sources = _sources()
     assert sources, "no guest sources"
     assert {s.stem for s in BOOTABLE.glob("*.asm")} == {
-        "hello", "hello64", "sieve3", "irq", "checkpoint"}
+        "hello", "hello64", "sieve3", "irq", "checkpoint", "debugme"}
     for src in sources:
         assert src.with_suffix(".bin").is_file(), f"{src.name} has no committed image"
         header = src.read_text().lstrip().splitlines()[0]
@@ -32,7 +32,8 @@ def test_every_source_has_a_committed_image() -> None:
     assert not {p.name for p in GUESTS.glob("*.bin")} & {p.name for p in BOOTABLE.glob("*.bin")}
 
 
-@pytest.mark.skipif(shutil.which("nasm") is None, reason="nasm is not installed")
+@pytest.mark.skipif(shutil.which("nasm") is None or shutil.which("ld") is None,
+                    reason="nasm or ld (binutils) is not installed")
 def test_rebuild_matches_committed_images(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(GUESTS / "build.py"), "--out", str(tmp_path)],
@@ -47,7 +48,8 @@ def test_rebuild_matches_committed_images(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.skipif(shutil.which("nasm") is None, reason="nasm is not installed")
+@pytest.mark.skipif(shutil.which("nasm") is None or shutil.which("ld") is None,
+                    reason="nasm or ld (binutils) is not installed")
 def test_build_check_passes_on_the_committed_images() -> None:
     done = subprocess.run([sys.executable, str(GUESTS / "build.py"), "--check"],
                           capture_output=True, text=True)

@@ -57,6 +57,7 @@ from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
 from ...sim.params import param
 from ...sim.simobject import ClockedObject, ClockedObjectParams, DrainState, SimObject
 from ..thread import ThreadContext
+from .debug import KvmDebug
 from .exit_handlers import FatalExitHandlers
 from .exit_handlers import GuestTripleFault as GuestTripleFault  # re-exported
 from .perfevent import CounterSource, HostClockCounters, choose_counters
@@ -184,7 +185,7 @@ class KvmCPUStats:
         self.exitsPerHostSecond.set_formula(self.numVMExits / self.hostSecondsInKvm)
 
 
-class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
+class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
     """The architecture-independent KVM CPU.
 
     Args:
@@ -266,6 +267,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
             f"Number of instructions committed ({how}: {self.counters.describe})"
         )
         self.startup_thread()
+        self._apply_guest_debug()  # PC events scheduled before the vCPU existed
 
     def _make_timer(self, vcpu: Vcpu) -> BaseKvmTimer:
         p = self.params
@@ -644,12 +646,6 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         exit_sim_loop(f"guest system event: {kind}", 0 if ex.type == 1 else 1, queue=self.eventq)
         return 0
 
-    def handleKvmExitDebug(self, ex: DebugExit) -> int:
-        """A guest-debug exit (breakpoint, single step): stop the simulation loop."""
-        exit_sim_loop(f"debug exit at {ex.pc:#x} (exception {ex.exception})", 0,
-                      queue=self.eventq)
-        return 0
-
     def handleKvmExitMSR(self, ex: MsrExit) -> int:
         """An MSR the filter hands to user space; architectures that set one up handle it."""
         raise self._fatal(f"unhandled MSR {'write' if ex.is_write else 'read'} "
@@ -747,7 +743,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers):
         self.io_bus = self.io_bus if self.io_bus is not None else old.io_bus
         self.mmio_bus = self.mmio_bus if self.mmio_bus is not None else old.mmio_bus
         self._take_over_arch(old)
+        self._take_over_debug(old)  # PC/instruction events and steps move with the thread
         self._create_vcpu()
+        self._apply_guest_debug()
         # Push at once (not lazily) so that both states can be compared right away.
         self.kvmStateDirty = False
         self.updateKvmState()

@@ -1,0 +1,446 @@
+"""PC events, instruction-count events and single steps of a KVM CPU.
+
+gem5 lets a simulation act when a thread reaches an address (``PCEvent``) or
+has committed N instructions (``scheduleInstStop``). :class:`KvmDebug` gives
+the KVM CPU both, on top of ``KVM_SET_GUEST_DEBUG``; the GDB stub
+(:mod:`kvmcpu.gdb`) is built on them.
+
+**PC events** (:meth:`KvmDebug.schedule_pc_event`). The callback runs at the
+instruction boundary *before* the instruction at the address, with the thread
+context (synchronised from the vCPU) as its argument; it may read and change
+the context (a changed context is pushed into the vCPU before the next entry),
+schedule or remove events, request a single step or stop the simulation
+(:func:`~kvmcpu.sim.eventq.exit_sim_loop`). Addresses are linear (virtual)
+addresses, as gdb's. Several events at one address run in the order they were
+scheduled.
+
+* Up to four distinct addresses use the vCPU's hardware breakpoints (DR0-DR3
+  through ``KVM_GUESTDBG_USE_HW_BP``) on every backend. Resuming from an
+  address whose breakpoint just fired steps over it: one single step with the
+  breakpoints armed; a backend that fires the breakpoint again instead (no
+  RFLAGS.RF semantics, e.g. KVM's instruction emulator) is detected by the
+  exit (DR6.Bn without DR6.BS at the same address) and from then on the
+  breakpoint being stepped over is left out of that step.
+* More than four distinct addresses: on the mock (an interpreter, whose single
+  steps are exact and cheap) the vCPU single-steps while they are scheduled
+  and every step compares the address, at any number of addresses; each step
+  is a KVM exit and is counted in ``numVMExits``. On KVM the fifth address is
+  refused with :class:`~kvmcpu.errors.DebugUnsupportedError` (software INT3
+  breakpoints are not used: they would be visible to the guest's reads).
+
+**Instruction-count events** (:meth:`KvmDebug.schedule_inst_event`): the
+callback runs when the thread has committed exactly N more instructions, at
+the boundary after the Nth. The mock's instruction budget makes this exact;
+on KVM it would need a perf instruction counter with overflow plus single
+steps to land exactly (gem5's way), which is not implemented: KVM refuses with
+:class:`~kvmcpu.errors.DebugUnsupportedError` (never an approximation).
+
+**Single steps** (:meth:`KvmDebug.request_step`): the callback runs after the
+next instruction the thread executes (an interrupt or exception taken instead
+counts as that step, as on hardware).
+
+**Lifetime.** Events belong to the thread: they are not saved in checkpoints
+(a restored system schedules its own), and they move to the new CPU on a CPU
+switch (``takeOverFrom``), where the new backend's limits apply. Draining
+leaves them armed. With no event and no step scheduled the exit path does no
+extra work: instruction events replace :meth:`kvmRun` on the instance only
+while one is pending, and PC events only change what the vCPU reports.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from ... import uapi
+from ...backends.exits import DebugExit
+from ...errors import DebugUnsupportedError
+from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
+from ..thread import ThreadContext
+
+if TYPE_CHECKING:
+    from ...backends.base import Vcpu
+    from ...sim.eventq import EventQueue
+    from .vm import KvmVM
+
+#: Hardware execution breakpoints an x86 vCPU has (DR0-DR3).
+HW_BREAKPOINTS = 4
+#: DR6.BS: the debug exit is a single-step trap.
+DR6_BS = 0x4000
+#: DR7 with the reserved bit 10 and GE/LE (bits 8, 9) set, as QEMU programs it.
+_DR7_BASE = 0x700
+
+_ENABLE = uapi.KVM_GUESTDBG_ENABLE
+_HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
+_STEP = uapi.KVM_GUESTDBG_SINGLESTEP
+
+Callback = Callable[[ThreadContext], Any]
+_seq = itertools.count()
+
+
+class PcEvent:
+    """A scheduled PC event (see :meth:`KvmDebug.schedule_pc_event`)."""
+
+    __slots__ = ("addr", "callback", "name", "cpu")
+
+    def __init__(self, cpu: KvmDebug, addr: int, callback: Callback, name: str) -> None:
+        self.addr = addr
+        self.callback = callback
+        self.name = name
+        self.cpu: Optional[KvmDebug] = cpu
+
+    @property
+    def scheduled(self) -> bool:
+        return self.cpu is not None
+
+    def remove(self) -> None:
+        """Remove the event (idempotent)."""
+        if self.cpu is not None:
+            self.cpu.remove_pc_event(self)
+
+    def __repr__(self) -> str:
+        return f"PcEvent({self.name!r} at {self.addr:#x}{'' if self.cpu else ', removed'})"
+
+
+class InstEvent:
+    """A scheduled instruction-count event (see :meth:`KvmDebug.schedule_inst_event`)."""
+
+    __slots__ = ("target", "callback", "name", "cpu")
+
+    def __init__(self, cpu: KvmDebug, target: int, callback: Callback, name: str) -> None:
+        self.target = target
+        self.callback = callback
+        self.name = name
+        self.cpu: Optional[KvmDebug] = cpu
+
+    @property
+    def scheduled(self) -> bool:
+        return self.cpu is not None
+
+    def remove(self) -> None:
+        """Remove the event (idempotent)."""
+        if self.cpu is not None:
+            self.cpu.remove_inst_event(self)
+
+
+def _check_callback(callback: object) -> None:
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+
+
+class KvmDebug:
+    """The debugging part of :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` (a mixin)."""
+
+    if TYPE_CHECKING:
+        vcpu: Optional[Vcpu]
+        vm: KvmVM
+        tc: ThreadContext
+        ctr_insts: int
+        kvmStateDirty: bool
+        threadContextDirty: bool
+        _clock_period: int
+
+        def path(self) -> str: ...
+        def getContext(self, tn: int = 0) -> ThreadContext: ...
+        def clock_edge(self, cycles: int = 0) -> int: ...
+        def kvmRun(self, ticks: int) -> int: ...
+        @property
+        def eventq(self) -> EventQueue: ...
+
+    # Created on first use, so a CPU nobody debugs carries nothing.
+    _pc_events: Optional[Dict[int, List[PcEvent]]] = None
+    _inst_events: Optional[List[Tuple[int, int, InstEvent]]] = None
+    _inst_fire: Optional[EventFunctionWrapper] = None
+    _step_callbacks: Optional[List[Callback]] = None
+    _step_from: Optional[int] = None
+    _hw_skip: Optional[int] = None
+    #: A breakpoint the vCPU will skip once when it next gets there (see handleKvmExitDebug).
+    _stale_skip: Optional[int] = None
+    _bp_refires = False
+    _debug_on = False
+
+    # ------------------------------------------------------------- capabilities
+    def exact_stepping(self) -> bool:
+        """True when the backend single-steps and counts instructions exactly and
+        cheaply (the mock, an interpreter): any number of PC events, exact
+        instruction-count events."""
+        from ...backends.mock import MockBackend
+
+        return isinstance(self.vm.backend, MockBackend)
+
+    # ---------------------------------------------------------------- PC events
+    def schedule_pc_event(self, addr: int, callback: Callback,
+                          name: Optional[str] = None) -> PcEvent:
+        """Call ``callback(tc)`` whenever the thread is about to execute the
+        instruction at linear address ``addr``; returns the event (``remove()`` it).
+
+        Raises:
+            TypeError, ValueError: ``addr`` is not an int in 0..2**64-1, or
+                ``callback`` is not callable.
+            DebugUnsupportedError: a fifth distinct address on a backend whose
+                only exact means are the four debug registers (KVM).
+        """
+        if not isinstance(addr, int) or isinstance(addr, bool):
+            raise TypeError(f"addr must be an int, got {type(addr).__name__}")
+        if not 0 <= addr < 1 << 64:
+            raise ValueError(f"addr must be in 0..2**64-1, got {addr:#x}")
+        _check_callback(callback)
+        events = self._pc_events
+        if events is None:
+            events = self._pc_events = {}
+        if addr not in events and len(events) >= HW_BREAKPOINTS and not self.exact_stepping():
+            raise DebugUnsupportedError(
+                f"{self.path()}: a PC event at {addr:#x} would be the "
+                f"{len(events) + 1}th distinct address; this backend has "
+                f"{HW_BREAKPOINTS} hardware breakpoints (DR0-DR3) and kvmcpu does not "
+                f"patch INT3 into guest memory (scheduled: "
+                f"{', '.join(f'{a:#x}' for a in sorted(events))})")
+        ev = PcEvent(self, addr, callback, name or f"pc {addr:#x}")
+        events.setdefault(addr, []).append(ev)
+        self._apply_guest_debug()
+        return ev
+
+    def remove_pc_event(self, ev: PcEvent) -> None:
+        """Remove a PC event (idempotent)."""
+        events = self._pc_events
+        if events is not None and ev.cpu is self:
+            lst = events.get(ev.addr, [])
+            if ev in lst:
+                lst.remove(ev)
+            if not lst:
+                events.pop(ev.addr, None)
+        ev.cpu = None
+        if self._stale_skip == ev.addr and ev.addr not in (events or {}):
+            self._stale_skip = None
+        self._apply_guest_debug()
+
+    def pc_events(self) -> List[PcEvent]:
+        """The scheduled PC events, by address."""
+        return [e for a in sorted(self._pc_events or {}) for e in (self._pc_events or {})[a]]
+
+    # ------------------------------------------------------------ single steps
+    def request_step(self, callback: Callback) -> None:
+        """Call ``callback(tc)`` after the next instruction the thread executes."""
+        _check_callback(callback)
+        if self._step_callbacks is None:
+            self._step_callbacks = []
+        self._step_callbacks.append(callback)
+        self._apply_guest_debug()
+
+    def cancel_steps(self) -> None:
+        """Forget pending :meth:`request_step` callbacks."""
+        self._step_callbacks = None
+        self._apply_guest_debug()
+
+    # ---------------------------------------------------------- guest debug state
+    def _apply_guest_debug(self) -> None:
+        """Program KVM_SET_GUEST_DEBUG for the events and steps pending now."""
+        vcpu = self.vcpu
+        if vcpu is None:
+            return  # applied when the vCPU is created (_create_vcpu)
+        events = self._pc_events or {}
+        single = (bool(self._step_callbacks) or self._step_from is not None
+                  or self._stale_skip is not None)
+        control = 0
+        debugreg: List[int] = [0] * 8
+        if len(events) > HW_BREAKPOINTS:
+            single = True  # exact_stepping() backends only (schedule_pc_event checks)
+        elif events:
+            dr7 = _DR7_BASE
+            for i, addr in enumerate(sorted(events)):
+                if addr == self._hw_skip:
+                    continue
+                debugreg[i] = addr
+                dr7 |= 1 << (2 * i)
+            debugreg[7] = dr7
+            control |= _ENABLE | _HW_BP
+        if single:
+            control |= _ENABLE | _STEP
+        if control or self._debug_on:
+            vcpu.set_guest_debug(control, debugreg if control & _HW_BP else None)
+        self._debug_on = bool(control)
+
+    def _take_over_debug(self, old: KvmDebug) -> None:
+        """Move the events and steps of ``old``'s thread to this CPU (a CPU switch)."""
+        self._pc_events, old._pc_events = old._pc_events, None
+        for lst in (self._pc_events or {}).values():
+            for ev in lst:
+                ev.cpu = self
+        self._step_callbacks, old._step_callbacks = old._step_callbacks, None
+        # A step over the breakpoint the thread stopped at goes on here; a fresh vCPU
+        # has no record of that hit, so its breakpoint is left out of the step.
+        self._step_from, old._step_from = old._step_from, None
+        self._hw_skip, old._hw_skip = self._step_from, None
+        self._stale_skip = old._stale_skip = None  # a fresh vCPU skips nothing
+        old._debug_on = False
+        if old._inst_events:
+            done = old.ctr_insts
+            for target, seq, iev in old._inst_events:
+                self._push_inst_event(target - done + self.ctr_insts, seq, iev)
+            old._inst_events = None
+            old.__dict__.pop("kvmRun", None)
+            if old._inst_fire is not None and old._inst_fire.scheduled():
+                old.eventq.deschedule(old._inst_fire)
+        events = self._pc_events or {}
+        if len(events) > HW_BREAKPOINTS and not self.exact_stepping():
+            raise DebugUnsupportedError(
+                f"{self.path()}: the thread has PC events at {len(events)} distinct "
+                f"addresses; this backend has {HW_BREAKPOINTS} hardware breakpoints")
+        if self._inst_events and not self.exact_stepping():
+            raise DebugUnsupportedError(self._no_inst_counter())
+
+    def handleKvmExitDebug(self, ex: DebugExit) -> int:
+        """A guest-debug exit: PC events, steps over breakpoints, requested steps.
+
+        A debug exit nobody asked for (the vCPU's guest debugging was set by
+        someone else) stops the simulation loop, as before there were events.
+        """
+        if not self._debug_on:
+            exit_sim_loop(f"debug exit at {ex.pc:#x} (exception {ex.exception})", 0,
+                          queue=self.eventq)
+            return 0
+        pc = ex.pc
+        stepped = bool(ex.dr6 & DR6_BS)
+        events = self._pc_events or {}
+        hw_mode = 0 < len(events) <= HW_BREAKPOINTS
+        start = self._step_from
+        if start is not None:
+            if not stepped and pc == start:
+                # The breakpoint being stepped over fired again: this backend does not
+                # suppress it for the instruction it resumes at. Step without it.
+                self._bp_refires = True
+                self._hw_skip = start
+                self._apply_guest_debug()
+                return 0
+            self._step_from = self._hw_skip = None
+        # Arrival at pc, before its instruction. With hardware breakpoints an
+        # arrival by a single step leaves the events to the breakpoint, which
+        # fires on the next entry (firing here too would run them twice) --
+        # except at a breakpoint the vCPU would skip once (see _stale_skip).
+        stale = self._stale_skip
+        if not stepped:
+            self._stale_skip = None  # the vCPU's pending skip moved to this hit
+        at_stale = stepped and pc == stale
+        if at_stale:
+            self._stale_skip = None
+        hit = pc in events and (not stepped or not hw_mode or at_stale)
+        if hit:
+            self._fire_pc_events(pc)
+        if stepped and self._step_callbacks:
+            callbacks, self._step_callbacks = self._step_callbacks, None
+            self._run_callbacks(callbacks)
+        events = self._pc_events or {}
+        if 0 < len(events) <= HW_BREAKPOINTS:
+            cur = self.tc.linear_rip() if self.threadContextDirty else pc
+            if hit and cur == pc and cur in events:
+                # Resuming at the breakpoint that just fired: step over it.
+                self._step_from = cur
+                self._hw_skip = cur if self._bp_refires else None
+            elif hit and cur != pc and pc in events and not self._bp_refires \
+                    and self.exact_stepping():
+                # The callback moved the thread away from a breakpoint the mock
+                # has marked to skip once on resume (its RF): that skip would eat
+                # the next arrival. Single-step until the thread is back there
+                # (or another breakpoint fires) and run the events on that step.
+                self._stale_skip = pc
+        else:
+            self._stale_skip = None
+        self._apply_guest_debug()
+        return 0
+
+    def _fire_pc_events(self, pc: int) -> None:
+        evs = list((self._pc_events or {}).get(pc, ()))
+        self._run_callbacks([e.callback for e in evs if e.cpu is self])
+
+    def _run_callbacks(self, callbacks: List[Callback]) -> None:
+        tc = self.getContext()
+        before = tc.copy()
+        try:
+            for cb in callbacks:
+                cb(tc)
+        finally:
+            if tc != before:
+                self.threadContextDirty = True
+
+    # ------------------------------------------------------- instruction events
+    def _no_inst_counter(self) -> str:
+        return (f"{self.path()}: instruction-count events need an exact instruction "
+                "count: the mock backend's budget. On KVM they would need a perf "
+                "instruction counter with overflow plus single steps, which kvmcpu does "
+                "not implement (and this host's perf may have no hardware counter); "
+                "kvmcpu refuses rather than approximate")
+
+    def schedule_inst_event(self, count: int, callback: Callback,
+                            name: Optional[str] = None) -> InstEvent:
+        """Call ``callback(tc)`` when the thread has committed exactly ``count``
+        more instructions (at the boundary after the last of them).
+
+        Raises:
+            TypeError, ValueError: ``count`` is not an int >= 1, or ``callback``
+                is not callable.
+            DebugUnsupportedError: the backend has no exact instruction count
+                (KVM; see the module docstring).
+        """
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"count must be an int, got {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        _check_callback(callback)
+        if not self.exact_stepping():
+            raise DebugUnsupportedError(self._no_inst_counter())
+        ev = InstEvent(self, self.ctr_insts + count, callback, name or f"inst +{count}")
+        self._push_inst_event(ev.target, next(_seq), ev)
+        return ev
+
+    def _push_inst_event(self, target: int, seq: int, ev: InstEvent) -> None:
+        ev.target = target
+        ev.cpu = self
+        if self._inst_events is None:
+            self._inst_events = []
+        heapq.heappush(self._inst_events, (target, seq, ev))
+        if self._inst_fire is None:
+            self._inst_fire = EventFunctionWrapper(
+                self._fire_inst_events, f"{self.path()}.instEvent",
+                Priority.CPU_Tick - 1)
+        # Only while an event is pending does every entry go through the wrapper.
+        self.__dict__["kvmRun"] = self._kvm_run_inst_events
+
+    def remove_inst_event(self, ev: InstEvent) -> None:
+        """Remove an instruction-count event (idempotent)."""
+        heap = self._inst_events
+        if heap is not None and ev.cpu is self:
+            heap[:] = [item for item in heap if item[2] is not ev]
+            heapq.heapify(heap)
+            if not heap:
+                self._inst_events = None
+                self.__dict__.pop("kvmRun", None)
+        ev.cpu = None
+
+    def _kvm_run_inst_events(self, ticks: int) -> int:
+        heap = self._inst_events
+        period = self._clock_period
+        if ticks and heap:
+            left = heap[0][0] - self.ctr_insts
+            if left > 0 and ticks > left * period:
+                ticks = left * period  # the budget ends exactly at the event
+        done: int = type(self).kvmRun(self, ticks)
+        fire = self._inst_fire
+        if heap and heap[0][0] <= self.ctr_insts and fire is not None and not fire.scheduled():
+            # Just before the CPU's next tick, so the callback sees the time and the
+            # state after exactly that many instructions.
+            self.eventq.schedule(fire, self.clock_edge(-(-done // period)))
+        return done
+
+    def _fire_inst_events(self) -> None:
+        heap = self._inst_events
+        due: List[Callback] = []
+        while heap and heap[0][0] <= self.ctr_insts:
+            _, _, ev = heapq.heappop(heap)
+            ev.cpu = None
+            due.append(ev.callback)
+        if not heap:
+            self._inst_events = None
+            self.__dict__.pop("kvmRun", None)
+        if due:
+            self._run_callbacks(due)
