@@ -46,6 +46,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     Type,
@@ -599,6 +600,22 @@ class Vm(Closeable, abc.ABC):
 # ---------------------------------------------------------------------------
 # Vcpu
 # ---------------------------------------------------------------------------
+class RunClock(Protocol):
+    """An exact run clock: an instruction budget and exact counts (``Vcpu.run_clock()``).
+
+    ``set_budget(n)``: run() returns IntrExit after ``n`` more instructions (None: no
+    limit); ``instructions_retired`` and ``cycles`` count exactly, from the vCPU's start.
+    """
+
+    def set_budget(self, n_instructions: Optional[int]) -> None: ...
+
+    @property
+    def instructions_retired(self) -> int: ...
+
+    @property
+    def cycles(self) -> int: ...
+
+
 class Vcpu(Closeable, abc.ABC):
     """One virtual CPU with its ``kvm_run`` page.
 
@@ -648,6 +665,11 @@ class Vcpu(Closeable, abc.ABC):
     @property
     def if_flag(self) -> bool:
         return bool(self.kvm_run.if_flag)
+
+    def run_clock(self) -> Optional[RunClock]:
+        """The vCPU's exact run clock (instruction budget, exact instruction and cycle
+        counts), or None when the backend has none (KVM: time is the host's)."""
+        return None
 
     @abc.abstractmethod
     def kick(self) -> None:
