@@ -522,6 +522,7 @@ class System(SimObject):
             raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
         for i, region in enumerate(self.physmem.regions):
             cp.read_into(f"system.physmem.region{i}", region[1].view)
+            region[1].notify_written(0, len(region[1]))  # code caches drop what it replaced
         for name, dev in self.devices.named():
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):

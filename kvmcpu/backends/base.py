@@ -487,6 +487,7 @@ class Vm(Closeable, abc.ABC):
             raise ValueError(f"guest range [{gpa:#x}, +{len(data):#x}) is not backed by one slot")
         off = s.offset + gpa - s.guest_phys_addr
         s.memory.view[off : off + len(data)] = data
+        s.memory.notify_written(off, len(data))
 
     @abc.abstractmethod
     def get_dirty_log(self, slot: int) -> bytes:

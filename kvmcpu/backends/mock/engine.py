@@ -56,7 +56,8 @@ class Engine:
         self.stop = self.mmu.stop_flag
         self.blocks: Dict[Tuple[int, int, int], Block] = {}
         self.page_blocks: Dict[int, List[Tuple[int, int, int]]] = {}
-        self.snapshots: Dict[int, bytes] = {}
+        #: guest-physical page ranges the host wrote since the last run() (host_written)
+        self.host_writes: List[Tuple[int, int]] = []
         self.use_cache = True
         self.instructions_retired = 0
         self.cycles = 0
@@ -121,26 +122,34 @@ class Engine:
     def invalidate_page(self, ppage: int) -> None:
         for key in self.page_blocks.pop(ppage, ()):
             self.blocks.pop(key, None)
-        self.snapshots.pop(ppage, None)
         self.mmu.code_pages.discard(ppage)
 
     def invalidate_all(self) -> None:
         self.blocks.clear()
         self.page_blocks.clear()
-        self.snapshots.clear()
+        self.host_writes.clear()
         self.mmu.code_pages.clear()
 
+    def host_written(self, first: int, last: int) -> None:
+        """The host wrote guest-physical pages ``first..last`` (MockVm.host_written)."""
+        self.host_writes.append((first, last))
+
     def check_host_writes(self) -> None:
-        """Drop translations of code pages the host changed behind the guest's back."""
-        if not self.snapshots:
+        """Drop translations of code pages the host wrote since the last run (the host
+        says so through HostMemory: the cost follows what it wrote, not the guest's size)."""
+        if not self.host_writes:
             return
-        stale = []
-        for ppage, snap in self.snapshots.items():
-            pp = self.mmu.phys_page(ppage)
-            if pp is None or bytes(pp[0]) != snap:
-                stale.append(ppage)
-        for p in stale:
-            self.invalidate_page(p)
+        writes, self.host_writes = self.host_writes, []
+        code = self.mmu.code_pages
+        for first, last in writes:
+            if not code:
+                return
+            if last - first < len(code):
+                stale = [p for p in range(first, last + 1) if p in code]
+            else:
+                stale = [p for p in code if first <= p <= last]
+            for p in stale:
+                self.invalidate_page(p)
 
     def _fetch(self, lin: int) -> Tuple[int, Optional[memoryview]]:
         return self.mmu.fetch_page(lin, self.cpl == 3)
@@ -328,9 +337,6 @@ class Engine:
             if bpage not in self.mmu.code_pages:
                 self.mmu.code_pages.add(bpage)
                 self.mmu.flush_write()
-                pp = self.mmu.phys_page(bpage)
-                if pp is not None:
-                    self.snapshots[bpage] = bytes(pp[0])
         return fn
 
     # -- the run loop ----------------------------------------------------------------------
