@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
 from .codegen import GENERATORS, Translator, assemble, compile_block
-from .decode import NeedMore, decode
+from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
 from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
-from .tier0 import FLOW, InsnBinder, make_block
+from .tier0 import FLOW, Bound, InsnBinder, make_block
 from .vendor import VendorProfile
 
 if TYPE_CHECKING:
@@ -180,8 +180,11 @@ class Engine:
         t.loop_ok = not single and self.use_cache
         t.in_place_loop = compiled
         binder = self.binders[1 if self.cpl == 3 else 0]
-        fns: List[Callable[[], Optional[int]]] = []
+        fns: List[Bound] = []
         ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
+
+        def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
+            return self._gen_one(t, GENERATORS[d.opc], d)
         off = lin & 0xFFF
         ip = rip
         ips: List[int] = []
@@ -220,9 +223,7 @@ class Engine:
                 t.ended = done = True
                 t.call_helper(helpers.raise_ud, d, terminator=True)
             elif not compiled and d.opc not in FLOW:
-                fn1, ended = binder.bind_insn(
-                    d, self.mode, ip_limit, functools.partial(self._gen_one, t, g),
-                    functools.partial(decode, d.raw, self.bits))
+                fn1, ended = binder.bind_insn(d, self.mode, ip_limit, generate, decode)
                 fns.append(fn1)
                 if ended:
                     t.ended = done = True
