@@ -70,7 +70,7 @@ Extras over the backend contract (``MockVcpu``)
 * ``engine``: the interpreter (``engine.dump_block()`` shows the generated source).
 
 Speed: basic blocks are cached by physical address, RIP and mode, in two tiers:
-a new block runs as per-instruction closures bound without ``compile()``
+a new block runs as per-instruction functions bound without ``compile()``
 (tier0.py), and is compiled into one Python function once it has run
 ``tier0.PROMOTE_AFTER`` times. Both are invalidated when the guest writes to a
 page holding translated code, or the host does (``HostMemory`` tells the VM what

@@ -154,11 +154,13 @@ class Engine:
     def _fetch(self, lin: int) -> Tuple[int, Optional[memoryview]]:
         return self.mmu.fetch_page(lin, self.cpl == 3)
 
-    def translate_block(self, single: bool, compiled: bool = True) -> Tuple[Block, int]:
+    def translate_block(self, single: bool, compiled: bool = True,
+                        key: Optional[Tuple[int, int, int]] = None) -> Tuple[Block, int]:
         """Translate the block at CS:RIP; returns (function, physical page or -1).
 
-        ``compiled``: one Python function (tier 1); else per-instruction closures
+        ``compiled``: one Python function (tier 1); else per-instruction bound functions
         (tier 0, tier0.py), over the same instructions with the same generators.
+        ``key``: the block's cache key when the caller has it (``_key``).
         """
         st = self.st
         rip = st.rip
@@ -182,6 +184,8 @@ class Engine:
         binder = self.binders[1 if self.cpl == 3 else 0]
         fns: List[Bound] = []
         ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
+        ip_mask = ip_limit  # RIP after an instruction (as below: 16, 32 or 64 bits)
+        alone_mask = 0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF
 
         def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
             return self._gen_one(t, GENERATORS[d.opc], d)
@@ -203,10 +207,28 @@ class Engine:
             if d.opc in ALONE and ips:
                 break  # reads the instruction counter: must start its own block
             g = GENERATORS.get(d.opc)
+            if (not compiled and g is not None and d.opc not in FLOW
+                    and (not d.lock or lock_ok(d))):
+                # tier 0, the common case: bound from the instruction's bytes when seen
+                ips.append(ip)
+                bound_insn, ended = binder.bind_insn(d, self.mode, ip_limit, generate,
+                                                     decode)
+                fns.append(bound_insn)
+                if ended:
+                    t.ended = True
+                    break
+                if d.opc in ALONE:
+                    ip = (ip + d.len) & alone_mask
+                    break
+                ip = (ip + d.len) & ip_mask
+                off += d.len
+                if off >= 4096:
+                    break
+                continue
             if compiled:
                 t.k = len(ips)
                 t.emit(f"k = {t.k}")
-            else:  # one closure per instruction: its own lines, temps and constants
+            else:  # one bound function per instruction: its own lines, temps and constants
                 t.k = 0
                 t.lines, t.consts, t.tmp = [], [], 0
                 t.zf_var = None
@@ -214,7 +236,7 @@ class Engine:
             t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
             k_line = len(t.lines) - 1
-            done = bound = False
+            done = False
             nxt: Optional[Tuple[int, int]] = None
             if g is None:
                 t.ended = done = True
@@ -222,16 +244,6 @@ class Engine:
             elif d.lock and not lock_ok(d):
                 t.ended = done = True
                 t.call_helper(helpers.raise_ud, d, terminator=True)
-            elif not compiled and d.opc not in FLOW:
-                fn1, ended = binder.bind_insn(d, self.mode, ip_limit, generate, decode)
-                fns.append(fn1)
-                if ended:
-                    t.ended = done = True
-                elif d.opc in ALONE:
-                    ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
-                                         else 0xFFFFFFFF)
-                    done = True
-                bound = True
             else:
                 ended = bool(g(t, d))
                 if compiled and not any(tok in ln for ln in t.lines[k_line + 1:]
@@ -257,7 +269,7 @@ class Engine:
                         ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
                                              else 0xFFFFFFFF)
                         done = True
-            if not compiled and not bound:
+            if not compiled:
                 fns.append(binder.bind(t.lines, t.consts))
             if done:
                 break
@@ -276,7 +288,8 @@ class Engine:
         else:
             promote = None
             if cacheable and self.use_cache:
-                key = self._key(single)
+                if key is None:
+                    key = self._key(single)
                 promote = functools.partial(self._promote, key, single)
             fn = make_block(st, fns, ips, ip, promote)
         if not cacheable:
@@ -331,7 +344,7 @@ class Engine:
         fn = self.blocks.get(key)
         if fn is not None:
             return fn
-        fn, bpage = self.translate_block(single, compiled=False)
+        fn, bpage = self.translate_block(single, compiled=False, key=key)
         if bpage >= 0:
             self.blocks[key] = fn
             self.page_blocks.setdefault(bpage, []).append(key)

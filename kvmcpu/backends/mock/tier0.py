@@ -1,7 +1,7 @@
 """The interpreter tier: blocks that run without ``compile()``.
 
-A block runs first as a list of per-instruction closures (tier 0) and is compiled
-into one Python function (tier 1, ``codegen.assemble``) only once it has run
+A block runs first as a list of per-instruction bound functions (tier 0) and is
+compiled into one Python function (tier 1, ``codegen.assemble``) only once it has run
 ``PROMOTE_AFTER`` times. Both tiers are made by the same generators, over the same
 instruction boundaries, so they retire the same instructions and exit alike.
 
