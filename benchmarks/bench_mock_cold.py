@@ -83,7 +83,7 @@ def _guest_run(name: str, max_ticks: Optional[int]) -> Dict[str, Any]:
     from kvmcpu import System, guests
 
     with System(memory="64M", backend="mock", serial=io.BytesIO()) as system:
-        system.load(str(guests.path(name)))
+        system.load(guests.path(name).read_bytes())  # the command line names no path
         t0 = time.perf_counter()
         res = system.run(max_ticks=max_ticks)
         while res.cause == "checkpoint":
