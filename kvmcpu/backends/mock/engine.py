@@ -340,7 +340,16 @@ class Engine:
         new, the compiled block once it has run often enough (tier0.PROMOTE_AFTER)."""
         if not self.use_cache:
             return self.translate_block(single, compiled=False)[0]
-        key = self._key(single)
+        # _key(single), inline: this runs once per block executed
+        st = self.st
+        rip = st.rip
+        lin = (st.sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        ppage = itlb.get(lin >> 12)
+        if ppage is None:
+            ppage = self.mmu.translate(lin, False, self.cpl == 3, fetch=True) >> 12
+            itlb[lin >> 12] = ppage
+        key = ((ppage << 12) | (lin & 0xFFF), rip, self.mode | (1 << 24 if single else 0))
         fn = self.blocks.get(key)
         if fn is not None:
             return fn
