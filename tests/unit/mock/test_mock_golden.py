@@ -7,6 +7,7 @@ compiled blocks) existed; each vendor profile is checked against its own record.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from golden_runs import GOLDEN, record
@@ -17,5 +18,17 @@ def test_bundled_guests_match_golden_record(vendor: str) -> None:
     expected = json.loads(GOLDEN.read_text())[vendor]
     got = json.loads(json.dumps(record(vendor)))
     assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name] == expected[name], name
+
+
+@pytest.mark.parametrize("promote_after", [1, 10**9], ids=["compiled-at-once", "tier0-only"])
+def test_each_tier_alone_matches_golden_record(promote_after: int, monkeypatch: Any) -> None:
+    """Both tiers alone: every block compiled before its first run, or never compiled."""
+    from kvmcpu.backends.mock import tier0
+
+    monkeypatch.setattr(tier0, "PROMOTE_AFTER", promote_after)
+    expected = json.loads(GOLDEN.read_text())["intel"]
+    got = json.loads(json.dumps(record("intel")))
     for name in expected:
         assert got[name] == expected[name], name
