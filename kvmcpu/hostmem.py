@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import warnings
+import weakref
 from typing import Any, Iterator, Optional, Tuple, Union, overload
 
 from .errors import ClosedError
@@ -34,6 +35,8 @@ class HostMemory:
     host virtual address (what KVM's ``userspace_addr`` wants). Large sizes are
     mapped with MAP_NORESERVE so that untouched guest RAM costs nothing; they
     are a memfd (see the module docstring) where the host has ``memfd_create``.
+    ``write`` and ``[]=`` tell the buffer's watchers what they wrote; a host
+    writing through ``view`` (or the address) calls ``notify_written`` after.
     """
 
     _fd: Optional[int] = None
@@ -65,6 +68,7 @@ class HostMemory:
         )
         self.address: int = ctypes.addressof(self._anchor)
         self.view: memoryview = memoryview(self._mm)
+        self._watchers: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     @property
     def closed(self) -> bool:
@@ -92,6 +96,28 @@ class HostMemory:
                 f"write [{offset:#x}, +{len(data):#x}) outside a {self.size:#x}-byte buffer"
             )
         self.view[offset : offset + len(data)] = data
+        if self._watchers:
+            self.notify_written(offset, len(data))
+
+    # -- host-side writes -----------------------------------------------------------
+    def watch(self, watcher: Any) -> None:
+        """Call ``watcher.host_written(self, offset, length)`` after each host-side write
+        (``write``, ``[]=``, ``notify_written``); held weakly. A mock VM watches the
+        buffers of its slots to drop code it translated from them."""
+        self._watchers.add(watcher)
+
+    def unwatch(self, watcher: Any) -> None:
+        self._watchers.discard(watcher)
+
+    def notify_written(self, offset: int, length: int) -> None:
+        """Say that ``[offset, offset + length)`` was written through ``view`` (or any other
+        alias of the buffer) rather than through ``write``/``[]=``, which say so
+        themselves. A mock vCPU executes code written behind its back only after this."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range [{offset:#x}, +{length:#x}) outside a "
+                             f"{self.size:#x}-byte buffer")
+        for w in list(self._watchers):
+            w.host_written(self, offset, length)
 
     def data_extents(self, start: int = 0, length: Optional[int] = None
                      ) -> Iterator[Tuple[int, int]]:
@@ -160,6 +186,14 @@ class HostMemory:
             raise TypeError(f"HostMemory indices must be integers or slices, "
                             f"not {type(key).__name__}")
         self.view[key] = value
+        if self._watchers:
+            if isinstance(key, slice):
+                start, stop, step = key.indices(self.size)
+                lo, hi = (start, stop) if step > 0 else (stop + 1, start + 1)
+                if hi > lo:
+                    self.notify_written(lo, hi - lo)
+            else:
+                self.notify_written(key % self.size, 1)
 
     def close(self) -> None:
         """Unmap. Idempotent. A view handed out earlier keeps the mapping until it goes."""

@@ -654,6 +654,7 @@ class System(SimObject):
         for i, region in enumerate(self.physmem.regions):
             cp.read_into(f"system.physmem.region{i}", region.host.view,
                          extents=region.host.data_extents)
+            region.host.notify_written(0, len(region.host))  # code caches drop what it replaced
         for name, dev in self.devices.named():
             if name in ("ioapic", "lapic") and not cp.has_section(f"{cp.current_path}.{name}"):
                 continue  # a checkpoint from before the APIC: it stays at its reset state

@@ -46,6 +46,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     Type,
@@ -342,6 +343,12 @@ class Backend(Closeable, abc.ABC):
             vms = self.__dict__["_contract_vms"] = weakref.WeakSet()
         return vms
 
+    def has_run_clock(self) -> bool:
+        """Whether this backend's vCPUs have an exact run clock (:meth:`Vcpu.run_clock`:
+        an instruction budget and exact counts, so single steps are exact and cheap);
+        answerable before any vCPU exists. False unless a backend says otherwise."""
+        return False
+
     def describe(self) -> Dict[str, object]:
         """Facts for ``kvmcpu info``: name, reason, API version, notes."""
         return {"backend": self.name, "reason": self.reason, "api_version": self.api_version()}
@@ -487,6 +494,7 @@ class Vm(Closeable, abc.ABC):
             raise ValueError(f"guest range [{gpa:#x}, +{len(data):#x}) is not backed by one slot")
         off = s.offset + gpa - s.guest_phys_addr
         s.memory.view[off : off + len(data)] = data
+        s.memory.notify_written(off, len(data))
 
     @abc.abstractmethod
     def get_dirty_log(self, slot: int) -> bytes:
@@ -608,6 +616,22 @@ class Vm(Closeable, abc.ABC):
 # ---------------------------------------------------------------------------
 # Vcpu
 # ---------------------------------------------------------------------------
+class RunClock(Protocol):
+    """An exact run clock: an instruction budget and exact counts (``Vcpu.run_clock()``).
+
+    ``set_budget(n)``: run() returns IntrExit after ``n`` more instructions (None: no
+    limit); ``instructions_retired`` and ``cycles`` count exactly, from the vCPU's start.
+    """
+
+    def set_budget(self, n_instructions: Optional[int]) -> None: ...
+
+    @property
+    def instructions_retired(self) -> int: ...
+
+    @property
+    def cycles(self) -> int: ...
+
+
 class Vcpu(Closeable, abc.ABC):
     """One virtual CPU with its ``kvm_run`` page.
 
@@ -657,6 +681,11 @@ class Vcpu(Closeable, abc.ABC):
     @property
     def if_flag(self) -> bool:
         return bool(self.kvm_run.if_flag)
+
+    def run_clock(self) -> Optional[RunClock]:
+        """The vCPU's exact run clock (instruction budget, exact instruction and cycle
+        counts), or None when the backend has none (KVM: time is the host's)."""
+        return None
 
     @abc.abstractmethod
     def kick(self) -> None:

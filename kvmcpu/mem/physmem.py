@@ -259,15 +259,18 @@ class PhysicalMemory:
         pieces = list(self._split(gpa, len(mv)))
         for host, off, pos, n in pieces:
             host.view[off : off + n] = mv[pos : pos + n]
+            host.notify_written(off, n)
 
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
         """Set ``size`` bytes at ``gpa`` to ``byte`` (zero-filling a BSS)."""
         pieces = list(self._split(gpa, size))
         for host, off, _pos, n in pieces:
             host.view[off : off + n] = bytes([byte]) * n
+            host.notify_written(off, n)
 
     def view(self, gpa: int, size: int) -> memoryview:
-        """A writable view of ``size`` bytes at ``gpa`` (must lie in one region)."""
+        """A writable view of ``size`` bytes at ``gpa`` (must lie in one region). Writes
+        through it are not seen by a mock vCPU's code cache until ``notify_written``."""
         self._check_open()
         for region in self.regions:
             if region.gpa <= gpa and gpa + size <= region.end:

@@ -351,6 +351,16 @@ class EventQueue:
         event.tick = self.cur_tick
         return event
 
+    def advance_to(self, tick: int) -> None:
+        """Move time forward to ``tick`` without servicing an event (a CPU that runs its
+        own next tick at once): neither back in time nor past a scheduled event."""
+        if tick < self.cur_tick or tick > self.next_tick():
+            raise SimulationError(
+                f"cannot advance time from {self.cur_tick} to {tick} "
+                f"(next event at {self.next_tick()})"
+            )
+        self.cur_tick = tick
+
     # -- running -------------------------------------------------------------------
     def service_one(self) -> Event | None:
         """Process the next live event and return it (None when the queue is empty).

@@ -280,3 +280,19 @@ def test_ram_indexes_like_a_bytearray(backend: Backend) -> None:
         with pytest.raises(ValueError):
             ram[0] = 256
         assert vm.read_guest(0, 3) == b"\x07\x01\x02"
+
+
+def test_run_clock_is_the_mock_budget_and_not_available_on_kvm(backend: Backend) -> None:
+    with backend.create_vm() as vm:
+        _, vcpu = setup_real(vm, "spin")
+        clock = vcpu.run_clock()
+        # the backend answers the same question before any vCPU exists
+        assert backend.has_run_clock() is (clock is not None)
+        if backend.name == "kvm":
+            assert clock is None  # time on KVM is the host's: no exact clock
+            return
+        assert clock is not None
+        clock.set_budget(25)
+        assert type(vcpu.run()).__name__ == "IntrExit"
+        assert clock.instructions_retired == clock.cycles == 25
+        clock.set_budget(None)

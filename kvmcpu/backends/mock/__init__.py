@@ -69,9 +69,13 @@ Extras over the backend contract (``MockVcpu``)
 * ``use_decode_cache`` (bool): switch the translation cache off (for measurements).
 * ``engine``: the interpreter (``engine.dump_block()`` shows the generated source).
 
-Speed: basic blocks are translated once into Python functions (``compile()``),
-cached by physical address, RIP and mode, and invalidated when the guest (or
-the host, checked on every run()) writes to a page holding translated code.
+Speed: basic blocks are cached by physical address, RIP and mode, in two tiers:
+a new block runs as per-instruction functions bound without ``compile()``
+(tier0.py), and is compiled into one Python function once it has run
+``tier0.PROMOTE_AFTER`` times. Both are invalidated when the guest writes to a
+page holding translated code, or the host does (``HostMemory`` tells the VM what
+the host wrote: ``write``, ``[]=``, ``Vm.write_guest``, ``notify_written`` after
+writes through ``view``; run() drops those pages' code).
 Blocks are traces: they continue across not-taken conditional branches, and a
 branch back to the block's start loops inside the generated function (bounded
 by the budget and by kicks). Arithmetic flags are computed lazily.

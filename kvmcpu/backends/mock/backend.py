@@ -150,6 +150,10 @@ class MockBackend(Backend):
         self._check_open()
         return []
 
+    def has_run_clock(self) -> bool:
+        """True: every mock vCPU counts and budgets instructions exactly."""
+        return True
+
     def create_vm(self) -> "MockVm":
         """Wraps KVM_CREATE_VM."""
         self._check_open()

@@ -67,6 +67,8 @@ class Translator:
         self.start_ip = -1
         self.loop_ok = False  # a branch back to start_ip may loop inside the function
         self.looping = False
+        #: a branch back to start_ip may become a loop in the function (tier 1 only)
+        self.in_place_loop = True
         self.loop_cnt = 0
         #: variable holding the result whose zero-ness is ZF, set by the previous
         #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
@@ -100,7 +102,7 @@ class Translator:
         """End the block with a (conditional) branch. A branch back to the block's own
         start becomes a loop inside the block function (bounded by ``lim`` and kicks)."""
         cnt = self.k + 1
-        if target == self.start_ip and self.loop_ok:
+        if target == self.start_ip and self.loop_ok and self.in_place_loop:
             self.looping = True
             if cond is not None:
                 self.emit(f"if {cond}:")

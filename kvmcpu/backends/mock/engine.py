@@ -7,6 +7,7 @@ that into kvm_run fields.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import traceback
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
 from .codegen import GENERATORS, Translator, assemble, compile_block
-from .decode import NeedMore, decode
+from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
 from .mmu import Mmu
 from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
+from .tier0 import FLOW, Bound, InsnBinder, make_block
 from .vendor import VendorProfile
 
 if TYPE_CHECKING:
@@ -54,7 +56,8 @@ class Engine:
         self.stop = self.mmu.stop_flag
         self.blocks: Dict[Tuple[int, int, int], Block] = {}
         self.page_blocks: Dict[int, List[Tuple[int, int, int]]] = {}
-        self.snapshots: Dict[int, bytes] = {}
+        #: guest-physical page ranges the host wrote since the last run() (host_written)
+        self.host_writes: List[Tuple[int, int]] = []
         self.use_cache = True
         self.instructions_retired = 0
         self.cycles = 0
@@ -74,6 +77,7 @@ class Engine:
         self.pending_exception: Optional[GuestFault] = None
         self.mode = 0
         self.ns: List[Dict[str, Any]] = [self._namespace(0), self._namespace(1)]
+        self.binders = [InsnBinder(self.ns[0]), InsnBinder(self.ns[1])]
         self.mode_changed()
 
     # -- namespaces for generated code ------------------------------------------------
@@ -118,42 +122,73 @@ class Engine:
     def invalidate_page(self, ppage: int) -> None:
         for key in self.page_blocks.pop(ppage, ()):
             self.blocks.pop(key, None)
-        self.snapshots.pop(ppage, None)
         self.mmu.code_pages.discard(ppage)
 
     def invalidate_all(self) -> None:
         self.blocks.clear()
         self.page_blocks.clear()
-        self.snapshots.clear()
+        self.host_writes.clear()
         self.mmu.code_pages.clear()
 
+    def host_written(self, first: int, last: int) -> None:
+        """The host wrote guest-physical pages ``first..last`` (MockVm.host_written)."""
+        self.host_writes.append((first, last))
+
     def check_host_writes(self) -> None:
-        """Drop translations of code pages the host changed behind the guest's back."""
-        if not self.snapshots:
+        """Drop translations of code pages the host wrote since the last run (the host
+        says so through HostMemory: the cost follows what it wrote, not the guest's size)."""
+        if not self.host_writes:
             return
-        stale = []
-        for ppage, snap in self.snapshots.items():
-            pp = self.mmu.phys_page(ppage)
-            if pp is None or bytes(pp[0]) != snap:
-                stale.append(ppage)
-        for p in stale:
-            self.invalidate_page(p)
+        writes, self.host_writes = self.host_writes, []
+        code = self.mmu.code_pages
+        for first, last in writes:
+            if not code:
+                return
+            if last - first < len(code):
+                stale = [p for p in range(first, last + 1) if p in code]
+            else:
+                stale = [p for p in code if first <= p <= last]
+            for p in stale:
+                self.invalidate_page(p)
 
     def _fetch(self, lin: int) -> Tuple[int, Optional[memoryview]]:
         return self.mmu.fetch_page(lin, self.cpl == 3)
 
-    def translate_block(self, single: bool) -> Tuple[Block, int]:
-        """Translate the block at CS:RIP; returns (function, physical page)."""
+    def translate_block(self, single: bool, compiled: bool = True,
+                        key: Optional[Tuple[int, int, int]] = None) -> Tuple[Block, int]:
+        """Translate the block at CS:RIP; returns (function, physical page or -1).
+
+        ``compiled``: one Python function (tier 1); else per-instruction bound functions
+        (tier 0, tier0.py), over the same instructions with the same generators.
+        ``key``: the block's cache key when the caller has it (``_key``).
+        """
         st = self.st
         rip = st.rip
         lin = (st.sb[CS] + rip) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
-        ppage, view = self._fetch(lin)
+        user = self.cpl == 3
+        itlb = self.mmu.itlb[1 if user else 0]
+        ppage = itlb.get(lin >> 12)
+        if ppage is None:
+            ppage, view = self._fetch(lin)
+            itlb[lin >> 12] = ppage
+        else:  # the page walk the lookup just did (or a cached one) gave the frame
+            pp = self.mmu.phys_page(ppage)
+            view = pp[0] if pp is not None else None
         if view is None:
             raise ExitNow("emulation", b"", "execution from unbacked memory")
         t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma,
                        self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
+        t.in_place_loop = compiled
+        binder = self.binders[1 if self.cpl == 3 else 0]
+        fns: List[Bound] = []
+        ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
+        ip_mask = ip_limit  # RIP after an instruction (as below: 16, 32 or 64 bits)
+        alone_mask = 0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF
+
+        def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
+            return self._gen_one(t, GENERATORS[d.opc], d)
         off = lin & 0xFFF
         ip = rip
         ips: List[int] = []
@@ -172,54 +207,126 @@ class Engine:
             if d.opc in ALONE and ips:
                 break  # reads the instruction counter: must start its own block
             g = GENERATORS.get(d.opc)
-            t.k = len(ips)
+            if (not compiled and g is not None and d.opc not in FLOW
+                    and (not d.lock or lock_ok(d))):
+                # tier 0, the common case: bound from the instruction's bytes when seen
+                ips.append(ip)
+                bound_insn, ended = binder.bind_insn(d, self.mode, ip_limit, generate,
+                                                     decode)
+                fns.append(bound_insn)
+                if ended:
+                    t.ended = True
+                    break
+                if d.opc in ALONE:
+                    ip = (ip + d.len) & alone_mask
+                    break
+                ip = (ip + d.len) & ip_mask
+                off += d.len
+                if off >= 4096:
+                    break
+                continue
+            if compiled:
+                t.k = len(ips)
+                t.emit(f"k = {t.k}")
+            else:  # one bound function per instruction: its own lines, temps and constants
+                t.k = 0
+                t.lines, t.consts, t.tmp = [], [], 0
+                t.zf_var = None
             t.may_stop = False
             t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
-            t.emit(f"k = {t.k}")
             k_line = len(t.lines) - 1
+            done = False
+            nxt: Optional[Tuple[int, int]] = None
             if g is None:
-                t.ended = True
+                t.ended = done = True
                 t.call_helper(helpers.unimplemented, d, terminator=True)
-                break
-            if d.lock and not lock_ok(d):
-                t.ended = True
+            elif d.lock and not lock_ok(d):
+                t.ended = done = True
                 t.call_helper(helpers.raise_ud, d, terminator=True)
+            else:
+                ended = bool(g(t, d))
+                if compiled and not any(tok in ln for ln in t.lines[k_line + 1:]
+                                        for tok in _MAY_RAISE):
+                    del t.lines[k_line]  # cannot raise: `k` need not point at it
+                if t.follow is not None:
+                    # a direct JMP/CALL: keep translating at the target if it is on this page
+                    target, t.follow = t.follow, None
+                    new_off = off + (target - ip)
+                    if 0 <= new_off < 4096 and len(ips) < limit:
+                        nxt = (target, new_off)
+                    else:
+                        t.jump(f"{target:#x}")
+                        t.ended = done = True
+                elif ended:
+                    t.ended = done = True
+                else:
+                    if t.may_stop:
+                        t.stop_check(d)
+                    if t.may_stop:
+                        t.zf_var = None  # the block may return here: do not carry temps over
+                    if d.opc in ALONE:
+                        ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
+                                             else 0xFFFFFFFF)
+                        done = True
+            if not compiled:
+                fns.append(binder.bind(t.lines, t.consts))
+            if done:
                 break
-            ended = g(t, d)
-            if not any(tok in ln for ln in t.lines[k_line + 1:] for tok in _MAY_RAISE):
-                del t.lines[k_line]  # cannot raise: `k` need not point at it
-            if t.follow is not None:
-                # a direct JMP/CALL: keep translating at the target if it is on this page
-                target, t.follow = t.follow, None
-                new_off = off + (target - ip)
-                if 0 <= new_off < 4096 and len(ips) < limit:
-                    ip, off = target, new_off
-                    continue
-                t.jump(f"{target:#x}")
-                t.ended = True
-                break
-            if ended:
-                t.ended = True
-                break
-            if t.may_stop:
-                t.stop_check(d)
-            if t.may_stop:
-                t.zf_var = None  # the block may return here: do not carry temps over
-            if d.opc in ALONE:
-                ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
-                break
+            if nxt is not None:
+                ip, off = nxt
+                continue
             ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else
                                  (0xFFFFFFFF if self.bits == 32 else 0xFFFF))
             off += d.len
             if off >= 4096:
                 break
-        src = assemble(t, ips, ip)
-        fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
-        fn.__doc__ = src  # kept for debugging (E.dump_block)
+        if compiled:
+            src = assemble(t, ips, ip)
+            fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
+            fn.__doc__ = src  # kept for debugging (E.dump_block)
+        else:
+            promote = None
+            if cacheable and self.use_cache:
+                if key is None:
+                    key = self._key(single)
+                promote = functools.partial(self._promote, key, single)
+            fn = make_block(st, fns, ips, ip, promote)
         if not cacheable:
             return fn, -1
         return fn, ppage
+
+    @staticmethod
+    def _gen_one(t: Translator, g: Any, d: Any) -> Tuple[List[str], List[Any], bool]:
+        """Tier 0: the lines of one instruction alone (not a jump or call: see tier0.FLOW)."""
+        t.lines, t.consts, t.tmp, t.k = [], [], 0, 0
+        t.may_stop = False
+        t.prev_zf_var = t.zf_var = None
+        ended = bool(g(t, d))
+        if not ended and t.may_stop:
+            t.stop_check(d)
+        return t.lines, t.consts, ended
+
+    def _key(self, single: bool) -> Tuple[int, int, int]:
+        """The cache key of the block at CS:RIP (its physical address, RIP and mode)."""
+        st = self.st
+        rip = st.rip
+        lin = (st.sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        ppage = itlb.get(lin >> 12)
+        if ppage is None:
+            ppage = self.mmu.translate(lin, False, self.cpl == 3, fetch=True) >> 12
+            itlb[lin >> 12] = ppage
+        return ((ppage << 12) | (lin & 0xFFF), rip, self.mode | (1 << 24 if single else 0))
+
+    def _promote(self, key: Tuple[int, int, int], single: bool) -> Optional[Block]:
+        """A tier-0 block ran PROMOTE_AFTER times: compile it in its place (at its entry)."""
+        if key not in self.blocks:
+            return None  # dropped meanwhile (its page was written)
+        fn, bpage = self.translate_block(single, compiled=True)
+        if bpage >= 0:
+            self.blocks[key] = fn
+        return fn
 
     def _next_page_bytes(self, lin: int, n: int) -> bytes:
         nxt = ((lin | 0xFFF) + 1) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
@@ -229,12 +336,14 @@ class Engine:
         return bytes(view[:n])
 
     def lookup(self, single: bool) -> Block:
-        """The translated block at CS:RIP (cached by physical address, RIP and mode)."""
+        """The block at CS:RIP (cached by physical address, RIP and mode): tier 0 when
+        new, the compiled block once it has run often enough (tier0.PROMOTE_AFTER)."""
+        if not self.use_cache:
+            return self.translate_block(single, compiled=False)[0]
+        # _key(single), inline: this runs once per block executed
         st = self.st
         rip = st.rip
         lin = (st.sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
-        if not self.use_cache:
-            return self.translate_block(single)[0]
         itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
         ppage = itlb.get(lin >> 12)
         if ppage is None:
@@ -244,16 +353,13 @@ class Engine:
         fn = self.blocks.get(key)
         if fn is not None:
             return fn
-        fn, bpage = self.translate_block(single)
+        fn, bpage = self.translate_block(single, compiled=False, key=key)
         if bpage >= 0:
             self.blocks[key] = fn
             self.page_blocks.setdefault(bpage, []).append(key)
             if bpage not in self.mmu.code_pages:
                 self.mmu.code_pages.add(bpage)
                 self.mmu.flush_write()
-                pp = self.mmu.phys_page(bpage)
-                if pp is not None:
-                    self.snapshots[bpage] = bytes(pp[0])
         return fn
 
     # -- the run loop ----------------------------------------------------------------------

@@ -95,6 +95,11 @@ class MockVcpu(Vcpu):
             raise ValueError(f"budget must be None or a non-negative int, got {n!r}")
         self.engine.budget = n
 
+    def run_clock(self) -> "MockVcpu":
+        """The mock has an exact run clock: itself (set_budget, instructions_retired,
+        cycles)."""
+        return self
+
     def set_budget(self, n_instructions: Optional[int]) -> None:
         """Arm the instruction budget (None disarms it)."""
         self.budget = n_instructions

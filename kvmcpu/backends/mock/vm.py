@@ -107,12 +107,30 @@ class MockVm(Vm):
         for other in self.slots.values():
             if other.slot != slot and guest_phys_addr < other.end and other.guest_phys_addr < end:
                 raise fail(errno.EEXIST, f"overlaps slot {other.slot}")
+        if memory is not None:
+            memory.watch(self)  # host-side writes drop translated code (host_written)
         if flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
             if old is None or not old.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
                 self._dirty[slot] = bytearray(((memory_size // 4096 + 63) // 64) * 8)
         else:
             self._dirty.pop(slot, None)
         self._memory_changed()
+
+    def host_written(self, memory: HostMemory, offset: int, length: int) -> None:
+        """The host wrote ``[offset, +length)`` of ``memory`` (HostMemory.watch): tell each
+        vCPU which guest pages changed, so that run() drops the code translated from them."""
+        end = offset + length
+        for s in list(self.slots.values()):
+            if s.memory is not memory:
+                continue
+            lo, hi = max(offset, s.offset), min(end, s.offset + s.memory_size)
+            if lo >= hi:
+                continue
+            first = (s.guest_phys_addr + lo - s.offset) >> 12
+            last = (s.guest_phys_addr + hi - 1 - s.offset) >> 12
+            for v in self.vcpus.values():
+                if not v.closed:
+                    self._mock(v).engine.host_written(first, last)
 
     def _memory_changed(self) -> None:
         for v in self.vcpus.values():
@@ -258,6 +276,9 @@ class MockVm(Vm):
         return MockVcpu(self, vcpu_id)
 
     def _close_vm(self) -> None:
+        for s in self.slots.values():
+            if s.memory is not None:
+                s.memory.unwatch(self)
         del self._ring
         self._zones.clear()
         self._dirty.clear()

@@ -271,8 +271,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
 
     def _make_timer(self, vcpu: Vcpu) -> BaseKvmTimer:
         p = self.params
-        if hasattr(vcpu, "set_budget"):
-            return BudgetKvmTimer(vcpu, self.clock_period())
+        clock = vcpu.run_clock()
+        if clock is not None:
+            return BudgetKvmTimer(clock, self.clock_period())
         min_quantum_ns = p.minQuantumNs or measure_min_quantum_ns(self.vm.backend)
         if p.usePerfOverflow:
             for hardware in (True, False):
@@ -476,7 +477,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
                 eq.schedule(self.tick_event, when)
                 return
             # This tick would be the next event the queue runs: run it now.
-            eq.cur_tick = when
+            eq.advance_to(when)
         if status is not _Idle:
             eq.schedule(self.tick_event, self.clock_edge(-(-delay // period)))
 
@@ -533,7 +534,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
                     timer.after_run(type(ex) is IntrExit)
                 stats.hostSecondsInKvm.value += elapsed * 1e-9
                 # The host clock *is* the elapsed time: no second measurement.
-                host_cycles = insts = int(elapsed * clock._scale)
+                host_cycles = insts = clock.cycles_in(elapsed)
             else:
                 counters = self.counters
                 if counters is not None:

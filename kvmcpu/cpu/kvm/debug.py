@@ -165,9 +165,7 @@ class KvmDebug:
         """True when the backend single-steps and counts instructions exactly and
         cheaply (the mock, an interpreter): any number of PC events, exact
         instruction-count events."""
-        from ...backends.mock import MockBackend
-
-        return isinstance(self.vm.backend, MockBackend)
+        return self.vm.backend.has_run_clock()
 
     # ---------------------------------------------------------------- PC events
     def schedule_pc_event(self, addr: int, callback: Callback,

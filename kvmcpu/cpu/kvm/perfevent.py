@@ -22,9 +22,10 @@ import abc
 import os
 import struct
 import time
-from typing import Any, Tuple
+from typing import Tuple
 
 from ... import _ioctl
+from ...backends.base import RunClock, Vcpu
 from ...errors import KvmIoctlError
 from .timer import PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE
 
@@ -117,6 +118,10 @@ class HostClockCounters(CounterSource):
             "instructions estimated as cycles"
         )
 
+    def cycles_in(self, elapsed_ns: int) -> int:
+        """The cycles (and estimated instructions) of ``elapsed_ns`` host nanoseconds."""
+        return int(elapsed_ns * self._scale)
+
     def begin(self) -> None:
         self._t0 = time.perf_counter_ns()
 
@@ -126,12 +131,13 @@ class HostClockCounters(CounterSource):
 
 
 class MockCounters(CounterSource):
-    """Exact counts from the mock vCPU (``instructions_retired``, ``cycles``)."""
+    """Exact counts from a vCPU's run clock (``Vcpu.run_clock()``: the mock's
+    ``instructions_retired``, ``cycles``)."""
 
     describe = "mock vCPU counters (exact retired instructions and cycles)"
     exact_instructions = True
 
-    def __init__(self, vcpu: Any) -> None:
+    def __init__(self, vcpu: RunClock) -> None:
         self.vcpu = vcpu
         self._c0 = 0
         self._i0 = 0
@@ -154,11 +160,12 @@ def hardware_counters_usable() -> Tuple[bool, str]:
     return True, "hardware counters available"
 
 
-def choose_counters(vcpu: Any, *, use_perf: bool, host_freq: float) -> CounterSource:
+def choose_counters(vcpu: Vcpu, *, use_perf: bool, host_freq: float) -> CounterSource:
     """The best counter source for ``vcpu``: mock counters on the mock, perf where
     usable and wanted, else the host clock."""
-    if hasattr(vcpu, "instructions_retired") and hasattr(vcpu, "set_budget"):
-        return MockCounters(vcpu)
+    clock = vcpu.run_clock()
+    if clock is not None:
+        return MockCounters(clock)
     if use_perf:
         try:
             return PerfCounters()

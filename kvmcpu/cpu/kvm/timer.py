@@ -32,6 +32,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ... import _ioctl, uapi
+from ...backends.base import RunClock
 from ...backends.exits import IntrExit
 from ...errors import KvmIoctlError
 from ...sim.eventq import TICKS_PER_SECOND
@@ -336,13 +337,13 @@ class BudgetKvmTimer(BaseKvmTimer):
     simulated time is exact and repeatable.
 
     Args:
-        vcpu: a mock vCPU (has ``set_budget``).
+        vcpu: the vCPU's run clock (``Vcpu.run_clock()``, the mock's).
         clock_period: ticks per CPU cycle.
     """
 
     describe = "mock instruction budget (1 instruction = 1 cycle)"
 
-    def __init__(self, vcpu: Any, clock_period: int) -> None:
+    def __init__(self, vcpu: RunClock, clock_period: int) -> None:
         super().__init__(1.0, TICKS_PER_SECOND / clock_period)
         self.vcpu = vcpu
         self.clock_period = clock_period

@@ -213,3 +213,33 @@ class TestPosixTimerKeepsItsDeadline:
         t.after_run(False)
         t.after_run(True)
         assert disarm.call_count == discard.call_count == 2
+
+
+class _KvmLikeVcpu:
+    """A vCPU without a run clock, whatever other attributes it has (a KVM vCPU with an
+    emulation fallback may well have a set_budget of its own)."""
+
+    instructions_retired = 0
+    cycles = 0
+
+    def set_budget(self, n: Any) -> None:
+        raise AssertionError("not a run clock")
+
+    def run_clock(self) -> None:
+        return None
+
+
+def test_counters_follow_the_run_clock_capability_not_attribute_probes() -> None:
+    from kvmcpu.cpu.kvm.perfevent import HostClockCounters, choose_counters
+
+    counters = choose_counters(_KvmLikeVcpu(), use_perf=False,  # type: ignore[arg-type]
+                               host_freq=2e9)
+    assert isinstance(counters, HostClockCounters)
+    assert counters.cycles_in(1500) == 3000
+
+
+def test_the_mock_counters_read_its_run_clock(make_rig: Any) -> None:
+    rig = make_rig("mock", "spin").start()
+    clock = rig.cpu.vcpu.run_clock()
+    assert clock is not None and rig.cpu.counters.vcpu is clock
+    assert rig.cpu.run_timer.vcpu is clock

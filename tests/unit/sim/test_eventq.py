@@ -268,3 +268,17 @@ def test_clocked_reset_clock_aligns_now(q: EventQueue) -> None:
     q.cur_tick = 2500
     c.reset_clock()
     assert c.cur_cycle() == 3 and c.clock_edge() == 3000
+
+
+def test_advance_to_moves_time_without_passing_an_event(q: EventQueue) -> None:
+    log: List[object] = []
+    q.schedule(Recorder(log, "a"), 100)
+    q.advance_to(40)
+    assert q.cur_tick == 40
+    q.advance_to(100)  # up to the next event's own tick
+    assert q.cur_tick == 100 and log == []
+    with pytest.raises(SimulationError, match="cannot advance time from 100 to 99"):
+        q.advance_to(99)
+    with pytest.raises(SimulationError, match="next event at 100"):
+        q.advance_to(101)
+    assert q.cur_tick == 100

@@ -1,0 +1,219 @@
+"""The interpreter tier: blocks that run without ``compile()``.
+
+A block runs first as a list of per-instruction bound functions (tier 0) and is
+compiled into one Python function (tier 1, ``codegen.assemble``) only once it has run
+``PROMOTE_AFTER`` times. Both tiers are made by the same generators, over the same
+instruction boundaries, so they retire the same instructions and exit alike.
+
+Binding an instruction needs no ``compile()`` in the common case: the generator's
+lines for one instruction are reduced to their *shape* (every integer literal
+replaced by a parameter ``L0, L1, ...``, the block constants are parameters
+``K0, K1, ...``), and a shape is compiled once into a function
+``ins(K0.., L0..)`` (cached for the life of the process, shared by every engine).
+A bound instruction is that function with this instruction's constants and
+literals as its arguments; it returns None to fall through, or the number of
+instructions retired (1) after setting ``c.rip`` when the block ends there (a
+branch taken, a terminator, an exit to report). An instruction whose bytes were
+seen twice in a mode is bound from a cached argument tuple (the literals that
+follow RIP patched in), without running its generator or scanning its text.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .decode import Insn
+from .state import CpuState
+
+#: runs of a tier-0 block before it is compiled. Measured with the bundled guests from start
+#: to exit, sieve3's first million instructions and mock_mips loop (b) for 4..256: 4 and 256
+#: are slower, 16..128 alike within this host's noise; a block in a loop reaches it within
+#: its first iterations.
+PROMOTE_AFTER = 32
+
+InsnFn = Callable[..., Optional[int]]
+#: an instruction bound: its function and the arguments it runs with
+Bound = Tuple[InsnFn, Tuple[Any, ...]]
+
+#: integer literals of generated code (not inside names: t1, K0, rd4 stay)
+_NUM = re.compile(r"\b(0x[0-9a-fA-F]+|[0-9]+)\b", re.ASCII)
+
+#: shape text -> code object of its function; shared by all engines (the globals differ)
+_SHAPES: Dict[str, types.CodeType] = {}
+_SHAPES_MAX = 50_000
+
+
+
+def _insn_code(shape: str, nconst: int, nlit: int) -> types.CodeType:
+    parts = shape.split("\x00")
+    body = parts[0] + "".join(f"L{i}{p}" for i, p in enumerate(parts[1:]))
+    params = ", ".join([f"K{i}" for i in range(nconst)] + [f"L{i}" for i in range(nlit)])
+    src = f"def ins({params}):\n    if True:\n        n = 0\n{body}\n"
+    module = compile(src, "<mock-insn>", "exec")
+    for const in module.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name == "ins":
+            return const
+    raise RuntimeError("generated code has no ins()")  # pragma: no cover
+
+
+#: opcodes whose code depends on where the block starts (JMP/CALL are followed, a Jcc to
+#: the block's start ends it): bound from their generated text each time, never by bytes
+FLOW = frozenset([*range(0x70, 0x80), *range(0x180, 0x190), 0xE8, 0xE9, 0xEB,
+                  0xE0, 0xE1, 0xE2, 0xE3])
+
+_SEEN = 1  # bytes seen once: relocate them on the second sighting
+_NEVER = 2  # their code is not a function of RIP we can rebuild: always generate
+
+#: a relocatable instruction: (function, its arguments (constants, then literals) with
+#: 0 for RIP-relative literals and None for the instruction's own Insn, [(argument index,
+#: RIP delta)], [argument index of the Insn], whether it ends the block)
+Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool]
+Generated = Tuple[List[str], List[Any], bool]
+
+
+class InsnBinder:
+    """Turns one instruction's generated lines into (function, arguments), per namespace.
+
+    Two caches: shapes (generated text with its literals taken out: no compile() for
+    an instruction whose shape was seen) and, per instruction bytes and mode, which
+    literals are constants and which follow RIP, so an instruction seen twice is
+    bound without running its generator (nor the literal scan) again.
+    """
+
+    def __init__(self, namespace: Dict[str, Any]) -> None:
+        self.ns = namespace
+        self.functions: Dict[str, InsnFn] = {}
+        self.insns: Dict[Tuple[bytes, int], Union[int, Entry]] = {}
+        self.compiled = 0  # shapes this binder had to compile (for measurements)
+
+    def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
+        """(function, literal values, shape key) of one instruction's lines."""
+        text = "\n".join(lines) if lines else "        pass"
+        if "'" in text or '"' in text:
+            shape, found = text, []  # a string literal: keep the text as it is
+        else:
+            parts = _NUM.split(text)  # text, literal, text, ... (one scan)
+            found = parts[1::2]
+            shape = "\x00".join(parts[::2])
+        key = f"{nconst}|{shape}"
+        fn = self.functions.get(key)
+        if fn is None:
+            code = _SHAPES.get(key)
+            if code is None:
+                code = _insn_code(shape, nconst, len(found))
+                self.compiled += 1
+                if len(_SHAPES) < _SHAPES_MAX:
+                    _SHAPES[key] = code
+            fn = types.FunctionType(code, self.ns)
+            self.functions[key] = fn
+        return fn, [int(v, 0) for v in found], key
+
+    def bind(self, lines: Sequence[str], consts: List[Any]) -> Bound:
+        fn, values, _ = self.shape(lines, len(consts))
+        return fn, (*consts, *values)
+
+    def bind_insn(self, d: Insn, mode: int, ip_limit: int,
+                  generate: Callable[[Insn], Generated],
+                  decode_at: Callable[[bytes, int, int], Insn]) -> Tuple[Bound, bool]:
+        """``d`` bound, and whether it ends the block. ``generate(d)`` runs its generator
+        (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip."""
+        key = (d.raw, mode)
+        ent = self.insns.get(key)
+        if ent is not None and not isinstance(ent, int):
+            fn, args, rels, own, ended = ent
+            if not rels and not own:
+                return (fn, args), ended
+            a = list(args)
+            ip = d.ip
+            for i in own:
+                a[i] = d
+            for i, delta in rels:
+                v = ip + delta
+                if not 0 <= v <= ip_limit:
+                    break  # wraps here: generate it
+                a[i] = v
+            else:
+                return (fn, tuple(a)), ended
+        lines, consts, ended = generate(d)
+        fn, values, shape = self.shape(lines, len(consts))
+        if ent is None:
+            self.insns[key] = _SEEN
+        elif ent == _SEEN:
+            self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
+                                                generate, decode_at)
+        return (fn, (*consts, *values)), ended
+
+    def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
+                     consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
+                     decode_at: Callable[[bytes, int, int], Insn]) -> Union[int, Entry]:
+        """Generate d again at another RIP: literals that moved by as much follow RIP."""
+        other = 0x2000 if d.ip == 0x1000 else 0x1000
+        d2 = decode_at(d.raw, d.bits, other)
+        if d2.len != d.len:
+            return _NEVER
+        lines2, consts2, ended2 = generate(d2)
+        _, values2, shape2 = self.shape(lines2, len(consts2))
+        if shape2 != shape or ended2 != ended or len(consts2) != len(consts):
+            return _NEVER
+        args: List[Any] = []
+        own: List[int] = []
+        for i, (c, c2) in enumerate(zip(consts, consts2)):
+            if c is d and c2 is d2:
+                args.append(None)
+                own.append(i)
+            elif c is c2:
+                args.append(c)
+            else:
+                return _NEVER
+        rels: List[Tuple[int, int]] = []
+        for i, (a, b) in enumerate(zip(values, values2)):
+            if a == b:
+                args.append(a)
+            elif a - d.ip == b - other:
+                args.append(0)
+                rels.append((len(consts) + i, a - d.ip))
+            else:
+                return _NEVER
+        return (fn, tuple(args), rels, own, ended)
+
+
+def make_block(st: CpuState, insns: Sequence[Bound], ips: Sequence[int], next_ip: int,
+               promote: Optional[Callable[[], Optional[Callable[[int], int]]]]
+               ) -> Callable[[int], int]:
+    """The tier-0 block over ``insns`` (the block function's contract: see codegen).
+
+    ``promote()`` compiles the block and puts it in the cache in this one's place
+    (None: the block cannot be cached); it is called on the PROMOTE_AFTER-th run.
+    """
+    insns = tuple(insns)
+    ips = tuple(ips)
+    runs = 0
+
+    def blk(lim: int) -> int:
+        nonlocal runs
+        runs += 1
+        if runs >= PROMOTE_AFTER and promote is not None:
+            fn = promote()
+            if fn is not None:
+                return fn(lim)
+        i = 0
+        try:
+            for f, a in insns:
+                r = f(*a)
+                if r is not None:
+                    return i + r
+                i += 1
+        except BaseException:
+            st.rip = ips[i]
+            st.kdone = i
+            raise
+        st.rip = next_ip
+        return i
+
+    blk.tier = 0  # type: ignore[attr-defined]
+    return blk
+
+
+__all__ = ["FLOW", "InsnBinder", "make_block", "PROMOTE_AFTER"]
