@@ -135,6 +135,9 @@ def add_parsers(sub: Any) -> None:
                    help="interrupt controller: auto and off use the userspace 8259/8254 on "
                         "every backend, on uses KVM's in-kernel irqchip (status 2 when the "
                         "backend has none)")
+    p.add_argument("--emulation-fallback", default="on", choices=("on", "off"),
+                   help="on KVM, run an instruction KVM's emulator refuses on the mock and "
+                        "carry on (default on; off: the run ends with status 126)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")
@@ -248,13 +251,15 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
             print(f"kvmcpu run: --restore given: {args.image} is not loaded", file=sys.stderr)
         try:
             return System.restore(args.restore, backend=args.backend, serial=sink,
-                                  stats_file=args.stats_file)
+                                  stats_file=args.stats_file,
+                                  emulation_fallback=args.emulation_fallback == "on")
         except CheckpointError as err:
             raise UsageError(str(err)) from err
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
-                        stats_file=args.stats_file)
+                        stats_file=args.stats_file,
+                        emulation_fallback=args.emulation_fallback == "on")
     except ConfigError as err:
         raise UsageError(str(err)) from err
     try:

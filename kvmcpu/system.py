@@ -176,6 +176,9 @@ class System(SimObject):
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
         stats_file: where a guest's m5 dump-stats request appends a stats.txt
             block (None: the request is only logged).
+        emulation_fallback: on KVM, run an instruction KVM's emulator refuses
+            (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
+            ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
     """
 
@@ -186,7 +189,7 @@ class System(SimObject):
                  serial: Any = None, serial_input: bytes = b"", smp: int = 1,
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
-                 stats_file: Optional[str] = None,
+                 stats_file: Optional[str] = None, emulation_fallback: bool = True,
                  eventq: Optional[EventQueue] = None) -> None:
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
@@ -197,6 +200,7 @@ class System(SimObject):
         _check_type("serial_input", serial_input, (bytes, bytearray), "bytes")
         if cpu_params is not None:
             _check_type("cpu_params", cpu_params, (Mapping,), "a dict of CPU parameters")
+        _check_type("emulation_fallback", emulation_fallback, (bool,), "a bool")
         if stats_file is not None:
             _check_type("stats_file", stats_file, (str, os.PathLike), "a path (or None)")
         if smp != 1:
@@ -236,7 +240,7 @@ class System(SimObject):
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
                 interrupts=self.devices.pic, clock_period=clock_period, quantum=quantum,
-                **(cpu_params or {}),
+                **{"emulationFallback": emulation_fallback, **(cpu_params or {})},
             )
             self._closers.insert(0, self.cpu.close)
             self.cpu.on_halt = self.on_cpu_halt

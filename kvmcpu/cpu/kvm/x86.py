@@ -26,7 +26,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ... import uapi
 from ...backends import modes
-from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit
+from ...backends.exits import (
+    Exit,
+    HltExit,
+    InternalErrorExit,
+    IoExit,
+    IrqWindowOpenExit,
+    ShutdownExit,
+)
 from ...errors import KvmIoctlError
 from ...sim.simobject import DrainState
 from ..thread import (
@@ -38,6 +45,7 @@ from ..thread import (
     VcpuEvents,
 )
 from .base import BaseKvmCPU
+from .fallback import EmulationFallback
 
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
@@ -88,6 +96,9 @@ class X86KvmCPU(BaseKvmCPU):
         self._cpuid_applied: Optional[List[CpuidEntry]] = None
         self._msr_list: Optional[List[int]] = None
         self._use_xsave = False
+        self._fallback: Optional[EmulationFallback] = None
+        self._fallback_cpuid: Optional[List[uapi.kvm_cpuid_entry2]] = None
+        self._fallback_cpuid_of: Optional[List[CpuidEntry]] = None
 
     # ------------------------------------------------------------------ startup
     def startup_thread(self) -> None:
@@ -221,6 +232,59 @@ class X86KvmCPU(BaseKvmCPU):
         for i in range(ex.count):
             ticks += self._io_access(ex.port, data[i * size : (i + 1) * size], ex.is_write)
         return ticks
+
+    def handleKvmExitInternalError(self, ex: InternalErrorExit) -> int:
+        """An instruction KVM's emulator refused runs on the mock (the hybrid CPU).
+
+        Only for suberror KVM_INTERNAL_ERROR_EMULATION, with ``emulationFallback``
+        on and a backend that is not the mock itself; anything else, or an
+        instruction the mock cannot run either, is reported as before.
+        """
+        vcpu = self.vcpu
+        if (ex.suberror != uapi.KVM_INTERNAL_ERROR_EMULATION or not self.params.emulationFallback
+                or vcpu is None or hasattr(vcpu, "set_budget")):
+            return super().handleKvmExitInternalError(ex)
+        self.syncKvmState()
+        fallback = self._fallback
+        if fallback is None:
+            fallback = self._fallback = EmulationFallback(
+                self.vm._ram, max_instructions=self.params.emulationFallbackInsts)
+        if self._fallback_cpuid_of is not self.tc.cpuid:
+            self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
+            self._fallback_cpuid_of = self.tc.cpuid
+        result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
+                              use_xsave=self._use_xsave, io=self.handleKvmExitIO,
+                              mmio=self.handleKvmExitMMIO)
+        done = result.instructions
+        log.debug("%s: emulation fallback for %s: %d instruction(s) on the mock, stop %r",
+                  self.path(), ex.insn_bytes.hex(" ") or "(no bytes)", done, result.stop)
+        stats = self.stats
+        stats.numEmulatedInstructions.value += done
+        stats.numInsts.value += done
+        self.ctr_insts += done
+        ticks = result.ticks + done * self._clock_period
+        stop = result.stop
+        if stop is None:
+            return ticks
+        if isinstance(stop, InternalErrorExit) and done == 0:
+            why = ""
+            if stop.insn_bytes:
+                why = f" (mock: bytes {stop.insn_bytes.hex(' ')})"
+            log.info("%s: the emulation fallback cannot run it either%s", self.path(), why)
+            return super().handleKvmExitInternalError(ex)
+        if isinstance(stop, HltExit):
+            return ticks + self.handleKvmExitHalt(stop)
+        if isinstance(stop, ShutdownExit):
+            return self.handleKvmExitShutdown(stop)
+        if isinstance(stop, InternalErrorExit):
+            return ticks  # the state is written back: KVM tries the next instruction
+        raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
+
+    def close(self) -> None:
+        if self._fallback is not None:
+            self._fallback.close()
+            self._fallback = None
+        super().close()
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: keep running when an interrupt is already waiting, else suspend."""
