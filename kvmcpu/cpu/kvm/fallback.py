@@ -93,7 +93,7 @@ class EmulationFallback:
         self._vcpu: Optional[Vcpu] = None
         self._mapped = 0
         self._msrs: List[int] = []
-        self._cpuid: Optional[List[bytes]] = None
+        self._cpuid_src: Optional[Sequence[uapi.kvm_cpuid_entry2]] = None
 
     # ------------------------------------------------------------------ set-up
     def _mock(self) -> Vcpu:
@@ -145,10 +145,9 @@ class EmulationFallback:
             KvmIoctlError: a state transfer failed (the KVM vCPU keeps its state).
         """
         mock: Any = self._mock()  # a MockVcpu: set_budget, instructions_retired
-        key = [_raw(e) for e in cpuid]
-        if key != self._cpuid:
+        if cpuid is not self._cpuid_src:  # the CPU passes the same list until it changes
             mock.set_cpuid2(list(cpuid))
-            self._cpuid = key
+            self._cpuid_src = cpuid
         # -- KVM -> mock
         regs = kvm.get_regs()
         sregs = kvm.get_sregs()
@@ -170,7 +169,7 @@ class EmulationFallback:
         mock.set_vcpu_events(events)
         # What the mock made of it: the write-back sends only what the run changed.
         before_sregs = _raw(mock.get_sregs())
-        before_fpu = _raw(self._get_fpu(mock, use_xsave))
+        before_fpu = _raw(mock.get_fpu())  # the legacy state: what the mock can change
         before_msrs = _get_msrs(mock, carried)
         # -- the run
         set_budget: Callable[[Optional[int]], None] = mock.set_budget
@@ -200,12 +199,11 @@ class EmulationFallback:
         if _raw(after_sregs) != before_sregs:
             kvm.set_sregs(after_sregs)
         kvm.set_regs(mock.get_regs())
-        fpu_out = self._get_fpu(mock, use_xsave)
+        fpu_out = mock.get_fpu()
         if _raw(fpu_out) != before_fpu:
-            if isinstance(fpu_out, uapi.kvm_xsave):
-                kvm.set_xsave(fpu_out)
+            if use_xsave:
+                kvm.set_xsave(mock.get_xsave())
             else:
-                assert isinstance(fpu_out, uapi.kvm_fpu)  # noqa: S101 - from _get_fpu
                 kvm.set_fpu(fpu_out)
         changed = [(m, v) for m, v in _get_msrs(mock, carried).items()
                    if m != _MSR_TSC and before_msrs.get(m) != v]
@@ -220,10 +218,6 @@ class EmulationFallback:
         kvm_run.if_flag = mock_run.if_flag
         kvm_run.ready_for_interrupt_injection = mock_run.ready_for_interrupt_injection
         return FallbackResult(done, ticks, stop)
-
-    @staticmethod
-    def _get_fpu(vcpu: Vcpu, use_xsave: bool) -> ctypes.Structure:
-        return vcpu.get_xsave() if use_xsave else vcpu.get_fpu()
 
 
 def _get_msrs(vcpu: Vcpu, indices: Sequence[int]) -> Dict[int, int]:
