@@ -97,19 +97,24 @@ def _serial_sink(spec: str) -> Any:
 def add_parsers(sub: Any) -> None:
     """Register ``run`` and ``demo`` on the subcommand parser."""
     p = sub.add_parser(
-        "run", help="boot a guest image (flat, ELF64 or Multiboot)",
+        "run", help="boot a guest image (Linux bzImage, Multiboot, ELF64 or flat)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log more, and show tracebacks of errors")
     p.add_argument("image", nargs="?", default=None,
                    help="the guest image (optional with --restore)")
+    p.add_argument("--kernel", default=None, metavar="FILE",
+                   help="the guest image, as QEMU's -kernel (instead of IMAGE)")
     p.add_argument("--format", dest="fmt", default="auto",
-                   choices=("auto", "flat", "elf", "multiboot"),
-                   help="image format (auto: Multiboot, else an ELF kernel, else flat only "
-                        "for a file named *.bin or *.img; anything else is refused)")
+                   choices=("auto", "bzimage", "flat", "elf", "multiboot"),
+                   help="image format (auto: a Linux bzImage (HdrS), else Multiboot, else an "
+                        "ELF kernel, else flat only for a file named *.bin or *.img; anything "
+                        "else is refused)")
     p.add_argument("--append", default="", metavar="CMDLINE",
-                   help="Multiboot command line")
+                   help="kernel command line (Linux bzImage or Multiboot)")
+    p.add_argument("--initrd", default=None, metavar="FILE",
+                   help="initial ramdisk of a Linux bzImage kernel")
     p.add_argument("--module", action="append", default=[], metavar="FILE",
                    help="Multiboot module (repeatable; the first can serve as initrd)")
     p.add_argument("--memory", default="128M", help="guest RAM (e.g. 128M, 1G)")
@@ -211,8 +216,15 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
         if not Path(args.restore).is_dir():
             raise UsageError(f"--restore {args.restore}: no such checkpoint directory")
         return None
+    if args.kernel is not None:
+        if args.image is not None:
+            raise UsageError(f"give the image as IMAGE or with --kernel, not both "
+                             f"({args.image}, --kernel {args.kernel})")
+        args.image = args.kernel
     if args.image is None:
         raise UsageError("an IMAGE is required (or --restore DIR)")
+    if args.initrd is not None and not Path(args.initrd).is_file():
+        raise UsageError(f"--initrd {args.initrd}: no such file")
     if not Path(args.image).is_file():
         raise UsageError(f"{args.image}: no such file")
     for m in args.module:
@@ -264,7 +276,7 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
         raise UsageError(str(err)) from err
     try:
         system.load(args.image, fmt=args.fmt, cmdline=args.append,
-                    modules=[(m, m) for m in args.module])
+                    modules=[(m, m) for m in args.module], initrd=args.initrd)
     except GuestError as err:  # ConfigError included: a loader option that does not apply
         system.close()
         raise UsageError(str(err)) from err

@@ -293,8 +293,11 @@ class System(SimObject):
     # ------------------------------------------------------------------ loading
     def load(self, image: Union[str, os.PathLike[str], bytes], *, fmt: str = "auto",
              cmdline: str = "", modules: Sequence[Any] = (), load_addr: Optional[int] = None,
-             entry: Optional[int] = None, mode: Optional[str] = None) -> LoadedImage:
-        """Load a guest image (flat, ELF64 or Multiboot) and set the CPU's start state.
+             entry: Optional[int] = None, mode: Optional[str] = None,
+             initrd: Any = None) -> LoadedImage:
+        """Load a guest image (a Linux bzImage, Multiboot, ELF64 or flat) and set the
+        CPU's start state. ``cmdline`` is the kernel command line of a bzImage or
+        Multiboot kernel, ``initrd`` (a path or bytes) a bzImage's initial ramdisk.
 
         Raises:
             GuestError: the image is missing, malformed, not a kernel or does
@@ -306,7 +309,7 @@ class System(SimObject):
         _check_type("image", image, (str, os.PathLike, bytes, bytearray, memoryview),
                     "a path or the image's bytes")
         loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
-                            load_addr=load_addr, entry=entry, mode=mode)
+                            load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
         self.set_start_state(loaded)
         self.loaded = loaded
         return loaded
@@ -327,6 +330,12 @@ class System(SimObject):
                                    gdt_base=tables["gdt_base"])
         else:
             raise GuestError(f"unknown start mode {loaded.mode!r}")
+        if loaded.gdt is not None:
+            tc.gdt.base, tc.gdt.limit = loaded.gdt
+        if loaded.selectors is not None:
+            tc.cs.selector = loaded.selectors[0]
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                getattr(tc, name).selector = loaded.selectors[1]
         for name, value in regs.items():
             setattr(tc, name, value)
         self.cpu.setThreadContext(tc)
