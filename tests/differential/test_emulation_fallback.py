@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
-from diffkit import native_available, run_backend, run_native
+from diffkit import native_available, run_backend, run_native, run_native32
 
 from kvmcpu.system import STATUS_TRIPLE_FAULT, System
 
@@ -169,3 +169,22 @@ def test_the_stat_has_a_gem5_style_description(tmp_path: Path) -> None:
                 if "system.cpu0.numEmulatedInstructions" in x)
     assert line.split()[1] == "0"
     assert "# number of instructions executed by the mock after KVM's emulator failed" in line
+
+
+@pytest.mark.kvm
+def test_real_mode_daa_through_the_fallback_matches_silicon() -> None:
+    """DAA in real mode (KVM's emulator refuses it here: bcd-internal-error) on KVM, on
+    the mock and natively in compatibility mode; the guest sends AL to COM1."""
+    body = bytes.fromhex("b015" "0427" "27")  # mov al, 0x15; add al, 0x27; daa
+    code = body + bytes.fromhex("baf803" "ee" "30c0" "e6f4" "f4")  # out to COM1, exit, hlt
+    outputs = {}
+    for backend in ("kvm", "mock"):
+        with System(backend=backend) as system:
+            system.load(code, fmt="flat")
+            result = system.run(timeout=60)
+            assert (result.cause, result.status) == ("isa-debug-exit", 1)
+            outputs[backend] = system.serial.output
+    assert outputs["kvm"] == outputs["mock"]
+    if native_available() is None:
+        regs, _ = run_native32(body, {}, 0)
+        assert outputs["kvm"] == bytes([regs["eax"] & 0xFF])

@@ -252,9 +252,14 @@ class X86KvmCPU(BaseKvmCPU):
         if self._fallback_cpuid_of is not self.tc.cpuid:
             self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
             self._fallback_cpuid_of = self.tc.cpuid
-        result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
-                              use_xsave=self._use_xsave, io=self.handleKvmExitIO,
-                              mmio=self.handleKvmExitMMIO)
+        try:
+            result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
+                                  use_xsave=self._use_xsave, io=self.handleKvmExitIO,
+                                  mmio=self.handleKvmExitMMIO)
+        except KvmIoctlError as err:
+            raise self._fatal(f"KVM internal error (emulation, instruction bytes "
+                              f"{ex.insn_bytes.hex(' ')}); the emulation fallback could not "
+                              f"move the state: {err}", ex) from err
         done = result.instructions
         log.debug("%s: emulation fallback for %s: %d instruction(s) on the mock, stop %r",
                   self.path(), ex.insn_bytes.hex(" ") or "(no bytes)", done, result.stop)
