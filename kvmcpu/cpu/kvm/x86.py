@@ -242,7 +242,7 @@ class X86KvmCPU(BaseKvmCPU):
         """
         vcpu = self.vcpu
         if (ex.suberror != uapi.KVM_INTERNAL_ERROR_EMULATION or not self.params.emulationFallback
-                or vcpu is None or hasattr(vcpu, "set_budget")):
+                or vcpu is None or not self.can_fall_back(vcpu)):
             return super().handleKvmExitInternalError(ex)
         self.syncKvmState()
         fallback = self._fallback
@@ -284,6 +284,12 @@ class X86KvmCPU(BaseKvmCPU):
         if isinstance(stop, InternalErrorExit):
             return ticks  # the state is written back: KVM tries the next instruction
         raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
+
+    @staticmethod
+    def can_fall_back(vcpu: Any) -> bool:
+        """Whether the emulation fallback serves ``vcpu``: not when it is the mock's own
+        (an instruction the mock does not implement has nowhere else to go)."""
+        return not hasattr(vcpu, "set_budget")
 
     def close(self) -> None:
         if self._fallback is not None:

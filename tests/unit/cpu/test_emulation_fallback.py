@@ -131,3 +131,43 @@ def test_msrs_it_changes_go_back_and_the_tsc_never(guest: Tuple[Vcpu, HostMemory
 def test_max_instructions_is_checked() -> None:
     with pytest.raises(ValueError, match="max_instructions"):
         EmulationFallback([], max_instructions=0)
+
+
+def test_the_cpu_hands_an_emulation_failure_to_the_fallback(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The CPU-level path on any host: the System's vCPU (a mock standing in for KVM)
+    reports an emulation failure; the CPU runs that instruction on the fallback's own
+    mock, counts it and carries on."""
+    from kvmcpu.cpu.kvm.x86 import X86KvmCPU
+    from kvmcpu.errors import VcpuRunError
+    from kvmcpu.system import System
+    from kvmcpu.uapi import KVM_INTERNAL_ERROR_EMULATION, ExitReason
+
+    KVM_EXIT_INTERNAL_ERROR = ExitReason.INTERNAL_ERROR
+
+    monkeypatch.setattr(X86KvmCPU, "can_fall_back", staticmethod(lambda vcpu: True))
+    # mov rbx, 0x0123456789abcdef; popcnt rax, rbx; mov dx, 0x3f8; out dx, al;
+    # xor eax, eax; out 0xf4, al; hlt
+    code = (bytes.fromhex("48bb") + (0x0123456789ABCDEF).to_bytes(8, "little")
+            + bytes.fromhex("f3480fb8c3" "66baf803" "ee" "31c0" "e6f4" "f4"))
+    with System(backend="mock") as system:
+        system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+        system.root.instantiate()
+        system.cpu.activateContext()
+        vcpu = system.cpu.vcpu
+        assert vcpu is not None
+        vcpu.script_exit(KVM_EXIT_INTERNAL_ERROR, suberror=KVM_INTERNAL_ERROR_EMULATION)
+        result = system.run(timeout=30)
+        assert (result.cause, result.status) == ("isa-debug-exit", 1)
+        assert system.serial.output == b" "  # popcnt = 32
+        assert system.cpu.stats.numEmulatedInstructions.value == 1
+        assert system.cpu._fallback is not None and system.cpu._fallback.active
+    monkeypatch.undo()
+    with System(backend="mock", emulation_fallback=True) as system:  # the mock's own failure
+        system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+        system.root.instantiate()
+        system.cpu.activateContext()
+        system.cpu.vcpu.script_exit(KVM_EXIT_INTERNAL_ERROR,
+                                    suberror=KVM_INTERNAL_ERROR_EMULATION)
+        with pytest.raises(VcpuRunError, match="KVM internal error"):
+            system.run(timeout=30)
