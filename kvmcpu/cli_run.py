@@ -122,7 +122,7 @@ exit status:
 def add_parsers(sub: Any) -> None:
     """Register ``run`` and ``demo`` on the subcommand parser."""
     p = sub.add_parser(
-        "run", help="boot a guest image (flat, ELF64 or Multiboot)",
+        "run", help="boot a guest image (Linux bzImage, Multiboot, ELF64 or flat)",
         description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -130,12 +130,17 @@ def add_parsers(sub: Any) -> None:
                    help="log more, and show tracebacks of errors")
     p.add_argument("image", nargs="?", default=None,
                    help="the guest image (optional with --restore)")
+    p.add_argument("--kernel", default=None, metavar="FILE",
+                   help="the guest image, as QEMU's -kernel (instead of IMAGE)")
     p.add_argument("--format", dest="fmt", default="auto",
-                   choices=("auto", "flat", "elf", "multiboot"),
-                   help="image format (auto: Multiboot, else an ELF kernel, else flat only "
-                        "for a file named *.bin or *.img; anything else is refused; default: auto)")
+                   choices=("auto", "bzimage", "flat", "elf", "multiboot"),
+                   help="image format (auto: a Linux bzImage (HdrS), else Multiboot, else an "
+                        "ELF kernel, else flat only for a file named *.bin or *.img; anything "
+                        "else is refused; default: auto)")
     p.add_argument("--append", default="", metavar="CMDLINE",
-                   help="Multiboot command line (default: empty)")
+                   help="kernel command line, Linux bzImage or Multiboot (default: empty)")
+    p.add_argument("--initrd", default=None, metavar="FILE",
+                   help="initial ramdisk of a Linux bzImage kernel (default: none)")
     p.add_argument("--module", action="append", default=[], metavar="FILE",
                    help="Multiboot module (repeatable; the first can serve as initrd)")
     p.add_argument("--memory", default="128M", metavar="SIZE",
@@ -178,6 +183,9 @@ def add_parsers(sub: Any) -> None:
                         "kernel uses KVM's in-kernel irqchip and PIT (status 2 when the "
                         "backend has none); split is not implemented yet (status 2); off "
                         "and on are the old names of user and kernel")
+    p.add_argument("--emulation-fallback", default="on", choices=("on", "off"),
+                   help="on KVM, run an instruction KVM's emulator refuses on the mock and "
+                        "carry on (default: on; off: the run ends with status 126)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")
@@ -348,8 +356,17 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
     if args.restore is not None:
         _check_restore(args.restore)
         return None
+    if args.kernel is not None:
+        if args.image is not None:
+            raise UsageError(f"give the image as IMAGE or with --kernel, not both "
+                             f"({args.image}, --kernel {args.kernel})")
+        args.image = args.kernel
     if args.image is None:
         raise UsageError("an IMAGE is required (or --restore DIR)")
+    if args.initrd is not None:
+        problem = _input_file_problem(args.initrd)
+        if problem:
+            raise UsageError(f"--initrd {args.initrd}: {problem}")
     problem = _input_file_problem(args.image)
     if problem:
         raise UsageError(f"{args.image}: {problem}")
@@ -385,7 +402,8 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UnknownCheckpointKeyWarning)
                 return System.restore(args.restore, backend=args.backend, serial=sink,
-                                      stats_file=args.stats_file)
+                                      stats_file=args.stats_file,
+                                      emulation_fallback=args.emulation_fallback == "on")
         except CheckpointError as err:
             raise UsageError(str(err)) from err
         finally:
@@ -398,13 +416,14 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
-                        stats_file=args.stats_file)
+                        stats_file=args.stats_file,
+                        emulation_fallback=args.emulation_fallback == "on")
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)
                          else str(err)) from err
     try:
         system.load(args.image, fmt=args.fmt, cmdline=args.append,
-                    modules=[(m, m) for m in args.module])
+                    modules=[(m, m) for m in args.module], initrd=args.initrd)
     except GuestError as err:  # ConfigError included: a loader option that does not apply
         system.close()
         raise UsageError(str(err)) from err

@@ -65,7 +65,8 @@ def host_notes(sys_module: Path = SYS_MODULE, *, backend: str | None = "kvm") ->
     if notes["pvm"] and backend == "kvm":
         notes["note"] = (
             "kvm_pvm (pagetable-based virtualization, nested): 64-bit CPL3 guest code runs "
-            "natively; real mode, protected mode and CPL0 code is emulated by KVM"
+            "natively; real mode, protected mode and CPL0 code is emulated by KVM (what its "
+            "emulator refuses runs on the mock: --emulation-fallback)"
         )
     return notes
 
@@ -135,8 +136,19 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
             facts["run_timer_floor"] = measure_run_timer_floor(backend)
     facts["perf_counters"] = probe_perf_counters()
     facts["cpu_timing"] = cpu_timing(str(facts.get("backend")), facts["perf_counters"])
+    facts["emulation_fallback"] = emulation_fallback_note(str(facts.get("backend")))
     facts["host"] = host_notes(backend=facts.get("backend"))
     return facts
+
+
+def emulation_fallback_note(backend_name: str) -> str:
+    """What the KVM CPU does when KVM's instruction emulator gives up, on this backend."""
+    if backend_name == "mock":
+        return ("none (the mock is the fallback: an instruction it does not implement ends "
+                "the run with KVM_EXIT_INTERNAL_ERROR)")
+    return ("on by default (--emulation-fallback): an instruction KVM's emulator refuses "
+            "(KVM_EXIT_INTERNAL_ERROR, emulation) runs on the mock over the same memory and "
+            "devices, then KVM continues; counted in numEmulatedInstructions")
 
 
 def measure_run_timer_floor(backend: Backend) -> Dict[str, Any]:
@@ -230,6 +242,8 @@ def format_text(facts: Dict[str, Any]) -> str:
         lines.append(f"run timer:      {timing.get('run_timer')}")
     if "run_timer_floor" in facts:
         lines.append(f"timer floor:    {_floor_text(facts['run_timer_floor'])}")
+    if "emulation_fallback" in facts:
+        lines.append(f"emul. fallback: {facts['emulation_fallback']}")
     lines.append("capabilities:")
     for name, value in facts.get("capabilities", {}).items():
         lines.append(f"  {name:34s} {value}")
@@ -237,5 +251,6 @@ def format_text(facts: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["gather", "format_text", "host_notes", "probe_perf_counters", "cpuid_summary",
-           "capabilities", "measure_run_timer_floor", "run_timer_floor", "INTERESTING_CAPS"]
+__all__ = ["gather", "format_text", "emulation_fallback_note", "host_notes",
+           "probe_perf_counters", "cpuid_summary", "capabilities", "measure_run_timer_floor",
+           "run_timer_floor", "INTERESTING_CAPS"]

@@ -194,6 +194,9 @@ class System(SimObject):
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
         stats_file: where a guest's m5 dump-stats request appends a stats.txt
             block (None: the request is only logged).
+        emulation_fallback: on KVM, run an instruction KVM's emulator refuses
+            (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
+            ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
     """
 
@@ -204,7 +207,7 @@ class System(SimObject):
                  serial: Any = None, serial_input: bytes = b"", smp: int = 1,
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
-                 stats_file: Optional[str] = None,
+                 stats_file: Optional[str] = None, emulation_fallback: bool = True,
                  eventq: Optional[EventQueue] = None) -> None:
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
@@ -215,6 +218,7 @@ class System(SimObject):
         _check_type("serial_input", serial_input, (bytes, bytearray), "bytes")
         if cpu_params is not None:
             _check_type("cpu_params", cpu_params, (Mapping,), "a dict of CPU parameters")
+        _check_type("emulation_fallback", emulation_fallback, (bool,), "a bool")
         if stats_file is not None:
             _check_type("stats_file", stats_file, (str, os.PathLike), "a path (or None)")
         if smp != 1:
@@ -255,7 +259,7 @@ class System(SimObject):
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
                 interrupts=self.devices.interrupts, clock_period=clock_period, quantum=quantum,
-                **(cpu_params or {}),
+                **{"emulationFallback": emulation_fallback, **(cpu_params or {})},
             )
             self._closers.insert(0, self.cpu.close)
             self.cpu.on_halt = self.on_cpu_halt
@@ -316,8 +320,11 @@ class System(SimObject):
     # ------------------------------------------------------------------ loading
     def load(self, image: Union[str, os.PathLike[str], bytes], *, fmt: str = "auto",
              cmdline: str = "", modules: Sequence[Any] = (), load_addr: Optional[int] = None,
-             entry: Optional[int] = None, mode: Optional[str] = None) -> LoadedImage:
-        """Load a guest image (flat, ELF64 or Multiboot) and set the CPU's start state.
+             entry: Optional[int] = None, mode: Optional[str] = None,
+             initrd: Any = None) -> LoadedImage:
+        """Load a guest image (a Linux bzImage, Multiboot, ELF64 or flat) and set the
+        CPU's start state. ``cmdline`` is the kernel command line of a bzImage or
+        Multiboot kernel, ``initrd`` (a path or bytes) a bzImage's initial ramdisk.
 
         Raises:
             GuestError: the image is missing, malformed, not a kernel or does
@@ -329,7 +336,7 @@ class System(SimObject):
         _check_type("image", image, (str, os.PathLike, bytes, bytearray, memoryview),
                     "a path or the image's bytes")
         loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
-                            load_addr=load_addr, entry=entry, mode=mode)
+                            load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
         self.set_start_state(loaded)
         self.loaded = loaded
         return loaded
@@ -380,6 +387,12 @@ class System(SimObject):
                                    gdt_base=tables["gdt_base"])
         else:
             raise GuestError(f"unknown start mode {loaded.mode!r}")
+        if loaded.gdt is not None:
+            tc.gdt.base, tc.gdt.limit = loaded.gdt
+        if loaded.selectors is not None:
+            tc.cs.selector = loaded.selectors[0]
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                getattr(tc, name).selector = loaded.selectors[1]
         for name, value in regs.items():
             setattr(tc, name, value)
         self.cpu.setThreadContext(tc)

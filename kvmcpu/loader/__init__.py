@@ -1,4 +1,5 @@
-"""Guest image loaders: flat binaries, ELF64 (and ELF32), Multiboot v1 as QEMU loads it.
+"""Guest image loaders: flat binaries, ELF64 (and ELF32), Multiboot v1 as QEMU loads it,
+and Linux bzImage kernels through the x86 boot protocol (``bzimage.py``).
 
 Every loader writes into guest memory (a :class:`~kvmcpu.mem.PhysicalMemory`,
 or anything with ``write(gpa, data)``, ``ram_size`` and ``e820()``) and
@@ -12,6 +13,7 @@ import logging
 from typing import Sequence
 
 from kvmcpu.errors import ConfigError, GuestError
+from kvmcpu.loader.bzimage import is_bzimage, load_bzimage
 from kvmcpu.loader.elf import ELF_MAGIC, ElfImage, ElfSegment, load_elf, parse_elf
 from kvmcpu.loader.flat import load_flat
 from kvmcpu.loader.image import MODES, GuestMemory, LoadedImage, Source, read_source
@@ -40,6 +42,7 @@ __all__ = [
     "find_multiboot_header",
     "load_elf",
     "load_flat",
+    "load_bzimage",
     "load_image",
     "load_multiboot",
     "parse_elf",
@@ -48,7 +51,7 @@ __all__ = [
 logger = logging.getLogger("kvmcpu.loader")
 
 #: The values of ``load_image(fmt=...)``.
-FORMATS = ("auto", "multiboot", "elf", "flat")
+FORMATS = ("auto", "bzimage", "multiboot", "elf", "flat")
 #: Where :func:`load_image` puts a flat image by default: a boot sector's address.
 FLAT_DEFAULT_ADDR = 0x7C00
 
@@ -59,12 +62,15 @@ FLAT_EXTENSIONS = (".bin", ".img")
 
 
 def detect_format(data: bytes, name: str = "<bytes>") -> str:
-    """"multiboot" when a Multiboot header is found, else "elf" for ELF, else "flat"
+    """"bzimage" for the Linux boot protocol's ``HdrS`` magic at 0x202, else
+    "multiboot" when a Multiboot header is found, else "elf" for ELF, else "flat"
     when ``name`` ends in one of :data:`FLAT_EXTENSIONS`.
 
     Raises:
         GuestError: none of these: the image is not recognised.
     """
+    if is_bzimage(data):
+        return "bzimage"
     if find_multiboot_header(data) is not None:
         return "multiboot"
     if data[:4] == ELF_MAGIC:
@@ -72,8 +78,9 @@ def detect_format(data: bytes, name: str = "<bytes>") -> str:
     if name.lower().endswith(FLAT_EXTENSIONS):
         return "flat"
     raise GuestError(
-        f"{name}: not a recognised kernel image (no Multiboot header in the first 8 KiB, "
-        f"not ELF); to run it as a flat binary say so (--format flat, fmt='flat') or name "
+        f"{name}: not a recognised kernel image (no Linux 'HdrS' setup header, no "
+        f"Multiboot header in the first 8 KiB, not ELF); to run it as a flat binary say so "
+        f"(--format flat, fmt='flat') or name "
         f"it *{' or *'.join(FLAT_EXTENSIONS)}"
     )
 
@@ -88,10 +95,12 @@ def load_image(
     load_addr: int | None = None,
     entry: int | None = None,
     mode: str | None = None,
+    initrd: Source | None = None,
 ) -> LoadedImage:
     """Load an image, choosing the loader like QEMU's ``-kernel`` would.
 
-    ``fmt="auto"`` picks Multiboot when a valid header is in the first 8 KiB,
+    ``fmt="auto"`` picks a Linux bzImage when the boot protocol's ``HdrS`` magic
+    is at 0x202, then Multiboot when a valid header is in the first 8 KiB,
     then ELF (a kernel: user-space programs are refused), then flat only for a
     file named ``*.bin`` or ``*.img`` (:data:`FLAT_EXTENSIONS`); anything else
     is refused (bytes included): say ``fmt="flat"``. A flat image goes to
@@ -102,11 +111,12 @@ def load_image(
         source: the image file or its bytes.
         mem: guest memory.
         fmt: "auto", "multiboot", "elf" or "flat".
-        cmdline: Multiboot command line.
+        cmdline: the kernel command line (bzImage and Multiboot).
         modules: Multiboot modules (paths or ``(path or bytes, string)``).
         load_addr: flat images only.
         entry: flat images only.
         mode: flat images only ("real", "protected" or "long").
+        initrd: bzImage only: the initial ramdisk (a path or bytes).
 
     Raises:
         ConfigError: an unknown ``fmt``, or flat-only options for another format.
@@ -117,13 +127,21 @@ def load_image(
         raise ConfigError(f"image format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     data, name = read_source(source)
     kind = detect_format(data, name) if fmt == "auto" else fmt
-    if kind != "multiboot" and (cmdline or modules):
-        logger.warning("%s: %s image: the command line and modules are ignored "
-                       "(only Multiboot kernels take them)", name, kind)
+    if kind not in ("multiboot", "bzimage") and cmdline:
+        logger.warning("%s: %s image: the command line is ignored (only Multiboot and "
+                       "Linux kernels take one)", name, kind)
+    if kind != "multiboot" and modules:
+        logger.warning("%s: %s image: the modules are ignored (only Multiboot kernels "
+                       "take them)", name, kind)
+    if kind != "bzimage" and initrd is not None:
+        raise ConfigError(f"{name}: an initrd applies to Linux bzImage kernels only, "
+                          f"this is {kind}")
     if kind != "flat" and (load_addr is not None or entry is not None or mode is not None):
         raise ConfigError(f"{name}: load_addr, entry and mode apply to flat images only, "
                           f"this is {kind}")
     # The loaders read ``source`` again themselves, so their messages name the file.
+    if kind == "bzimage":
+        return load_bzimage(source, mem, cmdline=cmdline, initrd=initrd)
     if kind == "multiboot":
         return load_multiboot(source, mem, cmdline=cmdline, modules=modules)
     if kind == "elf":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Protocol, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from kvmcpu.errors import GuestError
 from kvmcpu.mem.range import AddrRange
@@ -55,12 +55,16 @@ class LoadedImage:
             (``{"rax": 0x2BADB002, "rbx": 0x9500}`` for Multiboot).
         ranges: the guest-physical ranges the loader wrote.
         description: one line for logs and ``kvmcpu run``.
-        format: "flat", "elf64", "elf32" or "multiboot".
+        format: "flat", "elf64", "elf32", "multiboot" or "bzimage".
         page_tables: a free, page-aligned address for a long-mode start's page
             tables and GDT (``set_long_mode(page_tables=...)``).
         info: loader-specific facts (Multiboot: ``mbi``, ``cmdline``, ``modules``).
         symbols: the ELF symbol table's named functions and objects (name ->
             address); empty for other formats and stripped images.
+        gdt: ``(base, limit)`` of a GDT the loader wrote, to start with instead of
+            the start state's own (None: the start state's).
+        selectors: ``(code, data)`` selectors into :attr:`gdt` for CS and for
+            DS/ES/FS/GS/SS (the Linux boot protocol's 0x10 and 0x18).
     """
 
     entry: int
@@ -72,6 +76,8 @@ class LoadedImage:
     page_tables: int = DEFAULT_PAGE_TABLES
     info: Dict[str, object] = field(default_factory=dict)
     symbols: Dict[str, int] = field(default_factory=dict)
+    gdt: Optional[Tuple[int, int]] = None
+    selectors: Optional[Tuple[int, int]] = None
 
     @property
     def cs_ip(self) -> Tuple[int, int]:

@@ -149,6 +149,10 @@ class BaseKvmCPUParams(ClockedObjectParams):
     minQuantumNs: int = param(0, "shortest run-timer quantum on real KVM in host ns (0: measure "
                                  "the shortest one this host honours, once per process)",
                               check=lambda v: v >= 0)
+    emulationFallback: bool = param(True, "run what KVM's instruction emulator refuses "
+                                          "(internal error, emulation) on the mock, then re-enter")
+    emulationFallbackInsts: int = param(1, "instructions the mock runs per emulation fallback",
+                                        check=lambda v: v >= 1)
 
 
 class KvmCPUStats:
@@ -175,6 +179,10 @@ class KvmCPUStats:
         )
         self.numInterrupts = scalar("numInterrupts", "number of interrupts delivered")
         self.numHypercalls = scalar("numHypercalls", "number of hypercalls")
+        self.numEmulatedInstructions = scalar(
+            "numEmulatedInstructions",
+            "number of instructions executed by the mock after KVM's emulator failed",
+        )
         self.hostSecondsInKvm = scalar(
             "hostSecondsInKvm", "host seconds spent inside KVM_RUN", st.Second
         )

@@ -27,7 +27,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ... import uapi
 from ...backends import modes
-from ...backends.exits import Exit, HltExit, IoExit, IrqWindowOpenExit, MmioExit, MsrExit
+from ...backends.exits import (
+    Exit,
+    HltExit,
+    InternalErrorExit,
+    IoExit,
+    IrqWindowOpenExit,
+    MmioExit,
+    MsrExit,
+    ShutdownExit,
+)
 from ...errors import KvmIoctlError
 from ...sim.eventq import TICKS_PER_SECOND
 from ...sim.simobject import DrainState
@@ -41,6 +50,7 @@ from ..thread import (
     VcpuEvents,
 )
 from .base import BaseKvmCPU
+from .fallback import EmulationFallback
 
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
@@ -105,6 +115,9 @@ class X86KvmCPU(BaseKvmCPU):
         self._cpuid_applied: Optional[List[CpuidEntry]] = None
         self._msr_list: Optional[List[int]] = None
         self._use_xsave = False
+        self._fallback: Optional[EmulationFallback] = None
+        self._fallback_cpuid: Optional[List[uapi.kvm_cpuid_entry2]] = None
+        self._fallback_cpuid_of: Optional[List[CpuidEntry]] = None
 
     def _attach_interrupts(self) -> None:
         src = self.interrupts
@@ -333,6 +346,71 @@ class X86KvmCPU(BaseKvmCPU):
             ex.data = lapic.read_msr(ex.index)
         ex.error = 0
         return 0
+
+    def handleKvmExitInternalError(self, ex: InternalErrorExit) -> int:
+        """An instruction KVM's emulator refused runs on the mock (the hybrid CPU).
+
+        Only for suberror KVM_INTERNAL_ERROR_EMULATION, with ``emulationFallback``
+        on and a backend that is not the mock itself; anything else, or an
+        instruction the mock cannot run either, is reported as before.
+        """
+        vcpu = self.vcpu
+        if (ex.suberror != uapi.KVM_INTERNAL_ERROR_EMULATION or not self.params.emulationFallback
+                or vcpu is None or not self.can_fall_back(vcpu)):
+            return super().handleKvmExitInternalError(ex)
+        self.syncKvmState()
+        fallback = self._fallback
+        if fallback is None:
+            fallback = self._fallback = EmulationFallback(
+                self.vm._ram, max_instructions=self.params.emulationFallbackInsts)
+        if self._fallback_cpuid_of is not self.tc.cpuid:
+            self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
+            self._fallback_cpuid_of = self.tc.cpuid
+        try:
+            result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
+                                  use_xsave=self._use_xsave, io=self.handleKvmExitIO,
+                                  mmio=self.handleKvmExitMMIO)
+        except KvmIoctlError as err:
+            raise self._fatal(f"KVM internal error (emulation, instruction bytes "
+                              f"{ex.insn_bytes.hex(' ')}); the emulation fallback could not "
+                              f"move the state: {err}", ex) from err
+        done = result.instructions
+        log.debug("%s: emulation fallback for %s: %d instruction(s) on the mock, stop %r",
+                  self.path(), ex.insn_bytes.hex(" ") or "(no bytes)", done, result.stop)
+        stats = self.stats
+        stats.numEmulatedInstructions.value += done
+        stats.numInsts.value += done
+        self.ctr_insts += done
+        ticks = result.ticks + done * self._clock_period
+        stop = result.stop
+        if stop is None:
+            return ticks
+        if isinstance(stop, InternalErrorExit) and done == 0:
+            why = ""
+            if stop.insn_bytes:
+                why = f" (mock: bytes {stop.insn_bytes.hex(' ')})"
+            log.info("%s: the emulation fallback cannot run it either%s", self.path(), why)
+            return super().handleKvmExitInternalError(ex)
+        if isinstance(stop, HltExit):
+            return ticks + self.handleKvmExitHalt(stop)
+        if isinstance(stop, ShutdownExit):
+            return self.handleKvmExitShutdown(stop)
+        if isinstance(stop, InternalErrorExit):
+            return ticks  # the state is written back: KVM tries the next instruction
+        raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
+
+    @staticmethod
+    def can_fall_back(vcpu: Any) -> bool:
+        """Whether the emulation fallback serves ``vcpu``: not when it has an exact run
+        clock, i.e. is an interpreter such as the mock itself (an instruction it does not
+        implement has nowhere else to go)."""
+        return vcpu.run_clock() is None
+
+    def close(self) -> None:
+        if self._fallback is not None:
+            self._fallback.close()
+            self._fallback = None
+        super().close()
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: keep running when an interrupt is already waiting, else suspend."""

@@ -193,7 +193,7 @@ def test_load_image_auto_detection(mem: PhysicalMemory, hello_bin: Path, hello64
     with pytest.raises(GuestError, match="not an ELF file"):
         load_image(hello_bin, mem, fmt="elf")
     with pytest.raises(ConfigError, match="format"):
-        load_image(hello_bin, mem, fmt="bzimage")
+        load_image(hello_bin, mem, fmt="uimage")
     with pytest.raises(ConfigError, match="flat images only"):
         load_image(hello64_bin, mem, load_addr=0x1000)
     with pytest.raises(GuestError, match=r"hello.bin: no Multiboot header"):

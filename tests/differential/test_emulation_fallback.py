@@ -1,0 +1,188 @@
+"""The hybrid CPU on KVM: what KVM's emulator refuses at CPL0 runs on the mock.
+
+guests/fallback.asm runs popcnt, cmpxchg16b, cmpxchg8b, rdtscp and a popcnt
+from MMIO (the device raises an interrupt on that read) at CPL0. On KVM with the
+fallback on it must print what the mock prints and what the host CPU computes
+natively at CPL3; with it off, a host whose emulator refuses popcnt ends the run
+in status 126 as before. Whether this host's KVM refuses the instruction is
+probed (the popcnt row of host_deviations.json), never assumed.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import pytest
+from diffkit import native_available, run_backend, run_native, run_native32
+
+from kvmcpu.system import STATUS_TRIPLE_FAULT, System
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST = ROOT / "guests" / "fallback.bin"
+MMIO_ADDR = 0x20000000
+MMIO_VALUE = 0x00FF00FF00FF00FF
+IRQ = 5
+POPCNT_RAX_RBX = bytes.fromhex("f3480fb8c3")
+
+
+class IrqOnRead:
+    """Answers MMIO_VALUE and raises IRQ 5 on a read; a write lowers the line."""
+
+    name = "irq-on-read"
+
+    def __init__(self, pic: Any) -> None:
+        self.pic = pic
+        self.reads = 0
+
+    def read(self, offset: int, size: int) -> int:
+        self.reads += 1
+        self.pic.set_irq(IRQ, True)
+        return MMIO_VALUE & ((1 << (8 * size)) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.pic.set_irq(IRQ, False)
+
+
+@pytest.fixture(scope="module")
+def kvm_refuses_popcnt(kvm_backend: Any) -> bool:
+    """Whether KVM ends `popcnt rax, rbx` at CPL0 in an emulation internal error here."""
+    *_, exits = run_backend(kvm_backend, POPCNT_RAX_RBX, {"rbx": 7}, 0, bytes(16), cpl=0)
+    return exits[-1][0] == "internal_error" and exits[-1][1]["suberror"] == 1
+
+
+def _run_guest(backend: str, **kw: Any) -> Tuple[bytes, Dict[str, int], IrqOnRead, str]:
+    with System(backend=backend, **kw) as system:
+        dev = IrqOnRead(system.devices.pic)
+        system.mmio_bus.add(MMIO_ADDR, 0x1000, dev)
+        system.load(str(GUEST))
+        result = system.run(timeout=120)
+        stats = system.cpu.stats
+        counts = {"emulated": int(stats.numEmulatedInstructions.value),
+                  "mmio": int(stats.numMMIO.value)}
+        return system.serial.output, counts, dev, result.cause
+
+
+def _native(body: bytes, regs: Dict[str, int], buf: bytes = bytes(16)
+            ) -> Tuple[Dict[str, int], int, bytes]:
+    return run_native(body, regs, 0, buf)
+
+
+def _expected_line() -> bytes:
+    """The guest's line computed on the host CPU (natively, CPL3) from the same inputs."""
+    zf = 0x40
+    r0 = _native(POPCNT_RAX_RBX, {"rbx": 0x0123456789ABCDEF})[0]["rax"]
+    # popcnt ecx, [r15] (32-bit: zero-extends)
+    r1 = _native(bytes.fromhex("f3410fb80f"), {"rcx": 2**64 - 1},
+                 struct.pack("<I", 0xF00F0001) + bytes(12))[0]["rcx"]
+    mem16 = struct.pack("<QQ", 0x1111, 0x2222)
+    # lock cmpxchg16b [r15] that succeeds, then one that fails
+    ok = _native(bytes.fromhex("f0490fc70f"),
+                 {"rax": 0x1111, "rdx": 0x2222, "rbx": 0x3333, "rcx": 0x4444}, mem16)
+    lo, hi = struct.unpack("<QQ", ok[2])
+    bad = _native(bytes.fromhex("490fc70f"), {"rax": 0, "rdx": 0}, ok[2])
+    # cmpxchg8b [r15]
+    c8 = _native(bytes.fromhex("410fc70f"), {"rax": 0x77778888, "rdx": 0x55556666,
+                                              "rbx": 0xBBBBCCCC, "rcx": 0x9999AAAA},
+                 struct.pack("<Q", 0x5555666677778888) + bytes(8))
+    mmio = _native(POPCNT_RAX_RBX, {"rbx": MMIO_VALUE})[0]["rax"]
+    values = [r0, r1, int(bool(ok[1] & zf)), lo, hi, int(bool(bad[1] & zf)),
+              bad[0]["rax"], bad[0]["rdx"], int(bool(c8[1] & zf)),
+              struct.unpack("<Q", c8[2][:8])[0], 1 << 32, mmio, 1]
+    return b"fallback:" + b"".join(b" %016x" % v for v in values) + b"\n"
+
+
+@pytest.fixture(scope="module")
+def mock_run() -> Iterator[Tuple[bytes, Dict[str, int], IrqOnRead, str]]:
+    yield _run_guest("mock")
+
+
+@pytest.mark.kvm
+def test_fallback_guest_prints_what_the_mock_and_the_host_cpu_compute(
+        kvm_refuses_popcnt: bool, mock_run: Tuple[bytes, Dict[str, int], IrqOnRead, str]
+) -> None:
+    reason: Optional[str] = native_available()
+    if reason is not None:
+        pytest.skip(reason)
+    expected = _expected_line()
+    out, counts, dev, cause = _run_guest("kvm")
+    assert cause == "isa-debug-exit", (cause, out)
+    assert out == expected
+    assert mock_run[0] == expected
+    assert dev.reads == 1 and mock_run[2].reads == 1
+    if kvm_refuses_popcnt:
+        # popcnt x3, cmpxchg16b x2 and rdtscp here; at least the three popcnts anywhere
+        # the register form is refused.
+        assert counts["emulated"] >= 3
+        # The MMIO read happened inside the fallback: KVM exited for MMIO only for the
+        # interrupt handler's write; the mock made both accesses as exits.
+        assert counts["mmio"] == 1 and mock_run[1]["mmio"] == 2
+    assert mock_run[1]["emulated"] == 0  # the mock never falls back on itself
+
+
+@pytest.mark.kvm
+def test_fallback_off_ends_in_126_with_the_register_dump(
+        kvm_refuses_popcnt: bool, tmp_path: Path) -> None:
+    if not kvm_refuses_popcnt:
+        pytest.skip("this host's KVM runs popcnt at CPL0: nothing to fall back from")
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kvmcpu", "run", str(GUEST), "--backend", "kvm",
+             "--serial", "none", "--timeout", "60", *extra],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    off = run("--emulation-fallback", "off", "-v")
+    assert off.returncode == 126, off.stderr
+    assert "KVM internal error (suberror 1" in off.stderr
+    assert "f3 48 0f b8 c3" in off.stderr  # the refused popcnt's bytes
+    assert "rip" in off.stderr.lower()  # the register dump (-v)
+    on = run()
+    # With the fallback the guest gets past every refused instruction; no device
+    # answers at MMIO_ADDR here, so no interrupt comes and it halts for good.
+    assert on.returncode == 0, on.stderr
+    assert "internal error" not in on.stderr
+
+
+@pytest.mark.kvm
+def test_fault_inside_the_fallback_is_delivered_and_a_triple_fault_reported(
+        kvm_refuses_popcnt: bool) -> None:
+    """popcnt from an unmapped address with no IDT: #PF -> #DF -> triple fault, found by
+    the mock during the fallback and reported as KVM's SHUTDOWN is (status 125)."""
+    code = bytes.fromhex("f3480fb8042500000040")  # popcnt rax, [0x40000000] (past 1 GiB)
+    for backend in ("kvm", "mock"):
+        with System(backend=backend) as system:
+            system.load(code + b"\xf4", fmt="flat", load_addr=0x100000, mode="long")
+            result = system.run(timeout=60)
+            assert (result.cause, result.status) == ("triple fault", STATUS_TRIPLE_FAULT)
+
+
+def test_the_stat_has_a_gem5_style_description(tmp_path: Path) -> None:
+    with System(backend="mock") as system:
+        system.stats.dump(str(tmp_path / "stats.txt"))
+    line = next(x for x in (tmp_path / "stats.txt").read_text().splitlines()
+                if "system.cpu0.numEmulatedInstructions" in x)
+    assert line.split()[1] == "0"
+    assert "# number of instructions executed by the mock after KVM's emulator failed" in line
+
+
+@pytest.mark.kvm
+def test_real_mode_daa_through_the_fallback_matches_silicon() -> None:
+    """DAA in real mode (KVM's emulator refuses it here: bcd-internal-error) on KVM, on
+    the mock and natively in compatibility mode; the guest sends AL to COM1."""
+    body = bytes.fromhex("b015" "0427" "27")  # mov al, 0x15; add al, 0x27; daa
+    code = body + bytes.fromhex("baf803" "ee" "30c0" "e6f4" "f4")  # out to COM1, exit, hlt
+    outputs = {}
+    for backend in ("kvm", "mock"):
+        with System(backend=backend) as system:
+            system.load(code, fmt="flat")
+            result = system.run(timeout=60)
+            assert (result.cause, result.status) == ("isa-debug-exit", 1)
+            outputs[backend] = system.serial.output
+    assert outputs["kvm"] == outputs["mock"]
+    if native_available() is None:
+        regs, _ = run_native32(body, {}, 0)
+        assert outputs["kvm"] == bytes([regs["eax"] & 0xFF])
