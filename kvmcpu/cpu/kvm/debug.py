@@ -79,13 +79,13 @@ Callback = Callable[[ThreadContext], Any]
 _seq = itertools.count()
 
 
-class PcEvent:
-    """A scheduled PC event (see :meth:`KvmDebug.schedule_pc_event`)."""
+class _CpuEvent:
+    """What PC and instruction-count events share: a callback, a name, the CPU it is
+    scheduled on (None once removed) and an idempotent :meth:`remove`."""
 
-    __slots__ = ("addr", "callback", "name", "cpu")
+    __slots__ = ("callback", "name", "cpu")
 
-    def __init__(self, cpu: KvmDebug, addr: int, callback: Callback, name: str) -> None:
-        self.addr = addr
+    def __init__(self, cpu: KvmDebug, callback: Callback, name: str) -> None:
         self.callback = callback
         self.name = name
         self.cpu: Optional[KvmDebug] = cpu
@@ -97,31 +97,39 @@ class PcEvent:
     def remove(self) -> None:
         """Remove the event (idempotent)."""
         if self.cpu is not None:
-            self.cpu.remove_pc_event(self)
+            self._unschedule(self.cpu)
+
+    def _unschedule(self, cpu: KvmDebug) -> None:
+        raise NotImplementedError
+
+
+class PcEvent(_CpuEvent):
+    """A scheduled PC event (see :meth:`KvmDebug.schedule_pc_event`)."""
+
+    __slots__ = ("addr",)
+
+    def __init__(self, cpu: KvmDebug, addr: int, callback: Callback, name: str) -> None:
+        super().__init__(cpu, callback, name)
+        self.addr = addr
+
+    def _unschedule(self, cpu: KvmDebug) -> None:
+        cpu.remove_pc_event(self)
 
     def __repr__(self) -> str:
         return f"PcEvent({self.name!r} at {self.addr:#x}{'' if self.cpu else ', removed'})"
 
 
-class InstEvent:
+class InstEvent(_CpuEvent):
     """A scheduled instruction-count event (see :meth:`KvmDebug.schedule_inst_event`)."""
 
-    __slots__ = ("target", "callback", "name", "cpu")
+    __slots__ = ("target",)
 
     def __init__(self, cpu: KvmDebug, target: int, callback: Callback, name: str) -> None:
+        super().__init__(cpu, callback, name)
         self.target = target
-        self.callback = callback
-        self.name = name
-        self.cpu: Optional[KvmDebug] = cpu
 
-    @property
-    def scheduled(self) -> bool:
-        return self.cpu is not None
-
-    def remove(self) -> None:
-        """Remove the event (idempotent)."""
-        if self.cpu is not None:
-            self.cpu.remove_inst_event(self)
+    def _unschedule(self, cpu: KvmDebug) -> None:
+        cpu.remove_inst_event(self)
 
 
 def _check_callback(callback: object) -> None:
