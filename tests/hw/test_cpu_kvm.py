@@ -231,3 +231,32 @@ def test_calibration_errors_are_typed_and_not_cached(mocker: Any) -> None:
         guest.close()
         with pytest.raises(KvmIoctlError, match="closed"):
             guest.work(200_000)
+
+
+def test_calibration_lengthens_a_reference_run_that_shows_no_progress(mocker: Any) -> None:
+    """A reference run with no progress (first entries still faulting pages in on a
+    loaded host) is retried with twice the time, up to 16 times the reference; a guest
+    that never progresses is a RuntimeError and nothing is cached."""
+    from kvmcpu.backends import get_backend
+    from kvmcpu.cpu.kvm import timer as timer_module
+
+    ref = timer_module.CALIBRATION_REFERENCE_NS
+    asked: List[int] = []
+    real_work = timer_module.CountingGuest.work
+
+    def slow_start(self: Any, ns: int) -> int:
+        asked.append(ns)
+        return 0 if ns < 4 * ref else real_work(self, ns)  # nothing before 4x the reference
+
+    cache = mocker.patch.dict(timer_module._calibrated, clear=True)
+    mocker.patch.object(timer_module.CountingGuest, "work", slow_start)
+    with get_backend("kvm") as kvm:
+        floor = timer_module.measure_min_quantum_ns(kvm)
+        assert floor == max(timer_module.clock_getres_ns(timer_module._ioctl.CLOCK_MONOTONIC),
+                            timer_module.CALIBRATION_QUANTA_NS[-1])  # no quantum < 4x made any
+        assert asked[:10] == [ref] + [ref] * 3 + [2 * ref] * 3 + [4 * ref] * 3
+        mocker.patch.object(timer_module.CountingGuest, "work", lambda self, ns: 0)
+        cache.clear()
+        with pytest.raises(RuntimeError, match=f"no progress in {16 * ref} ns"):
+            timer_module.measure_min_quantum_ns(kvm)
+        assert cache == {}

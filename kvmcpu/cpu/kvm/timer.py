@@ -436,7 +436,8 @@ def measure_min_quantum_ns(backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
 
     Raises:
         KvmIoctlError: the throw-away VM could not be built or run.
-        RuntimeError: the guest made no progress in the reference run.
+        RuntimeError: the guest made no progress in the reference run (even after a
+            warm-up and 16 times the reference time).
     """
     with _calibration_lock:
         cached = _calibrated.get(clock)
@@ -444,11 +445,19 @@ def measure_min_quantum_ns(backend: Any, *, clock: int = _ioctl.CLOCK_MONOTONIC,
             return cached
         floor = clock_getres_ns(clock)
         with CountingGuest(backend, clock=clock, signo=signo) as guest:
-            reference = sorted(guest.work(CALIBRATION_REFERENCE_NS) for _ in range(3))[1]
+            # The first entries fault the guest's pages in (slow under shadow paging or
+            # on a loaded host): warm up, and lengthen the reference run while it shows
+            # no progress at all, up to 16 times before giving up.
+            guest.work(CALIBRATION_REFERENCE_NS)
+            ref_ns = CALIBRATION_REFERENCE_NS
+            while True:
+                reference = sorted(guest.work(ref_ns) for _ in range(3))[1]
+                if reference > 0 or ref_ns >= 16 * CALIBRATION_REFERENCE_NS:
+                    break
+                ref_ns *= 2
             if reference <= 0:
-                raise RuntimeError("the calibration guest made no progress in "
-                                   f"{CALIBRATION_REFERENCE_NS} ns")
-            per_ns = reference / CALIBRATION_REFERENCE_NS
+                raise RuntimeError(f"the calibration guest made no progress in {ref_ns} ns")
+            per_ns = reference / ref_ns
             found = CALIBRATION_QUANTA_NS[-1]
             for quantum in CALIBRATION_QUANTA_NS:
                 done = sorted(guest.work(quantum) for _ in range(3))[1]
