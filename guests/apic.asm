@@ -45,6 +45,7 @@
 
 %include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
 %include "lib/exit.inc"
+%include "lib/idt_pic.inc"
 
 IDT         equ BSS_BOOT_END
 BSS_END     equ BSS_BOOT_END + 0x1000
@@ -127,14 +128,7 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
 .found:
     mov rax, [rsi + 8]
 .set:
-    mov [rdi], ax
-    mov word [rdi + 2], 0x08
-    mov word [rdi + 4], 0x8E00
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    mov dword [rdi + 12], 0
+    IDT64_GATE
     add rdi, 16
     inc ecx
     cmp ecx, 256
@@ -142,23 +136,7 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     lidt [rel idt_ptr]
 
     ; 8259 pair: initialised (vectors 0x20-0x2f) and fully masked.
-    mov al, 0x11
-    out PIC1, al
-    out PIC2, al
-    mov al, 0x20
-    out PIC1 + 1, al
-    mov al, 0x28
-    out PIC2 + 1, al
-    mov al, 0x04
-    out PIC1 + 1, al
-    mov al, 0x02
-    out PIC2 + 1, al
-    mov al, 0x01
-    out PIC1 + 1, al
-    out PIC2 + 1, al
-    mov al, 0xFF
-    out PIC1 + 1, al
-    out PIC2 + 1, al
+    PIC_INIT 0xFF, 0xFF
 
     ; IA32_APIC_BASE.
     mov ecx, 0x1B

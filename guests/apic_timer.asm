@@ -12,6 +12,7 @@
 
 %include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
 %include "lib/exit.inc"
+%include "lib/idt_pic.inc"
 
 IDT         equ BSS_BOOT_END
 BSS_END     equ BSS_BOOT_END + 0x1000
@@ -69,14 +70,7 @@ main:
     jne .set
     lea rax, [rel timer]
 .set:
-    mov [rdi], ax
-    mov word [rdi + 2], 0x08
-    mov word [rdi + 4], 0x8E00
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    mov dword [rdi + 12], 0
+    IDT64_GATE
     add rdi, 16
     inc ecx
     cmp ecx, 256

@@ -25,6 +25,7 @@
 
 %include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
 %include "lib/exit.inc"
+%include "lib/idt_pic.inc"
 
 IDT         equ BSS_BOOT_END
 BSS_END     equ BSS_BOOT_END + 0x1000
@@ -46,14 +47,7 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     je .set
     lea rax, [rel other_irq]
 .set:
-    mov [rdi], ax
-    mov word [rdi + 2], 0x08
-    mov word [rdi + 4], 0x8E00
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    mov dword [rdi + 12], 0
+    IDT64_GATE
     add rdi, 16
     inc ecx
     cmp ecx, 48
@@ -61,24 +55,7 @@ main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
     lidt [rel idt_ptr]
 
     ; PICs: vectors 0x20-0x2f, only IRQ 5 unmasked.
-    mov al, 0x11
-    out PIC1, al
-    out PIC2, al
-    mov al, 0x20
-    out PIC1 + 1, al
-    mov al, 0x28
-    out PIC2 + 1, al
-    mov al, 0x04
-    out PIC1 + 1, al
-    mov al, 0x02
-    out PIC2 + 1, al
-    mov al, 0x01
-    out PIC1 + 1, al
-    out PIC2 + 1, al
-    mov al, 0xDF
-    out PIC1 + 1, al
-    mov al, 0xFF
-    out PIC2 + 1, al
+    PIC_INIT 0xDF, 0xFF
 
     lea rdi, [rel results]
 
