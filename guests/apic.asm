@@ -46,6 +46,7 @@
 %include "lib/multiboot_long.inc"           ; must come first: header at 0x100000
 %include "lib/exit.inc"
 %include "lib/idt_pic.inc"
+%include "lib/apic_guest.inc"
 
 IDT         equ BSS_BOOT_END
 BSS_END     equ BSS_BOOT_END + 0x1000
@@ -95,45 +96,7 @@ ONESHOT_COUNT equ 3125000                   ; x 16 ns: 50 ms
 %endmacro
 
 main:                                       ; 64-bit, CPL0, RSP = STACK_TOP
-    ; Map the IOAPIC and LAPIC 2 MiB pages (PD3 entries 502 and 503), uncached.
-    mov rax, IOAPIC | 0x9B                  ; present, writable, PWT, PCD, 2 MiB
-    mov [PD3 + 502 * 8], rax
-    mov rax, LAPIC | 0x9B
-    mov [PD3 + 503 * 8], rax
-    mov rax, cr3
-    mov cr3, rax
-
-    ; IDT: 256 interrupt gates; 0-31 -> exc_N stubs, others per table below.
-    mov rdi, IDT
-    xor ecx, ecx
-.idt_loop:
-    lea rax, [rel spurious_handler]
-    cmp ecx, 32
-    jae .lookup
-    lea rax, [rel exc_stubs]
-    mov edx, ecx
-    imul edx, edx, exc_stub_size
-    add rax, rdx
-    jmp .set
-.lookup:
-    lea rsi, [rel vector_table]
-.scan:
-    movzx edx, word [rsi]
-    cmp edx, 0xFFFF
-    je .set
-    cmp edx, ecx
-    je .found
-    add rsi, 16
-    jmp .scan
-.found:
-    mov rax, [rsi + 8]
-.set:
-    IDT64_GATE
-    add rdi, 16
-    inc ecx
-    cmp ecx, 256
-    jb .idt_loop
-    lidt [rel idt_ptr]
+    APIC_GUEST_SETUP                        ; APIC pages mapped, IDT from vector_table
 
     ; 8259 pair: initialised (vectors 0x20-0x2f) and fully masked.
     PIC_INIT 0xFF, 0xFF
@@ -320,32 +283,7 @@ ioapic_route:
     mov [r11 + 0x10], edx
     ret
 
-; wait_pit: wait (interrupts on) until RBX more PIT ticks have come.
-wait_pit:
-    add rbx, [rel pit_ticks]
-.loop:
-    sti
-    hlt
-    cli
-    cmp [rel pit_ticks], rbx
-    jb .loop
-    ret
-
-; wait_flag: wait until the qword at R12 is non-zero, at most 100 PIT ticks.
-wait_flag:
-    mov rbx, [rel pit_ticks]
-    add rbx, 100
-.loop:
-    cmp qword [r12], 0
-    jne .done
-    cmp [rel pit_ticks], rbx
-    jae timeout
-    sti
-    hlt
-    cli
-    jmp .loop
-.done:
-    ret
+APIC_GUEST_WAITS                            ; wait_pit, wait_flag
 
 timeout:
     SAY msg_timeout
@@ -468,25 +406,7 @@ spurious_handler:                           ; the APIC's spurious vector: no EOI
     inc qword [rel spurious]
     iretq
 
-exc_common:                                 ; AL = the vector
-    movzx ebx, al
-    SAY msg_exc
-    mov eax, ebx
-    call putdec
-    SAY msg_nl
-    DEBUG_EXIT_WRITE 2                      ; exit status 5
-    HALT_FOREVER
-
-align 8
-exc_stubs:
-%assign v 0
-%rep 32
-    mov al, v
-    jmp exc_common
-    align 8
-%assign v v + 1
-%endrep
-exc_stub_size equ 8
+APIC_GUEST_EXCEPTIONS
 
 %include "lib/uart.inc"
 
