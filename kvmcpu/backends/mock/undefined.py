@@ -185,26 +185,26 @@ def div_flags_amd(c: CpuState) -> None:
     c.lz = None
 
 
-def bsf_amd(c: CpuState, src: int, dst: int, bits: int) -> int:
-    """BSF: ZF = (src == 0), the destination kept then; the other flags unchanged."""
+def _bs_amd(c: CpuState, src: int, dst: int, index: int) -> int:
+    """BSF/BSR on AMD: ZF = (src == 0), the destination kept then; the other flags
+    unchanged. ``index`` is the bit found (unused when ``src`` is zero)."""
     f = flags(c)
     c.lz = None
     if src == 0:
         c.fl = f | ZF
         return dst
     c.fl = f & ~ZF
-    return (src & -src).bit_length() - 1
+    return index
+
+
+def bsf_amd(c: CpuState, src: int, dst: int, bits: int) -> int:
+    """BSF: the index of the lowest set bit."""
+    return _bs_amd(c, src, dst, (src & -src).bit_length() - 1)
 
 
 def bsr_amd(c: CpuState, src: int, dst: int, bits: int) -> int:
-    """BSR: as BSF, the index of the highest set bit."""
-    f = flags(c)
-    c.lz = None
-    if src == 0:
-        c.fl = f | ZF
-        return dst
-    c.fl = f & ~ZF
-    return src.bit_length() - 1
+    """BSR: the index of the highest set bit."""
+    return _bs_amd(c, src, dst, src.bit_length() - 1)
 
 
 # -- Intel --------------------------------------------------------------------------------
@@ -422,11 +422,11 @@ def _bitcounts(kept: int) -> Dict[str, Any]:
 TABLES: Dict[str, Dict[str, Any]] = {
     "amd": {"shift": shift_amd, "shift_imm": shift_amd, "shld": shld_amd, "bsf": bsf_amd,
             "bsr": bsr_amd, **_bitcounts(OF),
-            "mul_flags": mul_flags_amd, "div_flags": div_flags_amd, "bcd": bcd,
+            "bcd": bcd,
             **_muldiv(mul_flags_amd, div_flags_amd)},
     "intel": {"shift": shift_intel, "shift_imm": shift_imm_intel, "shld": shld_intel,
               "bsf": bsf_intel, "bsr": bsr_intel, **_bitcounts(0),
-              "mul_flags": mul_flags_intel, "div_flags": div_flags_intel, "bcd": bcd_intel,
+              "bcd": bcd_intel,
               **_muldiv(mul_flags_intel, div_flags_intel)},
 }
 

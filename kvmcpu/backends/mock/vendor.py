@@ -52,7 +52,6 @@ class VendorProfile:
     name: str
     vendor_id: bytes
     signature: int
-    description: str
     #: where the choice came from: "explicit", "environment", "host" or "fallback"
     source: str = "explicit"
 
@@ -61,31 +60,12 @@ class VendorProfile:
         """The helper namespace generated code calls as ``H``."""
         return _namespace(self.name)
 
-    @property
-    def family_model(self) -> Tuple[int, int]:
-        """(display family, display model) decoded from ``signature`` (SDM vol. 2A, CPUID)."""
-        sig = self.signature
-        fam = (sig >> 8) & 0xF
-        model = (sig >> 4) & 0xF
-        if fam == 0xF:
-            fam += (sig >> 20) & 0xFF
-        if fam in (0x6, 0xF) or fam > 0xF:
-            model |= ((sig >> 16) & 0xF) << 4
-        return fam, model
-
 
 #: Representative parts: the undefined behaviour was measured on an Intel Xeon
 #: (family 6) and an AMD EPYC (Zen 3, family 0x19).
 _PROFILES = {
-    # family 6, model 0x55 (Xeon Scalable), stepping 7
-    "intel": ("GenuineIntel", 0x00050657,
-              "Intel: MUL/IMUL set SF/PF from the low half and clear ZF/AF; DIV/IDIV keep "
-              "all flags; shifts clear AF and take OF from the first one-bit step; BSF/BSR "
-              "clear CF/OF/SF/AF, PF from the result"),
-    # family 0x19, model 0x01 (Zen 3), stepping 1
-    "amd": ("AuthenticAMD", 0x00A00F11,
-            "AMD: MUL/IMUL keep SF/ZF/AF/PF; DIV/IDIV keep CF/OF, set AF, clear SF/ZF/PF; "
-            "shifts set AF and take OF from the result; BSF/BSR keep the other flags"),
+    "intel": ("GenuineIntel", 0x00050657),  # family 6, model 0x55 (Xeon Scalable), stepping 7
+    "amd": ("AuthenticAMD", 0x00A00F11),  # family 0x19, model 0x01 (Zen 3), stepping 1
 }
 
 
@@ -130,8 +110,8 @@ def get_profile(vendor: Optional[str] = None) -> VendorProfile:
                         f"{', '.join(VENDORS)}")
         raise ValueError(f"unknown mock vendor profile {vendor!r}; choose one of "
                          f"{', '.join(VENDORS)}")
-    vid, sig, desc = _PROFILES[name]
-    return VendorProfile(name, vid.encode("ascii"), sig, desc, source)
+    vid, sig = _PROFILES[name]
+    return VendorProfile(name, vid.encode("ascii"), sig, source)
 
 
 _NAMESPACES: Dict[str, SimpleNamespace] = {}
