@@ -80,6 +80,25 @@ def present(kvm: Any, mock: Any, row: Dict[str, Any]) -> bool:
     return a[3][-1][0] != b[3][-1][0] or bool(compare(a[:3], b[:3]))
 
 
+def present_patterns(kvm: Any, mock: Any, cpl: int) -> List["re.Pattern[str]"]:
+    """The instruction patterns of the probed deviations present on this host at ``cpl``."""
+    return [re.compile(r["match"]) for r in load()
+            if "probe" in r and r["cpl"] == cpl and present(kvm, mock, r)]
+
+
+def program(rng: Any, n: int, excluded: List["re.Pattern[str]"]) -> bytes:
+    """``n`` random instructions of every family (x86enc.Gen), none matching ``excluded``."""
+    from x86enc import Gen
+
+    gen = Gen(rng)
+    out: List[bytes] = []
+    while len(out) < n:
+        insn = gen.insn()
+        if not any(p.search(insn.hex()) for p in excluded):
+            out.append(insn)
+    return b"".join(out)
+
+
 if __name__ == "__main__":
     text = render(load())
     if sys.argv[1:] == ["--write"]:

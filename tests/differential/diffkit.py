@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+import random
 from typing import Dict, List, Optional, Tuple
 
 from kvmcpu.backends.base import Backend
@@ -55,6 +56,17 @@ STACK_TOP = 0x30000
 PAGE_TABLES = 0x40000
 RAM = 0x100000
 DONE_PORT = 0xE0
+
+
+def random_inputs(rng: "random.Random") -> Tuple[Dict[str, int], int, bytes]:
+    """Registers (a fifth from edge values, the rest 8/16/32/64 random bits), the
+    arithmetic flags and a 256-byte scratch buffer for a random program."""
+    pool = [0, 1, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000, 0x7FFFFFFF, 0x80000000]
+    regs = {n: rng.choice(pool) if rng.random() < 0.2 else rng.getrandbits(rng.choice(
+        [8, 16, 32, 64])) for n in REG_NAMES}
+    flags = rng.getrandbits(12) & 0x8D5
+    buf = bytes(rng.getrandbits(8) for _ in range(256))
+    return regs, flags, buf
 
 
 def host_mock() -> Backend:

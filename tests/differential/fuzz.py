@@ -26,11 +26,8 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 
 def main() -> int:
-    import re
-
     import deviations
-    from diffkit import REG_NAMES, compare, host_mock, run_backend, run_native
-    from x86enc import Gen
+    from diffkit import compare, host_mock, random_inputs, run_backend, run_native
 
     from kvmcpu.backends import get_backend
 
@@ -42,28 +39,15 @@ def main() -> int:
     rng = random.Random(a.seed)
     mock = host_mock()
     kvm = None if a.target == "native" else get_backend("kvm")
-    excluded = []
-    if a.target == "kvm0":
-        excluded = [re.compile(r["match"]) for r in deviations.load()
-                    if "probe" in r and r["cpl"] == 0 and deviations.present(kvm, mock, r)]
+    excluded = deviations.present_patterns(kvm, mock, cpl=0) if a.target == "kvm0" else []
     bad = 0
     shown = 0
     insns = 0
     for i in range(a.programs):
-        g = Gen(rng)
         n = rng.randint(1, 40)
-        prog = []
-        while len(prog) < n:
-            x = g.insn()
-            if not any(p.search(x.hex()) for p in excluded):
-                prog.append(x)
         insns += n
-        body = b"".join(prog)
-        pool = [0, 1, 2**64 - 1, 2**63, 0x7FFFFFFF, 0x80000000]
-        regs = {r: rng.choice(pool) if rng.random() < 0.2 else
-                rng.getrandbits(rng.choice([8, 16, 32, 64])) for r in REG_NAMES}
-        flags = rng.getrandbits(12) & 0x8D5
-        buf = bytes(rng.getrandbits(8) for _ in range(256))
+        body = deviations.program(rng, n, excluded)
+        regs, flags, buf = random_inputs(rng)
         if a.target == "native":
             ref = run_native(body, regs, flags, buf)
             got = run_backend(mock, body, regs, flags, buf, cpl=3 if i & 1 else 0)[:3]

@@ -12,7 +12,7 @@ import pytest
 from diffkit import REG_NAMES, compare, host_mock, run_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from x86enc import Gen, random_program
+from x86enc import random_program
 
 from kvmcpu import uapi
 from kvmcpu.backends.base import Backend, Vcpu
@@ -29,21 +29,7 @@ def backends(kvm_backend: Backend) -> Any:
 @pytest.fixture(scope="module")
 def cpl0_excluded(backends: Any) -> List["re.Pattern[str]"]:
     """The instruction patterns of the probed deviations present on this host at CPL0."""
-    k, m = backends
-    return [re.compile(r["match"]) for r in deviations.load()
-            if "probe" in r and r["cpl"] == 0 and deviations.present(k, m, r)]
-
-
-def _cpl0_program(rng: random.Random, n: int, excluded: List["re.Pattern[str]"],
-                  ) -> bytes:
-    """``n`` random instructions of every family, none matching a present deviation."""
-    gen = Gen(rng)
-    out: List[bytes] = []
-    while len(out) < n:
-        insn = gen.insn()
-        if not any(p.search(insn.hex()) for p in excluded):
-            out.append(insn)
-    return b"".join(out)
+    return deviations.present_patterns(*backends, cpl=0)
 
 
 def _inputs(rng: random.Random) -> Tuple[Dict[str, int], int, bytes]:
@@ -74,7 +60,7 @@ def test_random_programs_cpl3(backends: Any, seed: int) -> None:
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_programs_cpl0(backends: Any, cpl0_excluded: Any, seed: int) -> None:
     rng = random.Random(seed)
-    _both(backends, _cpl0_program(rng, 8, cpl0_excluded), 0, rng)
+    _both(backends, deviations.program(rng, 8, cpl0_excluded), 0, rng)
 
 
 @pytest.mark.slow
@@ -88,7 +74,7 @@ def test_random_programs_long(backends: Any, cpl0_excluded: Any, seed: int,
     if seed & 1:
         _both(backends, b"".join(random_program(rng, length)), 3, rng)
     else:
-        _both(backends, _cpl0_program(rng, length, cpl0_excluded), 0, rng)
+        _both(backends, deviations.program(rng, length, cpl0_excluded), 0, rng)
 
 
 PROBED = [r for r in deviations.load() if "probe" in r]

@@ -15,7 +15,14 @@ import os
 import random
 
 import pytest
-from diffkit import compare, host_mock, native_available, run_backend, run_native
+from diffkit import (
+    compare,
+    host_mock,
+    native_available,
+    random_inputs,
+    run_backend,
+    run_native,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from x86enc import Gen, random_program
@@ -29,21 +36,10 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 FLAG_MASK = 0x8D5 | 0x400
 
 
-def _inputs(rng: random.Random) -> tuple:  # type: ignore[type-arg]
-    from diffkit import REG_NAMES
-
-    pool = [0, 1, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000, 0x7FFFFFFF, 0x80000000]
-    regs = {n: rng.choice(pool) if rng.random() < 0.2 else rng.getrandbits(rng.choice(
-        [8, 16, 32, 64])) for n in REG_NAMES}
-    flags = rng.getrandbits(12) & 0x8D5
-    buf = bytes(rng.getrandbits(8) for _ in range(256))
-    return regs, flags, buf
-
-
 def _check(seed: int, length: int, cpl: int) -> None:
     rng = random.Random(seed)
     body = b"".join(random_program(rng, length))
-    regs, flags, buf = _inputs(rng)
+    regs, flags, buf = random_inputs(rng)
     silicon = run_native(body, regs, flags, buf)
     with host_mock() as b:
         mock = run_backend(b, body, regs, flags, buf, cpl=cpl)
@@ -84,7 +80,7 @@ def test_each_family(family: str) -> None:
     for seed in range(40):
         rng = random.Random(seed * 7919 + len(family))
         body = b"".join(random_program(rng, 1, [family]))
-        regs, flags, buf = _inputs(rng)
+        regs, flags, buf = random_inputs(rng)
         silicon = run_native(body, regs, flags, buf)
         with host_mock() as b:
             mock = run_backend(b, body, regs, flags, buf, cpl=3)
