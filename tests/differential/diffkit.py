@@ -212,3 +212,41 @@ def compare(a: Tuple[Dict[str, int], int, bytes], b: Tuple[Dict[str, int], int, 
         first = next(i for i in range(len(a[2])) if a[2][i] != b[2][i])
         diffs.append(f"buffer differs from byte {first}")
     return diffs
+
+
+def run_legacy(b: Backend, body: bytes, mode: str, regs: Dict[str, int], flags: int
+               ) -> Tuple[Dict[str, int], List[Tuple[str, Dict[str, object]]]]:
+    """Run 16-bit (``mode`` "real") or flat 32-bit ("prot") ``body`` + OUT 0xe0 on a
+    backend with the given registers and flags; returns (rax..rip and "flags" = the
+    arithmetic flags, exit snapshots)."""
+    code = body + b"\xe6\xe0"  # out 0xe0, al
+    with b.create_vm() as vm:
+        ram = vm.add_ram(0, 0x10000)
+        ram[0x1000:0x1000 + len(code)] = code
+        v = vm.create_vcpu(0)
+        try:
+            if mode == "real":
+                v.set_real_mode(0, 0x1000, sp=0x8000)
+            else:
+                v.set_protected_mode(0x1000, esp=0x8000)
+            r = v.get_regs()
+            for n, val in regs.items():
+                setattr(r, n, val)
+            r.rflags = 0x2 | flags
+            v.set_regs(r)
+            exits = []
+            for _ in range(3):
+                ex = v.run()
+                exits.append((ex.kind, ex.fields()))
+                if ex.kind == "io":
+                    v.immediate_exit = True
+                    v.run()
+                    v.immediate_exit = False
+                    break
+            out = v.get_regs()
+            got = {n: getattr(out, n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi",
+                                                "rbp", "rsp", "rip")}
+            got["flags"] = out.rflags & 0x8D5
+            return got, exits
+        finally:
+            v.close()

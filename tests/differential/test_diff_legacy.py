@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import pytest
-from diffkit import host_mock
+from diffkit import host_mock, run_legacy
 from mockasm import asm
 
 from kvmcpu.backends.base import Backend
@@ -135,41 +135,6 @@ def test_legacy_program(kvm_backend: Backend, mode: str) -> None:
                     f"kvm {theirs[0][first:first + 8].hex()}")
 
 
-def _run_random(b: Backend, body: bytes, mode: str, regs: Dict[str, int], flags: int
-                ) -> Tuple[Dict[str, int], list]:  # type: ignore[type-arg]
-    code = body + b"\xe6\xe0"  # out 0xe0, al
-    with b.create_vm() as vm:
-        ram = vm.add_ram(0, 0x10000)
-        ram[0x1000:0x1000 + len(code)] = code
-        v = vm.create_vcpu(0)
-        try:
-            if mode == "real":
-                v.set_real_mode(0, 0x1000, sp=0x8000)
-            else:
-                v.set_protected_mode(0x1000, esp=0x8000)
-            r = v.get_regs()
-            for n, val in regs.items():
-                setattr(r, n, val)
-            r.rflags = 0x2 | flags
-            v.set_regs(r)
-            exits = []
-            for _ in range(3):
-                ex = v.run()
-                exits.append((ex.kind, ex.fields()))
-                if ex.kind == "io":
-                    v.immediate_exit = True
-                    v.run()
-                    v.immediate_exit = False
-                    break
-            out = v.get_regs()
-            got = {n: getattr(out, n) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi",
-                                                "rbp", "rsp", "rip")}
-            got["flags"] = out.rflags & 0x8D5
-            return got, exits
-        finally:
-            v.close()
-
-
 @pytest.mark.parametrize("mode", ["real", "prot"])
 def test_random_legacy_programs(kvm_backend: Backend, mode: str) -> None:
     """Random register-only 8/16/32-bit programs (fixed seeds) in real and protected mode."""
@@ -184,8 +149,8 @@ def test_random_legacy_programs(kvm_backend: Backend, mode: str) -> None:
             regs = {n: rng.getrandbits(32) for n in ("rax", "rbx", "rcx", "rdx", "rsi",
                                                      "rdi", "rbp")}
             flags = rng.getrandbits(12) & 0x8D5
-            a = _run_random(kvm_backend, body, mode, regs, flags)
-            b = _run_random(m, body, mode, regs, flags)
+            a = run_legacy(kvm_backend, body, mode, regs, flags)
+            b = run_legacy(m, body, mode, regs, flags)
             assert a == b, f"{mode} {body.hex()}"
 
 

@@ -14,7 +14,7 @@ import random
 from typing import Dict, Tuple
 
 import pytest
-from diffkit import REG32, host_mock, native_available, run_native32
+from diffkit import REG32, host_mock, native_available, run_legacy, run_native32
 from x86enc import legacy_program
 
 from kvmcpu.backends.base import Backend
@@ -29,25 +29,11 @@ GPRS = [n for n in REG32 if n != "esp"]
 
 def _mock32(b: Backend, body: bytes, regs: Dict[str, int], flags: int
             ) -> Tuple[Dict[str, int], int]:
-    code = body + b"\xf4"  # hlt
-    with b.create_vm() as vm:
-        vm.add_ram(0, 0x10000)
-        vm.write_guest(0x1000, code)
-        v = vm.create_vcpu(0)
-        try:
-            v.set_protected_mode(0x1000, esp=0x8000)
-            r = v.get_regs()
-            for n in GPRS:
-                setattr(r, "r" + n[1:], regs.get(n, 0) & 0xFFFFFFFF)
-            r.rflags = 0x2 | flags
-            v.set_regs(r)
-            ex = v.run()
-            assert ex.kind == "hlt", (body.hex(), ex)
-            out = v.get_regs()
-            return {n: int(getattr(out, "r" + n[1:])) & 0xFFFFFFFF for n in GPRS}, \
-                int(out.rflags)
-        finally:
-            v.close()
+    """``body`` in flat 32-bit protected mode on ``b``: (eax..edi but esp, arithmetic flags)."""
+    got, exits = run_legacy(b, body, "prot", {"r" + n[1:]: v & 0xFFFFFFFF
+                                             for n, v in regs.items()}, flags)
+    assert exits[-1][0] == "io", (body.hex(), exits)
+    return {n: got["r" + n[1:]] & 0xFFFFFFFF for n in GPRS}, int(got["flags"])
 
 
 @pytest.fixture(scope="module")
