@@ -35,6 +35,8 @@ __all__ = [
     "RESET_PORT",
     "RESET_VALUE",
     "SCI_IRQ",
+    "SLP_TYP_S3",
+    "SLP_TYP_S5",
     "SMI_CMD",
 ]
 
@@ -58,6 +60,11 @@ SCI_IRQ = 9
 #: which the ACPI specification allows and a kernel accepts without an SMI
 #: handshake (QEMU has a real SMI port at 0xb2; kvmcpu has no SMM).
 SMI_CMD = 0
+#: PM1_CNT.SLP_TYP values for the sleep states (the DSDT's \_S3 and \_S5
+#: packages name them; the PM device decodes them): QEMU's PIIX4 PM, where
+#: SLP_TYP 1 is S3 (suspend to RAM) and 0 is S5 (soft off).
+SLP_TYP_S3 = 1
+SLP_TYP_S5 = 0
 #: The FADT reset register: an IO write of RESET_VALUE to RESET_PORT (PIIX's 0xcf9).
 RESET_PORT = 0xCF9
 RESET_VALUE = 0x06
