@@ -39,7 +39,9 @@ from .cpu.kvm.x86 import (
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
+from .firmware import FirmwareConfig, FirmwareTables, install_tables
 from .loader import LoadedImage, load_image
+from .loader.image import PAGE_TABLE_BYTES
 from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
 from .sim.checkpoint import DEFAULT_COMPRESSION, CheckpointIn, CheckpointOut
@@ -230,6 +232,8 @@ class System(SimObject):
         self._closers: List[Callable[[], None]] = []
         self.exit_status: Optional[int] = None
         self.loaded: Optional[LoadedImage] = None
+        #: The ACPI/MP/SMBIOS tables written at the last load (None: none).
+        self.firmware_tables: Optional[FirmwareTables] = None
         self._host_deadline: Optional[float] = None
         self._check_period = MIN_CHECK_PERIOD
         self._last_check = 0.0
@@ -337,9 +341,21 @@ class System(SimObject):
                     "a path or the image's bytes")
         loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
                             load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
+        ranges = [(r.start, r.end) for r in loaded.ranges]
+        if loaded.mode == "long":  # the page tables set_start_state writes
+            ranges.append((loaded.page_tables, loaded.page_tables + PAGE_TABLE_BYTES))
+        self.firmware_tables = install_tables(
+            self.physmem, self.firmware_config(), fmt=loaded.format, ranges=ranges,
+            name=os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<bytes>")
         self.set_start_state(loaded)
         self.loaded = loaded
         return loaded
+
+    def firmware_config(self) -> FirmwareConfig:
+        """What the firmware tables describe: the CPUs, the RAM regions, the HPET."""
+        return FirmwareConfig(cpus=self.params.smp,
+                              ram=tuple((r.gpa, r.size) for r in self.physmem.regions),
+                              hpet=getattr(self.devices, "hpet", None) is not None)
 
     def symbol(self, name: str) -> int:
         """The address of ``name`` in the symbol table of the loaded ELF image.

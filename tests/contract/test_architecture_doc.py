@@ -50,8 +50,8 @@ def test_the_document_covers_each_layer_and_the_named_code() -> None:
     for heading in ("## Layers", "## The backend contract", "## The CPU model",
                     "## The platform", "## Where to add", "## Mock backend", "## Naming"):
         assert heading in text
-    for layer in ("uapi", "_ioctl", "errors", "backends", "sim", "mem", "devices", "cpu",
-                  "loader", "system", "gdb", "cli"):
+    for layer in ("uapi", "_ioctl", "errors", "backends", "sim", "mem", "devices",
+                  "firmware", "cpu", "loader", "system", "gdb", "cli"):
         assert re.search(rf"^\| {re.escape(layer)} \|", text, flags=re.M), layer
     from kvmcpu.cpu.kvm import base
 
@@ -68,9 +68,10 @@ ALLOWED = {
     "errors": set(), "uapi": set(), "_ioctl": {"errors", "uapi"}, "hostmem": {"errors"},
     "backends": {"_ioctl", "errors", "hostmem", "uapi"}, "sim": {"errors"},
     "mem": {"errors", "hostmem"}, "devices": {"errors", "mem", "sim"},
+    "firmware": {"devices", "errors", "mem"},
     "loader": {"errors", "mem"}, "guests": {"errors"},
     "cpu": {"_ioctl", "backends", "errors", "hostmem", "sim", "uapi"},
-    "system": {"backends", "cpu", "devices", "errors", "loader", "mem", "sim"},
+    "system": {"backends", "cpu", "devices", "errors", "firmware", "loader", "mem", "sim"},
     "gdb": {"cpu", "errors", "sim", "system"},
 }
 
