@@ -92,12 +92,14 @@ PCI_IO_BAR_BASE = 0xC000
 PCI_MEM_WINDOW = (0xC0000000, 0xFEBFFFFF)
 
 # -- Firmware tables in the BIOS area (e820-reserved below 1 MiB) ---------------
-#: The ACPI tables (FACS first, then DSDT, FADT, MADT, HPET, RSDT, XSDT).
-ACPI_TABLES_BASE = 0xE0000
-ACPI_TABLES_END = 0xF0000
-#: The FACS (64-byte aligned); S3 resume reads its firmware waking vector here.
-ACPI_FACS_ADDR = ACPI_TABLES_BASE
+# The 64 KiB at 0xf0000 are the area SeaBIOS's e820 map reserves below 1 MiB
+# (0xa0000-0xeffff is not in the map at all), so the tables go there.
 #: The RSDP, the MP floating pointer and table, and the SMBIOS entry point and
 #: structures go in [BIOS_TABLES_START, BIOS_TABLES_END) (16-byte aligned).
 BIOS_TABLES_START = 0xF0000
-BIOS_TABLES_END = 0x100000
+BIOS_TABLES_END = 0xF8000
+#: The ACPI tables (FACS first, then DSDT, FADT, MADT, HPET, RSDT, XSDT).
+ACPI_TABLES_BASE = 0xF8000
+ACPI_TABLES_END = 0x100000
+#: The FACS (64-byte aligned); S3 resume reads its firmware waking vector here.
+ACPI_FACS_ADDR = ACPI_TABLES_BASE
