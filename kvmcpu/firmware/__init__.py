@@ -4,10 +4,10 @@ SeaBIOS leaves these in memory before it runs a ``-kernel`` on QEMU's ``pc``
 machine; kvmcpu has no BIOS, so :func:`build_tables` generates them from the
 machine's configuration (:class:`FirmwareConfig`: the number of CPUs, the RAM
 regions, whether there is an HPET) and the System writes them into guest
-memory when it loads a kernel. Where they go (all e820-reserved, below 1 MiB,
-from :mod:`kvmcpu.devices.pc_layout`):
+memory when it loads a kernel. Where they go (in the e820-reserved BIOS area
+0xf0000-0xfffff, from :mod:`kvmcpu.devices.pc_layout`):
 
-* ``[ACPI_TABLES_BASE, ACPI_TABLES_END)`` (0xe0000): the FACS first (at
+* ``[ACPI_TABLES_BASE, ACPI_TABLES_END)`` (0xf8000): the FACS first (at
   ``ACPI_FACS_ADDR``, where the S3 resume path reads the waking vector), then
   the DSDT, FADT, MADT, HPET (when there is one), RSDT and XSDT
   (:mod:`kvmcpu.firmware.acpi`, the AML from :mod:`kvmcpu.firmware.aml`);
@@ -39,7 +39,8 @@ logger = logging.getLogger("kvmcpu.firmware")
 FORMATS_WITH_TABLES = ("multiboot", "elf32", "elf64", "bzimage")
 
 #: The guest-physical range the tables occupy (a loaded image must stay out of it).
-TABLE_AREA = (pc.ACPI_TABLES_BASE, pc.BIOS_TABLES_END)
+TABLE_AREA = (min(pc.ACPI_TABLES_BASE, pc.BIOS_TABLES_START),
+              max(pc.ACPI_TABLES_END, pc.BIOS_TABLES_END))
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,21 @@ This follows QEMU's ``hw/i386/multiboot.c`` and its option ROM
   ``header_offset - (header_addr - load_addr)``.
 * After the kernel, at the next page boundary, QEMU's buffer holds the module
   structures (16 bytes each: start, end, cmdline), then the command lines,
-  then the boot loader name; modules follow, each at a page boundary.
+  then the boot loader name; modules follow, each at a page boundary. The
+  buffer (kernel, BSS, padding, all of it) is one blob the option ROM copies to
+  the kernel's load address.
 * The kernel command line is ``"<kernel file name> <cmdline>"``, as QEMU
   passes it; a module's string is the one given (default: its file name).
 * The e820 memory map is at 0x9000 (24-byte entries: size 20, base, length,
   type) and the 88-byte info structure at 0x9500, with flags MEMORY,
   BOOT_DEVICE (0x8000ffff), CMDLINE, MODULES, MMAP and BOOTLOADER
-  ("kvmcpu"); ``mem_lower`` is 639 KiB, ``mem_upper`` the KiB of RAM
-  contiguous from 1 MiB.
+  ("kvmcpu"; QEMU's says "qemu"); ``mem_lower`` is 639 KiB (int 12h),
+  ``mem_upper`` the KiB of RAM contiguous from 1 MiB in the e820 map.
+* The order is the option ROM's: the map and the info structure are written
+  first, the buffer last. A kernel whose buffer covers 0x9000-0x9558 (one
+  loaded at 0x8000, say) is not refused: as on QEMU it finds its own bytes
+  (zeros, the module list or command lines) where the map and the info were,
+  and EBX still points at 0x9500.
 * The kernel starts in 32-bit flat protected mode, paging off, at the entry
   point with EAX = 0x2BADB002 and EBX = the info structure's address.
 """
@@ -31,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from typing import List, Sequence, Tuple, Union
+from typing import Callable, List, Sequence, Tuple, Union
 
 from kvmcpu.errors import GuestError
 from kvmcpu.loader.elf import ELF_MAGIC, EM_X86_64, parse_elf, place_elf
@@ -101,9 +108,16 @@ def find_multiboot_header(data: bytes) -> Tuple[int, int] | None:
     return None
 
 
-def _load_kernel(data: bytes, name: str, mem: GuestMemory, off: int, flags: int
-                 ) -> Tuple[int, int, int, List[AddrRange]]:
-    # Returns (load_addr, kernel_size, entry, ranges) with the kernel in memory.
+class _Kernel:
+    """A parsed kernel: where it goes and how to write it (nothing written yet)."""
+
+    def __init__(self, load_addr: int, size: int, entry: int, ranges: List[AddrRange],
+                 write: Callable[[], object]) -> None:
+        self.load_addr, self.size, self.entry, self.ranges = load_addr, size, entry, ranges
+        self.write = write
+
+
+def _parse_kernel(data: bytes, name: str, mem: GuestMemory, off: int, flags: int) -> _Kernel:
     if not flags & HEADER_AOUT_KLUDGE:
         if data[:4] != ELF_MAGIC:
             raise GuestError(f"{name}: Multiboot header at offset {off:#x} has no address "
@@ -112,9 +126,12 @@ def _load_kernel(data: bytes, name: str, mem: GuestMemory, off: int, flags: int
             raise GuestError(f"{name}: cannot load an x86-64 ELF as a Multiboot kernel; "
                              f"give a 32-bit one")
         image = parse_elf(data, name)
-        ranges = place_elf(image, mem)
         low, high = image.low_high()
-        return low, high - low, image.physical_entry(), ranges
+        check_ranges(mem, name, [(f"segment {s.index}", s.paddr, s.paddr + s.memsz)
+                                 for s in image.segments])
+        ranges = [AddrRange(s.paddr, s.memsz) for s in image.segments if s.memsz]
+        return _Kernel(low, high - low, image.physical_entry(), ranges,
+                       lambda: place_elf(image, mem))
     if len(data) < off + 32:
         raise GuestError(f"{name}: truncated Multiboot header at offset {off:#x} "
                          f"(address fields need 32 bytes)")
@@ -149,10 +166,9 @@ def _load_kernel(data: bytes, name: str, mem: GuestMemory, off: int, flags: int
         raise GuestError(f"{name}: Multiboot entry_addr {entry_addr:#x} is outside the kernel "
                          f"[{load_addr:#x}, {load_addr + kernel_size:#x})")
     check_ranges(mem, name, [("kernel", load_addr, load_addr + kernel_size)])
-    mem.write(load_addr, data[text_offset : text_offset + load_size])
-    if kernel_size > load_size:
-        mem.write(load_addr + load_size, bytes(kernel_size - load_size))
-    return load_addr, kernel_size, entry_addr, [AddrRange(load_addr, kernel_size)]
+    # The BSS needs no write: the whole buffer is zeroed first.
+    return _Kernel(load_addr, kernel_size, entry_addr, [AddrRange(load_addr, kernel_size)],
+                   lambda: mem.write(load_addr, data[text_offset : text_offset + load_size]))
 
 
 def _module_list(modules: Sequence[ModuleSpec]) -> List[Tuple[bytes, str, str]]:
@@ -196,18 +212,17 @@ def load_multiboot(source: Source, mem: GuestMemory, *, cmdline: str = "",
     off, flags = found
     if flags & HEADER_VIDEO_MODE:
         logger.warning("%s: the Multiboot kernel asks for a video mode; none is set", name)
-    load_addr, kernel_size, entry, ranges = _load_kernel(data, name, mem, off, flags)
+    kernel = _parse_kernel(data, name, mem, off, flags)
+    load_addr, kernel_size, entry = kernel.load_addr, kernel.size, kernel.entry
     end = load_addr + kernel_size
-    if end > MMAP_ADDR and load_addr < MBI_ADDR + MBI_SIZE:
-        raise GuestError(f"{name}: kernel [{load_addr:#x}, {end:#x}) overlaps the Multiboot "
-                         f"boot information at [{MMAP_ADDR:#x}, {MBI_ADDR + MBI_SIZE:#x})")
 
     mods = _module_list(modules)
     if kernel_name is None:
         kernel_name = "kernel" if name == "<bytes>" else os.fspath(name)
     kcmdline = f"{kernel_name} {cmdline}"
 
-    # QEMU's mb_buf: [kernel | pad] [module structs] [cmdlines] [loader name] | pad, then modules.
+    # QEMU's mb_buf: [kernel | pad] [module structs] [cmdlines] [loader name] | pad, then
+    # each module | pad; the option ROM copies all of it to load_addr.
     buf_phys = load_addr
     off_mbinfo = _page_align(kernel_size)
     cmdline_bytes = [m[1].encode() + b"\0" for m in mods] + [kcmdline.encode() + b"\0"]
@@ -249,19 +264,28 @@ def load_multiboot(source: Source, mem: GuestMemory, *, cmdline: str = "",
     struct.pack_into("<I", mbi, 64, loader_phys)
 
     info_blob = bytes(mod_entries) + bytes(cmd_blob) + loader_name
-    checks = [("boot information", MMAP_ADDR, MBI_ADDR + MBI_SIZE),
-              ("Multiboot module list and command lines", buf_phys + off_mbinfo,
-               buf_phys + off_mbinfo + len(info_blob))]
-    checks += [(what, addr, addr + len(blob)) for what, addr, blob in writes]
-    check_ranges(mem, name, checks)
+    check_ranges(mem, name, [("boot information", MMAP_ADDR, MBI_ADDR + MBI_SIZE),
+                             ("Multiboot boot buffer (kernel, module list, command lines, "
+                              "modules)", buf_phys, buf_phys + buf_size)])
+    # The option ROM's order: the e820 map and the info structure first, then the
+    # whole buffer over them (a kernel whose buffer covers 0x9000-0x9558 finds its
+    # own bytes there, as on QEMU).
+    mem.write(MMAP_ADDR, mmap)
+    mem.write(MBI_ADDR, bytes(mbi))
+    mem.write(buf_phys, bytes(buf_size))
+    kernel.write()
     mem.write(buf_phys + off_mbinfo, info_blob)
     for _what, addr, blob in writes:
         mem.write(addr, blob)
-    mem.write(MMAP_ADDR, mmap)
-    mem.write(MBI_ADDR, bytes(mbi))
+    ranges = list(kernel.ranges) + [AddrRange(buf_phys, buf_size)]
     ranges += [AddrRange(buf_phys + off_mbinfo, len(info_blob)),
                AddrRange(MMAP_ADDR, MBI_ADDR + MBI_SIZE - MMAP_ADDR)]
     ranges += [AddrRange(a, len(b)) for _w, a, b in writes if b]
+    covered = buf_phys < MBI_ADDR + MBI_SIZE and MMAP_ADDR < buf_phys + buf_size
+    if covered:
+        logger.warning("%s: the Multiboot buffer [%#x, %#x) covers the boot information "
+                       "at [%#x, %#x): the kernel finds its own bytes there, as on QEMU",
+                       name, buf_phys, buf_phys + buf_size, MMAP_ADDR, MBI_ADDR + MBI_SIZE)
 
     kind = "ELF32" if not flags & HEADER_AOUT_KLUDGE else "a.out kludge"
     return LoadedImage(
@@ -275,7 +299,8 @@ def load_multiboot(source: Source, mem: GuestMemory, *, cmdline: str = "",
         page_tables=_page_align(buf_phys + buf_size),
         info={"mbi": MBI_ADDR, "mmap": MMAP_ADDR, "cmdline": kcmdline,
               "cmdline_addr": kcmd_phys, "modules": mod_info, "header_offset": off,
-              "header_flags": flags, "load_addr": load_addr, "kernel_end": end},
+              "header_flags": flags, "load_addr": load_addr, "kernel_end": end,
+              "buffer": (buf_phys, buf_phys + buf_size), "info_overwritten": covered},
     )
 
 

@@ -32,10 +32,19 @@ __all__ = [
 E820_RAM = 1
 #: e820 type of reserved memory.
 E820_RESERVED = 2
-#: Start of the reserved EBDA / VGA / BIOS area below 1 MiB (639 KiB, as SeaBIOS reports).
+#: Start of the EBDA SeaBIOS reserves below 640 KiB (base memory: 639 KiB).
 BIOS_AREA_START = 0x9FC00
+#: End of the EBDA (the VGA hole 0xa0000-0xeffff is not in SeaBIOS's map).
+EBDA_END = 0xA0000
+#: The BIOS area SeaBIOS reports reserved below 1 MiB (the firmware tables' area).
+BIOS_FSEG_START = 0xF0000
 #: End of the reserved area below 1 MiB.
 BIOS_AREA_END = 0x100000
+#: The top of the RAM below the PCI hole that SeaBIOS keeps reserved for its own
+#: tables (128 KiB with QEMU's pc defaults).
+SEABIOS_HIGH_TABLES = 0x20000
+#: The 16 KiB QEMU on KVM reserves for KVM's identity map and TSS pages.
+KVM_IDENTITY_MAP = (0xFEFFC000, 0x4000)
 #: Start of the 256 KiB BIOS ROM alias below 4 GiB that QEMU reports as reserved.
 BIOS_ROM_START = 0xFFFC0000
 
@@ -286,21 +295,29 @@ class PhysicalMemory:
 
     # -- the firmware's view -------------------------------------------------------
     def e820(self) -> List[E820Entry]:
-        """The e820 map a QEMU/SeaBIOS PC reports for this RAM, sorted by address.
+        """The e820 map SeaBIOS reports on QEMU's ``pc`` machine (with KVM) for this
+        RAM, sorted by address, entry for entry:
 
-        Base memory is RAM up to 639 KiB; 0x9FC00-0x100000 (EBDA, VGA, BIOS) is
-        reserved; RAM from 1 MiB to the hole; the BIOS ROM alias just below 4 GiB
-        is reserved; RAM above 4 GiB when there is any.
+        RAM 0-0x9fc00 (639 KiB); the EBDA 0x9fc00-0xa0000 and the BIOS area
+        0xf0000-0x100000 reserved (0xa0000-0xeffff, VGA and option ROMs, is not
+        listed); RAM from 1 MiB up to 128 KiB below the hole, and those 128 KiB
+        reserved (SeaBIOS's high tables); QEMU+KVM's identity-map/TSS pages at
+        0xfeffc000 and the BIOS ROM alias below 4 GiB reserved; RAM above 4 GiB.
         """
         low = self.below_hole
         entries = [E820Entry(0, min(low, BIOS_AREA_START), E820_RAM)]
-        entries.append(E820Entry(BIOS_AREA_START, BIOS_AREA_END - BIOS_AREA_START,
+        entries.append(E820Entry(BIOS_AREA_START, EBDA_END - BIOS_AREA_START, E820_RESERVED))
+        entries.append(E820Entry(BIOS_FSEG_START, BIOS_AREA_END - BIOS_FSEG_START,
                                  E820_RESERVED))
-        if low > BIOS_AREA_END:
-            entries.append(E820Entry(BIOS_AREA_END, low - BIOS_AREA_END, E820_RAM))
-        if self.hole_end == 0x1_0000_0000 and self.hole_start <= BIOS_ROM_START:
-            entries.append(E820Entry(BIOS_ROM_START, 0x1_0000_0000 - BIOS_ROM_START,
-                                     E820_RESERVED))
+        high_tables = max(BIOS_AREA_END, low - SEABIOS_HIGH_TABLES)
+        if high_tables > BIOS_AREA_END:
+            entries.append(E820Entry(BIOS_AREA_END, high_tables - BIOS_AREA_END, E820_RAM))
+        if low > high_tables:
+            entries.append(E820Entry(high_tables, low - high_tables, E820_RESERVED))
+        if self.hole_end == 0x1_0000_0000:
+            for start, size in (KVM_IDENTITY_MAP, (BIOS_ROM_START, 0x1_0000_0000 - BIOS_ROM_START)):
+                if self.hole_start <= start:
+                    entries.append(E820Entry(start, size, E820_RESERVED))
         if self.above_hole:
             entries.append(E820Entry(self.hole_end, self.above_hole, E820_RAM))
         return entries
@@ -312,8 +329,10 @@ class PhysicalMemory:
 
     @property
     def mem_upper_kib(self) -> int:
-        """KiB of RAM from 1 MiB up to the first hole (the multiboot ``mem_upper``)."""
-        return max(0, self.below_hole - BIOS_AREA_END) // 1024
+        """KiB of RAM from 1 MiB up to the first hole in the e820 map (the multiboot
+        ``mem_upper``)."""
+        top = max(BIOS_AREA_END, self.below_hole - SEABIOS_HIGH_TABLES)
+        return (top - BIOS_AREA_END) // 1024
 
     def describe(self) -> str:
         """The RAM regions as text, e.g. ``RAM [0x0, 0x8000000)``."""

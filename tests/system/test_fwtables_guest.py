@@ -11,7 +11,7 @@ are reached the same way, the MADT and MP tables have the same entry types and
 one processor entry per CPU. The values differ, and these differences are
 expected:
 
-* addresses and lengths (SeaBIOS puts the ACPI tables at the top of RAM);
+* addresses and lengths (SeaBIOS puts the ACPI tables at the top of RAM, kvmcpu at 0xf8000);
 * revisions: QEMU's RSDP is revision 0 (so no XSDT) and its FADT revision 1;
   kvmcpu's are 2 (with an XSDT listing the same tables) and 3;
 * tables QEMU has and kvmcpu does not: WAET (Windows' emulated-devices hint),
@@ -41,17 +41,17 @@ MakeSystem = Callable[..., System]
 #: kvmcpu's output with 128 MiB of RAM and one CPU (the same on both backends).
 KVMCPU_TABLES = b"""\
 RSDP at=000f0000 rev=2 csum=ok xcsum=ok
-RSDT at=000e08d0 len=0000002c rev=1 csum=ok n=2
-TABLE sig=FACP at=000e0760 len=000000f4 rev=3 csum=ok
-TABLE sig=DSDT at=000e0040 len=00000719 rev=2 csum=ok
-FACS at=000e0000 len=00000040
-TABLE sig=APIC at=000e0860 len=0000006e rev=1 csum=ok
+RSDT at=000f88d0 len=0000002c rev=1 csum=ok n=2
+TABLE sig=FACP at=000f8760 len=000000f4 rev=3 csum=ok
+TABLE sig=DSDT at=000f8040 len=00000719 rev=2 csum=ok
+FACS at=000f8000 len=00000040
+TABLE sig=APIC at=000f8860 len=0000006e rev=1 csum=ok
 MADT types= 0 1 2/0 2/9 2/10 2/11 4
-XSDT at=000e0900 len=00000034 rev=1 csum=ok n=2
-TABLE sig=FACP at=000e0760 len=000000f4 rev=3 csum=ok
-TABLE sig=DSDT at=000e0040 len=00000719 rev=2 csum=ok
-FACS at=000e0000 len=00000040
-TABLE sig=APIC at=000e0860 len=0000006e rev=1 csum=ok
+XSDT at=000f8900 len=00000034 rev=1 csum=ok n=2
+TABLE sig=FACP at=000f8760 len=000000f4 rev=3 csum=ok
+TABLE sig=DSDT at=000f8040 len=00000719 rev=2 csum=ok
+FACS at=000f8000 len=00000040
+TABLE sig=APIC at=000f8860 len=0000006e rev=1 csum=ok
 MADT types= 0 1 2/0 2/9 2/10 2/11 4
 MP at=000f0030 csum=ok tcsum=ok n=21 types= 0 1 2 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 4 4
 SMBIOS ver=2.8 csum=ok dmicsum=ok n=7 types= 0 1 4 16 17 19 127

@@ -110,7 +110,7 @@ def test_acpi_tables(cpus: int) -> None:
         "FACP": (3, 244), "APIC": (1, 44 + 8 * cpus + 12 + 4 * 10 + 6), "HPET": (1, 56),
         "DSDT": (2, len(tables["DSDT"][1])), "FACS": (1, 64)}
     assert tables["FACS"][1][12:16] == bytes(4)  # firmware waking vector, set by the OS
-    assert t.blobs[0xE0000][:4] == b"FACS"       # pc_layout.ACPI_FACS_ADDR
+    assert t.blobs[0xF8000][:4] == b"FACS"       # pc_layout.ACPI_FACS_ADDR
 
     madt = tables["APIC"][1]
     assert struct.unpack_from("<II", madt, 36) == (0xFEE00000, 1)
@@ -293,9 +293,9 @@ def aout_kernel(load_addr: int) -> bytes:
 
 def test_a_kernel_over_the_table_area_is_refused() -> None:
     with System(memory="2M", backend="mock") as system:
-        with pytest.raises(GuestError, match=r"\[0xef000, 0xef040\) overlaps the firmware "
-                                             r"tables .* at \[0xe0000, 0x100000\)"):
-            system.load(aout_kernel(0xEF000), fmt="multiboot")
+        with pytest.raises(GuestError, match=r"\[0xff000, 0xff040\) overlaps the firmware "
+                                             r"tables .* at \[0xf0000, 0x100000\)"):
+            system.load(aout_kernel(0xFF000), fmt="multiboot")
         system.load(aout_kernel(0x100000), fmt="multiboot")
         assert system.firmware_tables is not None
 
