@@ -18,7 +18,7 @@
 ;                                         and each structure's type
 ;   END
 ; then writes 0 to isa-debug-exit (QEMU status 1) and halts.
-; Costs: about 30,000 instructions for the searches and checksums (KVM emulates
+; Costs: 47,487 instructions on kvmcpu (the mock's exact count; KVM emulates
 ; this ring-0 code instruction by instruction on a nested host).
 
 bits 32

@@ -12,6 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -21,7 +22,7 @@ import kvmcpu.guests
 from kvmcpu import System
 from kvmcpu.errors import GuestError
 from kvmcpu.firmware import FirmwareConfig, build_tables
-from kvmcpu.mem.physmem import E820_RAM
+from kvmcpu.mem.physmem import E820_RAM, E820_RESERVED
 
 IASL = shutil.which("iasl")
 RAM_128M = ((0, 128 << 20),)
@@ -275,6 +276,8 @@ def test_system_writes_the_tables_for_a_multiboot_kernel() -> None:
             for e in system.physmem.e820():
                 if e.type == E820_RAM:
                     assert hi <= e.addr or e.addr + e.size <= lo
+            assert any(e.type == E820_RESERVED and e.addr <= lo and hi <= e.addr + e.size
+                       for e in system.physmem.e820()), hex(lo)
 
 
 def test_a_flat_image_gets_no_tables() -> None:
@@ -307,3 +310,13 @@ def test_config_checks() -> None:
         FirmwareConfig(cpus=True, ram=RAM_128M)
     with pytest.raises(ValueError, match="ram must list"):
         FirmwareConfig(cpus=1, ram=())
+
+
+def test_kvmcpu_run_refuses_a_kernel_over_the_tables(tmp_path: Path) -> None:
+    kernel = tmp_path / "over.elf"
+    kernel.write_bytes(aout_kernel(0xF4000))
+    done = subprocess.run([sys.executable, "-m", "kvmcpu", "run", "--backend", "mock",
+                           "--memory", "4M", str(kernel)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "overlaps the firmware tables" in done.stderr
