@@ -2,7 +2,9 @@
 (ACPI 6.4 chapter 5, the MP specification 1.4 chapter 4, DMTF DSP0134 SMBIOS),
 not by the generator: signatures, lengths, revisions, checksums, the MADT's
 entries for 1, 2 and 4 CPUs, the MP table's entries, the SMBIOS structures;
-the DSDT's AML decoded by ACPICA's ``iasl -d`` where it is installed; and the
+the tables decoded by ACPICA's ``iasl -d`` and loaded, the DSDT's objects
+evaluated, by ACPICA's ``acpiexec`` (the interpreter Linux uses) where they
+are installed (acpica-tools); and the
 tables a System writes for a kernel, found by the RSDP search of ACPI 5.2.5.1.
 """
 
@@ -25,6 +27,7 @@ from kvmcpu.firmware import FirmwareConfig, build_tables
 from kvmcpu.mem.physmem import E820_RAM, E820_RESERVED
 
 IASL = shutil.which("iasl")
+ACPIEXEC = shutil.which("acpiexec")
 RAM_128M = ((0, 128 << 20),)
 
 
@@ -260,6 +263,40 @@ def test_iasl_decodes_every_table(tmp_path: Path) -> None:
     for name in ("facp", "apic", "hpet"):
         text = (tmp_path / f"{name}.dsl").read_text()
         assert "Invalid" not in text and "****" not in text, text
+
+
+@pytest.mark.skipif(ACPIEXEC is None, reason="acpiexec is not installed "
+                    "(apt-get install acpica-tools)")
+def test_acpica_loads_the_tables_and_runs_the_dsdt(tmp_path: Path) -> None:
+    """ACPICA, the AML interpreter Linux uses, loads the FADT, DSDT, MADT and HPET
+    and evaluates the DSDT's objects (acpiexec; its built-in self-tests of an
+    optional PM2 block and of GPEs beyond GPE0's 16 print "Unexpected ... (aetests-N)"
+    lines, which are not about these tables)."""
+    t = build_tables(FirmwareConfig(cpus=2, ram=RAM_128M, hpet=True))
+    tables = walk(Mem(t.blobs))
+    files = []
+    for sig in ("FACP", "DSDT", "APIC", "HPET"):
+        (tmp_path / f"{sig}.aml").write_bytes(tables[sig][1])
+        files.append(f"{sig}.aml")
+    done = subprocess.run(
+        [ACPIEXEC, "-b", "evaluate \\_S5; evaluate \\_S3; evaluate \\_PIC 1; "
+         "evaluate \\PICF; evaluate \\_SB.PCI0._HID; evaluate \\_SB.PCI0._PRT", *files],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    for bad in ("ACPI Error", "ACPI Warning", "ACPI Exception", "Could not"):
+        assert bad not in out, out
+    for sig, rev in (("FACP", 3), ("DSDT", 2), ("APIC", 1), ("HPET", 1)):
+        assert re.search(rf"ACPI: {sig} 0x[0-9A-F]+ [0-9A-F]{{6}} \(v0{rev} KVMCPU", out), sig
+    assert "on interrupt 0x9 (SCI)" in out                     # the FADT's SCI, GPE0 found
+    results = re.findall(r"Evaluation of (\S+) returned object.*\n((?:  .*\n)+)", out)
+    values = {name: [int(v, 16) for v in re.findall(r"\[Integer\] = ([0-9A-F]+)", body)]
+              for name, body in results}
+    assert values["\\_S5"] == [0, 0, 0, 0] and values["\\_S3"] == [1, 1, 0, 0]
+    assert values["\\PICF"] == [1]                             # _PIC(1) stored it
+    assert values["\\_SB.PCI0._HID"] == [0x030AD041]
+    assert "[Package] Contains 128 Elements:" in out
+    assert len(values["\\_SB.PCI0._PRT"]) == 128 * 4
 
 
 def test_system_writes_the_tables_for_a_multiboot_kernel() -> None:
