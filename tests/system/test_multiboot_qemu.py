@@ -1,7 +1,8 @@
 """Multiboot as QEMU's ``-kernel`` gives it: the info a kernel finds, byte for byte.
 
-guests/mbinfo_high.bin (loaded at 1 MiB) and guests/mbinfo_low.bin (at 0x8000)
-print EAX, EBX, the 88-byte info structure, the e820 map's bytes, the command
+guests/mbinfo_high.bin (loaded at 1 MiB), guests/mbinfo_low.bin (at 0x8000),
+both a.out-kludge kernels, and guests/mbinfo_elf.bin (an ELF32 at 2 MiB with a
+BSS in its segment) print EAX, EBX, the 88-byte info structure, the e820 map's bytes, the command
 line, the modules and the boot loader name, with their addresses
 (guests/lib/mbinfo.inc). Run with the same RAM (128 MiB), command line and
 modules, QEMU (``-append "hello world" -initrd "mod1 arg1,mod1"``) and kvmcpu
@@ -54,6 +55,19 @@ RECORDED = {
         'mod 00102000 0010200b 00101020 "mod1 arg1"\n'
         'mod 00103000 0010300b 0010102a "mod1"\n'
         'loader addr=0010104b "qemu"\n'
+        "END\n").encode(),
+    "mbinfo_elf": (
+        "entry eax=2badb002 ebx=00009500\n"
+        "mbi 0000024f 0000027f 0001fb80 8000ffff 0020502f 00000002 00205000 00000000 "
+        "00000000 00000000 00000000 000000a8 00009000 00000000 00000000 00000000 0020504a "
+        "00000000 00000000 00000000 00000000 00000000 \n"
+        "mmap addr=00009000 len=000000a8\n"
+        f"mmap {_MMAP}\n"
+        'cmdline addr=0020502f "mbinfo_elf.bin hello world"\n'
+        "mods count=00000002 addr=00205000\n"
+        'mod 00206000 0020600b 00205020 "mod1 arg1"\n'
+        'mod 00207000 0020700b 0020502a "mod1"\n'
+        'loader addr=0020504a "qemu"\n'
         "END\n").encode(),
     "mbinfo_low": (
         "entry eax=2badb002 ebx=00009500\n"
