@@ -87,7 +87,7 @@ def _fix(table: bytearray, at: int) -> bytes:
 
 
 def sdt_header(signature: bytes, body_len: int, revision: int) -> bytearray:
-    """A table's 36-byte header (checksum 0: :func:`_finish` fills it in)."""
+    """A table's 36-byte header, checksum 0 (:func:`_table` fills it in)."""
     if len(signature) != 4:
         raise ValueError(f"ACPI signature {signature!r} is not 4 bytes")
     return bytearray(struct.pack("<4sIBB6s8sI4sI", signature, HEADER_SIZE + body_len,
