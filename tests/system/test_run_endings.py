@@ -72,8 +72,11 @@ def test_the_host_deadline_kicks_a_run_stuck_in_translation(
     """The mock translates a block with compile(), which can take seconds for cold code
     while simulated time does not move: the host timer must kick the vCPU then, not
     wait for a simulated-time check (item 10)."""
-    from kvmcpu.backends.mock import codegen
+    from kvmcpu.backends.mock import codegen, tier0
 
+    # Every block compiled before its first run: without this, cold code stays in the
+    # interpreter tier and compile() may not be reached before the deadline.
+    monkeypatch.setattr(tier0, "PROMOTE_AFTER", 1)
     system = make_system(memory="2M", backend="mock")
     system.load(b"vm\n", fmt="flat")  # /etc/hostname as a flat image: cold code in zeroed RAM
     system.run(max_ticks=1000)  # the vCPU exists
