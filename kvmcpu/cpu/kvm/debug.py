@@ -35,6 +35,22 @@ on KVM it would need a perf instruction counter with overflow plus single
 steps to land exactly (gem5's way), which is not implemented: KVM refuses with
 :class:`~kvmcpu.errors.DebugUnsupportedError` (never an approximation).
 
+**Data events** (:meth:`KvmDebug.schedule_data_event`, gdb's watchpoints): the
+callback runs after an instruction that wrote (``write``), read (``read``) or
+accessed (``access``) 1, 2, 4 or 8 bytes at an address aligned to that length
+(the debug registers' rule, SDM 17.2.5), at the boundary after it (a data
+breakpoint is a trap). They are debug registers on every backend: DR7 R/W=01
+for writes, R/W=11 for reads and accesses (x86 has no read-only condition: a
+``read`` event is an R/W=11 hit that left the bytes as they were, the way gdb
+tells reads from writes on x86), LEN from the length. The mock checks every
+load and store it performs against the armed ranges; on KVM the processor
+does, where the host delivers them (:mod:`.debug_probe` runs a probe guest in
+the thread's mode first; a host that does not is refused with
+:class:`~kvmcpu.errors.DebugUnsupportedError` naming what the probe saw).
+Hardware PC events and data events share the four registers: data events take
+theirs first, and a data event that would leave a hardware PC event without
+one is refused on KVM (the mock single-steps its PC events instead).
+
 **Single steps** (:meth:`KvmDebug.request_step`): the callback runs after the
 next instruction the thread executes (an interrupt or exception taken instead
 counts as that step, as on hardware).
@@ -58,6 +74,7 @@ from ...backends.exits import DebugExit
 from ...errors import DebugUnsupportedError
 from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
 from ..thread import ThreadContext
+from . import debug_probe
 
 if TYPE_CHECKING:
     from ...backends.base import Vcpu
@@ -70,6 +87,11 @@ HW_BREAKPOINTS = 4
 DR6_BS = 0x4000
 #: DR7 with the reserved bit 10 and GE/LE (bits 8, 9) set, as QEMU programs it.
 _DR7_BASE = 0x700
+
+#: Data event kinds and the DR7 R/W field each uses.
+DATA_KINDS = {"write": 1, "read": 3, "access": 3}
+#: Data breakpoint length -> the DR7 LEN field (SDM 17.2.4).
+_DR7_LEN = {1: 0, 2: 1, 4: 3, 8: 2}
 
 _ENABLE = uapi.KVM_GUESTDBG_ENABLE
 _HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
@@ -132,6 +154,33 @@ class InstEvent(_CpuEvent):
         cpu.remove_inst_event(self)
 
 
+class DataEvent(_CpuEvent):
+    """A scheduled data event (see :meth:`KvmDebug.schedule_data_event`)."""
+
+    __slots__ = ("addr", "length", "kind", "last")
+
+    def __init__(self, cpu: KvmDebug, addr: int, length: int, kind: str,
+                 callback: Callback, name: str) -> None:
+        super().__init__(cpu, callback, name)
+        self.addr = addr
+        self.length = length
+        self.kind = kind
+        #: The watched bytes as last seen (how a ``read`` hit is told from a write).
+        self.last: Optional[bytes] = None
+
+    @property
+    def register_key(self) -> Tuple[int, int, int]:
+        """(address, length, DR7 R/W): events with one key share a debug register."""
+        return self.addr, self.length, DATA_KINDS[self.kind]
+
+    def _unschedule(self, cpu: KvmDebug) -> None:
+        cpu.remove_data_event(self)
+
+    def __repr__(self) -> str:
+        return (f"DataEvent({self.name!r}: {self.kind} {self.addr:#x}+{self.length}"
+                f"{'' if self.cpu else ', removed'})")
+
+
 def _check_callback(callback: object) -> None:
     if not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
@@ -153,6 +202,7 @@ class KvmDebug:
         def getContext(self, tn: int = 0) -> ThreadContext: ...
         def clock_edge(self, cycles: int = 0) -> int: ...
         def kvmRun(self, ticks: int) -> int: ...
+        def syncKvmState(self) -> None: ...
         @property
         def eventq(self) -> EventQueue: ...
 
@@ -167,6 +217,9 @@ class KvmDebug:
     _stale_skip: Optional[int] = None
     _bp_refires = False
     _debug_on = False
+    _data_events: Optional[List[DataEvent]] = None
+    #: DR index -> the data breakpoint (address, length, R/W) programmed there.
+    _dr_data: Dict[int, Tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------- capabilities
     def exact_stepping(self) -> bool:
@@ -195,12 +248,15 @@ class KvmDebug:
         events = self._pc_events
         if events is None:
             events = self._pc_events = {}
-        if addr not in events and len(events) >= HW_BREAKPOINTS and not self.exact_stepping():
+        capacity = self._pc_capacity()
+        if addr not in events and len(events) >= capacity and not self.exact_stepping():
+            taken = HW_BREAKPOINTS - capacity
             raise DebugUnsupportedError(
                 f"{self.path()}: a PC event at {addr:#x} would be the "
                 f"{len(events) + 1}th distinct address; this backend has "
-                f"{HW_BREAKPOINTS} hardware breakpoints (DR0-DR3) and kvmcpu does not "
-                f"patch INT3 into guest memory (scheduled: "
+                f"{HW_BREAKPOINTS} hardware breakpoints (DR0-DR3)"
+                + (f", {taken} of them taken by data breakpoints" if taken else "")
+                + " and kvmcpu does not patch INT3 into guest memory (scheduled: "
                 f"{', '.join(f'{a:#x}' for a in sorted(events))})")
         ev = PcEvent(self, addr, callback, name or f"pc {addr:#x}")
         events.setdefault(addr, []).append(ev)
@@ -224,6 +280,127 @@ class KvmDebug:
     def pc_events(self) -> List[PcEvent]:
         """The scheduled PC events, by address."""
         return [e for a in sorted(self._pc_events or {}) for e in (self._pc_events or {})[a]]
+
+    def _data_keys(self) -> List[Tuple[int, int, int]]:
+        """The distinct data breakpoints, in the order they were scheduled."""
+        keys: List[Tuple[int, int, int]] = []
+        for ev in self._data_events or ():
+            if ev.register_key not in keys:
+                keys.append(ev.register_key)
+        return keys
+
+    def _pc_capacity(self) -> int:
+        """Debug registers left for hardware PC events."""
+        return HW_BREAKPOINTS - len(self._data_keys())
+
+    # -------------------------------------------------------------- data events
+    def data_breakpoints(self) -> Tuple[bool, str]:
+        """(delivered, how) for data breakpoints in the thread's current mode on this
+        backend (a probe, see :mod:`.debug_probe`)."""
+        return debug_probe.probe(self.vm.backend, debug_probe.DATA,
+                                 debug_probe.mode_of(self.getContext()))
+
+    def schedule_data_event(self, addr: int, length: int, callback: Callback,
+                            kind: str = "write", name: Optional[str] = None) -> DataEvent:
+        """Call ``callback(tc)`` after each instruction that writes (``kind="write"``),
+        reads (``"read"``) or accesses (``"access"``) the ``length`` bytes at linear
+        address ``addr``; returns the event (``remove()`` it).
+
+        Raises:
+            TypeError, ValueError: ``addr`` is not an int in 0..2**64-1, ``length`` not
+                1, 2, 4 or 8, ``addr`` not aligned to ``length``, an unknown ``kind``,
+                or ``callback`` is not callable.
+            DebugUnsupportedError: the backend does not deliver data breakpoints in
+                this mode, or all four debug registers are taken.
+        """
+        if not isinstance(addr, int) or isinstance(addr, bool):
+            raise TypeError(f"addr must be an int, got {type(addr).__name__}")
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise TypeError(f"length must be an int, got {type(length).__name__}")
+        if not 0 <= addr < 1 << 64:
+            raise ValueError(f"addr must be in 0..2**64-1, got {addr:#x}")
+        if length not in _DR7_LEN:
+            raise ValueError(f"length must be 1, 2, 4 or 8 (a debug register's LEN), got {length}")
+        if addr % length:
+            raise ValueError(f"addr {addr:#x} must be aligned to its length {length} (a debug "
+                             "register ignores the low address bits, SDM 17.2.5)")
+        if kind not in DATA_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
+        _check_callback(callback)
+        works, seen = self.data_breakpoints()
+        if not works:
+            raise DebugUnsupportedError(
+                f"{self.path()}: this backend does not deliver data breakpoints in "
+                f"{debug_probe.mode_of(self.getContext())} mode (probe: {seen})")
+        ev = DataEvent(self, addr, length, kind, callback,
+                       name or f"{kind} {addr:#x}+{length}")
+        keys = self._data_keys()
+        if ev.register_key not in keys:
+            pcs = 0 if self.exact_stepping() else len(self._pc_events or {})
+            if len(keys) + 1 + pcs > HW_BREAKPOINTS:
+                raise DebugUnsupportedError(
+                    f"{self.path()}: no debug register left for a {kind} data breakpoint at "
+                    f"{addr:#x}: the {HW_BREAKPOINTS} registers (DR0-DR3) hold {len(keys)} "
+                    f"data breakpoint(s) and {pcs} hardware PC event address(es)")
+        ev.last = self._read_linear(addr, length)
+        if self._data_events is None:
+            self._data_events = []
+        self._data_events.append(ev)
+        self._apply_guest_debug()
+        return ev
+
+    def remove_data_event(self, ev: DataEvent) -> None:
+        """Remove a data event (idempotent)."""
+        if self._data_events is not None and ev in self._data_events and ev.cpu is self:
+            self._data_events.remove(ev)
+            if not self._data_events:
+                self._data_events = None
+        ev.cpu = None
+        self._apply_guest_debug()
+
+    def data_events(self) -> List[DataEvent]:
+        """The scheduled data events, in the order they were scheduled."""
+        return list(self._data_events or ())
+
+    def refresh_data_events(self) -> None:
+        """Take the watched bytes as they are now (memory written from outside the
+        guest, e.g. by a debugger, is not a guest write for the next ``read`` hit)."""
+        for ev in self._data_events or ():
+            ev.last = self._read_linear(ev.addr, ev.length)
+
+    def _read_linear(self, addr: int, length: int) -> Optional[bytes]:
+        """The guest's bytes at linear ``addr`` (None where not mapped RAM)."""
+        vcpu = self.vcpu
+        if vcpu is None:
+            return None
+        if self.threadContextDirty:
+            self.syncKvmState()
+        out = b""
+        while length:
+            n = min(length, 0x1000 - (addr & 0xFFF))
+            t = vcpu.translate(addr)
+            if not t.valid:
+                return None
+            try:
+                out += self.vm.vm.read_guest(int(t.physical_address), n)
+            except ValueError:
+                return None
+            addr, length = addr + n, length - n
+        return out
+
+    def _fire_data_events(self, bits: int) -> None:
+        hit = [key for i, key in self._dr_data.items() if bits >> i & 1]
+        due: List[Callback] = []
+        for ev in list(self._data_events or ()):
+            if ev.register_key not in hit:
+                continue
+            if ev.kind == "read":
+                now = self._read_linear(ev.addr, ev.length)
+                changed, ev.last = now != ev.last, now
+                if changed:
+                    continue  # an R/W=11 hit that changed the bytes: a write
+            due.append(ev.callback)
+        self._run_callbacks(due)
 
     # ------------------------------------------------------------ single steps
     def request_step(self, callback: Callback) -> None:
@@ -250,15 +427,23 @@ class KvmDebug:
                   or self._stale_skip is not None)
         control = 0
         debugreg: List[int] = [0] * 8
-        if len(events) > HW_BREAKPOINTS:
+        dr7 = _DR7_BASE
+        keys = self._data_keys()
+        self._dr_data = {}
+        for i, (addr, length, rw) in enumerate(keys):
+            debugreg[i] = addr
+            dr7 |= 1 << (2 * i) | rw << (16 + 4 * i) | _DR7_LEN[length] << (18 + 4 * i)
+            self._dr_data[i] = (addr, length, rw)
+        hw_pc = 0 < len(events) <= HW_BREAKPOINTS - len(keys)
+        if events and not hw_pc:
             single = True  # exact_stepping() backends only (schedule_pc_event checks)
         elif events:
-            dr7 = _DR7_BASE
-            for i, addr in enumerate(sorted(events)):
+            for i, addr in enumerate(sorted(events), len(keys)):
                 if addr == self._hw_skip:
                     continue
                 debugreg[i] = addr
                 dr7 |= 1 << (2 * i)
+        if keys or hw_pc:
             debugreg[7] = dr7
             control |= _ENABLE | _HW_BP
         if single:
@@ -273,6 +458,10 @@ class KvmDebug:
         for lst in (self._pc_events or {}).values():
             for ev in lst:
                 ev.cpu = self
+        self._data_events, old._data_events = old._data_events, None
+        for dev in self._data_events or ():
+            dev.cpu = self
+        old._dr_data = {}
         self._step_callbacks, old._step_callbacks = old._step_callbacks, None
         # A step over the breakpoint the thread stopped at goes on here; a fresh vCPU
         # has no record of that hit, so its breakpoint is left out of the step.
@@ -289,10 +478,15 @@ class KvmDebug:
             if old._inst_fire is not None and old._inst_fire.scheduled():
                 old.eventq.deschedule(old._inst_fire)
         events = self._pc_events or {}
-        if len(events) > HW_BREAKPOINTS and not self.exact_stepping():
+        if len(events) > self._pc_capacity() and not self.exact_stepping():
             raise DebugUnsupportedError(
                 f"{self.path()}: the thread has PC events at {len(events)} distinct "
-                f"addresses; this backend has {HW_BREAKPOINTS} hardware breakpoints")
+                f"addresses and {len(self._data_keys())} data breakpoints; this backend "
+                f"has {HW_BREAKPOINTS} hardware breakpoints")
+        if self._data_events and not self.data_breakpoints()[0]:
+            raise DebugUnsupportedError(
+                f"{self.path()}: the thread has data events; this backend does not "
+                f"deliver data breakpoints ({self.data_breakpoints()[1]})")
         if self._inst_events and not self.exact_stepping():
             raise DebugUnsupportedError(self._no_inst_counter())
 
@@ -308,8 +502,16 @@ class KvmDebug:
             return 0
         pc = ex.pc
         stepped = bool(ex.dr6 & DR6_BS)
+        data_bits = ex.dr6 & sum(1 << i for i in self._dr_data) if ex.exception == 1 else 0
+        if data_bits:
+            # A data breakpoint: a trap after the instruction that made the access.
+            self._fire_data_events(data_bits)
+            if not stepped:
+                self._apply_guest_debug()
+                return 0
         events = self._pc_events or {}
-        hw_mode = 0 < len(events) <= HW_BREAKPOINTS
+        capacity = self._pc_capacity()
+        hw_mode = 0 < len(events) <= capacity
         start = self._step_from
         if start is not None:
             if not stepped and pc == start:
@@ -337,7 +539,7 @@ class KvmDebug:
             callbacks, self._step_callbacks = self._step_callbacks, None
             self._run_callbacks(callbacks)
         events = self._pc_events or {}
-        if 0 < len(events) <= HW_BREAKPOINTS:
+        if 0 < len(events) <= capacity:
             cur = self.tc.linear_rip() if self.threadContextDirty else pc
             if hit and cur == pc and cur in events:
                 # Resuming at the breakpoint that just fired: step over it.
