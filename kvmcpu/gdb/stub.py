@@ -10,8 +10,9 @@ Packets (see :mod:`kvmcpu.gdb.packet` for framing): ``qSupported``
 (``PacketSize``, ``qXfer:features:read+``, ``QStartNoAckMode+``, ``swbreak+``,
 ``vContSupported+``), ``qXfer:features:read:target.xml``, ``?``, ``g``/``G``,
 ``p``/``P``, ``m``/``M``, ``X``, ``c``/``s`` (with an address), ``vCont``
-(``c``, ``s``, ``t``), ``Z0``/``z0`` and ``Z1``/``z1`` (both are PC events:
-hardware breakpoints on KVM, so four at most), ``Z2``/``z2``, ``Z3``/``z3`` and
+(``c``, ``s``, ``t``), ``Z0``/``z0`` (software breakpoints: INT3 patches where the backend
+delivers them, see :mod:`.target`) and ``Z1``/``z1`` (hardware: the debug
+registers), ``Z2``/``z2``, ``Z3``/``z3`` and
 ``Z4``/``z4`` write, read and access watchpoints (data breakpoints, see
 :mod:`.target`; the stop reply says ``watch:``, ``rwatch:`` or ``awatch:``
 and the address), ``qfThreadInfo``/
@@ -371,9 +372,9 @@ class GdbStub:
                 else:
                     t.remove_watchpoint(addr, int(size_s, 16), WATCH_KINDS[kind])
             elif head == "Z":
-                t.insert_breakpoint(addr)
+                t.insert_breakpoint(addr, hardware=kind == "1")
             else:
-                t.remove_breakpoint(addr)
+                t.remove_breakpoint(addr, hardware=kind == "1")
             send("OK")
         elif pkt == "qfThreadInfo":
             send("m" + ",".join(f"{i:x}" for i in t.threads()))

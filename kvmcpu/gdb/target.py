@@ -11,8 +11,10 @@
   translated through the guest's page tables (``KVM_TRANSLATE``; with paging
   off that is the identity) and read from or written to guest RAM; an
   unmapped page or an address outside RAM is an error;
-* breakpoints as PC events (so KVM has four: the debug registers), single
-  steps with :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.request_step`;
+* breakpoints as PC events: ``Z0`` software (INT3) where the backend
+  delivers them in the thread's mode, else a debug register; ``Z1`` a debug
+  register (``E1c`` when none is left on KVM; the mock single-steps beyond
+  four); single steps with :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.request_step`;
 * watchpoints (``Z2`` write, ``Z3`` read, ``Z4`` access) as data events
   (:meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.schedule_data_event`: the debug
   registers, on the mock checked on every load and store), the range split
@@ -209,7 +211,7 @@ class SystemTarget:
     def __init__(self, system: System, slice_ticks: int = 100_000_000) -> None:
         self.system = system
         self.slice_ticks = slice_ticks
-        self._breakpoints: Dict[int, object] = {}
+        self._breakpoints: Dict[Tuple[int, bool], object] = {}
         self._stop_event: Optional[SimLoopExitEvent] = None
         self._watch: Dict[Tuple[int, int], bytes] = {}
         self._user_step = False
@@ -368,22 +370,29 @@ class SystemTarget:
             return
         self._stop_event = exit_sim_loop(cause, 0, queue=self.system.eventq)
 
-    def insert_breakpoint(self, addr: int) -> None:
-        if addr in self._breakpoints:
+    def insert_breakpoint(self, addr: int, hardware: bool = False) -> None:
+        """``Z1`` (``hardware``): a debug register; ``Z0``: an INT3 patch, or a debug
+        register where the backend does not deliver software breakpoints."""
+        key = (addr, hardware)
+        if key in self._breakpoints:
             return
         from ..errors import DebugUnsupportedError
 
+        cpu = self.system.cpu
+        software = not hardware and cpu.software_breakpoints()[0]
+        if not software and not cpu.exact_stepping() and cpu.free_debug_registers() <= 0:
+            raise TargetError(28, f"no debug register left for a breakpoint at {addr:#x}")
         try:
-            ev = self.system.cpu.schedule_pc_event(
-                addr, lambda tc: self._stop(CAUSE_BREAK), name="gdb breakpoint")
+            ev = cpu.schedule_pc_event(addr, lambda tc: self._stop(CAUSE_BREAK),
+                                       name="gdb breakpoint", software=software)
         except DebugUnsupportedError as err:
             raise TargetError(28, str(err)) from err  # ENOSPC: no debug register left
         except ValueError as err:
             raise TargetError(22, str(err)) from err
-        self._breakpoints[addr] = ev
+        self._breakpoints[key] = ev
 
-    def remove_breakpoint(self, addr: int) -> None:
-        ev = self._breakpoints.pop(addr, None)
+    def remove_breakpoint(self, addr: int, hardware: bool = False) -> None:
+        ev = self._breakpoints.pop((addr, hardware), None)
         if ev is not None:
             ev.remove()  # type: ignore[attr-defined]
 
@@ -432,8 +441,8 @@ class SystemTarget:
 
     def remove_all(self) -> None:
         """Forget every breakpoint, watchpoint and pending step (the debugger went away)."""
-        for addr in list(self._breakpoints):
-            self.remove_breakpoint(addr)
+        for addr, hardware in list(self._breakpoints):
+            self.remove_breakpoint(addr, hardware)
         for kind, addr, length in list(self._watchpoints):
             self.remove_watchpoint(addr, length, kind)
         self._watch.clear()

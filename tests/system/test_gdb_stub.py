@@ -119,14 +119,14 @@ def test_errors_for_malformed_and_oversized_requests(backend: str) -> None:
 
 
 @pytest.mark.kvm
-def test_kvm_breakpoints_beyond_the_debug_registers_are_an_error() -> None:
+def test_kvm_hardware_breakpoints_beyond_the_debug_registers_are_an_error() -> None:
     for s in stub("kvm", DEBUGME, "-S"):
         g = s.client()
         for addr in (0x10000C, 0x10000F, 0x100014, 0x10001B):
-            assert g.ask(f"Z0,{addr:x},1") == "OK"
-        assert g.ask("Z0,10001d,1") == "E1c"  # ENOSPC
-        assert g.ask("z0,10000c,1") == "OK"
-        assert g.ask("Z0,10001d,1") == "OK"  # a register is free again
+            assert g.ask(f"Z1,{addr:x},1") == "OK"
+        assert g.ask("Z1,10001d,1") == "E1c"  # ENOSPC
+        assert g.ask("z1,10000c,1") == "OK"
+        assert g.ask("Z1,10001d,1") == "OK"  # a register is free again
         g.send_raw(encode("k"))
         assert s.wait()[0] == 0  # killed
 

@@ -355,6 +355,8 @@ class X86KvmCPU(BaseKvmCPU):
         instruction the mock cannot run either, is reported as before.
         """
         vcpu = self.vcpu
+        if ex.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION and self.software_breakpoint_exit():
+            return 0  # KVM's emulator stopped at an INT3 breakpoint (debug.py)
         if (ex.suberror != uapi.KVM_INTERNAL_ERROR_EMULATION or not self.params.emulationFallback
                 or vcpu is None or not self.can_fall_back(vcpu)):
             return super().handleKvmExitInternalError(ex)
