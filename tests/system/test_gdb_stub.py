@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from gdb_helpers import DEBUGME, ROOT, SPIN, WAIT, data_breakpoints, stub
+from gdb_helpers import DEBUGME, ROOT, SPIN, WAIT, data_breakpoints, needs_gdb, run_gdb, stub
 
 from kvmcpu.gdb.packet import encode
 from kvmcpu.gdb.target import G_SIZE, I386, target_xml
@@ -213,4 +213,37 @@ def test_a_32_bit_guest_gets_the_i386_description() -> None:
         assert g.ask(f"m{eip:x},1") != "E0e"  # the entry point is readable
         assert g.ask("P0=2a000000") == "OK" and g.ask("p0") == "2a000000"  # eax
         g.send_raw(encode("k"))
+        assert s.wait()[0] == 0
+
+
+HELLO = ROOT / "kvmcpu" / "guests" / "hello.bin"
+
+
+@both
+def test_a_protected_mode_guest_gets_the_i386_description(backend: str) -> None:
+    # hello is a Multiboot kernel: it starts in 32-bit protected mode at 0x100020
+    for s in stub(backend, HELLO, "-S"):
+        g = s.client()
+        xml = g.ask("qXfer:features:read:target.xml:0,3000")
+        assert xml[0] == "l" and xml[1:] == I386.xml()
+        assert "<architecture>i386</architecture>" in xml
+        assert '<reg name="eip" bitsize="32" type="code_ptr" regnum="8"/>' in xml
+        regs = bytes.fromhex(g.ask("g"))
+        assert len(regs) == I386.g_size
+        assert regs[8 * 4:9 * 4] == (0x100020).to_bytes(4, "little")  # eip
+        assert regs[10 * 4:11 * 4] == (0x8).to_bytes(4, "little")  # cs: the flat code segment
+        g.send_raw(encode("k"))
+        assert s.wait()[0] == 0
+
+
+@needs_gdb
+@both
+def test_gdb_debugs_a_protected_mode_guest_as_i386(backend: str) -> None:
+    for s in stub(backend, HELLO, "-S"):
+        out = run_gdb(s.port, HELLO, ["show architecture", "info registers eip", "stepi",
+                                      "info registers eip", "kill"])
+        assert 'The target architecture is set to "auto" (currently "i386").' in out
+        lines = out.splitlines()
+        eips = [ln.split()[1] for ln in lines if ln.startswith("eip")]
+        assert eips[0] == "0x100020" and eips[1] != eips[0]
         assert s.wait()[0] == 0
