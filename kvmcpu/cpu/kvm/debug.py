@@ -237,6 +237,7 @@ class KvmDebug:
     #: DR index -> the data breakpoint (address, length, R/W) programmed there.
     _dr_data: Dict[int, Tuple[int, int, int]] = {}
     _patches: Optional[Patches] = None
+    _guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None
     #: Drained: the INT3 patches are out of guest memory until drain_resume.
     _patches_lifted = False
     #: gpa -> original byte of each INT3 patch; the System sets it to its
@@ -554,6 +555,11 @@ class KvmDebug:
         if control or self._debug_on:
             vcpu.set_guest_debug(control, debugreg if control & _HW_BP else None)
         self._debug_on = bool(control)
+        self._guest_debug = (control, debugreg if control & _HW_BP else None) if control else None
+
+    def guest_debug_args(self) -> Optional[Tuple[int, Optional[List[int]]]]:
+        """The (control, debug registers) last given KVM_SET_GUEST_DEBUG (None: off)."""
+        return self._guest_debug
 
     def _take_over_debug(self, old: KvmDebug) -> None:
         """Move the events and steps of ``old``'s thread to this CPU (a CPU switch)."""

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ... import uapi
 from ...backends import modes
 from ...backends.exits import (
+    DebugExit,
     Exit,
     HltExit,
     InternalErrorExit,
@@ -371,7 +372,8 @@ class X86KvmCPU(BaseKvmCPU):
         try:
             result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
                                   use_xsave=self._use_xsave, io=self.handleKvmExitIO,
-                                  mmio=self.handleKvmExitMMIO)
+                                  mmio=self.handleKvmExitMMIO,
+                                  guest_debug=self.guest_debug_args())
         except KvmIoctlError as err:
             raise self._fatal(f"KVM internal error (emulation, instruction bytes "
                               f"{ex.insn_bytes.hex(' ')}); the emulation fallback could not "
@@ -397,6 +399,8 @@ class X86KvmCPU(BaseKvmCPU):
             return ticks + self.handleKvmExitHalt(stop)
         if isinstance(stop, ShutdownExit):
             return self.handleKvmExitShutdown(stop)
+        if isinstance(stop, DebugExit):  # a step or breakpoint of the guest debugging
+            return ticks + self.handleKvmExitDebug(stop)
         if isinstance(stop, InternalErrorExit):
             return ticks  # the state is written back: KVM tries the next instruction
         raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
