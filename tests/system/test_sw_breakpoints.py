@@ -174,3 +174,26 @@ def test_kvm_refuses_where_int3_is_not_delivered(make_system: Callable[..., Syst
                                                     r"breakpoints \(DR0-DR3\).*probe"):
         s.schedule_pc_event(LOOP_PCS[4], lambda tc: None)
     assert s.run(timeout=120).status == STATUS
+
+
+INT3_GUEST = Path(__file__).resolve().parents[2] / "guests" / "int3.bin"
+#: guests/int3.asm: three INT3 at 0x10014c-0x10014e, then after_bps
+GUEST_INT3S, AFTER_BPS = [0x10014C, 0x10014D, 0x10014E], 0x10014F
+
+
+@both
+@pytest.mark.parametrize("where", ["after", "on an int3"])
+def test_the_guests_own_int3_still_reaches_the_guest(
+        backend_name: str, where: str, make_system: Callable[..., System]) -> None:
+    # USE_SW_BP makes every #BP an exit: those at no patch of ours go back to the
+    # guest (its handler counts them: 3 -> status 7); ours fire as usual, also at an
+    # address that holds the guest's own INT3
+    if not _delivered(backend_name):
+        pytest.skip(f"{backend_name} does not deliver INT3 exits to a 64-bit CPL0 guest here")
+    s = make_system("16M", backend=backend_name)
+    s.load(str(INT3_GUEST))
+    hits: List[int] = []
+    addr = AFTER_BPS if where == "after" else GUEST_INT3S[1]
+    s.schedule_pc_event(addr, lambda tc: hits.append(tc.linear_rip()), software=True)
+    assert s.run(timeout=120).status == 7
+    assert hits == [addr]

@@ -238,6 +238,8 @@ class KvmDebug:
     _dr_data: Dict[int, Tuple[int, int, int]] = {}
     _patches: Optional[Patches] = None
     _guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None
+    #: Stepping the guest through its own INT3 (no USE_SW_BP for that step).
+    _guest_bp_pass = False
     #: Drained: the INT3 patches are out of guest memory until drain_resume.
     _patches_lifted = False
     #: gpa -> original byte of each INT3 patch; the System sets it to its
@@ -548,8 +550,10 @@ class KvmDebug:
         if keys or hard:
             debugreg[7] = dr7
             control |= _ENABLE | _HW_BP
-        if self._patches:
+        if self._patches and not self._guest_bp_pass:
             control |= _ENABLE | _SW_BP
+        if self._guest_bp_pass:
+            single = True
         if single:
             control |= _ENABLE | _STEP
         if control or self._debug_on:
@@ -624,13 +628,19 @@ class KvmDebug:
         return True
 
     def _on_debug_exit(self, exception: int, pc: int, dr6: int) -> int:
-        if not self._debug_on or (exception == 3 and pc not in (
-                self._patches.at if self._patches else {})):
-            # Nobody asked for it (guest debugging set by someone else, the guest's
-            # own INT3): stop the simulation loop, as before there were events.
+        if not self._debug_on:
+            # Nobody asked for it (guest debugging set by someone else): stop the
+            # simulation loop, as before there were events.
             exit_sim_loop(f"debug exit at {pc:#x} (exception {exception})", 0,
                           queue=self.eventq)
             return 0
+        if exception == 3 and pc not in (self._patches.at if self._patches else {}):
+            # The guest's own INT3 (USE_SW_BP takes every #BP): let the guest take it,
+            # one single step without USE_SW_BP (it ends in the guest's handler).
+            self._guest_bp_pass = True
+            self._apply_guest_debug()
+            return 0
+        self._guest_bp_pass = False
         self.verify_patches()
         stepped = bool(dr6 & DR6_BS)
         data_bits = dr6 & sum(1 << i for i in self._dr_data) if exception == 1 else 0
