@@ -247,3 +247,21 @@ def test_gdb_debugs_a_protected_mode_guest_as_i386(backend: str) -> None:
         eips = [ln.split()[1] for ln in lines if ln.startswith("eip")]
         assert eips[0] == "0x100020" and eips[1] != eips[0]
         assert s.wait()[0] == 0
+
+
+@both
+def test_z0_where_int3_is_not_delivered_takes_a_debug_register(backend: str) -> None:
+    # spin.bin is real-mode `jmp $` at 0:7c00. Where a backend does not deliver INT3
+    # exits in real mode (the KVM emulator of a nested kvm_pvm host runs a guest's
+    # INT3 through the IVT), Z0 takes a debug register; the mock patches an INT3.
+    # Either way the breakpoint stops the loop on every pass, and memory shows the
+    # guest's code.
+    for s in stub(backend, SPIN, "--format", "flat", "-S"):
+        g = s.client()
+        assert g.ask("Z0,7c00,1") == "OK"
+        for _ in range(3):
+            assert g.ask("c") == "T05swbreak:;thread:01;"
+            assert g.ask("p8") == (0x7C00).to_bytes(4, "little").hex()
+        assert g.ask("m7c00,2") == "ebfe"  # not the INT3, if one is there
+        g.send_raw(encode("k"))
+        assert s.wait()[0] == 0
