@@ -156,7 +156,11 @@ class Mmu:
     def _mmio_write(self, gpa: int, data: bytes) -> None:
         if self.vm.coalesced_write(gpa, data, pio=False):
             return
-        self.pending.append(("mmio_write", gpa, bytes(data)))
+        exit_ = ("mmio_write", gpa, bytes(data))
+        if self.watch_hit and self.pending and self.pending[-1] == ("watch",):
+            self.pending.insert(len(self.pending) - 1, exit_)  # the trap comes last
+        else:
+            self.pending.append(exit_)
         self.stop_flag[0] = True
 
     # -- paging -----------------------------------------------------------------

@@ -171,6 +171,11 @@ class MockVcpu(Vcpu):
                 self._fill_scripted(*item)
                 self._update_run_flags()
                 return decode_exit(run, self.run_page)
+            pending = eng.mmu.pending
+            if pending and pending[0] == ("watch",):
+                # a data breakpoint of the last instruction, behind another exit it made
+                self._update_run_flags()
+                return self._fill(pending.pop(0))
             try:
                 eng.check_host_writes()
                 ex = eng.execute(lambda: bool(run.request_interrupt_window))

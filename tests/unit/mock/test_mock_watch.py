@@ -86,3 +86,16 @@ def test_a_store_across_a_page_boundary_hits_the_next_page(vcpu_with) -> None:  
     ex = v.run()
     assert isinstance(ex, DebugExit) and (ex.pc, ex.dr6 & 0xF) == (0x200F, 1)
     assert isinstance(v.run(), IoExit)
+
+
+def test_a_watched_read_and_an_mmio_write_of_one_instruction_are_two_exits(
+        vcpu_with) -> None:  # noqa: ANN001
+    # mov rsi, 0x3000; mov rdi, 0x20000 (not RAM: MMIO); movsq; out 0x80, al
+    v = vcpu_with(bytes.fromhex("48c7c600300000" "48c7c700000200" "48a5" "e680"))
+    dr7 = 0x700 | 2 | 3 << 16 | 2 << 18  # DR0: reads or writes of 0x3000, 8 bytes
+    v.set_guest_debug(HW, [0x3000, 0, 0, 0, 0, 0, 0, dr7])
+    first = v.run()
+    assert first.kind == "mmio" and first.is_write
+    second = v.run()  # the data breakpoint, still after the movsq
+    assert isinstance(second, DebugExit) and (second.pc, second.dr6 & 0xF) == (0x2010, 1)
+    assert isinstance(v.run(), IoExit)
