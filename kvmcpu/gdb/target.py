@@ -38,7 +38,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..cpu.kvm.debug import DataEvent
+from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
 from ..sim.eventq import SimLoopExitEvent, exit_sim_loop
 from ..system import CAUSE_CHECKPOINT, CAUSE_LIMIT, RunResult, System

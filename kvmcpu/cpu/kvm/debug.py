@@ -14,8 +14,9 @@ schedule or remove events, request a single step or stop the simulation
 addresses, as gdb's. Several events at one address run in the order they were
 scheduled.
 
-* Up to four distinct addresses use the vCPU's hardware breakpoints (DR0-DR3
-  through ``KVM_GUESTDBG_USE_HW_BP``) on every backend. Resuming from an
+* As many distinct addresses as data events leave debug registers free (four
+  without them) use the vCPU's hardware breakpoints (DR0-DR3 through
+  ``KVM_GUESTDBG_USE_HW_BP``) on every backend. Resuming from an
   address whose breakpoint just fired steps over it: one single step with the
   breakpoints armed; a backend that fires the breakpoint again instead (no
   RFLAGS.RF semantics, e.g. KVM's instruction emulator) is detected by the
@@ -47,7 +48,8 @@ on KVM it would need a perf instruction counter with overflow plus single
 steps to land exactly (gem5's way), which is not implemented: KVM refuses with
 :class:`~kvmcpu.errors.DebugUnsupportedError` (never an approximation).
 
-**Data events** (:meth:`KvmDebug.schedule_data_event`, gdb's watchpoints): the
+**Data events** (:meth:`KvmDebug.schedule_data_event`, gdb's watchpoints, in
+:mod:`.watch`): the
 callback runs after an instruction that wrote (``write``), read (``read``) or
 accessed (``access``) 1, 2, 4 or 8 bytes at an address aligned to that length
 (the debug registers' rule, SDM 17.2.5), at the boundary after it (a data
@@ -79,7 +81,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from ... import uapi
 from ...backends.exits import DebugExit
@@ -87,56 +89,29 @@ from ...errors import DebugUnsupportedError
 from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
 from ..thread import ThreadContext
 from . import debug_probe
+from .cpu_events import Callback, _CpuEvent, check_callback
 from .swbreak import Patches
+from .watch import _DR7_LEN, DATA_KINDS, HW_BREAKPOINTS, DataEvent, KvmDataEvents
+
+__all__ = ["KvmDebug", "PcEvent", "InstEvent", "DataEvent", "DATA_KINDS", "HW_BREAKPOINTS",
+           "DR6_BS"]
 
 if TYPE_CHECKING:
     from ...backends.base import Vcpu
     from ...sim.eventq import EventQueue
     from .vm import KvmVM
 
-#: Hardware execution breakpoints an x86 vCPU has (DR0-DR3).
-HW_BREAKPOINTS = 4
 #: DR6.BS: the debug exit is a single-step trap.
 DR6_BS = 0x4000
 #: DR7 with the reserved bit 10 and GE/LE (bits 8, 9) set, as QEMU programs it.
 _DR7_BASE = 0x700
-
-#: Data event kinds and the DR7 R/W field each uses.
-DATA_KINDS = {"write": 1, "read": 3, "access": 3}
-#: Data breakpoint length -> the DR7 LEN field (SDM 17.2.4).
-_DR7_LEN = {1: 0, 2: 1, 4: 3, 8: 2}
 
 _ENABLE = uapi.KVM_GUESTDBG_ENABLE
 _HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
 _SW_BP = uapi.KVM_GUESTDBG_USE_SW_BP
 _STEP = uapi.KVM_GUESTDBG_SINGLESTEP
 
-Callback = Callable[[ThreadContext], Any]
 _seq = itertools.count()
-
-
-class _CpuEvent:
-    """What PC and instruction-count events share: a callback, a name, the CPU it is
-    scheduled on (None once removed) and an idempotent :meth:`remove`."""
-
-    __slots__ = ("callback", "name", "cpu")
-
-    def __init__(self, cpu: KvmDebug, callback: Callback, name: str) -> None:
-        self.callback = callback
-        self.name = name
-        self.cpu: Optional[KvmDebug] = cpu
-
-    @property
-    def scheduled(self) -> bool:
-        return self.cpu is not None
-
-    def remove(self) -> None:
-        """Remove the event (idempotent)."""
-        if self.cpu is not None:
-            self._unschedule(self.cpu)
-
-    def _unschedule(self, cpu: KvmDebug) -> None:
-        raise NotImplementedError
 
 
 class PcEvent(_CpuEvent):
@@ -170,39 +145,7 @@ class InstEvent(_CpuEvent):
         cpu.remove_inst_event(self)
 
 
-class DataEvent(_CpuEvent):
-    """A scheduled data event (see :meth:`KvmDebug.schedule_data_event`)."""
-
-    __slots__ = ("addr", "length", "kind", "last")
-
-    def __init__(self, cpu: KvmDebug, addr: int, length: int, kind: str,
-                 callback: Callback, name: str) -> None:
-        super().__init__(cpu, callback, name)
-        self.addr = addr
-        self.length = length
-        self.kind = kind
-        #: The watched bytes as last seen (how a ``read`` hit is told from a write).
-        self.last: Optional[bytes] = None
-
-    @property
-    def register_key(self) -> Tuple[int, int, int]:
-        """(address, length, DR7 R/W): events with one key share a debug register."""
-        return self.addr, self.length, DATA_KINDS[self.kind]
-
-    def _unschedule(self, cpu: KvmDebug) -> None:
-        cpu.remove_data_event(self)
-
-    def __repr__(self) -> str:
-        return (f"DataEvent({self.name!r}: {self.kind} {self.addr:#x}+{self.length}"
-                f"{'' if self.cpu else ', removed'})")
-
-
-def _check_callback(callback: object) -> None:
-    if not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-
-
-class KvmDebug:
+class KvmDebug(KvmDataEvents):
     """The debugging part of :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` (a mixin)."""
 
     if TYPE_CHECKING:
@@ -233,9 +176,6 @@ class KvmDebug:
     _stale_skip: Optional[int] = None
     _bp_refires = False
     _debug_on = False
-    _data_events: Optional[List[DataEvent]] = None
-    #: DR index -> the data breakpoint (address, length, R/W) programmed there.
-    _dr_data: Dict[int, Tuple[int, int, int]] = {}
     _patches: Optional[Patches] = None
     _guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None
     #: Stepping the guest through its own INT3 (no USE_SW_BP for that step).
@@ -277,7 +217,7 @@ class KvmDebug:
             raise TypeError(f"addr must be an int, got {type(addr).__name__}")
         if not 0 <= addr < 1 << 64:
             raise ValueError(f"addr must be in 0..2**64-1, got {addr:#x}")
-        _check_callback(callback)
+        check_callback(callback)
         events = self._pc_events
         if events is None:
             events = self._pc_events = {}
@@ -326,14 +266,6 @@ class KvmDebug:
     def pc_events(self) -> List[PcEvent]:
         """The scheduled PC events, by address."""
         return [e for a in sorted(self._pc_events or {}) for e in (self._pc_events or {})[a]]
-
-    def _data_keys(self) -> List[Tuple[int, int, int]]:
-        """The distinct data breakpoints, in the order they were scheduled."""
-        keys: List[Tuple[int, int, int]] = []
-        for ev in self._data_events or ():
-            if ev.register_key not in keys:
-                keys.append(ev.register_key)
-        return keys
 
     def _pc_capacity(self) -> int:
         """Debug registers left for hardware PC events."""
@@ -396,121 +328,10 @@ class KvmDebug:
             self._patches_lifted = lifted
             self._sync_patches(self._sw_addrs())
 
-    # -------------------------------------------------------------- data events
-    def data_breakpoints(self) -> Tuple[bool, str]:
-        """(delivered, how) for data breakpoints in the thread's current mode on this
-        backend (a probe, see :mod:`.debug_probe`)."""
-        return debug_probe.probe(self.vm.backend, debug_probe.DATA,
-                                 debug_probe.mode_of(self.getContext()))
-
-    def schedule_data_event(self, addr: int, length: int, callback: Callback,
-                            kind: str = "write", name: Optional[str] = None) -> DataEvent:
-        """Call ``callback(tc)`` after each instruction that writes (``kind="write"``),
-        reads (``"read"``) or accesses (``"access"``) the ``length`` bytes at linear
-        address ``addr``; returns the event (``remove()`` it).
-
-        Raises:
-            TypeError, ValueError: ``addr`` is not an int in 0..2**64-1, ``length`` not
-                1, 2, 4 or 8, ``addr`` not aligned to ``length``, an unknown ``kind``,
-                or ``callback`` is not callable.
-            DebugUnsupportedError: the backend does not deliver data breakpoints in
-                this mode, or all four debug registers are taken.
-        """
-        if not isinstance(addr, int) or isinstance(addr, bool):
-            raise TypeError(f"addr must be an int, got {type(addr).__name__}")
-        if not isinstance(length, int) or isinstance(length, bool):
-            raise TypeError(f"length must be an int, got {type(length).__name__}")
-        if not 0 <= addr < 1 << 64:
-            raise ValueError(f"addr must be in 0..2**64-1, got {addr:#x}")
-        if length not in _DR7_LEN:
-            raise ValueError(f"length must be 1, 2, 4 or 8 (a debug register's LEN), got {length}")
-        if addr % length:
-            raise ValueError(f"addr {addr:#x} must be aligned to its length {length} (a debug "
-                             "register ignores the low address bits, SDM 17.2.5)")
-        if kind not in DATA_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
-        _check_callback(callback)
-        works, seen = self.data_breakpoints()
-        if not works:
-            raise DebugUnsupportedError(
-                f"{self.path()}: this backend does not deliver data breakpoints in "
-                f"{debug_probe.mode_of(self.getContext())} mode (probe: {seen})")
-        ev = DataEvent(self, addr, length, kind, callback,
-                       name or f"{kind} {addr:#x}+{length}")
-        keys = self._data_keys()
-        if ev.register_key not in keys:
-            pcs = len(self._plan()[0])
-            if pcs and not self.exact_stepping() and self.software_breakpoints()[0]:
-                pcs = 0  # the PC events beyond the free registers become INT3s
-            if len(keys) + 1 + pcs > HW_BREAKPOINTS:
-                raise DebugUnsupportedError(
-                    f"{self.path()}: no debug register left for a {kind} data breakpoint at "
-                    f"{addr:#x}: the {HW_BREAKPOINTS} registers (DR0-DR3) hold {len(keys)} "
-                    f"data breakpoint(s) and {pcs} hardware PC event address(es)")
-        ev.last = self._read_linear(addr, length)
-        if self._data_events is None:
-            self._data_events = []
-        self._data_events.append(ev)
-        self._apply_guest_debug()
-        return ev
-
-    def remove_data_event(self, ev: DataEvent) -> None:
-        """Remove a data event (idempotent)."""
-        if self._data_events is not None and ev in self._data_events and ev.cpu is self:
-            self._data_events.remove(ev)
-            if not self._data_events:
-                self._data_events = None
-        ev.cpu = None
-        self._apply_guest_debug()
-
-    def data_events(self) -> List[DataEvent]:
-        """The scheduled data events, in the order they were scheduled."""
-        return list(self._data_events or ())
-
-    def refresh_data_events(self) -> None:
-        """Take the watched bytes as they are now (memory written from outside the
-        guest, e.g. by a debugger, is not a guest write for the next ``read`` hit)."""
-        for ev in self._data_events or ():
-            ev.last = self._read_linear(ev.addr, ev.length)
-
-    def _read_linear(self, addr: int, length: int) -> Optional[bytes]:
-        """The guest's bytes at linear ``addr`` (None where not mapped RAM)."""
-        vcpu = self.vcpu
-        if vcpu is None:
-            return None
-        if self.threadContextDirty:
-            self.syncKvmState()
-        out = b""
-        while length:
-            n = min(length, 0x1000 - (addr & 0xFFF))
-            t = vcpu.translate(addr)
-            if not t.valid:
-                return None
-            try:
-                out += self.vm.vm.read_guest(int(t.physical_address), n)
-            except ValueError:
-                return None
-            addr, length = addr + n, length - n
-        return out
-
-    def _fire_data_events(self, bits: int) -> None:
-        hit = [key for i, key in self._dr_data.items() if bits >> i & 1]
-        due: List[Callback] = []
-        for ev in list(self._data_events or ()):
-            if ev.register_key not in hit:
-                continue
-            if ev.kind == "read":
-                now = self._read_linear(ev.addr, ev.length)
-                changed, ev.last = now != ev.last, now
-                if changed:
-                    continue  # an R/W=11 hit that changed the bytes: a write
-            due.append(ev.callback)
-        self._run_callbacks(due)
-
     # ------------------------------------------------------------ single steps
     def request_step(self, callback: Callback) -> None:
         """Call ``callback(tc)`` after the next instruction the thread executes."""
-        _check_callback(callback)
+        check_callback(callback)
         if self._step_callbacks is None:
             self._step_callbacks = []
         self._step_callbacks.append(callback)
@@ -737,7 +558,7 @@ class KvmDebug:
             raise TypeError(f"count must be an int, got {type(count).__name__}")
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
-        _check_callback(callback)
+        check_callback(callback)
         if not self.exact_stepping():
             raise DebugUnsupportedError(self._no_inst_counter())
         ev = InstEvent(self, self.ctr_insts + count, callback, name or f"inst +{count}")
