@@ -267,6 +267,7 @@ class System(SimObject):
             )
             self._closers.insert(0, self.cpu.close)
             self.cpu.on_halt = self.on_cpu_halt
+            self.cpu.sw_shadow = self.physmem.overlay  # INT3 patches hidden from reads
         except BaseException:
             self.close()
             raise
@@ -373,10 +374,11 @@ class System(SimObject):
         return symbols[name]
 
     def schedule_pc_event(self, where: Union[int, str], callback: Callable[[Any], Any],
-                          name: Optional[str] = None) -> Any:
+                          name: Optional[str] = None, *, software: bool = False) -> Any:
         """Schedule a PC event on the CPU at a linear address or at a symbol of the
         loaded ELF image (see :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.schedule_pc_event`:
-        ``callback(tc)`` runs before the instruction there). Returns the event.
+        ``callback(tc)`` runs before the instruction there; ``software``: an INT3
+        breakpoint). Returns the event.
 
         Raises:
             GuestError: an unknown symbol.
@@ -385,7 +387,7 @@ class System(SimObject):
         self._check_open("schedule_pc_event")
         addr = self.symbol(where) if isinstance(where, str) else where
         label = name or (where if isinstance(where, str) else None)
-        return self.cpu.schedule_pc_event(addr, callback, label)
+        return self.cpu.schedule_pc_event(addr, callback, label, software=software)
 
     def set_start_state(self, loaded: LoadedImage) -> None:
         """Put the CPU in the mode the loader asked for."""

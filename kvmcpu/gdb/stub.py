@@ -10,12 +10,15 @@ Packets (see :mod:`kvmcpu.gdb.packet` for framing): ``qSupported``
 (``PacketSize``, ``qXfer:features:read+``, ``QStartNoAckMode+``, ``swbreak+``,
 ``vContSupported+``), ``qXfer:features:read:target.xml``, ``?``, ``g``/``G``,
 ``p``/``P``, ``m``/``M``, ``X``, ``c``/``s`` (with an address), ``vCont``
-(``c``, ``s``, ``t``), ``Z0``/``z0`` and ``Z1``/``z1`` (both are PC events:
-hardware breakpoints on KVM, so four at most), ``Z2``/``z2`` write
-watchpoints (single steps, see :mod:`.target`), ``qfThreadInfo``/
+(``c``, ``s``, ``t``), ``Z0``/``z0`` (software breakpoints: INT3 patches where the backend
+delivers them, see :mod:`.target`) and ``Z1``/``z1`` (hardware: the debug
+registers), ``Z2``/``z2``, ``Z3``/``z3`` and
+``Z4``/``z4`` write, read and access watchpoints (data breakpoints, see
+:mod:`.target`; the stop reply says ``watch:``, ``rwatch:`` or ``awatch:``
+and the address), ``qfThreadInfo``/
 ``qsThreadInfo``, ``qC``, ``T``, ``Hg``/``Hc``, ``qAttached``, ``D``, ``k``,
-``QStartNoAckMode``. Read and access watchpoints (``Z3``, ``Z4``) get the
-empty reply (not supported), as does anything else unknown; malformed
+``QStartNoAckMode``. Anything else unknown gets the empty reply (not
+supported); malformed
 requests ``E NN`` with the errno in hex, as the protocol says (``E16``
 EINVAL: a bad argument or a too large read; ``E0e`` EFAULT: an address that
 is not mapped RAM; ``E1c`` ENOSPC: no debug register left; ``E01``: not
@@ -54,6 +57,9 @@ SIGINT = 2
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: RunResult.cause when gdb killed the guest (``k``).
 CAUSE_KILLED = "killed by gdb"
+#: Z2/Z3/Z4 -> the data event kind; the kind -> the stop reply's reason.
+WATCH_KINDS = {"2": "write", "3": "read", "4": "access"}
+STOP_WATCH = {"write": "watch", "read": "rwatch", "access": "awatch"}
 
 
 def parse_address(spec: str) -> Tuple[str, int]:
@@ -274,7 +280,7 @@ class GdbStub:
     def _stop_reply(self, signo: int, cause: Optional[str]) -> str:
         why = "swbreak:;" if cause == CAUSE_BREAK else ""
         if cause == CAUSE_WATCH and self.target.watch_hit is not None:
-            why = f"watch:{self.target.watch_hit:x};"
+            why = f"{STOP_WATCH[self.target.watch_kind]}:{self.target.watch_hit:x};"
         return f"T{signo:02x}{why}thread:01;"
 
     # --------------------------------------------------------------- packets
@@ -357,18 +363,18 @@ class GdbStub:
             send("vCont;c;C;s;S;t")
         elif pkt.startswith("vCont;"):
             return self._vcont(pkt[6:])
-        elif head in ("Z", "z") and pkt[1:2] in ("0", "1", "2"):
+        elif head in ("Z", "z") and pkt[1:2] in ("0", "1", "2", "3", "4"):
             kind, addr_s, size_s = pkt[1:].split(",")[:3]
             addr = int(addr_s, 16)
-            if kind == "2":
+            if kind in WATCH_KINDS:
                 if head == "Z":
-                    t.insert_watchpoint(addr, int(size_s, 16))
+                    t.insert_watchpoint(addr, int(size_s, 16), WATCH_KINDS[kind])
                 else:
-                    t.remove_watchpoint(addr, int(size_s, 16))
+                    t.remove_watchpoint(addr, int(size_s, 16), WATCH_KINDS[kind])
             elif head == "Z":
-                t.insert_breakpoint(addr)
+                t.insert_breakpoint(addr, hardware=kind == "1")
             else:
-                t.remove_breakpoint(addr)
+                t.remove_breakpoint(addr, hardware=kind == "1")
             send("OK")
         elif pkt == "qfThreadInfo":
             send("m" + ",".join(f"{i:x}" for i in t.threads()))

@@ -11,13 +11,21 @@
   translated through the guest's page tables (``KVM_TRANSLATE``; with paging
   off that is the identity) and read from or written to guest RAM; an
   unmapped page or an address outside RAM is an error;
-* breakpoints as PC events (so KVM has four: the debug registers), single
-  steps with :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.request_step`;
-* write watchpoints by single steps: while one is set the thread runs one
-  instruction at a time and the watched bytes are compared after each, so a
-  watchpoint stops after the instruction that changed the value, exactly and
-  alike on both backends (and at any number of addresses), at the cost of an
-  exit per instruction. Read and access watchpoints are not offered;
+* breakpoints as PC events: ``Z0`` software (INT3) where the backend
+  delivers them in the thread's mode, else a debug register; ``Z1`` a debug
+  register (``E1c`` when none is left on KVM; the mock single-steps beyond
+  four); single steps with :meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.request_step`;
+* watchpoints (``Z2`` write, ``Z3`` read, ``Z4`` access) as data events
+  (:meth:`~kvmcpu.cpu.kvm.debug.KvmDebug.schedule_data_event`: the debug
+  registers, on the mock checked on every load and store), the range split
+  into aligned 1/2/4/8-byte pieces as gdb's own x86 code splits it, one
+  register each; the stop reply names the watchpoint (``watch:``,
+  ``rwatch:``, ``awatch:`` and its address). Where the backend does not
+  deliver data breakpoints (a probe says so), a write watchpoint falls back to
+  single steps: the thread runs one instruction at a time and the watched
+  bytes are compared after each (it stops after the instruction that changed
+  the value, at an exit per instruction); read and access watchpoints are
+  then refused;
 * running in slices of simulated time, so the stub can look at its socket
   (Ctrl-C, a second debugger) between them.
 
@@ -30,6 +38,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
 from ..sim.eventq import SimLoopExitEvent, exit_sim_loop
 from ..system import CAUSE_CHECKPOINT, CAUSE_LIMIT, RunResult, System
@@ -174,6 +183,21 @@ class TargetError(Exception):
 
 
 PAGE = 4096
+#: The longest watchpoint: four debug registers of 8 bytes.
+MAX_WATCH = 32
+
+
+def aligned_pieces(addr: int, length: int) -> List[Tuple[int, int]]:
+    """[addr, addr+length) as the fewest aligned 1/2/4/8-byte pieces (a debug
+    register each), as gdb's x86 code splits an unaligned watchpoint."""
+    out = []
+    while length:
+        size = 8
+        while size > 1 and (addr % size or size > length):
+            size //= 2
+        out.append((addr, size))
+        addr, length = addr + size, length - size
+    return out
 
 
 class SystemTarget:
@@ -187,12 +211,15 @@ class SystemTarget:
     def __init__(self, system: System, slice_ticks: int = 100_000_000) -> None:
         self.system = system
         self.slice_ticks = slice_ticks
-        self._breakpoints: Dict[int, object] = {}
+        self._breakpoints: Dict[Tuple[int, bool], object] = {}
         self._stop_event: Optional[SimLoopExitEvent] = None
         self._watch: Dict[Tuple[int, int], bytes] = {}
         self._user_step = False
-        #: The watched address that changed, for the stop reply (None: none did).
+        #: (kind, address, length) -> the data events of a watchpoint.
+        self._watchpoints: Dict[Tuple[str, int, int], List[DataEvent]] = {}
+        #: The watchpoint that stopped the thread, for the stop reply (None: none did).
         self.watch_hit: Optional[int] = None
+        self.watch_kind = "write"
         if not system.root.instantiated:
             # What System.run does first: create the vCPU, start the thread.
             system.root.instantiate()
@@ -343,37 +370,81 @@ class SystemTarget:
             return
         self._stop_event = exit_sim_loop(cause, 0, queue=self.system.eventq)
 
-    def insert_breakpoint(self, addr: int) -> None:
-        if addr in self._breakpoints:
+    def insert_breakpoint(self, addr: int, hardware: bool = False) -> None:
+        """``Z1`` (``hardware``): a debug register; ``Z0``: an INT3 patch, or a debug
+        register where the backend does not deliver software breakpoints."""
+        key = (addr, hardware)
+        if key in self._breakpoints:
             return
         from ..errors import DebugUnsupportedError
 
+        cpu = self.system.cpu
+        software = not hardware and cpu.software_breakpoints()[0]
+        if not software and not cpu.exact_stepping() and cpu.free_debug_registers() <= 0:
+            raise TargetError(28, f"no debug register left for a breakpoint at {addr:#x}")
         try:
-            ev = self.system.cpu.schedule_pc_event(
-                addr, lambda tc: self._stop(CAUSE_BREAK), name="gdb breakpoint")
+            ev = cpu.schedule_pc_event(addr, lambda tc: self._stop(CAUSE_BREAK),
+                                       name="gdb breakpoint", software=software)
         except DebugUnsupportedError as err:
             raise TargetError(28, str(err)) from err  # ENOSPC: no debug register left
         except ValueError as err:
             raise TargetError(22, str(err)) from err
-        self._breakpoints[addr] = ev
+        self._breakpoints[key] = ev
 
-    def remove_breakpoint(self, addr: int) -> None:
-        ev = self._breakpoints.pop(addr, None)
+    def remove_breakpoint(self, addr: int, hardware: bool = False) -> None:
+        ev = self._breakpoints.pop((addr, hardware), None)
         if ev is not None:
             ev.remove()  # type: ignore[attr-defined]
 
-    def insert_watchpoint(self, addr: int, length: int) -> None:
-        if length not in (1, 2, 4, 8):
-            raise TargetError(22, f"watchpoint length {length} (1, 2, 4 or 8)")
-        self._watch[(addr, length)] = self.read_memory(addr, length)
+    def insert_watchpoint(self, addr: int, length: int, kind: str = "write") -> None:
+        """A watchpoint of ``kind`` (``write``, ``read``, ``access``) on ``length``
+        bytes at ``addr`` (see the module docstring)."""
+        from ..errors import DebugUnsupportedError
 
-    def remove_watchpoint(self, addr: int, length: int) -> None:
-        self._watch.pop((addr, length), None)
+        key = (kind, addr, length)
+        if key in self._watchpoints or (kind == "write" and (addr, length) in self._watch):
+            return
+        if not 1 <= length <= MAX_WATCH:
+            raise TargetError(22, f"watchpoint length {length} (1 to {MAX_WATCH} bytes: "
+                                  "four debug registers of 8)")
+        if addr < 0 or addr + length > 1 << 64:
+            raise TargetError(22, f"watchpoint at {addr:#x}+{length:#x}")
+        cpu = self.system.cpu
+        if not cpu.data_breakpoints()[0]:
+            if kind != "write":
+                raise TargetError(1, f"{kind} watchpoints need data breakpoints, which this "
+                                     f"backend does not deliver ({cpu.data_breakpoints()[1]})")
+            self._watch[(addr, length)] = self.read_memory(addr, length)
+            return
+        events: List[DataEvent] = []
+        try:
+            for a, n in aligned_pieces(addr, length):
+                events.append(cpu.schedule_data_event(
+                    a, n, lambda tc: self._watch_stop(kind, addr), kind, name="gdb watchpoint"))
+        except DebugUnsupportedError as err:
+            for ev in events:
+                ev.remove()
+            raise TargetError(28, str(err)) from err  # ENOSPC: no debug register left
+        self._watchpoints[key] = events
+
+    def _watch_stop(self, kind: str, addr: int) -> None:
+        if self._stop_event is None or not self._stop_event.scheduled():
+            self.watch_hit = addr
+            self.watch_kind = kind
+        self._stop(CAUSE_WATCH)
+
+    def remove_watchpoint(self, addr: int, length: int, kind: str = "write") -> None:
+        for ev in self._watchpoints.pop((kind, addr, length), []):
+            ev.remove()
+        if kind == "write":
+            self._watch.pop((addr, length), None)
 
     def remove_all(self) -> None:
         """Forget every breakpoint, watchpoint and pending step (the debugger went away)."""
-        for addr in list(self._breakpoints):
-            self.remove_breakpoint(addr)
+        for addr, hardware in list(self._breakpoints):
+            self.remove_breakpoint(addr, hardware)
+        for kind, addr, length in list(self._watchpoints):
+            self.remove_watchpoint(addr, length, kind)
         self._watch.clear()
         self._user_step = False
         self.system.cpu.cancel_steps()
@@ -383,6 +454,7 @@ class SystemTarget:
         """Prepare the next slices: one instruction (``step``) or until a stop."""
         cpu = self.system.cpu
         cpu.cancel_steps()  # a step a breakpoint interrupted is not resumed
+        cpu.refresh_data_events()  # what gdb wrote meanwhile is no guest write
         self.watch_hit = None
         self._user_step = step
         if self._watch:
@@ -403,7 +475,7 @@ class SystemTarget:
             new = self._peek(*key)
             if new != old:
                 self._watch[key] = new
-                self.watch_hit = key[0]
+                self.watch_hit, self.watch_kind = key[0], "write"
                 self._stop(CAUSE_WATCH)
                 return
         if self._user_step:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import Iterator, List, NamedTuple, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Tuple, Union
 
 from kvmcpu.errors import ClosedError, ConfigError, GuestError
 from kvmcpu.hostmem import PAGE_SIZE, HostMemory
@@ -194,6 +194,10 @@ class PhysicalMemory:
         self.hole_end = hole_end
         low = min(nbytes, hole_start)
         high = nbytes - low
+        #: guest-physical address -> the byte reads show in place of RAM's (the
+        #: original bytes under a debugger's INT3 patches, kvmcpu.cpu.kvm.swbreak);
+        #: a write there changes the shown byte and leaves RAM's as it is.
+        self.overlay: Dict[int, int] = {}
         self.regions: List[RamRegion] = []
         try:
             self.regions.append(RamRegion(0, HostMemory(low, noreserve=noreserve)))
@@ -243,6 +247,11 @@ class PhysicalMemory:
                 yield ()  # type: ignore[misc]
                 return
 
+    def _ram_byte(self, gpa: int) -> int:
+        for host, off, _pos, _n in self._split(gpa, 1):
+            return int(host.view[off])
+        raise GuestError(f"no RAM at {gpa:#x}")  # pragma: no cover - _split raised
+
     def read(self, gpa: int, size: int) -> bytes:
         """Copy ``size`` bytes of guest RAM from ``gpa``.
 
@@ -254,6 +263,9 @@ class PhysicalMemory:
         out = bytearray(size)
         for host, off, pos, n in self._split(gpa, size):
             out[pos : pos + n] = host.view[off : off + n]
+        for addr, byte in self.overlay.items():
+            if gpa <= addr < gpa + size:
+                out[addr - gpa] = byte
         return bytes(out)
 
     def write(self, gpa: int, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -266,9 +278,16 @@ class PhysicalMemory:
             raise ValueError(f"invalid write at {gpa:#x}")
         mv = memoryview(data).cast("B")
         pieces = list(self._split(gpa, len(mv)))
+        # overlaid bytes keep RAM's value; what is written there goes to the overlay
+        kept = {a: self._ram_byte(a) for a in self.overlay if gpa <= a < gpa + len(mv)}
         for host, off, pos, n in pieces:
             host.view[off : off + n] = mv[pos : pos + n]
             host.notify_written(off, n)
+        for addr, byte in kept.items():
+            self.overlay[addr] = mv[addr - gpa]
+            for host, off, _pos, _n in self._split(addr, 1):
+                host.view[off] = byte
+                host.notify_written(off, 1)
 
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
         """Set ``size`` bytes at ``gpa`` to ``byte`` (zero-filling a BSS)."""

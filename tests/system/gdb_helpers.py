@@ -27,6 +27,16 @@ needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None,
                                reason="gdb is not installed (apt-get install gdb)")
 
 
+def data_breakpoints(backend: str) -> bool:
+    """Whether ``backend`` delivers data breakpoints to a 64-bit CPL0 guest such as
+    debugme (the probe the CPU model itself runs, kvmcpu.cpu.kvm.debug_probe)."""
+    from kvmcpu.backends import get_backend
+    from kvmcpu.cpu.kvm import debug_probe
+
+    with get_backend(backend) as b:
+        return debug_probe.probe(b, debug_probe.DATA, "long cpl0")[0]
+
+
 class Stub:
     """A ``kvmcpu run --gdb`` process and the port it listens on."""
 

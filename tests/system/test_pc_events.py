@@ -117,19 +117,6 @@ def test_the_mock_watches_any_number_of_addresses(make_system: Callable[..., Sys
     assert hits == (LOOP_PCS[:2] + LOOP_PCS[6:] + LOOP_PCS[2:6]) * 8
 
 
-@pytest.mark.kvm
-def test_kvm_refuses_a_fifth_address_naming_the_limit(make_system: Callable[..., System]) -> None:
-    s = _system(make_system, "kvm")
-    for pc in LOOP_PCS[:4]:
-        s.schedule_pc_event(pc, lambda tc: None)
-    s.schedule_pc_event(LOOP_PCS[0], lambda tc: None)  # a second event at a watched address
-    with pytest.raises(DebugUnsupportedError, match=r"5th distinct address.*4 hardware "
-                                                    r"breakpoints \(DR0-DR3\)"):
-        s.schedule_pc_event(LOOP_PCS[4], lambda tc: None)
-    assert len(s.cpu.pc_events()) == 5
-    assert s.run(timeout=120).status == STATUS
-
-
 def test_pc_event_arguments_are_checked(make_system: Callable[..., System]) -> None:
     s = _system(make_system, "mock")
     with pytest.raises(TypeError, match="addr must be an int"):

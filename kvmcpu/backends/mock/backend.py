@@ -27,6 +27,11 @@ CAPABILITIES: Dict[int, int] = {
     Cap.XSAVE: 1,
     Cap.IMMEDIATE_EXIT: 1,
     Cap.SET_GUEST_DEBUG: 1,
+    # the KVM_GUESTDBG_* control bits set_guest_debug accepts, as x86 KVM reports them
+    Cap.SET_GUEST_DEBUG2: (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
+                           | uapi.KVM_GUESTDBG_USE_SW_BP | uapi.KVM_GUESTDBG_USE_HW_BP
+                           | uapi.KVM_GUESTDBG_INJECT_DB | uapi.KVM_GUESTDBG_INJECT_BP
+                           | uapi.KVM_GUESTDBG_BLOCKIRQ),
     Cap.READONLY_MEM: 1,
     Cap.MP_STATE: 1,
     Cap.COALESCED_MMIO: uapi.KVM_COALESCED_MMIO_PAGE_OFFSET,

@@ -6,6 +6,13 @@ when writes need no bookkeeping (write TLB). Everything else (page walks, A/D
 bits, #PF, read-only slots, MMIO, coalesced MMIO, dirty logging and
 self-modifying-code detection) lives in the slow path.
 
+Data breakpoints (the DR7 R/W and LEN fields that ``KVM_SET_GUEST_DEBUG`` gives
+the mock, see :meth:`Mmu.set_watch`): a linear page holding a watched range is
+never put in the TLBs, so every load and store to it takes the slow path
+(:meth:`Mmu.read`/:meth:`Mmu.write`), which compares the access with the armed
+ranges and records DR6's B0-B3 bits (``watch_hit``) and a ``("watch",)`` exit for
+the end of the instruction. With nothing armed the fast path is unchanged.
+
 Lifetime: the page views are slices of ``HostMemory.view``; ``flush()`` drops
 them and the vCPU flushes before its slots change or its VM closes.
 """
@@ -48,6 +55,12 @@ class Mmu:
         #: Exits (MMIO writes) produced by the current instruction, in order.
         self.pending: List[Tuple[Any, ...]] = []
         self.stop_flag: List[bool] = [False]
+        #: Armed data breakpoints: (linear base, length, writes only, DR index); None: none.
+        self.watch: Optional[List[Tuple[int, int, bool, int]]] = None
+        #: Linear pages the armed ranges touch (kept out of the TLBs).
+        self.watch_pages: Set[int] = set()
+        #: DR6 B0-B3 bits of the data breakpoints the current instruction hit.
+        self.watch_hit = 0
         self.build_fast_paths()
 
     # -- cache control ----------------------------------------------------------
@@ -67,6 +80,27 @@ class Mmu:
             t.pop(p, None)
         for i in self.itlb:
             i.pop(p, None)
+
+    def set_watch(self, ranges: List[Tuple[int, int, bool, int]]) -> None:
+        """Arm data breakpoints: (linear base, length, writes only, DR index) each."""
+        self.watch = list(ranges) or None
+        pages: Set[int] = set()
+        for base, size, _, _ in ranges:
+            pages.update((base >> 12, (base + size - 1) >> 12))
+        self.watch_pages = pages
+        self.watch_hit = 0
+        self.flush()
+
+    def _watched(self, lin: int, n: int, write: bool) -> None:
+        hit = 0
+        for base, size, writes_only, index in self.watch or ():
+            if (write or not writes_only) and lin < base + size and base < lin + n:
+                hit |= 1 << index
+        if hit:
+            if not self.watch_hit:
+                self.pending.append(("watch",))  # reported after the instruction (a trap)
+            self.watch_hit |= hit
+            self.stop_flag[0] = True
 
     # -- physical memory --------------------------------------------------------
     def phys_page(self, ppage: int) -> Optional[Tuple[memoryview, Any]]:
@@ -122,7 +156,11 @@ class Mmu:
     def _mmio_write(self, gpa: int, data: bytes) -> None:
         if self.vm.coalesced_write(gpa, data, pio=False):
             return
-        self.pending.append(("mmio_write", gpa, bytes(data)))
+        exit_ = ("mmio_write", gpa, bytes(data))
+        if self.watch_hit and self.pending and self.pending[-1] == ("watch",):
+            self.pending.insert(len(self.pending) - 1, exit_)  # the trap comes last
+        else:
+            self.pending.append(exit_)
         self.stop_flag[0] = True
 
     # -- paging -----------------------------------------------------------------
@@ -251,7 +289,7 @@ class Mmu:
         ppage = phys >> 12
         if not fetch:
             pp = self.phys_page(ppage)
-            if pp is not None:
+            if pp is not None and page not in self.watch_pages:
                 view, slot = pp
                 priv = 1 if user else 0
                 self.tlb_r[priv][page] = view
@@ -269,8 +307,12 @@ class Mmu:
             first = split - lin
             a = self.translate(lin, False, user)
             b = self.translate(split & self.lin_mask, False, user)
-            return self.phys_read(a, first) + self.phys_read(b, n - first)
-        return self.phys_read(self.translate(lin, False, user), n)
+            data = self.phys_read(a, first) + self.phys_read(b, n - first)
+        else:
+            data = self.phys_read(self.translate(lin, False, user), n)
+        if self.watch is not None:
+            self._watched(lin, n, False)
+        return data
 
     def write(self, lin: int, data: bytes, user: bool = False) -> None:
         n = len(data)
@@ -281,8 +323,10 @@ class Mmu:
             b = self.translate(split & self.lin_mask, True, user)
             self.phys_write(a, data[:first])
             self.phys_write(b, data[first:])
-            return
-        self.phys_write(self.translate(lin, True, user), data)
+        else:
+            self.phys_write(self.translate(lin, True, user), data)
+        if self.watch is not None:
+            self._watched(lin, n, True)
 
     @property
     def lin_mask(self) -> int:

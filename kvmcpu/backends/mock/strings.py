@@ -216,6 +216,8 @@ def _overlaps(e: "Engine", slin: int, dlin: int, nbytes: int, user: bool) -> boo
 def _ram_view(e: "Engine", lin: int, write: bool, user: bool) -> Optional[memoryview]:
     """The host page behind ``lin`` if it is plain RAM the access may use directly."""
     mmu = e.mmu
+    if mmu.watch is not None and lin >> 12 in mmu.watch_pages:
+        return None  # a data breakpoint's page: element by element through Mmu.read/write
     phys = mmu.translate(lin, write, user)
     pp = mmu.phys_page(phys >> 12)
     if pp is None:

@@ -31,6 +31,7 @@ from ..exits import Exit, IntrExit, decode_exit
 from .backend import TSC_KHZ, VCPU_MMAP_SIZE
 from .engine import Engine
 from .state import (
+    CS,
     FS,
     GS,
     IF,
@@ -46,6 +47,8 @@ from .state import (
 log = logging.getLogger("kvmcpu.backends.mock")
 
 _PIO_OFFSET = 4096 * uapi.KVM_PIO_PAGE_OFFSET
+#: DR7 LEN field -> bytes (SDM 17.2.4: 10b is 8 bytes on processors that have it)
+_DR7_LEN = (1, 2, 8, 4)
 _GUESTDBG_VALID = (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
                    | uapi.KVM_GUESTDBG_USE_SW_BP | uapi.KVM_GUESTDBG_USE_HW_BP
                    | uapi.KVM_GUESTDBG_BLOCKIRQ | uapi.KVM_GUESTDBG_INJECT_DB
@@ -168,6 +171,11 @@ class MockVcpu(Vcpu):
                 self._fill_scripted(*item)
                 self._update_run_flags()
                 return decode_exit(run, self.run_page)
+            pending = eng.mmu.pending
+            if pending and pending[0] == ("watch",):
+                # a data breakpoint of the last instruction, behind another exit it made
+                self._update_run_flags()
+                return self._fill(pending.pop(0))
             try:
                 eng.check_host_writes()
                 ex = eng.execute(lambda: bool(run.request_interrupt_window))
@@ -247,6 +255,17 @@ class MockVcpu(Vcpu):
             run.exit_reason = ExitReason.SHUTDOWN
         elif kind == "irq_window":
             run.exit_reason = ExitReason.IRQ_WINDOW_OPEN
+        elif kind == "watch":
+            # data breakpoints the instruction just completed hit (a trap, after it)
+            eng = self.engine
+            st = eng.st
+            a = run.debug.arch
+            a.exception = 1
+            a.pc = (st.sb[CS] + st.rip) & 0xFFFFFFFFFFFFFFFF
+            a.dr6 = 0xFFFF0FF0 | eng.mmu.watch_hit | (0x4000 if eng.single_step else 0)
+            a.dr7 = eng.hw_dr7
+            eng.mmu.watch_hit = 0
+            run.exit_reason = ExitReason.DEBUG
         elif kind == "debug":
             _, exc, pc, dr6, dr7 = ex
             a = run.debug.arch
@@ -632,6 +651,7 @@ class MockVcpu(Vcpu):
         eng.single_step = on and bool(control & uapi.KVM_GUESTDBG_SINGLESTEP)
         eng.sw_bp = on and bool(control & uapi.KVM_GUESTDBG_USE_SW_BP)
         addrs: List[int] = []
+        watch: List[Tuple[int, int, bool, int]] = []
         if on and control & uapi.KVM_GUESTDBG_USE_HW_BP:
             dr7 = regs[7]
             for i in range(4):
@@ -641,9 +661,17 @@ class MockVcpu(Vcpu):
                     addrs.append(regs[i])
                 else:
                     addrs.append(-1)
+                if enabled and rw in (1, 3):
+                    # data breakpoint: LEN 00/01/11/10 = 1/2/4/8 bytes, the address's
+                    # low bits ignored as the SDM says (17.2.5); R/W 01 writes, 11 both
+                    size = _DR7_LEN[(dr7 >> (18 + 4 * i)) & 3]
+                    watch.append((regs[i] & ~(size - 1), size, rw == 1, i))
             eng.hw_dr7 = dr7
         eng.hw_bp_addrs = addrs
-        eng.hw_bp = [a for a in addrs if a >= 0]
+        # Any armed debug register makes the engine check each instruction boundary.
+        eng.hw_bp = [a for a in addrs if a >= 0] + [w[0] for w in watch]
+        if watch or eng.mmu.watch is not None:
+            eng.mmu.set_watch(watch)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def memory_changed(self) -> None:

@@ -610,6 +610,8 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
                 self.status = Status.Running
                 raise self._fatal(f"unexpected exit {ex!r}", ex)
         name, stat, self.status = entry
+        if self._patches:
+            self._patches.verify()  # INT3s the guest overwrote go back in
         if stat is not None:
             getattr(self.stats, stat).value += 1
         ticks: int = getattr(self, name)(ex)
@@ -709,9 +711,11 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
                 self.deschedule(self.tick_event)
             self.status = Status.Idle
             self.syncThreadContext()
+            self.lift_patches(True)  # no INT3 in a checkpoint or a switched-to VM
             return DrainState.Drained
         if status is Status.Idle:
             self.syncThreadContext()
+            self.lift_patches(True)
             return DrainState.Drained
         return DrainState.Draining
 
@@ -721,6 +725,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         if self.tick_event.scheduled():
             raise SimulationError(f"{self.path()}: tick scheduled while drained")
         self.verifyMemoryMode()
+        self.lift_patches(False)
         wake, self._wake_pending = self._wake_pending, False
         if self.thread_status is ThreadStatus.Active:
             self.schedule(self.tick_event, self.next_cycle())

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ... import uapi
 from ...backends.base import Backend, Vcpu, Vm
@@ -133,7 +133,8 @@ class EmulationFallback:
     # ------------------------------------------------------------------ running
     def run(self, kvm: Vcpu, *, msrs: Sequence[int], cpuid: Sequence[uapi.kvm_cpuid_entry2],
             use_xsave: bool, io: Callable[[IoExit], int],
-            mmio: Callable[[MmioExit], int]) -> FallbackResult:
+            mmio: Callable[[MmioExit], int],
+            guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None) -> FallbackResult:
         """Run the instruction at the KVM vCPU's RIP (and at most ``max_instructions``
         in all) on the mock, and put the state it leaves back into ``kvm``.
 
@@ -143,6 +144,10 @@ class EmulationFallback:
 
         Raises:
             KvmIoctlError: a state transfer failed (the KVM vCPU keeps its state).
+
+        ``guest_debug``: the (control, debug registers) of the KVM vCPU's
+        KVM_SET_GUEST_DEBUG, set on the mock for the run, so its steps and
+        breakpoints end it with the DebugExit KVM would have given (the stop).
         """
         mock: Any = self._mock()  # a MockVcpu: set_budget, instructions_retired
         if cpuid is not self._cpuid_src:  # the CPU passes the same list until it changes
@@ -177,6 +182,8 @@ class EmulationFallback:
         set_budget(self.max_instructions)
         ticks = 0
         stop: Optional[Exit] = None
+        if guest_debug is not None:
+            mock.set_guest_debug(*guest_debug)
         try:
             while True:
                 ex = mock.run()
@@ -191,6 +198,8 @@ class EmulationFallback:
                     break
         finally:
             set_budget(None)
+            if guest_debug is not None:
+                mock.set_guest_debug(0)
         done = int(mock.instructions_retired) - start
         if isinstance(stop, InternalErrorExit) and done == 0:
             return FallbackResult(0, ticks, stop)  # nothing ran: KVM keeps its state

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ... import uapi
 from ...backends import modes
 from ...backends.exits import (
+    DebugExit,
     Exit,
     HltExit,
     InternalErrorExit,
@@ -355,6 +356,8 @@ class X86KvmCPU(BaseKvmCPU):
         instruction the mock cannot run either, is reported as before.
         """
         vcpu = self.vcpu
+        if ex.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION and self.software_breakpoint_exit():
+            return 0  # KVM's emulator stopped at an INT3 breakpoint (debug.py)
         if (ex.suberror != uapi.KVM_INTERNAL_ERROR_EMULATION or not self.params.emulationFallback
                 or vcpu is None or not self.can_fall_back(vcpu)):
             return super().handleKvmExitInternalError(ex)
@@ -369,7 +372,8 @@ class X86KvmCPU(BaseKvmCPU):
         try:
             result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
                                   use_xsave=self._use_xsave, io=self.handleKvmExitIO,
-                                  mmio=self.handleKvmExitMMIO)
+                                  mmio=self.handleKvmExitMMIO,
+                                  guest_debug=self.guest_debug_args())
         except KvmIoctlError as err:
             raise self._fatal(f"KVM internal error (emulation, instruction bytes "
                               f"{ex.insn_bytes.hex(' ')}); the emulation fallback could not "
@@ -395,6 +399,8 @@ class X86KvmCPU(BaseKvmCPU):
             return ticks + self.handleKvmExitHalt(stop)
         if isinstance(stop, ShutdownExit):
             return self.handleKvmExitShutdown(stop)
+        if isinstance(stop, DebugExit):  # a step or breakpoint of the guest debugging
+            return ticks + self.handleKvmExitDebug(stop)
         if isinstance(stop, InternalErrorExit):
             return ticks  # the state is written back: KVM tries the next instruction
         raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
