@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -93,6 +93,20 @@ def stub(backend: str, image: Path = DEBUGME, *extra: str) -> Iterator[Stub]:
         yield s
     finally:
         s.kill()
+
+
+def gdb_session(cache: Dict[str, str], backend: str, commands: List[str],
+                image: Path = DEBUGME) -> str:
+    """The transcript of a real gdb driving ``kvmcpu run --gdb ... -S`` through
+    ``commands``, with the run's exit status as its last line; computed once per
+    backend and kept in ``cache`` (the test module's), so a module's tests and its
+    mock-vs-KVM comparison share one session per backend."""
+    if backend not in cache:
+        for s in stub(backend, image, "-S"):
+            out = run_gdb(s.port, image, commands)
+            status, _ = s.wait()
+            cache[backend] = out + f"\nstatus {status}\n"
+    return cache[backend]
 
 
 class RawGdb:

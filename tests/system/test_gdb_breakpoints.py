@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Dict
 
 import pytest
-from gdb_helpers import DEBUGME, needs_gdb, run_gdb, stub
+from gdb_helpers import gdb_session, needs_gdb
 
 #: loop_top's mov, the call, the add after it, inc, cmp, jb; compute by hbreak
 BREAKS = ["*0x10000c", "*0x10000f", "*0x100014", "*0x10001b", "*0x10001d", "*0x100020"]
@@ -19,12 +19,7 @@ _transcripts: Dict[str, str] = {}
 
 
 def _session(backend: str) -> str:
-    if backend not in _transcripts:
-        for s in stub(backend, DEBUGME, "-S"):
-            out = run_gdb(s.port, DEBUGME, SESSION)
-            status, _ = s.wait()
-            _transcripts[backend] = out + f"\nstatus {status}\n"
-    return _transcripts[backend]
+    return gdb_session(_transcripts, backend, SESSION)
 
 
 @needs_gdb

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Dict
 
 import pytest
-from gdb_helpers import DEBUGME, needs_gdb, run_gdb, stub
+from gdb_helpers import gdb_session, needs_gdb
 
 SESSION = [
     "info registers rip",
@@ -36,12 +36,7 @@ _transcripts: Dict[str, str] = {}
 
 
 def _session(backend: str) -> str:
-    if backend not in _transcripts:
-        for s in stub(backend, DEBUGME, "-S"):
-            out = run_gdb(s.port, DEBUGME, SESSION)
-            status, err = s.wait()
-            _transcripts[backend] = out + f"\nstatus {status}\n"
-    return _transcripts[backend]
+    return gdb_session(_transcripts, backend, SESSION)
 
 
 @needs_gdb

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict
 
 import pytest
-from gdb_helpers import DEBUGME, data_breakpoints, needs_gdb, run_gdb, stub
+from gdb_helpers import data_breakpoints, gdb_session, needs_gdb
 
 SESSION = [
     "watch *(long *)&counter",
@@ -33,12 +33,7 @@ def _session(backend: str) -> str:
     if not data_breakpoints(backend):
         pytest.skip(f"{backend} does not deliver data breakpoints on this host "
                     "(kvmcpu.cpu.kvm.debug_probe)")
-    if backend not in _transcripts:
-        for s in stub(backend, DEBUGME, "-S"):
-            out = run_gdb(s.port, DEBUGME, SESSION)
-            status, _ = s.wait()
-            _transcripts[backend] = out + f"\nstatus {status}\n"
-    return _transcripts[backend]
+    return gdb_session(_transcripts, backend, SESSION)
 
 
 @needs_gdb
