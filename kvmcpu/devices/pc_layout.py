@@ -35,6 +35,8 @@ __all__ = [
     "RESET_PORT",
     "RESET_VALUE",
     "SCI_IRQ",
+    "SLP_TYP_S3",
+    "SLP_TYP_S5",
     "SMI_CMD",
 ]
 
@@ -52,6 +54,10 @@ PM_TIMER_HZ = 3_579_545
 #: General-purpose event block 0 (QEMU's PIIX4 GPE at 0xafe0, 4 bytes).
 GPE0_BLK = 0xAFE0
 GPE0_LEN = 4
+#: PM1_CNT.SLP_TYP values (bits 10-12) of the sleep states, as QEMU's PIIX4 PM
+#: decodes them (acpi_pm1_cnt_write) and its DSDT's \\_S3 / \\_S5 packages give them.
+SLP_TYP_S3 = 1
+SLP_TYP_S5 = 0
 #: The SCI's ISA IRQ (level, active high, as QEMU's MADT override says).
 SCI_IRQ = 9
 #: SMI command port. 0: this platform is always in ACPI mode (SCI_EN reads 1),
