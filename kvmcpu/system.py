@@ -67,9 +67,19 @@ CAUSE_LIMIT = SIM_LIMIT_CAUSE
 CAUSE_TIMEOUT = "host timeout"
 CAUSE_TRIPLE_FAULT = "triple fault"
 CAUSE_CHECKPOINT = "checkpoint"
+#: The guest entered ACPI S5 (PM1_CNT.SLP_EN with SLP_TYP S5): status 0, as QEMU.
+CAUSE_POWER_OFF = "power off"
+#: A platform reset (0xcf9 RST_CPU, the 8042's reset pulse, a triple fault is
+#: reported as its own cause) under ``no_reboot``: status 0, as QEMU's -no-reboot.
+#: Without ``no_reboot`` the System resets and the run goes on.
+CAUSE_RESET = "reset"
 #: A signal (SIGINT, SIGTERM, SIGHUP) or :meth:`System.request_stop` ended the run;
 #: the code is the signal number and the status 128 + it, as a shell reports it.
 CAUSE_INTERRUPTED = "interrupted"
+
+#: Devices added after the first checkpoint format: a checkpoint without their
+#: section leaves them at their reset state.
+_LATER_DEVICES = ("ioapic", "lapic", "acpi_pm", "gpe0", "i8042")
 
 #: The accepted values of System(irqchip=...) and --irqchip.
 IRQCHIP_MODES = ("auto", "user", "kernel", "split", "off", "on")
@@ -198,6 +208,8 @@ class System(SimObject):
             (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
             ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
+        no_reboot: a platform reset request ends the run (cause "reset",
+            status 0) instead of resetting the machine (QEMU's ``-no-reboot``).
     """
 
     params_class = SystemParams
@@ -208,7 +220,8 @@ class System(SimObject):
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
-                 eventq: Optional[EventQueue] = None) -> None:
+                 eventq: Optional[EventQueue] = None, no_reboot: bool = False) -> None:
+        _check_type("no_reboot", no_reboot, (bool,), "a bool")
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
         _check_type("irqchip", irqchip, (str,), "a string")
@@ -228,6 +241,10 @@ class System(SimObject):
                          irqchip=irqchip, quantum=quantum, unclaimed=unclaimed,
                          clock_period=clock_period)
         self._closers: List[Callable[[], None]] = []
+        self.no_reboot = no_reboot
+        #: Platform resets done so far (each re-ran the loaded image).
+        self.resets = 0
+        self._load_args: Optional[Dict[str, Any]] = None
         self.exit_status: Optional[int] = None
         self.loaded: Optional[LoadedImage] = None
         self._host_deadline: Optional[float] = None
@@ -254,7 +271,7 @@ class System(SimObject):
                 uart_sink=serial, uart_input=serial_input, on_exit=self._on_debug_exit,
                 m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
                 queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
-                tsc_period=clock_period,
+                tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
             )
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
@@ -335,10 +352,12 @@ class System(SimObject):
         self._check_open("load")
         _check_type("image", image, (str, os.PathLike, bytes, bytearray, memoryview),
                     "a path or the image's bytes")
-        loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
-                            load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
+        args: Dict[str, Any] = dict(fmt=fmt, cmdline=cmdline, modules=modules,
+                                    load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
+        loaded = load_image(image, self.physmem, **args)
         self.set_start_state(loaded)
         self.loaded = loaded
+        self._load_args = dict(args, image=image)
         return loaded
 
     def symbol(self, name: str) -> int:
@@ -426,6 +445,7 @@ class System(SimObject):
         self._check_open("run")
         max_ticks, timeout = run_limits(max_seconds, max_ticks, timeout)
         started = time.monotonic()
+        start_tick = self.eventq.cur_tick
         if not self.root.instantiated:
             self.root.instantiate()
             self.cpu.activateContext()
@@ -444,6 +464,11 @@ class System(SimObject):
             alarm.start()
         try:
             ev = self.root.simulate(max_ticks)
+            while ev.cause == CAUSE_RESET and not self.no_reboot and self._load_args:
+                self._platform_reset(self._load_args)
+                left = None if max_ticks is None else max(
+                    0, max_ticks - (self.eventq.cur_tick - start_tick))
+                ev = self.root.simulate(left)
         except GuestTripleFault as err:
             log.debug("triple fault:\n%s", err.regs_dump)
             return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
@@ -503,6 +528,8 @@ class System(SimObject):
         cause, code = ev.cause, ev.code
         if cause == CAUSE_DEBUG_EXIT:
             status = code
+        elif cause in (CAUSE_POWER_OFF, CAUSE_RESET):
+            status = STATUS_OK
         elif cause in (CAUSE_LIMIT, CAUSE_TIMEOUT):
             status = STATUS_TIMEOUT
         elif cause == CAUSE_INTERRUPTED:
@@ -545,6 +572,33 @@ class System(SimObject):
         self.exit_status = status
         exit_sim_loop(cause, status, queue=self.eventq)
 
+    def _on_sleep(self, state: int) -> None:
+        """PM1_CNT.SLP_EN: S5 ends the run ("power off", status 0); S3 suspends."""
+        if state == 5:
+            exit_sim_loop(CAUSE_POWER_OFF, 0, queue=self.eventq)
+
+    def _on_reset(self) -> None:
+        """A platform reset request: end this simulate() at once; :meth:`run` then
+        resets the machine and goes on, or returns it under ``no_reboot``."""
+        exit_sim_loop(CAUSE_RESET, 0, queue=self.eventq)
+
+    def _platform_reset(self, load_args: Dict[str, Any]) -> None:
+        """Reset the machine as QEMU's ``pc`` does on a reset request with ``-kernel``:
+        the devices to their power-on state (the UART keeps what was printed, the
+        CMOS its time and NVRAM, RAM its contents), the image loaded again and the
+        CPU started where the loader starts it, as SeaBIOS's -kernel boot would."""
+        self.root.drain_all()
+        self.resets += 1
+        for name, dev in self.devices.named():
+            if name not in ("uart", "cmos", "fw_cfg", "m5ops", "debug_exit"):
+                reset = getattr(dev, "reset", None)
+                if reset is not None:
+                    reset()
+        args = dict(load_args)
+        image = args.pop("image")
+        self.load(image, **args)
+        self.cpu.thread_status = ThreadStatus.Active
+
     def _on_interrupt(self, level: bool) -> None:
         # The 8259's INTR rose: wake the CPU if that reaches it (LINT0 may mask it).
         if level:
@@ -569,6 +623,10 @@ class System(SimObject):
         lapic = self.devices.lapic
         if lapic is not None and lapic.timer_next_tick >= 0:
             return True
+        for dev in self.devices.all():
+            pending = getattr(dev, "timer_pending", None)
+            if pending is not None and pending():
+                return True
         interrupts = cpu.interrupts
         return bool(interrupts is not None and interrupts.has_pending())
 
@@ -669,8 +727,8 @@ class System(SimObject):
                          extents=region.host.data_extents)
             region.host.notify_written(0, len(region.host))  # code caches drop what it replaced
         for name, dev in self.devices.named():
-            if name in ("ioapic", "lapic") and not cp.has_section(f"{cp.current_path}.{name}"):
-                continue  # a checkpoint from before the APIC: it stays at its reset state
+            if name in _LATER_DEVICES and not cp.has_section(f"{cp.current_path}.{name}"):
+                continue  # a checkpoint from before the device: it stays at its reset state
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):
                     dev.unserialize(cp)

@@ -15,9 +15,13 @@ io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)
 io          0x80         POST code (:class:`PostCard`)
 io          0xa0-0xa1    8259A slave
 io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
+io          0x60, 0x64   8042 keyboard controller (:class:`I8042`)
 io          0x3f8-0x3ff  16550A COM1 (:class:`Uart16550`)        4
+io          0x600-0x63f  PIIX4 PM: PM1, PM timer (:class:`AcpiPm`)  9 (SCI)
+io          0xafe0-3     PIIX4 GPE0 (:class:`Gpe0Block`)         9 (SCI)
 io          0x510-0x511  fw_cfg (:class:`FwCfg`)
-io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`)
+io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`),
+                         0xcf9 the PIIX3 reset control register
 mmio        0xfec00000   IOAPIC, 24 pins (:class:`IoApic`)
 mmio        0xfee00000   local APIC page, relocatable (:class:`LocalApic`)
 mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
@@ -35,10 +39,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, List, Tuple
 
+from kvmcpu.devices import pc_layout
+from kvmcpu.devices.acpi_pm import PM_IO_SIZE, AcpiPm, Gpe0Block
 from kvmcpu.devices.base import BusDevice, Device, size_mask
 from kvmcpu.devices.cmos import CMOS_PORT, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
+from kvmcpu.devices.i8042 import I8042, I8042_DATA_PORT, I8042_STATUS_PORT
 from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
 from kvmcpu.devices.lapic import ApicBus, ApicInterrupts, LocalApic
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG_EXIT_CAUSE",
+    "AcpiPm",
     "ApicBus",
     "ApicInterrupts",
     "BusDevice",
@@ -64,6 +72,8 @@ __all__ = [
     "DebugExit",
     "Device",
     "FwCfg",
+    "Gpe0Block",
+    "I8042",
     "I8259",
     "InterruptController",
     "IoApic",
@@ -108,6 +118,10 @@ class PcDevices:
     #: The user-space IOAPIC and the CPU's local APIC (None without ``apic``).
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
+    #: The PIIX4 PM function's IO blocks and the keyboard controller.
+    acpi_pm: AcpiPm | None = None
+    gpe0: Gpe0Block | None = None
+    i8042: I8042 | None = None
 
     @property
     def interrupts(self) -> object:
@@ -120,7 +134,7 @@ class PcDevices:
     def named(self) -> Iterator[Tuple[str, object]]:
         """(name, device) for every device present, in a stable order (for checkpoints)."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
-                     "pit", "ioapic", "lapic"):
+                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
@@ -146,6 +160,8 @@ def pc_devices(
     on_interrupt: Callable[[bool], None] | None = None,
     apic: bool = False,
     tsc_period: int = 1000,
+    on_sleep: Callable[[int], object] | None = None,
+    on_reset: Callable[[], object] | None = None,
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -167,6 +183,8 @@ def pc_devices(
         apic: add the user-space IOAPIC and local APIC (with the PIC; not with an
             external ``irqchip``).
         tsc_period: ticks per guest TSC cycle (the local APIC's TSC-deadline mode).
+        on_sleep: the PM function's ``on_sleep(state)`` (3: S3, 5: S5 soft-off).
+        on_reset: called on a platform reset request (0xcf9, the 8042's pulse).
     """
     if apic and irqchip is not None:
         raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
@@ -183,6 +201,10 @@ def pc_devices(
 
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
+    #: The PIIX4 PM function's IO blocks and the keyboard controller.
+    acpi_pm: AcpiPm | None = None
+    gpe0: Gpe0Block | None = None
+    i8042: I8042 | None = None
     if apic:
         apic_bus = ApicBus()
         lapic = LocalApic("lapic0", apic_id=0, bsp=True,
@@ -210,8 +232,16 @@ def pc_devices(
     if memory is not None:
         fw_cfg.add_file("etc/e820", e820_file(memory))
     io.add(FW_CFG_PORT, 2, fw_cfg)
-    pci = PciHost("pci")
+    pci = PciHost("pci", on_reset=on_reset)
     io.add(PCI_CONFIG_ADDRESS, 8, pci)
+    acpi_pm = AcpiPm("acpi_pm", sci=IrqLine(irqchip, pc_layout.SCI_IRQ), queue=queue,
+                     on_sleep=on_sleep)
+    io.add(pc_layout.PM_IO_BASE, PM_IO_SIZE, acpi_pm)
+    gpe0 = Gpe0Block("gpe0", pm=acpi_pm)
+    io.add(pc_layout.GPE0_BLK, pc_layout.GPE0_LEN, gpe0)
+    i8042 = I8042("i8042", on_reset=on_reset)
+    io.add(I8042_DATA_PORT, 1, i8042)
+    io.add(I8042_STATUS_PORT, 1, i8042.command_port)
     post = PostCard("post")
     io.add(POST_PORT, 1, post)
     cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock)
@@ -220,7 +250,7 @@ def pc_devices(
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
                      cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
-                     ioapic=ioapic, lapic=lapic)
+                     ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042)
 
 
 def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:

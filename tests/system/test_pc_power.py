@@ -1,0 +1,80 @@
+"""ACPI S5, the platform reset (0xcf9, the 8042's pulse) with and without
+--no-reboot, and the PM timer against the PIT: guests/pcpm.bin through the
+real ``kvmcpu run`` on both backends, and on QEMU's ``pc`` machine (the
+reference), which must print the same and end with the same status."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+IMAGE = str(ROOT / "guests" / "pcpm.bin")
+QEMU = shutil.which("qemu-system-x86_64")
+
+#: (cmdline word, extra options) -> (output, status), as QEMU gives them.
+CASES = {
+    ("s", False): (b"pm: s5\n", 0),
+    ("r", False): (b"reset: boot 1\nreset: boot 2\n", 1),
+    ("r", True): (b"reset: boot 1\n", 0),
+    ("k", False): (b"kbd: self test 55\nreset: boot 1\nkbd: self test 55\nreset: boot 2\n", 1),
+    ("k", True): (b"kbd: self test 55\nreset: boot 1\n", 0),
+}
+TIMER = b"pm timer: rate ok\npm timer: 24 bits\n"
+
+
+def kvmcpu_run(backend: str, word: str, no_reboot: bool) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "kvmcpu", "run", "-v", "--backend", backend, "--append", word,
+           "--timeout", "100", IMAGE]
+    if no_reboot:
+        cmd.insert(4, "--no-reboot")
+    return subprocess.run(cmd, capture_output=True, timeout=150, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+def qemu_run(word: str, no_reboot: bool) -> subprocess.CompletedProcess[bytes]:
+    assert QEMU is not None
+    cmd: List[str] = [QEMU, "-accel", "kvm", "-machine", "pc", "-m", "128", "-kernel", IMAGE,
+                      "-append", word, "-serial", "stdio", "-display", "none", "-monitor",
+                      "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    if no_reboot:
+        cmd.append("-no-reboot")
+    return subprocess.run(cmd, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("case", sorted(CASES), ids=lambda c: f"{c[0]}{'-noreboot' * c[1]}")
+def test_power_and_reset(backend_name: str, case: tuple[str, bool]) -> None:
+    word, no_reboot = case
+    want, status = CASES[case]
+    done = kvmcpu_run(backend_name, word, no_reboot)
+    assert done.stdout == want, done.stderr
+    assert done.returncode == status, done.stderr
+    cause = {("s", False): "power off"}.get(case, "reset" if no_reboot else "isa-debug-exit")
+    assert f"kvmcpu run: {cause} at".encode() in done.stderr
+
+
+@pytest.mark.kvm
+def test_pm_timer_rate_against_the_pit_kvm() -> None:
+    done = kvmcpu_run("kvm", "t", False)
+    assert (done.stdout, done.returncode) == (TIMER, 1), done.stderr
+
+
+def test_pm_timer_rate_against_the_pit_mock() -> None:
+    done = kvmcpu_run("mock", "u", False)
+    assert (done.stdout, done.returncode) == (TIMER, 1), done.stderr
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
+                    "(apt-get install qemu-system-x86)")
+@pytest.mark.parametrize("case", sorted(CASES) + [("t", False)],
+                         ids=lambda c: f"{c[0]}{'-noreboot' * c[1]}")
+def test_qemu_gives_the_same(case: tuple[str, bool]) -> None:
+    want, status = CASES.get(case, (TIMER, 1))
+    done = qemu_run(*case)
+    assert (done.stdout, done.returncode) == (want, status), done.stderr
