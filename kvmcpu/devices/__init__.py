@@ -11,7 +11,7 @@ bus         range        device                                  IRQ
 ==========  ===========  ======================================  =====
 io          0x20-0x21    8259A master (:class:`PicPair`)
 io          0x40-0x43    8254 PIT (:class:`Pit`)                 0
-io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)
+io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)            8
 io          0x80         POST code (:class:`PostCard`)
 io          0xa0-0xa1    8259A slave
 io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, List, Tuple
 from kvmcpu.devices import pc_layout
 from kvmcpu.devices.acpi_pm import PM_IO_SIZE, AcpiPm, Gpe0Block
 from kvmcpu.devices.base import BusDevice, Device, size_mask
-from kvmcpu.devices.cmos import CMOS_PORT, Cmos
+from kvmcpu.devices.cmos import CMOS_PORT, RTC_IRQ, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
 from kvmcpu.devices.i8042 import I8042, I8042_DATA_PORT, I8042_STATUS_PORT
@@ -244,7 +244,8 @@ def pc_devices(
     io.add(I8042_STATUS_PORT, 1, i8042.command_port)
     post = PostCard("post")
     io.add(POST_PORT, 1, post)
-    cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock)
+    cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock, queue=queue,
+                irq=IrqLine(irqchip, RTC_IRQ))
     io.add(CMOS_PORT, 2, cmos)
     m5ops = M5Ops("m5ops", handler=m5_handler)
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
