@@ -20,7 +20,30 @@
 ;                                        differ by one, C & 0x90 = 0x90
 ;   rtc: done
 ;
-; then writes 0 to isa-debug-exit (exit status 1). An exception prints
+; and then from the HPET (0xfed00000; its page is the IOAPIC's 2 MiB page):
+;
+;   hpet: caps 8086a201 period 989680    GCAP_ID: 3 timers, 64-bit, legacy
+;                                        route capable, 10 ns (10**7 fs)
+;   hpet: periodic (legacy irq 0) 11     legacy replacement route: timer 0
+;                                        periodic every 10 ms (10**6 counts)
+;                                        through ISA IRQ 0 = IOAPIC pin 2
+;                                        (vector 0x48); the PIT is cut off
+;   hpet: periodic rate 100 Hz ok        the 10 periods between the first and
+;                                        the eleventh took 357954 PM timer
+;                                        counts +- 10%
+;   hpet: one-shot (legacy irq 8) 1      timer 1, 50 ms ahead, on IRQ 8 (pin
+;                                        8, vector 0x49)
+;   hpet: periodic 32-bit level (gsi 2) 5
+;                                        legacy route off: timer 2 in 32-bit
+;                                        mode, periodic (comparator, then the
+;                                        period written again, as Linux does),
+;                                        level-triggered on GSI 2 (pin 2 level,
+;                                        vector 0x4a); the handler clears
+;                                        GINTR_STA before its EOI
+;   hpet: done
+;
+; (QEMU: -machine pc,kernel-irqchip=off; KVM's in-kernel routing QEMU sets up
+; sends no GSI 2 anywhere.) Then the guest writes 0 to isa-debug-exit (exit status 1). An exception prints
 ; "pctimers: exception N" (status 5); a failed check "pctimers: check failed"
 ; (status 7).
 
@@ -40,6 +63,14 @@ PIC1        equ 0x20
 PIC2        equ 0xa0
 PM_TMR      equ 0x608
 RATE_COUNTS equ 447443                      ; 3579545 Hz * 8 / 64 Hz
+HPET        equ 0xFED00000
+HPET_RATE   equ 357954                      ; 3579545 Hz * 10 / 100 Hz
+PERIOD      equ 1000000                     ; HPET counts: 10 ms
+
+%macro HPET_W 2                             ; HPET register (32 bits) := value
+    mov r11, HPET + %1
+    mov dword [r11], %2
+%endmacro
 
 %macro SAY 1
     lea rsi, [rel %1]
@@ -171,6 +202,103 @@ main:
 .uf_ok:
     SAY msg_uf
     SAY msg_rtc_done
+
+    ; -- HPET ---------------------------------------------------------------------
+    SAY msg_caps
+    mov r11, HPET
+    mov eax, [r11]
+    call puthex
+    SAY msg_period
+    mov r11, HPET + 4
+    mov eax, [r11]
+    call puthex
+    SAY msg_nl
+    HPET_W 0x10, 0                          ; halted
+    HPET_W 0xF0, 0
+    HPET_W 0xF4, 0                          ; main counter := 0
+    mov al, 0x30                            ; the PIT: mode 0, count 1: one edge
+    out 0x43, al                            ; now, with every IOAPIC pin masked,
+    mov al, 1                               ; then quiet (SeaBIOS left it at
+    out 0x40, al                            ; 18.2 Hz on QEMU)
+    xor eax, eax
+    out 0x40, al
+    mov ecx, 100
+    loop $
+    mov ecx, 2
+    mov edx, 0x48
+    call ioapic_route
+    mov ecx, 8
+    mov edx, 0x49
+    call ioapic_route
+    ; timer 0: comparator = PERIOD (one-shot: written as is), then periodic
+    HPET_W 0x100, 0
+    HPET_W 0x108, PERIOD
+    HPET_W 0x10C, 0
+    HPET_W 0x100, 0x4C                      ; INT_ENB | TYPE periodic | VAL_SET
+    HPET_W 0x108, PERIOD                    ; comparator and period
+    HPET_W 0x10, 3                          ; ENABLE_CNF | LEG_RT_CNF
+    lea r12, [rel hpet0]
+    mov rbx, 11
+    call wait_count
+    HPET_W 0x100, 0
+    SAY msg_h0
+    mov rax, [rel hpet0]
+    call putdec
+    SAY msg_nl
+    mov eax, [rel h0_t11]
+    sub eax, [rel h0_t1]
+    and eax, 0xFFFFFF
+    cmp eax, HPET_RATE * 9 / 10
+    jb .hrate_bad
+    cmp eax, HPET_RATE * 11 / 10
+    ja .hrate_bad
+    SAY msg_hrate_ok
+    jmp .oneshot
+.hrate_bad:
+    push rax
+    SAY msg_hrate
+    pop rax
+    call putdec
+    SAY msg_counts
+.oneshot:
+    HPET_W 0x120, 0
+    mov r11, HPET + 0xF0
+    mov eax, [r11]
+    add eax, 5 * PERIOD
+    mov r11, HPET + 0x128
+    mov [r11], eax
+    HPET_W 0x12C, 0
+    HPET_W 0x120, 0x04                      ; INT_ENB, one-shot, edge
+    lea r12, [rel hpet1]
+    mov rbx, 1
+    call wait_count
+    HPET_W 0x120, 0
+    SAY msg_h1
+    mov rax, [rel hpet1]
+    call putdec
+    SAY msg_nl
+    ; timer 2: legacy route off, 32-bit periodic, level, GSI 2
+    HPET_W 0x10, 1
+    mov ecx, 2
+    mov edx, 0x4A | (1 << 15)               ; level-triggered
+    call ioapic_route
+    HPET_W 0x140, (2 << 9) | 0x14E          ; 32MODE, VAL_SET, periodic, INT_ENB, level
+    mov r11, HPET + 0xF0
+    mov eax, [r11]
+    add eax, PERIOD
+    mov r11, HPET + 0x148
+    mov [r11], eax                          ; comparator (and period)
+    HPET_W 0x148, PERIOD                    ; the period
+    lea r12, [rel hpet2]
+    mov rbx, 5
+    call wait_count
+    HPET_W 0x140, 0
+    HPET_W 0x10, 0
+    SAY msg_h2
+    mov rax, [rel hpet2]
+    call putdec
+    SAY msg_nl
+    SAY msg_hpet_done
     DEBUG_EXIT_WRITE 0
     HALT_FOREVER
 
@@ -288,6 +416,46 @@ h_rtc_apic:                                 ; vector 0x38: IRQ 8 through the IOA
     pop rax
     iretq
 
+h_hpet0:                                    ; vector 0x48: timer 0 (legacy IRQ 0)
+    push rax
+    push rdx
+    push r11
+    inc qword [rel hpet0]
+    mov dx, PM_TMR
+    in eax, dx
+    cmp qword [rel hpet0], 1
+    jne .not_first
+    mov [rel h0_t1], eax
+.not_first:
+    cmp qword [rel hpet0], 11
+    jne .eoi
+    mov [rel h0_t11], eax
+.eoi:
+    mov r11, LAPIC + L_EOI
+    mov dword [r11], 0
+    pop r11
+    pop rdx
+    pop rax
+    iretq
+
+h_hpet1:                                    ; vector 0x49: timer 1 (legacy IRQ 8)
+    push r11
+    inc qword [rel hpet1]
+    mov r11, LAPIC + L_EOI
+    mov dword [r11], 0
+    pop r11
+    iretq
+
+h_hpet2:                                    ; vector 0x4a: timer 2 (GSI 2, level)
+    push r11
+    inc qword [rel hpet2]
+    mov r11, HPET + 0x20
+    mov dword [r11], 4                      ; GINTR_STA: T2_INT_STS cleared
+    mov r11, LAPIC + L_EOI
+    mov dword [r11], 0
+    pop r11
+    iretq
+
 spurious_handler:
     iretq
 
@@ -299,6 +467,9 @@ align 16
 vector_table:
     dq 0x28, h_rtc_pic
     dq 0x38, h_rtc_apic
+    dq 0x48, h_hpet0
+    dq 0x49, h_hpet1
+    dq 0x4A, h_hpet2
     dq 0xFFFF, 0
 
 idt_ptr:
@@ -309,6 +480,11 @@ rtc_pf:     dq 0
 rtc_irqs:   dq 0
 pf_t1:      dd 0
 pf_t9:      dd 0
+hpet0:      dq 0
+hpet1:      dq 0
+hpet2:      dq 0
+h0_t1:      dd 0
+h0_t11:     dd 0
 rtc_c:      db 0
 rtc_sec:    db 0
 alarm_sec:  db 0
@@ -324,6 +500,14 @@ msg_alarm:      db "rtc: alarm (ioapic) c & a0 = ", 0
 msg_alarm_sec:  db "rtc: alarm at the second set", 10, 0
 msg_uf:         db "rtc: update-ended 1 s apart (ioapic)", 10, 0
 msg_rtc_done:   db "rtc: done", 10, 0
+msg_caps:       db "hpet: caps ", 0
+msg_period:     db " period ", 0
+msg_h0:         db "hpet: periodic (legacy irq 0) ", 0
+msg_hrate_ok:   db "hpet: periodic rate 100 Hz ok", 10, 0
+msg_hrate:      db "hpet: periodic rate ", 0
+msg_h1:         db "hpet: one-shot (legacy irq 8) ", 0
+msg_h2:         db "hpet: periodic 32-bit level (gsi 2) ", 0
+msg_hpet_done:  db "hpet: done", 10, 0
 msg_fail:       db "pctimers: check failed", 10, 0
 msg_exc:        db "pctimers: exception ", 0
 

@@ -79,7 +79,7 @@ CAUSE_INTERRUPTED = "interrupted"
 
 #: Devices added after the first checkpoint format: a checkpoint without their
 #: section leaves them at their reset state.
-_LATER_DEVICES = ("ioapic", "lapic", "acpi_pm", "gpe0", "i8042")
+_LATER_DEVICES = ("ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet")
 
 #: The accepted values of System(irqchip=...) and --irqchip.
 IRQCHIP_MODES = ("auto", "user", "kernel", "split", "off", "on")
@@ -178,6 +178,8 @@ class SystemParams(SimObjectParams):
                               check=lambda v: v > 0)
     quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
                          check=lambda v: v >= 0)
+    hpet: bool = param(True, "map the HPET at 0xfed00000 (as QEMU's pc; the firmware "
+                       "tables then describe it)")
     unclaimed: str = param("log", "unclaimed port/MMIO accesses: 'ignore', 'log' or 'raise'",
                            check=lambda v: v in ("ignore", "log", "raise"))
 
@@ -208,6 +210,8 @@ class System(SimObject):
             (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
             ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
+        hpet: the HPET at pc_layout.HPET_BASE (True, as on QEMU's pc machine);
+            ``params.hpet`` and ``devices.hpet`` (None without) say whether it is there.
         no_reboot: a platform reset request ends the run (cause "reset",
             status 0) instead of resetting the machine (QEMU's ``-no-reboot``).
     """
@@ -220,8 +224,10 @@ class System(SimObject):
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
-                 eventq: Optional[EventQueue] = None, no_reboot: bool = False) -> None:
+                 eventq: Optional[EventQueue] = None, no_reboot: bool = False,
+                 hpet: bool = True) -> None:
         _check_type("no_reboot", no_reboot, (bool,), "a bool")
+        _check_type("hpet", hpet, (bool,), "a bool")
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
         _check_type("irqchip", irqchip, (str,), "a string")
@@ -239,7 +245,7 @@ class System(SimObject):
         self.root = Root(eventq=eventq if eventq is not None else EventQueue("system"))
         super().__init__("system", self.root, memory=parse_size(memory), smp=smp,
                          irqchip=irqchip, quantum=quantum, unclaimed=unclaimed,
-                         clock_period=clock_period)
+                         clock_period=clock_period, hpet=hpet)
         self._closers: List[Callable[[], None]] = []
         self.no_reboot = no_reboot
         #: Platform resets done so far (each re-ran the loaded image).
@@ -272,6 +278,7 @@ class System(SimObject):
                 m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
                 queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
                 tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
+                hpet=hpet,
             )
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
@@ -701,6 +708,7 @@ class System(SimObject):
         cp.param_out("clock_period", p.clock_period)
         cp.param_out("quantum", p.quantum)
         cp.param_out("unclaimed", p.unclaimed)
+        cp.param_out("hpet", p.hpet)
         cp.param_out("regions", [r[0] for r in self.physmem.regions])
         for i, region in enumerate(self.physmem.regions):
             cp.add_memory_image(f"system.physmem.region{i}", region.host.view,
@@ -717,7 +725,7 @@ class System(SimObject):
             theirs = section.get_int(key)
             if theirs != mine:
                 raise CheckpointError(f"[system] {key}={theirs} but this system has {mine}")
-        for key in ("irqchip", "quantum", "unclaimed"):
+        for key in ("irqchip", "quantum", "unclaimed") + (("hpet",) if section.has("hpet") else ()):
             section.raw(key)  # recorded for System.restore, which builds the system from them
         regions = section.get_int_list("regions")
         if regions != [r[0] for r in self.physmem.regions]:
@@ -750,6 +758,8 @@ class System(SimObject):
             "irqchip": sec.get_str("irqchip"), "clock_period": sec.get_int("clock_period"),
             "quantum": sec.get_int("quantum"), "unclaimed": sec.get_str("unclaimed"),
         }
+        if sec.has("hpet"):
+            config["hpet"] = sec.get_bool("hpet")
         clash = sorted(set(config) & set(kwargs))
         if clash:
             raise TypeError(f"restore: {', '.join(clash)} come(s) from the checkpoint")

@@ -23,6 +23,7 @@ io          0x510-0x511  fw_cfg (:class:`FwCfg`)
 io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`),
                          0xcf9 the PIIX3 reset control register
 mmio        0xfec00000   IOAPIC, 24 pins (:class:`IoApic`)
+mmio        0xfed00000   HPET, 3 timers (:class:`Hpet`)          0/8, GSI
 mmio        0xfee00000   local APIC page, relocatable (:class:`LocalApic`)
 mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
 ==========  ===========  ======================================  =====
@@ -45,6 +46,7 @@ from kvmcpu.devices.base import BusDevice, Device, size_mask
 from kvmcpu.devices.cmos import CMOS_PORT, RTC_IRQ, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
+from kvmcpu.devices.hpet import Hpet, LegacyGate
 from kvmcpu.devices.i8042 import I8042, I8042_DATA_PORT, I8042_STATUS_PORT
 from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
@@ -73,6 +75,7 @@ __all__ = [
     "Device",
     "FwCfg",
     "Gpe0Block",
+    "Hpet",
     "I8042",
     "I8259",
     "InterruptController",
@@ -122,6 +125,8 @@ class PcDevices:
     acpi_pm: AcpiPm | None = None
     gpe0: Gpe0Block | None = None
     i8042: I8042 | None = None
+    #: The HPET (None when left out: ``pc_devices(hpet=False)``).
+    hpet: Hpet | None = None
 
     @property
     def interrupts(self) -> object:
@@ -134,7 +139,7 @@ class PcDevices:
     def named(self) -> Iterator[Tuple[str, object]]:
         """(name, device) for every device present, in a stable order (for checkpoints)."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
-                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042"):
+                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
@@ -162,6 +167,7 @@ def pc_devices(
     tsc_period: int = 1000,
     on_sleep: Callable[[int], object] | None = None,
     on_reset: Callable[[], object] | None = None,
+    hpet: bool = True,
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -185,6 +191,8 @@ def pc_devices(
         tsc_period: ticks per guest TSC cycle (the local APIC's TSC-deadline mode).
         on_sleep: the PM function's ``on_sleep(state)`` (3: S3, 5: S5 soft-off).
         on_reset: called on a platform reset request (0xcf9, the 8042's pulse).
+        hpet: map the HPET at pc_layout.HPET_BASE (its legacy replacement route
+            then gates the PIT's and the RTC's interrupts).
     """
     if apic and irqchip is not None:
         raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
@@ -201,10 +209,6 @@ def pc_devices(
 
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
-    #: The PIIX4 PM function's IO blocks and the keyboard controller.
-    acpi_pm: AcpiPm | None = None
-    gpe0: Gpe0Block | None = None
-    i8042: I8042 | None = None
     if apic:
         apic_bus = ApicBus()
         lapic = LocalApic("lapic0", apic_id=0, bsp=True,
@@ -219,9 +223,11 @@ def pc_devices(
             mmio.add(base, 0x1000, lapic, name="lapic0")
         irqchip = IsaIrqRouter(pic, ioapic)
 
+    gate = LegacyGate(irqchip) if hpet else None
+    legacy: InterruptController = irqchip if gate is None else gate
     pit_dev: Pit | None = None
     if pit:
-        pit_dev = Pit("pit", irq=IrqLine(irqchip, 0), queue=queue)
+        pit_dev = Pit("pit", irq=IrqLine(legacy, 0), queue=queue)
         io.add(PIT_PORT, 4, pit_dev)
 
     uart = Uart16550("uart0", sink=uart_sink, irq=IrqLine(irqchip, COM1_IRQ), input=uart_input)
@@ -245,13 +251,18 @@ def pc_devices(
     post = PostCard("post")
     io.add(POST_PORT, 1, post)
     cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock, queue=queue,
-                irq=IrqLine(irqchip, RTC_IRQ))
+                irq=IrqLine(legacy, RTC_IRQ))
     io.add(CMOS_PORT, 2, cmos)
+    hpet_dev: Hpet | None = None
+    if hpet:
+        hpet_dev = Hpet("hpet", irqchip=irqchip, queue=queue, legacy_gate=gate)
+        mmio.add(pc_layout.HPET_BASE, pc_layout.HPET_SIZE, hpet_dev)
     m5ops = M5Ops("m5ops", handler=m5_handler)
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
                      cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
-                     ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042)
+                     ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042,
+                     hpet=hpet_dev)
 
 
 def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:
