@@ -185,6 +185,11 @@ def add_parsers(sub: Any) -> None:
                         "kernel uses KVM's in-kernel irqchip and PIT (status 2 when the "
                         "backend has none); split is not implemented yet (status 2); off "
                         "and on are the old names of user and kernel")
+    p.add_argument("--device", action="append", default=[], metavar="NAME[,KEY=VALUE...]",
+                   help="add one of QEMU's test devices, spelt as QEMU's -device: "
+                        "isa-debug-exit[,iobase=PORT,iosize=N] (replaces the one at 0xf4; "
+                        "QEMU's defaults 0x501, 2), pc-testdev, pci-testdev[,addr=SLOT]; "
+                        "repeatable (status 2 for an unknown device or key)")
     p.add_argument("--no-reboot", action="store_true",
                    help="a reset request (0xcf9, the keyboard controller's pulse) ends the "
                         "run with cause 'reset' and status 0, as QEMU's -no-reboot "
@@ -419,10 +424,18 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                     print(f"kvmcpu run: warning: {w.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    from .devices.testdevs import device_spec
+
+    for text in args.device:
+        try:
+            device_spec(text)
+        except ConfigError as err:
+            raise UsageError(f"--device {text}: {err}") from err
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
                         stats_file=args.stats_file, no_reboot=args.no_reboot,
+                        devices=args.device,
                         emulation_fallback=args.emulation_fallback == "on")
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)

@@ -38,6 +38,7 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
+from .devices.testdevs import format_device, parse_devices
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
@@ -212,6 +213,9 @@ class System(SimObject):
         eventq: the event queue (default: a new one).
         hpet: the HPET at pc_layout.HPET_BASE (True, as on QEMU's pc machine);
             ``params.hpet`` and ``devices.hpet`` (None without) say whether it is there.
+        devices: QEMU's test devices, as ``--device`` spells them:
+            ``["pci-testdev", "isa-debug-exit,iobase=0x501,iosize=2"]`` (or
+            (name, {key: int}) pairs); ConfigError for an unknown device or key.
         no_reboot: a platform reset request ends the run (cause "reset",
             status 0) instead of resetting the machine (QEMU's ``-no-reboot``).
     """
@@ -225,8 +229,10 @@ class System(SimObject):
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
                  eventq: Optional[EventQueue] = None, no_reboot: bool = False,
-                 hpet: bool = True) -> None:
+                 hpet: bool = True, devices: Sequence[Any] = ()) -> None:
         _check_type("no_reboot", no_reboot, (bool,), "a bool")
+        _check_type("devices", devices, (list, tuple), "a list of device strings")
+        self.device_specs = parse_devices(devices)
         _check_type("hpet", hpet, (bool,), "a bool")
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
@@ -278,7 +284,7 @@ class System(SimObject):
                 m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
                 queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
                 tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
-                hpet=hpet,
+                hpet=hpet, devices=self.device_specs,
             )
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
@@ -709,6 +715,7 @@ class System(SimObject):
         cp.param_out("quantum", p.quantum)
         cp.param_out("unclaimed", p.unclaimed)
         cp.param_out("hpet", p.hpet)
+        cp.param_out("devices", ";".join(format_device(d) for d in self.device_specs))
         cp.param_out("regions", [r[0] for r in self.physmem.regions])
         for i, region in enumerate(self.physmem.regions):
             cp.add_memory_image(f"system.physmem.region{i}", region.host.view,
@@ -725,8 +732,9 @@ class System(SimObject):
             theirs = section.get_int(key)
             if theirs != mine:
                 raise CheckpointError(f"[system] {key}={theirs} but this system has {mine}")
-        for key in ("irqchip", "quantum", "unclaimed") + (("hpet",) if section.has("hpet") else ()):
-            section.raw(key)  # recorded for System.restore, which builds the system from them
+        for key in ("irqchip", "quantum", "unclaimed", "hpet", "devices"):
+            if section.has(key):
+                section.raw(key)  # recorded for System.restore, which builds the system
         regions = section.get_int_list("regions")
         if regions != [r[0] for r in self.physmem.regions]:
             raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
@@ -760,6 +768,8 @@ class System(SimObject):
         }
         if sec.has("hpet"):
             config["hpet"] = sec.get_bool("hpet")
+        if sec.has("devices"):
+            config["devices"] = [d for d in sec.get_str("devices").split(";") if d]
         clash = sorted(set(config) & set(kwargs))
         if clash:
             raise TypeError(f"restore: {', '.join(clash)} come(s) from the checkpoint")

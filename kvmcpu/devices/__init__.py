@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Sequence, Tuple
 
 from kvmcpu.devices import pc_layout
-from kvmcpu.devices.acpi_pm import PM_IO_SIZE, AcpiPm, Gpe0Block
+from kvmcpu.devices.acpi_pm import AcpiPm, Gpe0Block
 from kvmcpu.devices.base import BusDevice, Device, size_mask
 from kvmcpu.devices.cmos import CMOS_PORT, RTC_IRQ, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
@@ -52,10 +52,19 @@ from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
 from kvmcpu.devices.lapic import ApicBus, ApicInterrupts, LocalApic
 from kvmcpu.devices.m5ops import M5OP_ADDR, M5OP_SIZE, M5Ops, M5OpsHandler
-from kvmcpu.devices.pci import PCI_CONFIG_ADDRESS, PciHost
+from kvmcpu.devices.pci import (
+    PCI_CONFIG_ADDRESS,
+    PciBus,
+    PciFunction,
+    PciHost,
+    i440fx,
+    piix3,
+    piix4_pm,
+)
 from kvmcpu.devices.pic import I8259, MASTER_PORT, SLAVE_PORT, PicPair
 from kvmcpu.devices.pit import PIT_PORT, Pit
 from kvmcpu.devices.post import POST_PORT, PostCard
+from kvmcpu.devices.testdevs import DeviceSpec, PciTestDev, PcTestDev
 from kvmcpu.devices.uart import COM1_IRQ, COM1_PORT, Sink, Uart16550
 from kvmcpu.sim.eventq import main_queue
 
@@ -87,6 +96,10 @@ __all__ = [
     "M5Ops",
     "M5OpsHandler",
     "PcDevices",
+    "PcTestDev",
+    "PciBus",
+    "PciFunction",
+    "PciTestDev",
     "PciHost",
     "PicPair",
     "Pit",
@@ -127,6 +140,10 @@ class PcDevices:
     i8042: I8042 | None = None
     #: The HPET (None when left out: ``pc_devices(hpet=False)``).
     hpet: Hpet | None = None
+    #: PCI bus 0 (the host bridge, PIIX3, PIIX4 PM and any pci-testdev).
+    pci_bus: PciBus | None = None
+    #: --device pc-testdev (None without).
+    pc_testdev: PcTestDev | None = None
 
     @property
     def interrupts(self) -> object:
@@ -139,7 +156,7 @@ class PcDevices:
     def named(self) -> Iterator[Tuple[str, object]]:
         """(name, device) for every device present, in a stable order (for checkpoints)."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
-                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet"):
+                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet", "pc_testdev"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
@@ -168,6 +185,7 @@ def pc_devices(
     on_sleep: Callable[[int], object] | None = None,
     on_reset: Callable[[], object] | None = None,
     hpet: bool = True,
+    devices: Sequence[DeviceSpec] = (),
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -193,6 +211,8 @@ def pc_devices(
         on_reset: called on a platform reset request (0xcf9, the 8042's pulse).
         hpet: map the HPET at pc_layout.HPET_BASE (its legacy replacement route
             then gates the PIT's and the RTC's interrupts).
+        devices: QEMU's test devices to add, parsed by
+            :func:`kvmcpu.devices.testdevs.device_spec` (``--device``).
     """
     if apic and irqchip is not None:
         raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
@@ -233,16 +253,28 @@ def pc_devices(
     uart = Uart16550("uart0", sink=uart_sink, irq=IrqLine(irqchip, COM1_IRQ), input=uart_input)
     io.add(COM1_PORT, 8, uart)
     debug_exit = DebugExit("debug_exit", on_exit=on_exit)
-    io.add(DEBUG_EXIT_PORT, 4, debug_exit)
+    exit_range = (DEBUG_EXIT_PORT, 4)
+    for name, keys in devices:
+        if name == "isa-debug-exit":
+            exit_range = (keys.get("iobase", 0x501), keys.get("iosize", 2))
+    io.add(exit_range[0], exit_range[1], debug_exit)
     fw_cfg = FwCfg("fw_cfg", ram_size=ram_size, nb_cpus=nb_cpus)
     if memory is not None:
         fw_cfg.add_file("etc/e820", e820_file(memory))
     io.add(FW_CFG_PORT, 2, fw_cfg)
-    pci = PciHost("pci", on_reset=on_reset)
-    io.add(PCI_CONFIG_ADDRESS, 8, pci)
     acpi_pm = AcpiPm("acpi_pm", sci=IrqLine(irqchip, pc_layout.SCI_IRQ), queue=queue,
                      on_sleep=on_sleep)
-    io.add(pc_layout.PM_IO_BASE, PM_IO_SIZE, acpi_pm)
+    pci_bus = PciBus(io, mmio, irqchip)
+    pci_bus.add(i440fx(), pc_layout.HOST_BRIDGE_DEVFN)
+    pci_bus.add(piix3(), pc_layout.ISA_BRIDGE_DEVFN)
+    pci_bus.add(piix4_pm(acpi_pm, io), pc_layout.PIIX4_PM_DEVFN)
+    for n, (_, keys) in enumerate(d for d in devices if d[0] == "pci-testdev"):
+        addr = keys.get("addr")
+        devfn = (pci_bus.free_slot(2), 0) if addr is None else (addr >> 3, addr & 7)
+        pci_bus.add(PciTestDev(f"pci_testdev{n}" if n else "pci_testdev"), devfn)
+    pci_bus.firmware_setup()  # BARs, PIRQs and the PM base as SeaBIOS leaves them
+    pci = PciHost("pci", bus=pci_bus, on_reset=on_reset)
+    io.add(PCI_CONFIG_ADDRESS, 8, pci)
     gpe0 = Gpe0Block("gpe0", pm=acpi_pm)
     io.add(pc_layout.GPE0_BLK, pc_layout.GPE0_LEN, gpe0)
     i8042 = I8042("i8042", on_reset=on_reset)
@@ -257,12 +289,16 @@ def pc_devices(
     if hpet:
         hpet_dev = Hpet("hpet", irqchip=irqchip, queue=queue, legacy_gate=gate)
         mmio.add(pc_layout.HPET_BASE, pc_layout.HPET_SIZE, hpet_dev)
+    pc_testdev: PcTestDev | None = None
+    if any(name == "pc-testdev" for name, _ in devices):
+        pc_testdev = PcTestDev("pc_testdev", irqchip=irqchip)
+        pc_testdev.map(io, mmio)
     m5ops = M5Ops("m5ops", handler=m5_handler)
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
                      cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
                      ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042,
-                     hpet=hpet_dev)
+                     hpet=hpet_dev, pci_bus=pci_bus, pc_testdev=pc_testdev)
 
 
 def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:
