@@ -1,5 +1,6 @@
-"""ACPI S5, the platform reset (0xcf9, the 8042's pulse) with and without
---no-reboot, and the PM timer against the PIT: guests/pcpm.bin through the
+"""ACPI S5, S3 with the RTC alarm's wake-up (guests/pcs3.bin), the platform
+reset (0xcf9, the 8042's pulse) with and without --no-reboot, and the PM
+timer against the PIT: guests/pcpm.bin through the
 real ``kvmcpu run`` on both backends, and on QEMU's ``pc`` machine (the
 reference), which must print the same and end with the same status."""
 
@@ -56,6 +57,29 @@ def test_power_and_reset(backend_name: str, case: tuple[str, bool]) -> None:
     assert done.returncode == status, done.stderr
     cause = {("s", False): "power off"}.get(case, "reset" if no_reboot else "isa-debug-exit")
     assert f"kvmcpu run: {cause} at".encode() in done.stderr
+
+
+S3_IMAGE = str(ROOT / "guests" / "pcs3.bin")
+S3_OUTPUT = b"s3: suspending\ns3: resumed\ns3: wak_sts rtc_sts\n"
+
+
+def test_s3_and_the_rtc_wake_up(backend_name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "kvmcpu", "run", "--backend", backend_name,
+                           "--timeout", "100", S3_IMAGE], capture_output=True, timeout=150,
+                          cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (S3_OUTPUT, 1), done.stderr
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
+                    "(apt-get install qemu-system-x86)")
+def test_qemu_s3_gives_the_same() -> None:
+    assert QEMU is not None
+    done = subprocess.run([QEMU, "-accel", "kvm", "-machine", "pc", "-m", "128", "-kernel",
+                           S3_IMAGE, "-serial", "stdio", "-display", "none", "-monitor", "none",
+                           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (S3_OUTPUT, 1), done.stderr
 
 
 @pytest.mark.kvm
