@@ -6,27 +6,35 @@ value)``) and checkpoints its state with ``serialize(cp)`` / ``unserialize(cp)``
 
 Default PC layout (what :func:`pc_devices` maps):
 
-==========  ===========  ======================================  =====
-bus         range        device                                  IRQ
-==========  ===========  ======================================  =====
-io          0x20-0x21    8259A master (:class:`PicPair`)
-io          0x40-0x43    8254 PIT (:class:`Pit`)                 0
-io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)            8
-io          0x80         POST code (:class:`PostCard`)
-io          0xa0-0xa1    8259A slave
-io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
-io          0x60, 0x64   8042 keyboard controller (:class:`I8042`)
-io          0x3f8-0x3ff  16550A COM1 (:class:`Uart16550`)        4
-io          0x600-0x63f  PIIX4 PM: PM1, PM timer (:class:`AcpiPm`)  9 (SCI)
-io          0xafe0-3     PIIX4 GPE0 (:class:`Gpe0Block`)         9 (SCI)
-io          0x510-0x511  fw_cfg (:class:`FwCfg`)
-io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`),
-                         0xcf9 the PIIX3 reset control register
-mmio        0xfec00000   IOAPIC, 24 pins (:class:`IoApic`)
-mmio        0xfed00000   HPET, 3 timers (:class:`Hpet`)          0/8, GSI
-mmio        0xfee00000   local APIC page, relocatable (:class:`LocalApic`)
-mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
-==========  ===========  ======================================  =====
+==========  ============  =========================================  =======
+bus         range         device                                     IRQ
+==========  ============  =========================================  =======
+io          0x20-0x21     8259A master (:class:`PicPair`)
+io          0x40-0x43     8254 PIT (:class:`Pit`)                    0
+io          0x60, 0x64    8042 keyboard controller (:class:`I8042`)
+io          0x70-0x71     CMOS RTC/NVRAM (:class:`Cmos`)             8
+io          0x80          POST code (:class:`PostCard`)
+io          0xa0-0xa1     8259A slave
+io          0xf4-0xf7     isa-debug-exit (:class:`DebugExit`)
+io          0x3f8-0x3ff   16550A COM1 (:class:`Uart16550`)           4
+io          0x510-0x511   fw_cfg (:class:`FwCfg`)
+io          0x600-0x63f   PIIX4 PM: PM1, PM timer (:class:`AcpiPm`)  9 (SCI)
+io          0xcf8-0xcff   PCI config mechanism #1 (:class:`PciHost`);
+                          0xcf9: the PIIX3 reset control register
+io          0xafe0-0xafe3 PIIX4 GPE0 (:class:`Gpe0Block`)            9 (SCI)
+io          0xc000-       PCI IO BARs (assigned at start)
+mmio        0xc0000000-   PCI memory BARs (assigned at start)
+mmio        0xfec00000    IOAPIC, 24 pins (:class:`IoApic`)
+mmio        0xfed00000    HPET, 3 timers (:class:`Hpet`)             0, 8, GSI
+mmio        0xfee00000    local APIC page, relocatable (:class:`LocalApic`)
+mmio        0xffff0000    gem5 m5ops page, 64 KiB (:class:`M5Ops`)
+==========  ============  =========================================  =======
+
+PCI bus 0 (:class:`PciBus`): 00.0 i440FX, 01.0 PIIX3, 01.3 PIIX4 PM, and any
+``pci-testdev`` from 02.0 on. ``devices`` adds QEMU's test devices
+(:mod:`kvmcpu.devices.testdevs`): ``isa-debug-exit,iobase=,iosize=`` (instead
+of the one at 0xf4), ``pc-testdev`` (0xe0-0xeb, 0x2000-0x2017, mmio
+0xff000000), ``pci-testdev``. ``hpet=False`` leaves the HPET out.
 
 The IOAPIC and the local APIC are the user-space interrupt architecture
 (``apic=True``): every ISA IRQ then goes to the 8259 pair and to the IOAPIC
