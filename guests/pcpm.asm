@@ -26,6 +26,11 @@
 ;   u   the same over 2 ms (PIT count 2386: 7159 PM timer counts, ok within
 ;       6800-7517), for the mock backend, where 50 ms of simulated time are 50
 ;       million instructions.
+;   p   QEMU's pc-testdev (-device pc-testdev): the dword 0x12345678 written to
+;       port 0xe0, the byte 0xab to 0xeb, read back as a dword: "pc-testdev:
+;       ioport ab345678", the word at 0xe2 " word ab34"; 0x11223344 and
+;       0x55667788 written to its IO memory at 0xff000004 and 0xff000000,
+;       read back: "pc-testdev: iomem 11223344 55667788". Status 1.
 ;
 ; Anything else prints "pcpm: what?" and exits with status 5.
 
@@ -67,6 +72,8 @@ main:
     mov r9d, 7517
     cmp al, 'u'
     je pm_timer
+    cmp al, 'p'
+    je pc_testdev
 .what:
     lea rsi, [rel msg_what]
     call puts
@@ -172,6 +179,70 @@ done:
     DEBUG_EXIT_WRITE 0
     HALT_FOREVER
 
+pc_testdev:
+    mov eax, 0x12345678
+    out 0xe0, eax
+    mov al, 0xab
+    out 0xeb, al
+    lea rsi, [rel msg_ioport]
+    call puts
+    in eax, 0xe0
+    call puthex
+    lea rsi, [rel msg_word]
+    call puts
+    in ax, 0xe2
+    movzx eax, ax
+    call puthex
+    mov al, 10
+    call putc
+    mov rax, 0xFF000000 | 0x9B              ; its 2 MiB page, uncached (PD3 504)
+    mov [PD3 + 504 * 8], rax
+    mov rax, cr3
+    mov cr3, rax
+    mov r11, 0xFF000000
+    mov dword [r11 + 4], 0x11223344
+    mov dword [r11], 0x55667788
+    lea rsi, [rel msg_iomem]
+    call puts
+    mov eax, [r11 + 4]
+    call puthex
+    mov al, ' '
+    call putc
+    mov eax, [r11]
+    call puthex
+    mov al, 10
+    call putc
+    jmp done
+
+; puthex: EAX in lowercase hex, no leading zeros.
+puthex:
+    push rcx
+    push rdx
+    mov edx, eax
+    mov ecx, 28
+.skip:
+    mov eax, edx
+    shr eax, cl
+    test eax, 0xF
+    jnz .digits
+    sub ecx, 4
+    jnz .skip
+.digits:
+    mov eax, edx
+    shr eax, cl
+    and eax, 0xF
+    add al, '0'
+    cmp al, '9'
+    jbe .put
+    add al, 'a' - '9' - 1
+.put:
+    call putc
+    sub ecx, 4
+    jns .digits
+    pop rdx
+    pop rcx
+    ret
+
 %include "lib/uart.inc"
 
 msg_what:   db "pcpm: what?", 10, 0
@@ -181,6 +252,9 @@ msg_kbd:    db "kbd: self test 55", 10, 0
 msg_tmr:    db "pm timer: ", 0
 msg_rate:   db "pm timer: rate ok", 10, 0
 msg_counts: db " counts", 10, 0
+msg_ioport: db "pc-testdev: ioport ", 0
+msg_word:   db " word ", 0
+msg_iomem:  db "pc-testdev: iomem ", 0
 msg_24:     db "pm timer: 24 bits", 10, 0
 
 load_end:

@@ -59,6 +59,30 @@ def test_power_and_reset(backend_name: str, case: tuple[str, bool]) -> None:
     assert f"kvmcpu run: {cause} at".encode() in done.stderr
 
 
+PC_TESTDEV = b"pc-testdev: ioport ab345678 word ab34\npc-testdev: iomem 11223344 55667788\n"
+
+
+def test_pc_testdev_ports_and_io_memory(backend_name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "kvmcpu", "run", "--backend", backend_name,
+                           "--device", "pc-testdev", "--append", "p", "--timeout", "100",
+                           IMAGE], capture_output=True, timeout=150, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (PC_TESTDEV, 1), done.stderr
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
+                    "(apt-get install qemu-system-x86)")
+def test_qemu_pc_testdev_gives_the_same() -> None:
+    assert QEMU is not None
+    done = subprocess.run([QEMU, "-accel", "kvm", "-machine", "pc", "-device", "pc-testdev",
+                           "-m", "128", "-kernel", IMAGE, "-append", "p", "-serial", "stdio",
+                           "-display", "none", "-monitor", "none",
+                           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert (done.stdout, done.returncode) == (PC_TESTDEV, 1), done.stderr
+
+
 S3_IMAGE = str(ROOT / "guests" / "pcs3.bin")
 S3_OUTPUT = b"s3: suspending\ns3: resumed\ns3: wak_sts rtc_sts\n"
 
