@@ -105,7 +105,9 @@ exit status:
   (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4), as QEMU: so a
                 guest's "exit 0" there is status 1, the same as a runtime error
                 (which prints a line on stderr; the guest's exit prints nothing)
-  0             m5 exit with code 0, or the guest halted with nothing left to run
+  0             m5 exit with code 0, the guest halted with nothing left to run,
+                powered off (ACPI S5: cause "power off") or, under --no-reboot,
+                asked for a reset (0xcf9, the 8042's 0xfe: cause "reset")
   c             the guest's m5 exit code c (the shell keeps c % 256)
   124           the simulated-time limit (--max-ticks/--max-seconds) or --timeout
   125           the guest triple-faulted
@@ -183,6 +185,15 @@ def add_parsers(sub: Any) -> None:
                         "kernel uses KVM's in-kernel irqchip and PIT (status 2 when the "
                         "backend has none); split is not implemented yet (status 2); off "
                         "and on are the old names of user and kernel")
+    p.add_argument("--device", action="append", default=[], metavar="NAME[,KEY=VALUE...]",
+                   help="add one of QEMU's test devices, spelt as QEMU's -device: "
+                        "isa-debug-exit[,iobase=PORT,iosize=N] (replaces the one at 0xf4; "
+                        "QEMU's defaults 0x501, 2), pc-testdev, pci-testdev[,addr=SLOT]; "
+                        "repeatable (status 2 for an unknown device or key)")
+    p.add_argument("--no-reboot", action="store_true",
+                   help="a reset request (0xcf9, the keyboard controller's pulse) ends the "
+                        "run with cause 'reset' and status 0, as QEMU's -no-reboot "
+                        "(default: the machine resets and runs the image again)")
     p.add_argument("--emulation-fallback", default="on", choices=("on", "off"),
                    help="on KVM, run an instruction KVM's emulator refuses on the mock and "
                         "carry on (default: on; off: the run ends with status 126)")
@@ -402,7 +413,7 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UnknownCheckpointKeyWarning)
                 return System.restore(args.restore, backend=args.backend, serial=sink,
-                                      stats_file=args.stats_file,
+                                      stats_file=args.stats_file, no_reboot=args.no_reboot,
                                       emulation_fallback=args.emulation_fallback == "on")
         except CheckpointError as err:
             raise UsageError(str(err)) from err
@@ -413,10 +424,18 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                     print(f"kvmcpu run: warning: {w.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    from .devices.testdevs import device_spec
+
+    for text in args.device:
+        try:
+            device_spec(text)
+        except ConfigError as err:
+            raise UsageError(f"--device {text}: {err}") from err
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
-                        stats_file=args.stats_file,
+                        stats_file=args.stats_file, no_reboot=args.no_reboot,
+                        devices=args.device,
                         emulation_fallback=args.emulation_fallback == "on")
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)

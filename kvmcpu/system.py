@@ -38,12 +38,14 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
+from .devices.testdevs import format_device, parse_devices
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .firmware import FirmwareConfig, FirmwareTables, install_tables
 from .loader import LoadedImage, load_image
 from .loader.image import PAGE_TABLE_BYTES
 from .mem.bus import IoBus, MmioBus
 from .mem.physmem import PhysicalMemory, parse_size
+from .power import CAUSE_POWER_OFF, CAUSE_RESET, CAUSE_SUSPEND, PowerControl
 from .sim.checkpoint import DEFAULT_COMPRESSION, CheckpointIn, CheckpointOut
 from .sim.eventq import (
     QUEUE_EMPTY_CAUSE,
@@ -72,6 +74,10 @@ CAUSE_CHECKPOINT = "checkpoint"
 #: A signal (SIGINT, SIGTERM, SIGHUP) or :meth:`System.request_stop` ended the run;
 #: the code is the signal number and the status 128 + it, as a shell reports it.
 CAUSE_INTERRUPTED = "interrupted"
+
+#: Devices added after the first checkpoint format: a checkpoint without their
+#: section leaves them at their reset state.
+_LATER_DEVICES = ("ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet")
 
 #: The accepted values of System(irqchip=...) and --irqchip.
 IRQCHIP_MODES = ("auto", "user", "kernel", "split", "off", "on")
@@ -170,11 +176,13 @@ class SystemParams(SimObjectParams):
                               check=lambda v: v > 0)
     quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
                          check=lambda v: v >= 0)
+    hpet: bool = param(True, "map the HPET at 0xfed00000 (as QEMU's pc; the firmware "
+                       "tables then describe it)")
     unclaimed: str = param("log", "unclaimed port/MMIO accesses: 'ignore', 'log' or 'raise'",
                            check=lambda v: v in ("ignore", "log", "raise"))
 
 
-class System(SimObject):
+class System(PowerControl, SimObject):
     """A PC-like machine with one KVM CPU (see the module docstring).
 
     Args:
@@ -200,6 +208,13 @@ class System(SimObject):
             (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
             ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
+        hpet: the HPET at pc_layout.HPET_BASE (True, as on QEMU's pc machine);
+            ``params.hpet`` and ``devices.hpet`` (None without) say whether it is there.
+        devices: QEMU's test devices, as ``--device`` spells them:
+            ``["pci-testdev", "isa-debug-exit,iobase=0x501,iosize=2"]`` (or
+            (name, {key: int}) pairs); ConfigError for an unknown device or key.
+        no_reboot: a platform reset request ends the run (cause "reset",
+            status 0) instead of resetting the machine (QEMU's ``-no-reboot``).
     """
 
     params_class = SystemParams
@@ -210,7 +225,12 @@ class System(SimObject):
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
-                 eventq: Optional[EventQueue] = None) -> None:
+                 eventq: Optional[EventQueue] = None, no_reboot: bool = False,
+                 hpet: bool = True, devices: Sequence[Any] = ()) -> None:
+        _check_type("no_reboot", no_reboot, (bool,), "a bool")
+        _check_type("devices", devices, (list, tuple), "a list of device strings")
+        self.device_specs = parse_devices(devices)
+        _check_type("hpet", hpet, (bool,), "a bool")
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
         _check_type("irqchip", irqchip, (str,), "a string")
@@ -228,8 +248,12 @@ class System(SimObject):
         self.root = Root(eventq=eventq if eventq is not None else EventQueue("system"))
         super().__init__("system", self.root, memory=parse_size(memory), smp=smp,
                          irqchip=irqchip, quantum=quantum, unclaimed=unclaimed,
-                         clock_period=clock_period)
+                         clock_period=clock_period, hpet=hpet)
         self._closers: List[Callable[[], None]] = []
+        self.no_reboot = no_reboot
+        #: Platform resets done so far (each re-ran the loaded image).
+        self.resets = 0
+        self._load_args: Optional[Dict[str, Any]] = None
         self.exit_status: Optional[int] = None
         self.loaded: Optional[LoadedImage] = None
         #: The ACPI/MP/SMBIOS tables written at the last load (None: none).
@@ -240,6 +264,7 @@ class System(SimObject):
         self.stats_file = stats_file
         self._timeout_event = EventFunctionWrapper(self._check_timeout, "system.hostTimeout",
                                                    Priority.Sim_Exit)
+        self._wake_event = EventFunctionWrapper(self._wake_from_s3, "system.wake")
         self.physmem = PhysicalMemory(self.params.memory)
         self._closers.append(self.physmem.close)
         try:
@@ -258,7 +283,8 @@ class System(SimObject):
                 uart_sink=serial, uart_input=serial_input, on_exit=self._on_debug_exit,
                 m5_handler=self, irqchip=kernel_chip, pit=not self.vm.params.pit,
                 queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
-                tsc_period=clock_period,
+                tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
+                hpet=hpet, devices=self.device_specs,
             )
             self.cpu = X86KvmCPU(
                 "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
@@ -268,6 +294,7 @@ class System(SimObject):
             self._closers.insert(0, self.cpu.close)
             self.cpu.on_halt = self.on_cpu_halt
             self.cpu.sw_shadow = self.physmem.overlay  # INT3 patches hidden from reads
+            self.devices.cmos.on_alarm = self._on_rtc_alarm
         except BaseException:
             self.close()
             raise
@@ -340,8 +367,9 @@ class System(SimObject):
         self._check_open("load")
         _check_type("image", image, (str, os.PathLike, bytes, bytearray, memoryview),
                     "a path or the image's bytes")
-        loaded = load_image(image, self.physmem, fmt=fmt, cmdline=cmdline, modules=modules,
-                            load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
+        args: Dict[str, Any] = dict(fmt=fmt, cmdline=cmdline, modules=modules,
+                                    load_addr=load_addr, entry=entry, mode=mode, initrd=initrd)
+        loaded = load_image(image, self.physmem, **args)
         ranges = [(r.start, r.end) for r in loaded.ranges]
         if loaded.mode == "long":  # the page tables set_start_state writes
             ranges.append((loaded.page_tables, loaded.page_tables + PAGE_TABLE_BYTES))
@@ -350,6 +378,7 @@ class System(SimObject):
             name=os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<bytes>")
         self.set_start_state(loaded)
         self.loaded = loaded
+        self._load_args = dict(args, image=image)
         return loaded
 
     def firmware_config(self) -> FirmwareConfig:
@@ -444,6 +473,7 @@ class System(SimObject):
         self._check_open("run")
         max_ticks, timeout = run_limits(max_seconds, max_ticks, timeout)
         started = time.monotonic()
+        start_tick = self.eventq.cur_tick
         if not self.root.instantiated:
             self.root.instantiate()
             self.cpu.activateContext()
@@ -462,6 +492,15 @@ class System(SimObject):
             alarm.start()
         try:
             ev = self.root.simulate(max_ticks)
+            while (ev.cause == CAUSE_SUSPEND
+                   or ev.cause == CAUSE_RESET and not self.no_reboot and self._load_args):
+                if ev.cause == CAUSE_SUSPEND:
+                    self._suspend()
+                elif self._load_args:
+                    self._platform_reset(self._load_args)
+                left = None if max_ticks is None else max(
+                    0, max_ticks - (self.eventq.cur_tick - start_tick))
+                ev = self.root.simulate(left)
         except GuestTripleFault as err:
             log.debug("triple fault:\n%s", err.regs_dump)
             return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
@@ -521,6 +560,8 @@ class System(SimObject):
         cause, code = ev.cause, ev.code
         if cause == CAUSE_DEBUG_EXIT:
             status = code
+        elif cause in (CAUSE_POWER_OFF, CAUSE_RESET):
+            status = STATUS_OK
         elif cause in (CAUSE_LIMIT, CAUSE_TIMEOUT):
             status = STATUS_TIMEOUT
         elif cause == CAUSE_INTERRUPTED:
@@ -587,6 +628,10 @@ class System(SimObject):
         lapic = self.devices.lapic
         if lapic is not None and lapic.timer_next_tick >= 0:
             return True
+        for dev in self.devices.all():
+            pending = getattr(dev, "timer_pending", None)
+            if pending is not None and pending():
+                return True
         interrupts = cpu.interrupts
         return bool(interrupts is not None and interrupts.has_pending())
 
@@ -661,6 +706,8 @@ class System(SimObject):
         cp.param_out("clock_period", p.clock_period)
         cp.param_out("quantum", p.quantum)
         cp.param_out("unclaimed", p.unclaimed)
+        cp.param_out("hpet", p.hpet)
+        cp.param_out("devices", ";".join(format_device(d) for d in self.device_specs))
         cp.param_out("regions", [r[0] for r in self.physmem.regions])
         for i, region in enumerate(self.physmem.regions):
             cp.add_memory_image(f"system.physmem.region{i}", region.host.view,
@@ -677,8 +724,9 @@ class System(SimObject):
             theirs = section.get_int(key)
             if theirs != mine:
                 raise CheckpointError(f"[system] {key}={theirs} but this system has {mine}")
-        for key in ("irqchip", "quantum", "unclaimed"):
-            section.raw(key)  # recorded for System.restore, which builds the system from them
+        for key in ("irqchip", "quantum", "unclaimed", "hpet", "devices"):
+            if section.has(key):
+                section.raw(key)  # recorded for System.restore, which builds the system
         regions = section.get_int_list("regions")
         if regions != [r[0] for r in self.physmem.regions]:
             raise CheckpointError(f"[system] regions {regions} do not match this system's RAM")
@@ -687,8 +735,8 @@ class System(SimObject):
                          extents=region.host.data_extents)
             region.host.notify_written(0, len(region.host))  # code caches drop what it replaced
         for name, dev in self.devices.named():
-            if name in ("ioapic", "lapic") and not cp.has_section(f"{cp.current_path}.{name}"):
-                continue  # a checkpoint from before the APIC: it stays at its reset state
+            if name in _LATER_DEVICES and not cp.has_section(f"{cp.current_path}.{name}"):
+                continue  # a checkpoint from before the device: it stays at its reset state
             if hasattr(dev, "unserialize"):
                 with cp.subsection(name):
                     dev.unserialize(cp)
@@ -710,6 +758,10 @@ class System(SimObject):
             "irqchip": sec.get_str("irqchip"), "clock_period": sec.get_int("clock_period"),
             "quantum": sec.get_int("quantum"), "unclaimed": sec.get_str("unclaimed"),
         }
+        if sec.has("hpet"):
+            config["hpet"] = sec.get_bool("hpet")
+        if sec.has("devices"):
+            config["devices"] = [d for d in sec.get_str("devices").split(";") if d]
         clash = sorted(set(config) & set(kwargs))
         if clash:
             raise TypeError(f"restore: {', '.join(clash)} come(s) from the checkpoint")

@@ -6,22 +6,35 @@ value)``) and checkpoints its state with ``serialize(cp)`` / ``unserialize(cp)``
 
 Default PC layout (what :func:`pc_devices` maps):
 
-==========  ===========  ======================================  =====
-bus         range        device                                  IRQ
-==========  ===========  ======================================  =====
-io          0x20-0x21    8259A master (:class:`PicPair`)
-io          0x40-0x43    8254 PIT (:class:`Pit`)                 0
-io          0x70-0x71    CMOS RTC/NVRAM (:class:`Cmos`)
-io          0x80         POST code (:class:`PostCard`)
-io          0xa0-0xa1    8259A slave
-io          0xf4-0xf7    isa-debug-exit (:class:`DebugExit`)
-io          0x3f8-0x3ff  16550A COM1 (:class:`Uart16550`)        4
-io          0x510-0x511  fw_cfg (:class:`FwCfg`)
-io          0xcf8-0xcff  PCI config mechanism #1 (:class:`PciHost`)
-mmio        0xfec00000   IOAPIC, 24 pins (:class:`IoApic`)
-mmio        0xfee00000   local APIC page, relocatable (:class:`LocalApic`)
-mmio        0xffff0000   gem5 m5ops page, 64 KiB (:class:`M5Ops`)
-==========  ===========  ======================================  =====
+==========  ============  =========================================  =======
+bus         range         device                                     IRQ
+==========  ============  =========================================  =======
+io          0x20-0x21     8259A master (:class:`PicPair`)
+io          0x40-0x43     8254 PIT (:class:`Pit`)                    0
+io          0x60, 0x64    8042 keyboard controller (:class:`I8042`)
+io          0x70-0x71     CMOS RTC/NVRAM (:class:`Cmos`)             8
+io          0x80          POST code (:class:`PostCard`)
+io          0xa0-0xa1     8259A slave
+io          0xf4-0xf7     isa-debug-exit (:class:`DebugExit`)
+io          0x3f8-0x3ff   16550A COM1 (:class:`Uart16550`)           4
+io          0x510-0x511   fw_cfg (:class:`FwCfg`)
+io          0x600-0x63f   PIIX4 PM: PM1, PM timer (:class:`AcpiPm`)  9 (SCI)
+io          0xcf8-0xcff   PCI config mechanism #1 (:class:`PciHost`);
+                          0xcf9: the PIIX3 reset control register
+io          0xafe0-0xafe3 PIIX4 GPE0 (:class:`Gpe0Block`)            9 (SCI)
+io          0xc000-       PCI IO BARs (assigned at start)
+mmio        0xc0000000-   PCI memory BARs (assigned at start)
+mmio        0xfec00000    IOAPIC, 24 pins (:class:`IoApic`)
+mmio        0xfed00000    HPET, 3 timers (:class:`Hpet`)             0, 8, GSI
+mmio        0xfee00000    local APIC page, relocatable (:class:`LocalApic`)
+mmio        0xffff0000    gem5 m5ops page, 64 KiB (:class:`M5Ops`)
+==========  ============  =========================================  =======
+
+PCI bus 0 (:class:`PciBus`): 00.0 i440FX, 01.0 PIIX3, 01.3 PIIX4 PM, and any
+``pci-testdev`` from 02.0 on. ``devices`` adds QEMU's test devices
+(:mod:`kvmcpu.devices.testdevs`): ``isa-debug-exit,iobase=,iosize=`` (instead
+of the one at 0xf4), ``pc-testdev`` (0xe0-0xeb, 0x2000-0x2017, mmio
+0xff000000), ``pci-testdev``. ``hpet=False`` leaves the HPET out.
 
 The IOAPIC and the local APIC are the user-space interrupt architecture
 (``apic=True``): every ISA IRQ then goes to the 8259 pair and to the IOAPIC
@@ -33,20 +46,33 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Sequence, Tuple
 
+from kvmcpu.devices import pc_layout
+from kvmcpu.devices.acpi_pm import AcpiPm, Gpe0Block
 from kvmcpu.devices.base import BusDevice, Device, size_mask
-from kvmcpu.devices.cmos import CMOS_PORT, Cmos
+from kvmcpu.devices.cmos import CMOS_PORT, RTC_IRQ, Cmos
 from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugExit
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
+from kvmcpu.devices.hpet import Hpet, LegacyGate
+from kvmcpu.devices.i8042 import I8042, I8042_DATA_PORT, I8042_STATUS_PORT
 from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
 from kvmcpu.devices.lapic import ApicBus, ApicInterrupts, LocalApic
 from kvmcpu.devices.m5ops import M5OP_ADDR, M5OP_SIZE, M5Ops, M5OpsHandler
-from kvmcpu.devices.pci import PCI_CONFIG_ADDRESS, PciHost
+from kvmcpu.devices.pci import (
+    PCI_CONFIG_ADDRESS,
+    PciBus,
+    PciFunction,
+    PciHost,
+    i440fx,
+    piix3,
+    piix4_pm,
+)
 from kvmcpu.devices.pic import I8259, MASTER_PORT, SLAVE_PORT, PicPair
 from kvmcpu.devices.pit import PIT_PORT, Pit
 from kvmcpu.devices.post import POST_PORT, PostCard
+from kvmcpu.devices.testdevs import DeviceSpec, PciTestDev, PcTestDev
 from kvmcpu.devices.uart import COM1_IRQ, COM1_PORT, Sink, Uart16550
 from kvmcpu.sim.eventq import main_queue
 
@@ -57,6 +83,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG_EXIT_CAUSE",
+    "AcpiPm",
     "ApicBus",
     "ApicInterrupts",
     "BusDevice",
@@ -64,6 +91,9 @@ __all__ = [
     "DebugExit",
     "Device",
     "FwCfg",
+    "Gpe0Block",
+    "Hpet",
+    "I8042",
     "I8259",
     "InterruptController",
     "IoApic",
@@ -74,6 +104,10 @@ __all__ = [
     "M5Ops",
     "M5OpsHandler",
     "PcDevices",
+    "PcTestDev",
+    "PciBus",
+    "PciFunction",
+    "PciTestDev",
     "PciHost",
     "PicPair",
     "Pit",
@@ -108,6 +142,16 @@ class PcDevices:
     #: The user-space IOAPIC and the CPU's local APIC (None without ``apic``).
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
+    #: The PIIX4 PM function's IO blocks and the keyboard controller.
+    acpi_pm: AcpiPm | None = None
+    gpe0: Gpe0Block | None = None
+    i8042: I8042 | None = None
+    #: The HPET (None when left out: ``pc_devices(hpet=False)``).
+    hpet: Hpet | None = None
+    #: PCI bus 0 (the host bridge, PIIX3, PIIX4 PM and any pci-testdev).
+    pci_bus: PciBus | None = None
+    #: --device pc-testdev (None without).
+    pc_testdev: PcTestDev | None = None
 
     @property
     def interrupts(self) -> object:
@@ -120,7 +164,7 @@ class PcDevices:
     def named(self) -> Iterator[Tuple[str, object]]:
         """(name, device) for every device present, in a stable order (for checkpoints)."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
-                     "pit", "ioapic", "lapic"):
+                     "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet", "pc_testdev"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
@@ -146,6 +190,10 @@ def pc_devices(
     on_interrupt: Callable[[bool], None] | None = None,
     apic: bool = False,
     tsc_period: int = 1000,
+    on_sleep: Callable[[int], object] | None = None,
+    on_reset: Callable[[], object] | None = None,
+    hpet: bool = True,
+    devices: Sequence[DeviceSpec] = (),
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -167,6 +215,12 @@ def pc_devices(
         apic: add the user-space IOAPIC and local APIC (with the PIC; not with an
             external ``irqchip``).
         tsc_period: ticks per guest TSC cycle (the local APIC's TSC-deadline mode).
+        on_sleep: the PM function's ``on_sleep(state)`` (3: S3, 5: S5 soft-off).
+        on_reset: called on a platform reset request (0xcf9, the 8042's pulse).
+        hpet: map the HPET at pc_layout.HPET_BASE (its legacy replacement route
+            then gates the PIT's and the RTC's interrupts).
+        devices: QEMU's test devices to add, parsed by
+            :func:`kvmcpu.devices.testdevs.device_spec` (``--device``).
     """
     if apic and irqchip is not None:
         raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
@@ -197,30 +251,62 @@ def pc_devices(
             mmio.add(base, 0x1000, lapic, name="lapic0")
         irqchip = IsaIrqRouter(pic, ioapic)
 
+    gate = LegacyGate(irqchip) if hpet else None
+    legacy: InterruptController = irqchip if gate is None else gate
     pit_dev: Pit | None = None
     if pit:
-        pit_dev = Pit("pit", irq=IrqLine(irqchip, 0), queue=queue)
+        pit_dev = Pit("pit", irq=IrqLine(legacy, 0), queue=queue)
         io.add(PIT_PORT, 4, pit_dev)
 
     uart = Uart16550("uart0", sink=uart_sink, irq=IrqLine(irqchip, COM1_IRQ), input=uart_input)
     io.add(COM1_PORT, 8, uart)
     debug_exit = DebugExit("debug_exit", on_exit=on_exit)
-    io.add(DEBUG_EXIT_PORT, 4, debug_exit)
+    exit_range = (DEBUG_EXIT_PORT, 4)
+    for name, keys in devices:
+        if name == "isa-debug-exit":
+            exit_range = (keys.get("iobase", 0x501), keys.get("iosize", 2))
+    io.add(exit_range[0], exit_range[1], debug_exit)
     fw_cfg = FwCfg("fw_cfg", ram_size=ram_size, nb_cpus=nb_cpus)
     if memory is not None:
         fw_cfg.add_file("etc/e820", e820_file(memory))
     io.add(FW_CFG_PORT, 2, fw_cfg)
-    pci = PciHost("pci")
+    acpi_pm = AcpiPm("acpi_pm", sci=IrqLine(irqchip, pc_layout.SCI_IRQ), queue=queue,
+                     on_sleep=on_sleep)
+    pci_bus = PciBus(io, mmio, irqchip)
+    pci_bus.add(i440fx(), pc_layout.HOST_BRIDGE_DEVFN)
+    pci_bus.add(piix3(), pc_layout.ISA_BRIDGE_DEVFN)
+    pci_bus.add(piix4_pm(acpi_pm, io), pc_layout.PIIX4_PM_DEVFN)
+    for n, (_, keys) in enumerate(d for d in devices if d[0] == "pci-testdev"):
+        addr = keys.get("addr")
+        devfn = (pci_bus.free_slot(2), 0) if addr is None else (addr >> 3, addr & 7)
+        pci_bus.add(PciTestDev(f"pci_testdev{n}" if n else "pci_testdev"), devfn)
+    pci_bus.firmware_setup()  # BARs, PIRQs and the PM base as SeaBIOS leaves them
+    pci = PciHost("pci", bus=pci_bus, on_reset=on_reset)
     io.add(PCI_CONFIG_ADDRESS, 8, pci)
+    gpe0 = Gpe0Block("gpe0", pm=acpi_pm)
+    io.add(pc_layout.GPE0_BLK, pc_layout.GPE0_LEN, gpe0)
+    i8042 = I8042("i8042", on_reset=on_reset)
+    io.add(I8042_DATA_PORT, 1, i8042)
+    io.add(I8042_STATUS_PORT, 1, i8042.command_port)
     post = PostCard("post")
     io.add(POST_PORT, 1, post)
-    cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock)
+    cmos = Cmos("cmos", ram_below_4g=below, ram_above_4g=above, clock=clock, queue=queue,
+                irq=IrqLine(legacy, RTC_IRQ))
     io.add(CMOS_PORT, 2, cmos)
+    hpet_dev: Hpet | None = None
+    if hpet:
+        hpet_dev = Hpet("hpet", irqchip=irqchip, queue=queue, legacy_gate=gate)
+        mmio.add(pc_layout.HPET_BASE, pc_layout.HPET_SIZE, hpet_dev)
+    pc_testdev: PcTestDev | None = None
+    if any(name == "pc-testdev" for name, _ in devices):
+        pc_testdev = PcTestDev("pc_testdev", irqchip=irqchip)
+        pc_testdev.map(io, mmio)
     m5ops = M5Ops("m5ops", handler=m5_handler)
     mmio.add(M5OP_ADDR, M5OP_SIZE, m5ops)
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
                      cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
-                     ioapic=ioapic, lapic=lapic)
+                     ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042,
+                     hpet=hpet_dev, pci_bus=pci_bus, pc_testdev=pc_testdev)
 
 
 def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:

@@ -95,7 +95,9 @@ class IoApic(Device):
         if entry & RTE_LEVEL:
             if level:
                 self._service(line)
-        elif level and not was:
+        elif level and not was and not entry & RTE_MASKED:
+            # 82093AA: an edge on a masked pin is ignored, not held pending (so
+            # does KVM's IOAPIC).
             self.irr |= bit
             self._service(line)
 

@@ -54,17 +54,16 @@ PM_TIMER_HZ = 3_579_545
 #: General-purpose event block 0 (QEMU's PIIX4 GPE at 0xafe0, 4 bytes).
 GPE0_BLK = 0xAFE0
 GPE0_LEN = 4
+#: PM1_CNT.SLP_TYP values (bits 10-12) of the sleep states, as QEMU's PIIX4 PM
+#: decodes them (acpi_pm1_cnt_write) and its DSDT's \\_S3 / \\_S5 packages give them.
+SLP_TYP_S3 = 1
+SLP_TYP_S5 = 0
 #: The SCI's ISA IRQ (level, active high, as QEMU's MADT override says).
 SCI_IRQ = 9
 #: SMI command port. 0: this platform is always in ACPI mode (SCI_EN reads 1),
 #: which the ACPI specification allows and a kernel accepts without an SMI
 #: handshake (QEMU has a real SMI port at 0xb2; kvmcpu has no SMM).
 SMI_CMD = 0
-#: PM1_CNT.SLP_TYP values for the sleep states (the DSDT's \_S3 and \_S5
-#: packages name them; the PM device decodes them): QEMU's PIIX4 PM, where
-#: SLP_TYP 1 is S3 (suspend to RAM) and 0 is S5 (soft off).
-SLP_TYP_S3 = 1
-SLP_TYP_S5 = 0
 #: The FADT reset register: an IO write of RESET_VALUE to RESET_PORT (PIIX's 0xcf9).
 RESET_PORT = 0xCF9
 RESET_VALUE = 0x06

@@ -112,8 +112,11 @@ def test_pc_devices_layout(memory: PhysicalMemory) -> None:
         (0x20, 0x22): "pic.master", (0x40, 0x44): "pit", (0x70, 0x72): "cmos",
         (0x80, 0x81): "post", (0xA0, 0xA2): "pic.slave", (0xF4, 0xF8): "debug_exit",
         (0x3F8, 0x400): "uart0", (0x510, 0x512): "fw_cfg", (0xCF8, 0xD00): "pci",
+        (0x60, 0x61): "i8042", (0x64, 0x65): "i8042.cmd", (0x600, 0x640): "acpi_pm",
+        (0xAFE0, 0xAFE4): "gpe0",
     }
-    assert [(m.start, m.end) for m in mmio.mappings] == [(0xFFFF0000, 0x1_0000_0000)]
+    assert [(m.start, m.end) for m in mmio.mappings] == [(0xFED00000, 0xFED00400),
+                                                         (0xFFFF0000, 0x1_0000_0000)]
     for c in b"ok":
         io.write(0x3F8, 1, c)
     assert devs.uart.output == b"ok"
@@ -129,7 +132,8 @@ def test_pc_devices_layout(memory: PhysicalMemory) -> None:
     io.write(0x3F9, 1, 0x02)
     assert devs.pic is not None and devs.pic.master.irr & 0x10
     assert [n for n, _ in devs.named()] == [
-        "uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic", "pit"]
+        "uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic", "pit",
+        "acpi_pm", "gpe0", "i8042", "hpet"]
 
 
 def test_pc_devices_with_kernel_irqchip() -> None:
