@@ -15,17 +15,17 @@
 ;       boot 2 writes 0 to isa-debug-exit (status 1). Under -no-reboot the run
 ;       ends at the request (status 0).
 ;   t   the PM timer (port 0x608) against the PIT: PIT channel 0 in mode 0
-;       counts 59659 periods (50 ms) while the guest polls its OUT pin
-;       (read-back status); the PM timer counts 3.579545 MHz * 50 ms = 178977
-;       meanwhile: "pm timer: rate ok" when it counted 170000-215000 (-5%/+20%:
-;       QEMU's KVM PIT is in host time and, under load, the polling late by
-;       several ms), else "pm timer: N counts"; then "pm timer: 24 bits"
-;       when the top byte of the 32-bit read is 0.
-;       Ends with isa-debug-exit 0 (status 1). Between two polls the guest
-;       spins 50 LOOP iterations (fewer IO exits: the mock runs it faster).
-;   u   the same over 2 ms (PIT count 2386: 7159 PM timer counts, ok within
-;       6800-7517), for the mock backend, where 50 ms of simulated time are 50
-;       million instructions.
+;       counts down from 0xffff; the guest samples both timers together (the
+;       PIT's count latched, the PM timer read at once after it) at the start
+;       and then every 50 LOOP iterations until 59659 PIT periods (50 ms) have
+;       passed: "pm timer: rate ok" when the PM timer advanced 3 counts per PIT
+;       period (3.579545 MHz / 1.193182 MHz) within 5 %, else "pm timer: N
+;       counts"; then "pm timer: 24 bits" when the top byte of the 32-bit read
+;       is 0. Sampling both at the same instant makes the check independent of
+;       how late a poll comes (QEMU's KVM PIT runs in host time, and so does
+;       kvmcpu's simulated time on KVM). Ends with isa-debug-exit 0 (status 1).
+;   u   the same over 2386 PIT periods (2 ms), for the mock backend, where 50 ms
+;       of simulated time are 50 million instructions.
 ;   p   QEMU's pc-testdev (-device pc-testdev): the dword 0x12345678 written to
 ;       port 0xe0, the byte 0xab to 0xeb, read back as a dword: "pc-testdev:
 ;       ioport ab345678", the word at 0xe2 " word ab34"; 0x11223344 and
@@ -63,13 +63,9 @@ main:
     cmp al, 'k'
     je reset_kbd
     mov ebp, 59659                          ; 't': 50 ms
-    mov r8d, 170000
-    mov r9d, 215000
     cmp al, 't'
     je pm_timer
     mov ebp, 2386                           ; 'u': 2 ms
-    mov r8d, 6800
-    mov r9d, 7517
     cmp al, 'u'
     je pm_timer
     cmp al, 'p'
@@ -137,25 +133,33 @@ reset_kbd:
 pm_timer:
     mov al, 0x30                            ; channel 0, lobyte/hibyte, mode 0
     out 0x43, al
-    mov dx, PM_TMR
-    in eax, dx
-    mov ebx, eax                            ; PM timer at the start
-    mov eax, ebp
+    mov al, 0xff
     out 0x40, al
-    mov al, ah
-    out 0x40, al
+    out 0x40, al                            ; count down from 0xffff (55 ms)
+    call sample
+    mov r11d, r10d                          ; PIT count at the start
+    mov r12d, ebx                           ; PM timer at the start
 .poll:
     mov ecx, 50
     loop $
-    mov al, 0xe2                            ; read-back: status of channel 0
-    out 0x43, al
-    in al, 0x40
-    test al, 0x80                           ; OUT
-    jz .poll
-    mov dx, PM_TMR
-    in eax, dx
-    mov ecx, eax
-    sub eax, ebx
+    call sample
+    mov eax, r11d
+    sub eax, r10d                           ; PIT periods since the start
+    cmp eax, ebp
+    jb .poll
+    lea r13d, [rax + rax * 2]               ; the PM timer counts expected
+    mov ecx, 100
+    imul eax, r13d, 95
+    xor edx, edx
+    div ecx
+    mov r8d, eax                            ; -5 %
+    imul eax, r13d, 105
+    xor edx, edx
+    div ecx
+    mov r9d, eax                            ; +5 %
+    mov ecx, ebx                            ; the last 32-bit read, for the width
+    mov eax, ebx
+    sub eax, r12d
     and eax, 0xffffff                       ; the counter is 24 bits wide
     cmp eax, r8d
     jb .bad
@@ -178,6 +182,22 @@ pm_timer:
 done:
     DEBUG_EXIT_WRITE 0
     HALT_FOREVER
+
+; sample: latch PIT channel 0 and read the PM timer right after it:
+; r10d = the PIT's latched count, ebx = the PM timer (32-bit read).
+sample:
+    xor eax, eax                            ; counter latch, channel 0
+    out 0x43, al
+    mov dx, PM_TMR
+    in eax, dx
+    mov ebx, eax
+    in al, 0x40                             ; latched count: low byte
+    movzx r10d, al
+    in al, 0x40                             ; then high byte
+    movzx eax, al
+    shl eax, 8
+    or r10d, eax
+    ret
 
 pc_testdev:
     mov eax, 0x12345678
