@@ -15,12 +15,14 @@
 ;       boot 2 writes 0 to isa-debug-exit (status 1). Under -no-reboot the run
 ;       ends at the request (status 0).
 ;   t   the PM timer (port 0x608) against the PIT: PIT channel 0 in mode 0
-;       counts down from 0xffff; the guest samples both timers together (the
-;       PIT's count latched, the PM timer read at once after it) at the start
-;       and then every 50 LOOP iterations until 59659 PIT periods (50 ms) have
-;       passed: "pm timer: rate ok" when the PM timer advanced 3 counts per PIT
-;       period (3.579545 MHz / 1.193182 MHz) within 5 %, else "pm timer: N
-;       counts"; then "pm timer: 24 bits" when the top byte of the 32-bit read
+;       counts down from 0xffff (wrapping); the guest samples both timers
+;       together (the PIT's count latched, the PM timer read at once after it)
+;       every 50 LOOP iterations and adds up the intervals until they hold
+;       59659 PIT periods (50 ms): "pm timer: rate ok" when the PM timer
+;       advanced 3 counts per PIT period (3.579545 MHz / 1.193182 MHz) within
+;       5 %, else "pm timer: N counts"; an interval longer than half the PIT's
+;       range (a poll late by more than 27 ms on a loaded host: the PIT may
+;       have wrapped) is left out of both sums; then "pm timer: 24 bits" when the top byte of the 32-bit read
 ;       is 0. Sampling both at the same instant makes the check independent of
 ;       how late a poll comes (QEMU's KVM PIT runs in host time, and so does
 ;       kvmcpu's simulated time on KVM). Ends with isa-debug-exit 0 (status 1).
@@ -135,19 +137,29 @@ pm_timer:
     out 0x43, al
     mov al, 0xff
     out 0x40, al
-    out 0x40, al                            ; count down from 0xffff (55 ms)
+    out 0x40, al                            ; count down from 0xffff, wrapping
     call sample
-    mov r11d, r10d                          ; PIT count at the start
-    mov r12d, ebx                           ; PM timer at the start
+    xor r14d, r14d                          ; PIT periods counted
+    xor r15d, r15d                          ; PM timer counts meanwhile
 .poll:
+    mov r11d, r10d                          ; the previous sample
+    mov r12d, ebx
     mov ecx, 50
     loop $
     call sample
     mov eax, r11d
-    sub eax, r10d                           ; PIT periods since the start
-    cmp eax, ebp
+    sub eax, r10d
+    and eax, 0xffff                         ; PIT periods in this interval
+    mov edx, ebx
+    sub edx, r12d
+    and edx, 0xffffff                       ; PM timer counts in this interval
+    cmp edx, 3 * 0x8000
+    jae .poll                               ; a poll late by > 27 ms: drop it
+    add r14d, eax
+    add r15d, edx
+    cmp r14d, ebp
     jb .poll
-    lea r13d, [rax + rax * 2]               ; the PM timer counts expected
+    lea r13d, [r14 + r14 * 2]               ; the PM timer counts expected
     mov ecx, 100
     imul eax, r13d, 95
     xor edx, edx
@@ -158,9 +170,7 @@ pm_timer:
     div ecx
     mov r9d, eax                            ; +5 %
     mov ecx, ebx                            ; the last 32-bit read, for the width
-    mov eax, ebx
-    sub eax, r12d
-    and eax, 0xffffff                       ; the counter is 24 bits wide
+    mov eax, r15d
     cmp eax, r8d
     jb .bad
     cmp eax, r9d
