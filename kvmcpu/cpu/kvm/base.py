@@ -30,7 +30,7 @@ import dataclasses
 import enum
 import logging
 from time import perf_counter_ns
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Tuple
 
 from ...backends.base import Vcpu
 from ...backends.exits import (
@@ -233,6 +233,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         self._drain_half_entry_done = False
         self._wake_pending = False
         self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
+        #: With several CPUs on one event queue: the events (the other CPUs' ticks,
+        #: host-time housekeeping) that do not limit this CPU's entries; None: all do.
+        self.peer_events: Optional[AbstractSet[Any]] = None
         self.stats = KvmCPUStats(self.stats_group)
         #: Called after the thread suspends on HLT (the System ends runs nothing can wake).
         self.on_halt: Optional[Callable[[], None]] = None
@@ -437,7 +440,11 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
             if serviced and next_tick <= now:
                 break  # another event is due at this tick: it goes first
             # -- Running / RunningServiceCompletion: one entry of at most the time
-            # to the next event (or the quantum).
+            # to the next event (or the quantum). With several CPUs on this queue the
+            # other CPUs' ticks do not shorten it (each runs its quantum in turn).
+            peers = self.peer_events
+            if peers is not None:
+                next_tick = eq.next_tick_except(peers)
             ticks_to_execute = next_tick - now
             params = self.params
             quantum = params.quantum

@@ -193,11 +193,20 @@ class X86KvmCPU(BaseKvmCPU):
             ebx, edx, ecx = struct.unpack("<III", raw)
             entries = [e._replace(ebx=ebx, ecx=ecx, edx=edx) if e.function == 0 else e
                        for e in entries]
+        apic_id = self.apic_id
+        entries = [_with_apic_id(e, apic_id) for e in entries]
         for (function, index), regs in self.cpuid_overrides.items():
             eax, ebx, ecx, edx = regs
             entries = [e for e in entries if (e.function, e.index) != (function, index)]
             entries.append(CpuidEntry(function, index, 0, eax, ebx, ecx, edx))
         return entries
+
+    @property
+    def apic_id(self) -> int:
+        """This CPU's APIC ID: its user-space local APIC's, else its vCPU id (KVM's
+        in-kernel APIC takes the vCPU id as its APIC ID)."""
+        lapic = self.lapic
+        return int(lapic.apic_id) if lapic is not None else int(self.vcpu_id)
 
     def msr_list(self) -> List[int]:
         """The MSRs synced with the TC: ARCH_MSRS the backend lists, plus the TC's own."""
@@ -575,6 +584,16 @@ class X86KvmCPU(BaseKvmCPU):
     def dump(self) -> str:
         """The register dump (gem5 dumpIntRegs/dumpSpecRegs style)."""
         return super().dump()
+
+
+def _with_apic_id(e: CpuidEntry, apic_id: int) -> CpuidEntry:
+    """A CPUID entry with one CPU's APIC ID: leaf 1 EBX[31:24] (initial APIC ID) and
+    leaf 0xB EDX (x2APIC ID), as KVM and QEMU fill them for each vCPU."""
+    if e.function == 1:
+        return e._replace(ebx=(e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << 24))
+    if e.function == 0xB:
+        return e._replace(edx=apic_id & 0xFFFFFFFF)
+    return e
 
 
 def fixup_sregs(s: uapi.kvm_sregs) -> uapi.kvm_sregs:
