@@ -70,8 +70,16 @@ SIPI_VECTOR equ TRAMP >> 12
 PING_VECTOR equ 0x40
 PONG_VECTOR equ 0x41
 GO_VECTOR   equ 0x42
+%ifdef IPI_ROUNDS
+ROUNDS      equ IPI_ROUNDS                  ; smp_ipi*.asm: only the ping-pong
+%else
 ROUNDS      equ 10
+%endif
+%ifdef COMPUTE
+ITERATIONS  equ 100000000                   ; smp_compute.asm: no lock, a compute loop
+%else
 ITERATIONS  equ 5000
+%endif
 
 MSR_STAR    equ 0xC0000081
 MSR_LSTAR   equ 0xC0000082
@@ -153,6 +161,9 @@ main:                                       ; the BSP: 64-bit, CPL0, RSP = STACK
     mov eax, [ncpus]
     call putdec
     SAY msg_up
+%ifdef COMPUTE
+    jmp .spinlock
+%endif
 
     ; Ping-pong with cpu 1.
     cmp dword [ncpus], 2
@@ -181,6 +192,9 @@ main:                                       ; the BSP: 64-bit, CPL0, RSP = STACK
     mov eax, [pongs]
     call putdec
     SAY msg_rounds
+%ifdef IPI_ROUNDS
+    jmp .done
+%endif
 
 .nmi_phase:                                 ; NMI to cpu 1
     cmp dword [ncpus], 2
@@ -277,6 +291,17 @@ from_user:                                  ; SYSCALL lands here with the same R
     ret                                     ; to count's caller (the user loop kept RSP)
 
 user_count:                                 ; CPL3
+%ifdef COMPUTE
+    mov ecx, ITERATIONS                     ; smp_compute: each CPU on its own
+    mov eax, 1
+.work:
+    imul eax, eax, 3
+    add eax, ecx
+    dec ecx
+    jnz .work
+    lock add qword [counter], ITERATIONS
+    syscall
+%endif
     mov ecx, ITERATIONS
 .iter:
     mov edx, 1

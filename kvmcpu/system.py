@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from .backends.modes import sregs_refusal
 from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu_group
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
+from .cpu.kvm.parallel import ParallelCpus
 from .cpu.kvm.vm import smp_limit
 from .cpu.kvm.x86 import (
     fixup_sregs,
@@ -90,6 +91,12 @@ STATUS_SIGHUP = 129
 #: The longest entry of each CPU with ``smp > 1`` when ``quantum`` is 0 (10 us): the
 #: CPUs share the one event queue and take turns of at most this much simulated time.
 SMP_QUANTUM = 10_000_000
+
+#: gem5's sim_quantum: with one host thread per vCPU, the CPUs' event queues and the
+#: device queue meet every this many ticks (1 ms; see README "Several CPUs").
+DEFAULT_SIM_QUANTUM = 1_000_000_000
+#: System(parallel=None) on KVM with several CPUs: host threads (True) or the one queue.
+PARALLEL_DEFAULT = False
 
 #: The longest simulated time between two host-timeout (and progress) checks.
 TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
@@ -208,6 +215,12 @@ class System(SimObject):
             (KVM_INTERNAL_ERROR_EMULATION) on the mock and carry on (the CPU's
             ``emulationFallback``; False: the run ends in a VcpuRunError).
         eventq: the event queue (default: a new one).
+        parallel: with several CPUs on KVM, run each vCPU on a host thread of its
+            own, with its own event queue, during :meth:`run` (True), or all
+            CPUs on the one queue (False); None: :data:`PARALLEL_DEFAULT`. The
+            mock always uses the one queue (ConfigError for True).
+        sim_quantum: ticks between two synchronisations of the CPUs' queues with
+            the device queue when ``parallel`` (gem5's ``sim_quantum``).
     """
 
     params_class = SystemParams
@@ -218,7 +231,8 @@ class System(SimObject):
                  irqchip: str = "auto", quantum: int = 0, unclaimed: str = "log",
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
-                 eventq: Optional[EventQueue] = None) -> None:
+                 eventq: Optional[EventQueue] = None, parallel: Optional[bool] = None,
+                 sim_quantum: int = DEFAULT_SIM_QUANTUM) -> None:
         _check_type("memory", memory, (int, str), "a size in bytes or a string like '128M'")
         _check_type("smp", smp, (int,), "an int")
         _check_type("irqchip", irqchip, (str,), "a string")
@@ -229,6 +243,11 @@ class System(SimObject):
         if cpu_params is not None:
             _check_type("cpu_params", cpu_params, (Mapping,), "a dict of CPU parameters")
         _check_type("emulation_fallback", emulation_fallback, (bool,), "a bool")
+        if parallel is not None:
+            _check_type("parallel", parallel, (bool,), "a bool (or None)")
+        _check_type("sim_quantum", sim_quantum, (int,), "an int (ticks)")
+        if sim_quantum <= 0:
+            raise ValueError(f"sim_quantum must be positive, got {sim_quantum}")
         if stats_file is not None:
             _check_type("stats_file", stats_file, (str, os.PathLike), "a path (or None)")
         if smp < 1:
@@ -289,6 +308,11 @@ class System(SimObject):
                 cpu.on_halt = self.on_cpu_halt
             self.cpu = self.cpus[0]
             self._link_cpus()
+            self.sim_quantum = sim_quantum
+            self._parallel: Optional[ParallelCpus] = None
+            if self._want_parallel(parallel, smp):
+                self._parallel = ParallelCpus(self.cpus, self.eventq, sim_quantum,
+                                              threading.RLock())
         except BaseException:
             self.close()
             raise
@@ -303,6 +327,23 @@ class System(SimObject):
     def closed(self) -> bool:
         """True after :meth:`close` (every operation then raises ClosedError)."""
         return self._closed
+
+    def _want_parallel(self, choice: Optional[bool], smp: int) -> bool:
+        """One host thread per vCPU (:mod:`kvmcpu.cpu.kvm.parallel`)? Only on KVM with
+        several CPUs; None: :data:`PARALLEL_DEFAULT` there (the mock always keeps the
+        one queue: its interleaving is deterministic)."""
+        if choice is None:
+            return PARALLEL_DEFAULT and smp > 1 and self.vm.backend.name == "kvm"
+        if choice and self.vm.backend.name != "kvm":
+            raise ConfigError(f"parallel=True needs the kvm backend (the "
+                              f"{self.vm.backend.name} backend runs every CPU on one "
+                              "event queue)")
+        return choice and smp > 1
+
+    @property
+    def parallel(self) -> bool:
+        """True when the CPUs run on host threads of their own during run()."""
+        return self._parallel is not None
 
     def _want_irqchip(self, choice: str) -> bool:
         """True for KVM's in-kernel irqchip, False for the user-space one."""
@@ -471,7 +512,12 @@ class System(SimObject):
             alarm.daemon = True
             alarm.start()
         try:
-            ev = self.root.simulate(max_ticks)
+            if self._parallel is not None:
+                if self.root.drain_manager.is_drained():
+                    self.root.drain_manager.resume()
+                ev = self._parallel.run(max_ticks, self._all_halted)
+            else:
+                ev = self.root.simulate(max_ticks)
         except GuestTripleFault as err:
             log.debug("triple fault:\n%s", err.regs_dump)
             return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
@@ -551,7 +597,7 @@ class System(SimObject):
         if deadline is not None and now >= deadline:
             exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
             return
-        if self.eventq.empty():
+        if self.eventq.empty() and (self._parallel is None or not self._parallel.running):
             # Only this check was keeping the loop going (a halted CPU nothing can
             # wake, e.g. restored from a checkpoint taken after it halted): end as
             # the run would have without housekeeping.
@@ -588,6 +634,12 @@ class System(SimObject):
             return
         if not any(self._wake_possible(c) for c in cpus):
             exit_sim_loop(CAUSE_HALTED, 0, queue=self.eventq)
+
+    def _all_halted(self) -> bool:
+        """No CPU runs and none can be woken (the parallel run's check at each quantum)."""
+        cpus = self.cpus
+        return not any(c.thread_status is ThreadStatus.Active for c in cpus) and \
+            not any(self._wake_possible(c) for c in cpus)
 
     def _wake_possible(self, cpu: X86KvmCPU) -> bool:
         if cpu.wait_for_sipi:
@@ -664,6 +716,9 @@ class System(SimObject):
             cpus.append(new)
         self.cpus, self.cpu, self.vm = cpus, cpus[0], cpus[0].vm
         self._link_cpus()
+        if self._parallel is not None:
+            self._parallel = None if self.vm.backend.name != "kvm" else ParallelCpus(
+                cpus, self.eventq, self.sim_quantum, self._parallel.lock)
         stale = {old.close for old in olds} | {old_vm.close}
         self._closers = ([c.close for c in reversed(cpus)] + [self.vm.close]
                          + [c for c in self._closers if c not in stale])

@@ -290,6 +290,18 @@ class EventQueue:
             event._seq = _UNSCHEDULED
         self.schedule(event, when)
 
+    def purge(self, event: Event) -> None:
+        """Deschedule ``event`` (when scheduled here) and drop every heap entry of it
+        at once (O(n)): an event that moves to another queue must leave no stale
+        entry behind, since sequence numbers are per queue."""
+        if event._seq != _UNSCHEDULED and event._queue is self:
+            event._seq = _UNSCHEDULED
+        heap = self._heap
+        kept = [entry for entry in heap if entry[3] is not event]
+        if len(kept) != len(heap):
+            heap[:] = kept
+            heapq.heapify(heap)
+
     def squash(self, event: Event) -> None:
         """Squash a scheduled event (see :meth:`Event.squash`)."""
         if event._seq == _UNSCHEDULED or event._queue is not self:

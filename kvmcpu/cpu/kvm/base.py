@@ -312,6 +312,18 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
 
     startupThread = startup_thread
 
+    def rebind_run_timer(self) -> None:
+        """Make the run timer again on the calling thread and let its signal through
+        KVM_RUN there (a POSIX timer signals the thread that created it): a CPU whose
+        vCPU runs on a thread of its own (:mod:`~kvmcpu.cpu.kvm.parallel`) calls it there."""
+        vcpu = self.vcpu
+        if vcpu is None or self._budget_timer:
+            return
+        if self.run_timer is not None:
+            self.run_timer.close()
+        self.run_timer = self._make_timer(vcpu)
+        BaseKvmCPU.startup_thread(self)
+
     def close(self) -> None:
         """Release the run timer, counters and vCPU. Idempotent."""
         if self.tick_event.scheduled():
