@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import uapi
 from .backends.modes import sregs_refusal
 from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu_group
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
@@ -40,6 +41,7 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
+from .devices.lapic import APIC_BASE_BSP, MSR_IA32_APIC_BASE
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
@@ -96,7 +98,7 @@ SMP_QUANTUM = 10_000_000
 #: device queue meet every this many ticks (1 ms; see README "Several CPUs").
 DEFAULT_SIM_QUANTUM = 1_000_000_000
 #: System(parallel=None) on KVM with several CPUs: host threads (True) or the one queue.
-PARALLEL_DEFAULT = False
+PARALLEL_DEFAULT = True
 
 #: The longest simulated time between two host-timeout (and progress) checks.
 TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
@@ -279,10 +281,6 @@ class System(SimObject):
                 raise ConfigError(f"smp={smp}: the {self.vm.backend.name} backend runs at "
                                   f"most {limit} CPUs (KVM_CAP_MAX_VCPUS)")
             use_kernel = self._want_irqchip(irqchip)
-            if use_kernel and smp > 1:
-                raise ConfigError(f"smp={smp} with irqchip={irqchip!r}: several CPUs with "
-                                  "KVM's in-kernel irqchip are not implemented yet; use "
-                                  "irqchip='user'")
             self.vm.params.irqchip = use_kernel
             self.vm.params.pit = use_kernel and self.vm.kvm.capPIT2()
             kernel_chip = KernelIrqChip(self.vm.set_irq_line) if use_kernel else None
@@ -309,6 +307,7 @@ class System(SimObject):
             self.cpu = self.cpus[0]
             self._link_cpus()
             self.sim_quantum = sim_quantum
+            self._parallel_choice = parallel
             self._parallel: Optional[ParallelCpus] = None
             if self._want_parallel(parallel, smp):
                 self._parallel = ParallelCpus(self.cpus, self.eventq, sim_quantum,
@@ -497,7 +496,16 @@ class System(SimObject):
             self.root.instantiate()
             self.cpu.activateContext()
             for ap in self.cpus[1:]:
-                ap.post_init()  # the APs wait for INIT-SIPI-SIPI from the BSP
+                if self.vm.has_irqchip:
+                    # KVM's in-kernel local APIC does INIT and SIPI itself: the AP is
+                    # entered and waits in KVM_RUN (KVM's state for an AP it created).
+                    ap.tc.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED
+                    ap.tc.apic_base &= ~APIC_BASE_BSP  # else KVM's INIT restarts it as a BSP
+                    ap.tc.msrs.pop(MSR_IA32_APIC_BASE, None)
+                    ap.threadContextDirty = True
+                    ap.activateContext()
+                else:
+                    ap.post_init()  # the APs wait for INIT-SIPI-SIPI from the BSP
         self._host_deadline = None if timeout is None else started + timeout
         housekeeping = (self._host_deadline is not None or self.progress_hook is not None
                         or self.expect_stop_requests)
@@ -716,9 +724,12 @@ class System(SimObject):
             cpus.append(new)
         self.cpus, self.cpu, self.vm = cpus, cpus[0], cpus[0].vm
         self._link_cpus()
-        if self._parallel is not None:
-            self._parallel = None if self.vm.backend.name != "kvm" else ParallelCpus(
-                cpus, self.eventq, self.sim_quantum, self._parallel.lock)
+        choice = self._parallel_choice
+        on_kvm = self.vm.backend.name == "kvm"
+        self._parallel = None
+        if on_kvm and len(cpus) > 1 and (PARALLEL_DEFAULT if choice is None else choice):
+            self._parallel = ParallelCpus(cpus, self.eventq, self.sim_quantum,
+                                          threading.RLock())
         stale = {old.close for old in olds} | {old_vm.close}
         self._closers = ([c.close for c in reversed(cpus)] + [self.vm.close]
                          + [c for c in self._closers if c not in stale])

@@ -58,7 +58,8 @@ def test_expected_output_spelled_out() -> None:
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_smp_guest(make_system: MakeSystem, backend_name: str, n: int) -> None:
-    system = make_system(memory="32M", backend=backend_name, smp=n)
+    """On KVM on the one queue (parallel=False); test_smp_parallel.py has the threads."""
+    system = make_system(memory="32M", backend=backend_name, smp=n, parallel=False)
     system.load(IMAGE)
     result = system.run(max_seconds=5, timeout=TIMEOUT)
     assert system.serial.output == smp_output(n)
@@ -71,7 +72,7 @@ def test_smp_guest(make_system: MakeSystem, backend_name: str, n: int) -> None:
 
 @pytest.mark.kvm
 def test_smp_guest_three_cpus_on_kvm(make_system: MakeSystem) -> None:
-    system = make_system(memory="32M", backend="kvm", smp=3, irqchip="user")
+    system = make_system(memory="32M", backend="kvm", smp=3, irqchip="user", parallel=False)
     system.load(IMAGE)
     result = system.run(max_seconds=5, timeout=TIMEOUT)
     assert system.serial.output == smp_output(3)
@@ -163,12 +164,6 @@ def test_smp_limit_and_irqchip_refusals(make_system: MakeSystem) -> None:
     assert len(system.cpus) == 8
     assert [a.apic_id for a in system.devices.lapics] == list(range(8))
     assert system.devices.fw_cfg is not None
-
-
-@pytest.mark.kvm
-def test_smp_with_kernel_irqchip_is_refused() -> None:
-    with pytest.raises(ConfigError, match="not implemented yet"):
-        System(memory="1M", backend="kvm", smp=2, irqchip="kernel")
 
 
 def test_cli_smp(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Several CPUs through drain, checkpoint, restore and switch_cpu, on both backends
-and across them: guests/smp.bin stopped in the middle (the APs up, the ping-pong
+and across them (on the one queue: test_smp_parallel.py has the threads):
+guests/smp.bin stopped in the middle (the APs up, the ping-pong
 and the spinlock to come) carries on elsewhere and prints what an uninterrupted
 run prints."""
 
@@ -35,7 +36,7 @@ def _run_until(system: System, text: bytes, step: int = 20_000_000) -> None:
 @pytest.mark.parametrize("first,second", PAIRS)
 def test_checkpoint_and_restore_with_two_cpus(make_system: MakeSystem, tmp_path: Path,
                                               first: str, second: str) -> None:
-    system = make_system(memory="32M", backend=first, smp=2)
+    system = make_system(memory="32M", backend=first, smp=2, parallel=False)
     system.load(IMAGE)
     _run_until(system, b"smp: all 2 up\n")
     cpt = system.checkpoint(tmp_path / "cpt")
@@ -62,7 +63,7 @@ def test_checkpoint_and_restore_with_two_cpus(make_system: MakeSystem, tmp_path:
 @pytest.mark.parametrize("backend", ["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
 def test_checkpoint_before_bring_up_keeps_the_aps_waiting(make_system: MakeSystem,
                                                           tmp_path: Path, backend: str) -> None:
-    system = make_system(memory="32M", backend=backend, smp=2)
+    system = make_system(memory="32M", backend=backend, smp=2, parallel=False)
     system.load(IMAGE)
     system.run(max_ticks=1000)
     assert system.cpus[1].wait_for_sipi
@@ -82,7 +83,7 @@ def test_checkpoint_before_bring_up_keeps_the_aps_waiting(make_system: MakeSyste
 
 @pytest.mark.parametrize("first,second", PAIRS)
 def test_switch_cpu_with_two_cpus(make_system: MakeSystem, first: str, second: str) -> None:
-    system = make_system(memory="32M", backend=first, smp=2)
+    system = make_system(memory="32M", backend=first, smp=2, parallel=False)
     system.load(IMAGE)
     _run_until(system, b"smp: all 2 up\n")
     insts1 = system.cpus[1].totalInsts()

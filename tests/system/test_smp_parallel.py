@@ -65,7 +65,7 @@ def test_parallel_limit_then_checkpoint_on_the_mock(make_system: MakeSystem,
     for _ in range(5000):
         if b"smp: all 2 up\n" in system.serial.output:
             break
-        result = system.run(max_ticks=20_000_000, timeout=TIMEOUT)
+        result = system.run(max_ticks=2_000_000_000, timeout=TIMEOUT)  # 2 ms
         assert result.cause == CAUSE_LIMIT
         assert _no_cpu_threads()
     printed = system.serial.output
@@ -124,3 +124,49 @@ def test_cli_parallel_refused_on_the_mock(tmp_path: Path) -> None:
          "--parallel", "on", IMAGE], capture_output=True, timeout=60, cwd=tmp_path, text=True)
     assert done.returncode == 2
     assert "needs the kvm backend" in done.stderr
+
+
+def test_switching_keeps_the_threads_choice(make_system: MakeSystem) -> None:
+    system = make_system(memory="32M", backend="mock", smp=2)
+    assert not system.parallel  # the mock takes turns
+    system.load(IMAGE)
+    system.run(max_ticks=20_000_000, timeout=TIMEOUT)
+    system.switch_cpu("kvm")
+    assert system.parallel  # the default on KVM
+    result = system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(2)
+    assert result.cause == CAUSE_DEBUG_EXIT
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n", [2, 3])
+def test_kernel_irqchip_smp_guest(make_system: MakeSystem, n: int, parallel: bool) -> None:
+    """KVM's in-kernel local APIC does INIT and SIPI itself (the APs wait in KVM_RUN,
+    KVM_MP_STATE_UNINITIALIZED): the same output as the user-space APIC."""
+    system = make_system(memory="32M", backend="kvm", smp=n, irqchip="kernel",
+                         parallel=parallel)
+    system.load(IMAGE)
+    result = system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(n)
+    assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
+
+
+def test_kernel_irqchip_smp_checkpoint(make_system: MakeSystem, tmp_path: Path) -> None:
+    """The in-kernel APICs (KVM_GET_LAPIC) and MP states of both CPUs in the checkpoint."""
+    system = make_system(memory="32M", backend="kvm", smp=2, irqchip="kernel")
+    system.load(IMAGE)
+    for _ in range(5000):
+        if b"smp: all 2 up\n" in system.serial.output:
+            break
+        system.run(max_ticks=2_000_000_000, timeout=TIMEOUT)
+    printed = system.serial.output
+    cpt = system.checkpoint(tmp_path / "cpt")
+    system.close()
+    restored = System.restore(cpt, backend="kvm")
+    try:
+        result = restored.run(max_seconds=5, timeout=TIMEOUT)
+        assert result.cause == CAUSE_DEBUG_EXIT
+        out = restored.serial.output
+        assert (out if out.startswith(printed) else printed + out) == smp_output(2)
+    finally:
+        restored.close()

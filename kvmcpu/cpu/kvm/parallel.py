@@ -32,6 +32,7 @@ import logging
 import threading
 from typing import Any, Callable, List, Optional, Sequence
 
+from ...errors import KvmIoctlError
 from ...sim.eventq import (
     MAX_TICK,
     QUEUE_EMPTY_CAUSE,
@@ -43,6 +44,7 @@ from ...sim.eventq import (
     exit_sim_loop,
 )
 from .base import BaseKvmCPU, Status, ThreadStatus
+from .x86 import run_again
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
 
@@ -352,7 +354,10 @@ def _locked_interrupts(cpu: Any, lock: threading.RLock) -> Callable[[], Any]:
                             run.request_interrupt_window = 1
                     elif run.request_interrupt_window:
                         run.request_interrupt_window = 0
-        return vcpu.run()
+        try:
+            return vcpu.run()
+        except KvmIoctlError as err:
+            return run_again(vcpu, err)
     return ioctl_run
 
 

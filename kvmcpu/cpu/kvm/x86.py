@@ -21,6 +21,7 @@ Adds to :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` what is x86-specific:
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import struct
 from typing import Any, Dict, List, Optional, Sequence
@@ -31,6 +32,7 @@ from ...backends.exits import (
     Exit,
     HltExit,
     InternalErrorExit,
+    IntrExit,
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
@@ -444,7 +446,10 @@ class X86KvmCPU(BaseKvmCPU):
             return vcpu.run()
         src = self.interrupts
         if src is None and not self.pending_nmi:
-            return vcpu.run()  # nothing to deliver (the common case)
+            try:
+                return vcpu.run()  # nothing to deliver (the common case)
+            except KvmIoctlError as err:
+                return run_again(vcpu, err)
         if self.pending_nmi:
             self.pending_nmi = False
             self.kvmNonMaskableInterrupt()
@@ -584,6 +589,15 @@ class X86KvmCPU(BaseKvmCPU):
     def dump(self) -> str:
         """The register dump (gem5 dumpIntRegs/dumpSpecRegs style)."""
         return super().dump()
+
+
+def run_again(vcpu: Any, err: KvmIoctlError) -> Exit:
+    """KVM_RUN's EAGAIN as an IntrExit: with KVM's in-kernel local APIC an AP still
+    waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) returns it when its wait
+    ends without a SIPI ("run again"); any other error is raised."""
+    if err.errno != errno.EAGAIN:
+        raise err
+    return IntrExit(vcpu.kvm_run)
 
 
 def _with_apic_id(e: CpuidEntry, apic_id: int) -> CpuidEntry:
