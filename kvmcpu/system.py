@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import uapi
 from .backends.modes import sregs_refusal
 from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu_group
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
@@ -41,7 +40,6 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
-from .devices.lapic import APIC_BASE_BSP, MSR_IA32_APIC_BASE
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .loader import LoadedImage, load_image
 from .mem.bus import IoBus, MmioBus
@@ -188,7 +186,7 @@ class SystemParams(SimObjectParams):
 
 
 class System(SimObject):
-    """A PC-like machine with one KVM CPU (see the module docstring).
+    """A PC-like machine with ``smp`` KVM CPUs (see the module docstring).
 
     Args:
         memory: RAM size (bytes or "128M").
@@ -497,13 +495,7 @@ class System(SimObject):
             self.cpu.activateContext()
             for ap in self.cpus[1:]:
                 if self.vm.has_irqchip:
-                    # KVM's in-kernel local APIC does INIT and SIPI itself: the AP is
-                    # entered and waits in KVM_RUN (KVM's state for an AP it created).
-                    ap.tc.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED
-                    ap.tc.apic_base &= ~APIC_BASE_BSP  # else KVM's INIT restarts it as a BSP
-                    ap.tc.msrs.pop(MSR_IA32_APIC_BASE, None)
-                    ap.threadContextDirty = True
-                    ap.activateContext()
+                    ap.wait_in_kernel_for_sipi()
                 else:
                     ap.post_init()  # the APs wait for INIT-SIPI-SIPI from the BSP
         self._host_deadline = None if timeout is None else started + timeout

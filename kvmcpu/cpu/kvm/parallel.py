@@ -43,7 +43,7 @@ from ...sim.eventq import (
     SimLoopExitEvent,
     exit_sim_loop,
 )
-from .base import BaseKvmCPU, Status, ThreadStatus
+from .base import BaseKvmCPU
 from .x86 import run_again
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
@@ -360,7 +360,3 @@ def _locked_interrupts(cpu: Any, lock: threading.RLock) -> Callable[[], Any]:
             return run_again(vcpu, err)
     return ioctl_run
 
-
-def idle(cpu: BaseKvmCPU) -> bool:
-    """The CPU is not running (halted, suspended, or waiting for a SIPI)."""
-    return cpu.status is Status.Idle or cpu.thread_status is not ThreadStatus.Active

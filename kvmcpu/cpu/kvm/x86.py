@@ -58,6 +58,10 @@ _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
 
+#: IA32_APIC_BASE and its BSP flag (SDM vol. 3, 11.4.4).
+MSR_IA32_APIC_BASE = 0x1B
+APIC_BASE_BSP = 1 << 8
+
 #: MSRs worth carrying in the thread context when the backend knows them.
 ARCH_MSRS = (
     0x10,  # IA32_TSC
@@ -517,6 +521,18 @@ class X86KvmCPU(BaseKvmCPU):
         self.kvmStateDirty = False
         self._wait_for_sipi = True
         self.suspendContext()
+
+    def wait_in_kernel_for_sipi(self) -> None:
+        """Start an AP the in-kernel local APIC will bring up: it enters KVM_RUN with
+        KVM's state for an AP (KVM_MP_STATE_UNINITIALIZED: KVM does INIT and SIPI)
+        and IA32_APIC_BASE without the BSP bit (else KVM's INIT restarts it at the
+        reset vector as a BSP)."""
+        tc = self.tc
+        tc.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED
+        tc.apic_base &= ~APIC_BASE_BSP
+        tc.msrs.pop(MSR_IA32_APIC_BASE, None)
+        self.threadContextDirty = True
+        self.activateContext()
 
     def post_sipi(self, vector: int) -> None:
         """Deliver a STARTUP IPI: a thread waiting after INIT starts in real mode at
