@@ -149,7 +149,14 @@ def add_parsers(sub: Any) -> None:
                    help="guest RAM, e.g. 512M or 2G (default: 128M); reserved lazily: "
                         "only the pages the guest touches take host memory")
     p.add_argument("--smp", type=int, default=1, metavar="N",
-                   help="number of CPUs (default: 1, the only number supported so far)")
+                   help="number of CPUs (default: 1), up to the backend's limit "
+                        "(kvmcpu info shows it; 8 on the mock); the others wait for "
+                        "INIT-SIPI-SIPI from cpu0")
+    p.add_argument("--parallel", choices=("auto", "on", "off"), default="auto",
+                   help="with --smp above 1 on KVM: each vCPU on a host thread of its own "
+                        "(on) or all CPUs taking turns on one event queue (off); auto: "
+                        "the System's default (see the README); the mock always takes "
+                        "turns")
     p.add_argument("--backend", default="auto", metavar="{auto,kvm,mock}",
                    help="the vCPU backend (default: auto: kvm when /dev/kvm works, else mock)")
     lim = p.add_mutually_exclusive_group()
@@ -324,6 +331,10 @@ def _check_restore(path: str) -> None:
     raise UsageError(f"--restore {path}: not a checkpoint directory (no {CPT_FILE} in it)")
 
 
+#: --parallel -> System(parallel=...).
+_PARALLEL = {"auto": None, "on": True, "off": False}
+
+
 def _check_args(args: argparse.Namespace) -> Optional[int]:
     """Validate what needs no System; returns the memory size in bytes.
 
@@ -334,9 +345,8 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
     from .hostmem import PAGE_SIZE
     from .mem.physmem import parse_size
 
-    if args.smp != 1:
-        why = "more than one CPU is not supported yet" if args.smp > 1 else "must be 1"
-        raise UsageError(f"--smp {args.smp}: {why}")
+    if args.smp < 1:
+        raise UsageError(f"--smp {args.smp}: must be at least 1")
     if args.backend not in ("auto", "kvm", "mock"):
         raise UsageError(f"unknown backend {args.backend!r} (use auto, kvm or mock)")
     try:
@@ -414,6 +424,7 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                 warnings.simplefilter("always", UnknownCheckpointKeyWarning)
                 return System.restore(args.restore, backend=args.backend, serial=sink,
                                       stats_file=args.stats_file, no_reboot=args.no_reboot,
+                                      parallel=_PARALLEL[args.parallel],
                                       emulation_fallback=args.emulation_fallback == "on")
         except CheckpointError as err:
             raise UsageError(str(err)) from err
@@ -434,11 +445,14 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
     try:
         system = System(memory=memory if memory is not None else "128M", backend=args.backend,
                         serial=sink, irqchip=args.irqchip, quantum=args.quantum_ticks,
+                        smp=args.smp, parallel=_PARALLEL[args.parallel],
                         stats_file=args.stats_file, no_reboot=args.no_reboot,
                         devices=args.device,
                         emulation_fallback=args.emulation_fallback == "on")
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)
+                         else f"--smp {args.smp}: {err}" if "smp=" in str(err)
+                         else f"--parallel {args.parallel}: {err}" if "parallel=" in str(err)
                          else str(err)) from err
     try:
         system.load(args.image, fmt=args.fmt, cmdline=args.append,

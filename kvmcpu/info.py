@@ -19,6 +19,7 @@ from .backends.base import Backend
 from .cpu.kvm.base import BaseKvmCPUParams
 from .cpu.kvm.perfevent import HostClockCounters, MockCounters, PerfCounters
 from .cpu.kvm.timer import BudgetKvmTimer, PosixKvmTimer, measure_min_quantum_ns
+from .cpu.kvm.vm import Kvm, smp_limit
 from .errors import BackendUnavailableError, KvmIoctlError
 from .uapi import Cap
 
@@ -129,6 +130,7 @@ def gather(backend_name: str = "auto") -> Dict[str, Any]:
         facts["reason"] = backend.reason
         facts["capabilities"] = dict(capabilities(backend))
         facts["cpuid"] = cpuid_summary(backend)
+        facts["max_cpus"] = smp_limit(Kvm(backend))
         msrs = backend.get_msr_index_list()
         facts["msr_count"] = len(msrs)
         facts["msr_feature_count"] = len(backend.get_msr_feature_index_list())
@@ -233,6 +235,9 @@ def format_text(facts: Dict[str, Any]) -> str:
         f"{cpuid.get('max_basic_leaf', 0):#x}, max extended leaf "
         f"{cpuid.get('max_extended_leaf', 0):#x}, {cpuid.get('entries', 0)} entries"
     )
+    if "max_cpus" in facts:
+        lines.append(f"CPUs (--smp):   up to {facts['max_cpus']} (KVM_CAP_MAX_VCPUS, at most "
+                     f"255 APIC IDs)")
     lines.append(f"MSRs:           {facts.get('msr_count')} "
                  f"({facts.get('msr_feature_count')} feature MSRs)")
     lines.append(_perf_line(facts))

@@ -12,7 +12,7 @@ timers").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .cpu.kvm.base import ThreadStatus
 from .cpu.kvm.x86 import real_mode_context
@@ -50,6 +50,7 @@ class PowerControl:
     if TYPE_CHECKING:
         root: Root
         cpu: X86KvmCPU
+        cpus: List[X86KvmCPU]
         devices: PcDevices
         physmem: PhysicalMemory
         eventq: EventQueue
@@ -57,6 +58,7 @@ class PowerControl:
         _load_args: Optional[Dict[str, Any]]
         _wake_event: EventFunctionWrapper
         load: Callable[..., LoadedImage]
+        _aps_wait_for_sipi: Callable[[], None]
 
     def _on_sleep(self, state: int) -> None:
         """PM1_CNT.SLP_EN: S5 ends the run ("power off", status 0); S3 suspends."""
@@ -74,7 +76,8 @@ class PowerControl:
         self.root.drain_all()
         # Halted, not Suspended: an interrupt does not wake a CPU in S3 (only
         # the wake-up event restarts it).
-        self.cpu.thread_status = ThreadStatus.Halted
+        for cpu in self.cpus:
+            cpu.thread_status = ThreadStatus.Halted
         self.suspended = True
 
     def _on_rtc_alarm(self) -> None:
@@ -100,6 +103,7 @@ class PowerControl:
         if pm is not None:
             pm.wake(rtc=True)
         self.cpu.activateContext()
+        self._aps_wait_for_sipi()
 
     def _on_reset(self) -> None:
         """A platform reset request: end this simulate() at once; :meth:`run` then
@@ -119,6 +123,7 @@ class PowerControl:
         image = args.pop("image")
         self.load(image, **args)
         self.cpu.thread_status = ThreadStatus.Active
+        self._aps_wait_for_sipi()
 
     def _reset_devices(self) -> None:
         for name, dev in self.devices.named():

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .backends.modes import sregs_refusal
-from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu
+from .cpu.kvm import KvmVM, X86KvmCPU, switch_cpu_group
 from .cpu.kvm.base import GuestTripleFault, ThreadStatus
+from .cpu.kvm.parallel import ParallelCpus
+from .cpu.kvm.vm import smp_limit
 from .cpu.kvm.x86 import (
     fixup_sregs,
     long_mode_context,
@@ -93,6 +95,16 @@ STATUS_VCPU_ERROR = 126
 STATUS_SIGINT = 130
 STATUS_SIGTERM = 143
 STATUS_SIGHUP = 129
+
+#: The longest entry of each CPU with ``smp > 1`` when ``quantum`` is 0 (10 us): the
+#: CPUs share the one event queue and take turns of at most this much simulated time.
+SMP_QUANTUM = 10_000_000
+
+#: gem5's sim_quantum: with one host thread per vCPU, the CPUs' event queues and the
+#: device queue meet every this many ticks (1 ms; see README "Several CPUs").
+DEFAULT_SIM_QUANTUM = 1_000_000_000
+#: System(parallel=None) on KVM with several CPUs: host threads (True) or the one queue.
+PARALLEL_DEFAULT = True
 
 #: The longest simulated time between two host-timeout (and progress) checks.
 TIMEOUT_CHECK_PERIOD = 1_000_000_000  # 1 ms
@@ -174,7 +186,8 @@ class SystemParams(SimObjectParams):
                          check=lambda v: v in IRQCHIP_MODES)
     clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
                               check=lambda v: v > 0)
-    quantum: int = param(0, "longest KVM entry in ticks (0: until the next event)",
+    quantum: int = param(0, "longest KVM entry in ticks (0: until the next event; with "
+                         "smp > 1: SMP_QUANTUM)",
                          check=lambda v: v >= 0)
     hpet: bool = param(True, "map the HPET at 0xfed00000 (as QEMU's pc; the firmware "
                        "tables then describe it)")
@@ -183,7 +196,7 @@ class SystemParams(SimObjectParams):
 
 
 class System(PowerControl, SimObject):
-    """A PC-like machine with one KVM CPU (see the module docstring).
+    """A PC-like machine with ``smp`` KVM CPUs (see the module docstring).
 
     Args:
         memory: RAM size (bytes or "128M").
@@ -191,7 +204,10 @@ class System(PowerControl, SimObject):
         serial: where the UART's output goes besides ``serial.output``:
             None, "stdout", a callable taking bytes, or a binary file.
         serial_input: bytes the guest receives on COM1.
-        smp: CPUs (only 1 is supported so far).
+        smp: CPUs, up to the backend's limit (KVM_CAP_MAX_VCPUS; 8 on the mock):
+            cpu0 (the BSP) starts at the image's entry, the others wait for
+            INIT-SIPI-SIPI from it. They take turns on the one event queue, each
+            entry at most ``quantum`` (default :data:`SMP_QUANTUM`).
         irqchip: "auto" (the default) and "user" use the user-space local
             APIC, IOAPIC, 8259 and 8254 on every backend (they keep timing in
             simulated time, so the mock and KVM agree tick for tick);
@@ -199,7 +215,8 @@ class System(PowerControl, SimObject):
             (ConfigError when the backend has none, e.g. the mock); "split"
             is refused (ConfigError: not implemented yet). "off" and "on" are
             the old names of "user" and "kernel".
-        quantum: longest KVM entry in ticks (0: run until the next event).
+        quantum: longest KVM entry in ticks (0: run until the next event; with
+            several CPUs :data:`SMP_QUANTUM`).
         unclaimed: policy for accesses no device claims.
         cpu_params: extra BaseKvmCPU parameters (``{"usePerf": False}``).
         stats_file: where a guest's m5 dump-stats request appends a stats.txt
@@ -215,6 +232,12 @@ class System(PowerControl, SimObject):
             (name, {key: int}) pairs); ConfigError for an unknown device or key.
         no_reboot: a platform reset request ends the run (cause "reset",
             status 0) instead of resetting the machine (QEMU's ``-no-reboot``).
+        parallel: with several CPUs on KVM, run each vCPU on a host thread of its
+            own, with its own event queue, during :meth:`run` (True), or all
+            CPUs on the one queue (False); None: :data:`PARALLEL_DEFAULT`. The
+            mock always uses the one queue (ConfigError for True).
+        sim_quantum: ticks between two synchronisations of the CPUs' queues with
+            the device queue when ``parallel`` (gem5's ``sim_quantum``).
     """
 
     params_class = SystemParams
@@ -226,7 +249,9 @@ class System(PowerControl, SimObject):
                  clock_period: int = 1000, cpu_params: Optional[Dict[str, Any]] = None,
                  stats_file: Optional[str] = None, emulation_fallback: bool = True,
                  eventq: Optional[EventQueue] = None, no_reboot: bool = False,
-                 hpet: bool = True, devices: Sequence[Any] = ()) -> None:
+                 hpet: bool = True, devices: Sequence[Any] = (),
+                 parallel: Optional[bool] = None,
+                 sim_quantum: int = DEFAULT_SIM_QUANTUM) -> None:
         _check_type("no_reboot", no_reboot, (bool,), "a bool")
         _check_type("devices", devices, (list, tuple), "a list of device strings")
         self.device_specs = parse_devices(devices)
@@ -241,10 +266,15 @@ class System(PowerControl, SimObject):
         if cpu_params is not None:
             _check_type("cpu_params", cpu_params, (Mapping,), "a dict of CPU parameters")
         _check_type("emulation_fallback", emulation_fallback, (bool,), "a bool")
+        if parallel is not None:
+            _check_type("parallel", parallel, (bool,), "a bool (or None)")
+        _check_type("sim_quantum", sim_quantum, (int,), "an int (ticks)")
+        if sim_quantum <= 0:
+            raise ValueError(f"sim_quantum must be positive, got {sim_quantum}")
         if stats_file is not None:
             _check_type("stats_file", stats_file, (str, os.PathLike), "a path (or None)")
-        if smp != 1:
-            raise ConfigError(f"smp={smp}: more than one CPU is not supported yet")
+        if smp < 1:
+            raise ValueError(f"smp must be at least 1, got {smp}")
         self.root = Root(eventq=eventq if eventq is not None else EventQueue("system"))
         super().__init__("system", self.root, memory=parse_size(memory), smp=smp,
                          irqchip=irqchip, quantum=quantum, unclaimed=unclaimed,
@@ -274,6 +304,10 @@ class System(PowerControl, SimObject):
                 self.vm.add_ram(region[0], region[1])
             self.io_bus = IoBus(unclaimed=unclaimed)
             self.mmio_bus = MmioBus(unclaimed=unclaimed)
+            limit = smp_limit(self.vm.kvm)
+            if smp > limit:
+                raise ConfigError(f"smp={smp}: the {self.vm.backend.name} backend runs at "
+                                  f"most {limit} CPUs (KVM_CAP_MAX_VCPUS)")
             use_kernel = self._want_irqchip(irqchip)
             self.vm.params.irqchip = use_kernel
             self.vm.params.pit = use_kernel and self.vm.kvm.capPIT2()
@@ -286,15 +320,29 @@ class System(PowerControl, SimObject):
                 tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
                 hpet=hpet, devices=self.device_specs,
             )
-            self.cpu = X86KvmCPU(
-                "cpu0", self, vm=self.vm, io_bus=self.io_bus, mmio_bus=self.mmio_bus,
-                interrupts=self.devices.interrupts, clock_period=clock_period, quantum=quantum,
-                **{"emulationFallback": emulation_fallback, **(cpu_params or {})},
-            )
-            self._closers.insert(0, self.cpu.close)
-            self.cpu.on_halt = self.on_cpu_halt
-            self.cpu.sw_shadow = self.physmem.overlay  # INT3 patches hidden from reads
+            cpu_quantum = quantum or (SMP_QUANTUM if smp > 1 else 0)
+            #: The CPUs, cpu0 (the BSP, also ``self.cpu``) to cpu{smp-1}.
+            self.cpus: List[X86KvmCPU] = []
+            for index in range(smp):
+                cpu = X86KvmCPU(
+                    f"cpu{index}", self, vm=self.vm, io_bus=self.io_bus,
+                    mmio_bus=self.mmio_bus, interrupts=self.devices.interrupts_for(index),
+                    clock_period=clock_period, quantum=cpu_quantum,
+                    **{"emulationFallback": emulation_fallback, **(cpu_params or {})},
+                )
+                self.cpus.append(cpu)
+                self._closers.insert(0, cpu.close)
+                cpu.on_halt = self.on_cpu_halt
+                cpu.sw_shadow = self.physmem.overlay  # INT3 patches hidden from reads
+            self.cpu = self.cpus[0]
             self.devices.cmos.on_alarm = self._on_rtc_alarm
+            self._link_cpus()
+            self.sim_quantum = sim_quantum
+            self._parallel_choice = parallel
+            self._parallel: Optional[ParallelCpus] = None
+            if self._want_parallel(parallel, smp):
+                self._parallel = ParallelCpus(self.cpus, self.eventq, sim_quantum,
+                                              threading.RLock())
         except BaseException:
             self.close()
             raise
@@ -309,6 +357,23 @@ class System(PowerControl, SimObject):
     def closed(self) -> bool:
         """True after :meth:`close` (every operation then raises ClosedError)."""
         return self._closed
+
+    def _want_parallel(self, choice: Optional[bool], smp: int) -> bool:
+        """One host thread per vCPU (:mod:`kvmcpu.cpu.kvm.parallel`)? Only on KVM with
+        several CPUs; None: :data:`PARALLEL_DEFAULT` there (the mock always keeps the
+        one queue: its interleaving is deterministic)."""
+        if choice is None:
+            return PARALLEL_DEFAULT and smp > 1 and self.vm.backend.name == "kvm"
+        if choice and self.vm.backend.name != "kvm":
+            raise ConfigError(f"parallel=True needs the kvm backend (the "
+                              f"{self.vm.backend.name} backend runs every CPU on one "
+                              "event queue)")
+        return choice and smp > 1
+
+    @property
+    def parallel(self) -> bool:
+        """True when the CPUs run on host threads of their own during run()."""
+        return self._parallel is not None
 
     def _want_irqchip(self, choice: str) -> bool:
         """True for KVM's in-kernel irqchip, False for the user-space one."""
@@ -477,6 +542,7 @@ class System(PowerControl, SimObject):
         if not self.root.instantiated:
             self.root.instantiate()
             self.cpu.activateContext()
+            self._aps_wait_for_sipi()
         self._host_deadline = None if timeout is None else started + timeout
         housekeeping = (self._host_deadline is not None or self.progress_hook is not None
                         or self.expect_stop_requests)
@@ -491,7 +557,7 @@ class System(PowerControl, SimObject):
             alarm.daemon = True
             alarm.start()
         try:
-            ev = self.root.simulate(max_ticks)
+            ev = self._simulate(max_ticks)
             while (ev.cause == CAUSE_SUSPEND
                    or ev.cause == CAUSE_RESET and not self.no_reboot and self._load_args):
                 if ev.cause == CAUSE_SUSPEND:
@@ -500,7 +566,7 @@ class System(PowerControl, SimObject):
                     self._platform_reset(self._load_args)
                 left = None if max_ticks is None else max(
                     0, max_ticks - (self.eventq.cur_tick - start_tick))
-                ev = self.root.simulate(left)
+                ev = self._simulate(left)
         except GuestTripleFault as err:
             log.debug("triple fault:\n%s", err.regs_dump)
             return RunResult(CAUSE_TRIPLE_FAULT, 0, self.eventq.cur_tick, STATUS_TRIPLE_FAULT,
@@ -534,19 +600,19 @@ class System(PowerControl, SimObject):
         self._kick(on_main_thread=threading.current_thread() is threading.main_thread())
 
     def _kick(self, on_main_thread: bool) -> None:
-        cpu = getattr(self, "cpu", None)
-        vcpu = None if cpu is None else cpu.vcpu
-        if vcpu is None:
-            return
         # On the main thread this is a signal handler (or code between two entries):
         # the KVM vCPU's kick() takes a lock the interrupted code may hold, and the
         # signal has ended KVM_RUN already (EINTR). The mock's kick() takes no lock.
         if on_main_thread and self.backend.name != "mock":
             return
-        try:
-            vcpu.kick()
-        except Exception as err:  # noqa: BLE001 - racing with close: nothing left to stop
-            log.debug("kick: %s", err)
+        for cpu in getattr(self, "cpus", ()):
+            vcpu = cpu.vcpu
+            if vcpu is None:
+                continue
+            try:
+                vcpu.kick()
+            except Exception as err:  # noqa: BLE001 - racing with close: nothing to stop
+                log.debug("kick: %s", err)
 
     def _deadline_passed(self) -> None:
         """The host timer of run(timeout=...) (another thread)."""
@@ -582,7 +648,7 @@ class System(PowerControl, SimObject):
         if deadline is not None and now >= deadline:
             exit_sim_loop(CAUSE_TIMEOUT, STATUS_TIMEOUT, queue=self.eventq)
             return
-        if self.eventq.empty():
+        if self.eventq.empty() and (self._parallel is None or not self._parallel.running):
             # Only this check was keeping the loop going (a halted CPU nothing can
             # wake, e.g. restored from a checkpoint taken after it halted): end as
             # the run would have without housekeeping.
@@ -611,13 +677,42 @@ class System(PowerControl, SimObject):
             if cpu is not None and (cpu.interrupts is None or cpu.interrupts.has_pending()):
                 cpu.wakeup()
 
+    def _aps_wait_for_sipi(self) -> None:
+        """Every AP waits for INIT-SIPI-SIPI from the BSP (at start, and again after
+        a platform reset or an S3 wake-up, which reset every CPU)."""
+        for ap in self.cpus[1:]:
+            if self.vm.has_irqchip:
+                ap.wait_in_kernel_for_sipi()
+            else:
+                ap.post_init()
+
+    def _simulate(self, max_ticks: Optional[int]) -> Any:
+        """Run the event loop: each vCPU on a thread of its own (``parallel``) or all
+        CPUs taking turns on the one queue."""
+        if self._parallel is not None:
+            if self.root.drain_manager.is_drained():
+                self.root.drain_manager.resume()
+            return self._parallel.run(max_ticks, self._all_halted)
+        return self.root.simulate(max_ticks)
+
     def on_cpu_halt(self) -> None:
-        """Called when the CPU halts: end the run if nothing can ever wake it."""
-        if not self._wake_possible():
+        """Called when a CPU halts: end the run if no CPU runs and nothing can ever
+        wake one (a CPU waiting for a SIPI is woken only by another CPU's IPI)."""
+        cpus = self.cpus
+        if len(cpus) > 1 and any(c.thread_status is ThreadStatus.Active for c in cpus):
+            return
+        if not any(self._wake_possible(c) for c in cpus):
             exit_sim_loop(CAUSE_HALTED, 0, queue=self.eventq)
 
-    def _wake_possible(self) -> bool:
-        cpu = self.cpu
+    def _all_halted(self) -> bool:
+        """No CPU runs and none can be woken (the parallel run's check at each quantum)."""
+        cpus = self.cpus
+        return not any(c.thread_status is ThreadStatus.Active for c in cpus) and \
+            not any(self._wake_possible(c) for c in cpus)
+
+    def _wake_possible(self, cpu: X86KvmCPU) -> bool:
+        if cpu.wait_for_sipi:
+            return False
         if cpu.vcpu is not None and not cpu.vcpu.kvm_run.if_flag and not cpu.pending_nmi:
             return False
         if self.vm.has_irqchip:
@@ -625,7 +720,7 @@ class System(PowerControl, SimObject):
         pit = self.devices.pit
         if pit is not None and any(ch._event.scheduled() for ch in pit.channels):
             return True
-        lapic = self.devices.lapic
+        lapic = cpu.lapic
         if lapic is not None and lapic.timer_next_tick >= 0:
             return True
         for dev in self.devices.all():
@@ -634,6 +729,19 @@ class System(PowerControl, SimObject):
                 return True
         interrupts = cpu.interrupts
         return bool(interrupts is not None and interrupts.has_pending())
+
+    def _link_cpus(self) -> None:
+        """With several CPUs on the one event queue, each CPU's entries are sized by
+        the devices' events only: the other CPUs' ticks and the host-time
+        housekeeping do not cut them short (so the interleaving on the mock is the
+        same on every run)."""
+        cpus = self.cpus
+        if len(cpus) == 1:
+            cpus[0].peer_events = None
+            return
+        for cpu in cpus:
+            cpu.peer_events = frozenset(
+                [c.tick_event for c in cpus if c is not cpu] + [self._timeout_event])
 
     # m5ops handler ---------------------------------------------------------
     def m5_exit(self, code: int, delay: int) -> object:
@@ -668,17 +776,29 @@ class System(PowerControl, SimObject):
 
     # ------------------------------------------------------------------ switching
     def switch_cpu(self, backend: Any) -> X86KvmCPU:
-        """Drain and continue on a new CPU and VM on ``backend`` ("kvm", "mock" or a
+        """Drain and continue on new CPUs and a new VM on ``backend`` ("kvm", "mock" or a
         Backend), which take the old ones' places (gem5's switchCpus; see
-        :func:`kvmcpu.cpu.kvm.switch.switch_cpu`). Returns the new CPU (``self.cpu``)."""
+        :func:`kvmcpu.cpu.kvm.switch.switch_cpu_group`): every CPU of the system
+        moves. Returns the new BSP (``self.cpu``; all of them in ``self.cpus``)."""
         self._check_open("switch_cpu")
-        old_cpu, old_vm = self.cpu, self.vm
-        new = switch_cpu(old_cpu, backend)
-        assert isinstance(new, X86KvmCPU)  # noqa: S101 - same class as the old one
-        self.cpu, self.vm = new, new.vm
-        stale = (old_cpu.close, old_vm.close)
-        self._closers = [new.close, new.vm.close] + [c for c in self._closers if c not in stale]
-        return new
+        olds, old_vm = list(self.cpus), self.vm
+        news = switch_cpu_group(olds, backend)
+        cpus: List[X86KvmCPU] = []
+        for new in news:
+            assert isinstance(new, X86KvmCPU)  # noqa: S101 - same class as the old one
+            cpus.append(new)
+        self.cpus, self.cpu, self.vm = cpus, cpus[0], cpus[0].vm
+        self._link_cpus()
+        choice = self._parallel_choice
+        on_kvm = self.vm.backend.name == "kvm"
+        self._parallel = None
+        if on_kvm and len(cpus) > 1 and (PARALLEL_DEFAULT if choice is None else choice):
+            self._parallel = ParallelCpus(cpus, self.eventq, self.sim_quantum,
+                                          threading.RLock())
+        stale = {old.close for old in olds} | {old_vm.close}
+        self._closers = ([c.close for c in reversed(cpus)] + [self.vm.close]
+                         + [c for c in self._closers if c not in stale])
+        return cpus[0]
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, directory: Union[str, os.PathLike[str]], *,
@@ -771,23 +891,27 @@ class System(PowerControl, SimObject):
             raise CheckpointError(f"checkpoint {directory}: cannot build the system it "
                                   f"describes: {err}") from err
         try:
+            cpu = system.cpu
             try:
                 system.root.instantiate(cp)  # validated once, above
                 # Hand the CPU state to the vCPU now (if startup has not), so that
                 # state the backend refuses is the checkpoint's fault, not a run error.
-                system.cpu.syncKvmState()
+                for cpu in system.cpus:
+                    cpu.syncKvmState()
             except KvmIoctlError as err:
-                raise system._refused_cpu_state(cp, err) from err
+                raise system._refused_cpu_state(cp, err, cpu) from err
         except BaseException:
             system.close()
             raise
-        if system.cpu.thread_status is ThreadStatus.Active:
-            system.cpu.activateContext()
+        for cpu in system.cpus:
+            if cpu.thread_status is ThreadStatus.Active:
+                cpu.activateContext()
         return system
 
-    def _refused_cpu_state(self, cp: CheckpointIn, err: KvmIoctlError) -> CheckpointError:
+    def _refused_cpu_state(self, cp: CheckpointIn, err: KvmIoctlError,
+                           cpu: Optional[X86KvmCPU] = None) -> CheckpointError:
         """The CheckpointError for CPU state the backend refused to take."""
-        cpu = self.cpu
+        cpu = cpu if cpu is not None else self.cpu
         field = ""
         if err.call == "KVM_SET_SREGS":
             why = sregs_refusal(fixup_sregs(cpu.tc.to_sregs()))

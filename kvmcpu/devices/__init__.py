@@ -45,7 +45,7 @@ and the 8259's INTR reaches the CPU as ExtINT through the local APIC's LINT0.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, List, Sequence, Tuple
 
 from kvmcpu.devices import pc_layout
@@ -139,7 +139,7 @@ class PcDevices:
     pit: Pit | None
     #: Where device interrupts go: the PIC pair, the ISA router, or the controller passed in.
     irqchip: InterruptController
-    #: The user-space IOAPIC and the CPU's local APIC (None without ``apic``).
+    #: The user-space IOAPIC and the BSP's local APIC (None without ``apic``).
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
     #: The PIIX4 PM function's IO blocks and the keyboard controller.
@@ -152,22 +152,34 @@ class PcDevices:
     pci_bus: PciBus | None = None
     #: --device pc-testdev (None without).
     pc_testdev: PcTestDev | None = None
+    #: Every CPU's local APIC, by CPU index (APIC ID = index; empty without ``apic``).
+    lapics: List[LocalApic] = field(default_factory=list)
 
     @property
     def interrupts(self) -> object:
-        """What the CPU model asks for interrupts: the APIC (with the PIC behind
+        """What the BSP asks for interrupts: the APIC (with the PIC behind
         LINT0), the PIC pair alone, or None (an in-kernel irqchip)."""
+        return self.interrupts_for(0)
+
+    def interrupts_for(self, cpu: int) -> object:
+        """What CPU ``cpu`` asks for interrupts (its own local APIC, the PIC behind
+        its LINT0); without user-space APICs the PIC pair (BSP) or None."""
+        if self.lapics:
+            return ApicInterrupts(self.lapics[cpu], self.pic)
         if self.lapic is not None:
             return ApicInterrupts(self.lapic, self.pic)
-        return self.pic
+        return self.pic if cpu == 0 else None
 
     def named(self) -> Iterator[Tuple[str, object]]:
-        """(name, device) for every device present, in a stable order (for checkpoints)."""
+        """(name, device) for every device present, in a stable order (for checkpoints):
+        the BSP's APIC is ``lapic`` (as with one CPU), the APs' ``lapic1``, ``lapic2``..."""
         for name in ("uart", "debug_exit", "fw_cfg", "pci", "post", "cmos", "m5ops", "pic",
                      "pit", "ioapic", "lapic", "acpi_pm", "gpe0", "i8042", "hpet", "pc_testdev"):
             dev = getattr(self, name)
             if dev is not None:
                 yield name, dev
+        for index, apic in enumerate(self.lapics[1:], start=1):
+            yield f"lapic{index}", apic
 
     def all(self) -> List[object]:
         return [dev for _, dev in self.named()]
@@ -201,7 +213,8 @@ def pc_devices(
         io: the IO-port bus.
         mmio: the MMIO bus.
         memory: guest RAM (fw_cfg RAM size and ``etc/e820``, CMOS memory bytes).
-        nb_cpus: CPUs reported by fw_cfg.
+        nb_cpus: CPUs: reported by fw_cfg, and one local APIC each with ``apic``
+            (APIC IDs 0..nb_cpus-1, the first the BSP).
         uart_sink: where COM1 output goes besides ``uart.output``.
         uart_input: bytes COM1 will receive.
         on_exit: isa-debug-exit's ``on_exit(status, cause)``.
@@ -237,14 +250,22 @@ def pc_devices(
 
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
+    lapics: List[LocalApic] = []
     if apic:
         apic_bus = ApicBus()
-        lapic = LocalApic("lapic0", apic_id=0, bsp=True,
-                          queue=main_queue if queue is None else queue, tsc_period=tsc_period)
-        apic_bus.attach(lapic)
+        for index in range(nb_cpus):
+            apic_dev = LocalApic(f"lapic{index}", apic_id=index, bsp=index == 0,
+                                 queue=main_queue if queue is None else queue,
+                                 tsc_period=tsc_period)
+            apic_bus.attach(apic_dev)
+            lapics.append(apic_dev)
+        lapic = lapics[0]
         ioapic = IoApic("ioapic", bus=apic_bus)
-        ioapic.connect_eoi(lapic)
+        for apic_dev in lapics:
+            ioapic.connect_eoi(apic_dev)
         mmio.add(IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+        # One page on the bus (the BSP's); an access reaches the requesting CPU's own
+        # APIC (LocalApic.read/write forward by requestor), as each CPU sees its own.
         lapic.on_remap = _lapic_remapper(mmio, lapic)
         base = lapic.base_address
         if base is not None:
@@ -306,7 +327,7 @@ def pc_devices(
     return PcDevices(uart=uart, debug_exit=debug_exit, fw_cfg=fw_cfg, pci=pci, post=post,
                      cmos=cmos, m5ops=m5ops, pic=pic, pit=pit_dev, irqchip=irqchip,
                      ioapic=ioapic, lapic=lapic, acpi_pm=acpi_pm, gpe0=gpe0, i8042=i8042,
-                     hpet=hpet_dev, pci_bus=pci_bus, pc_testdev=pc_testdev)
+                     hpet=hpet_dev, pci_bus=pci_bus, pc_testdev=pc_testdev, lapics=lapics)
 
 
 def _lapic_remapper(mmio: Bus, lapic: LocalApic) -> Callable[[int | None, int | None], None]:

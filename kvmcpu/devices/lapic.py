@@ -603,16 +603,27 @@ class LocalApic(Device):
             self.cpu.wakeup()
 
     # -- xAPIC MMIO -------------------------------------------------------------------
-    def read(self, offset: int, size: int) -> int:
-        value = self.read_register(offset & 0xFF0)
+    def _apic_of(self, requestor: Any) -> LocalApic:
+        """The APIC an access to this page reaches: the requesting CPU's own one
+        (every CPU sees its own APIC at the same address), else this one."""
+        own = getattr(requestor, "lapic", None)
+        if own is not None and own is not self and isinstance(own, LocalApic) \
+                and own.bus is self.bus and own.bus is not None:
+            return own
+        return self
+
+    def read(self, offset: int, size: int, requestor: Any = None) -> int:
+        apic = self if requestor is None else self._apic_of(requestor)
+        value = apic.read_register(offset & 0xFF0)
         return (value >> (8 * (offset & 3))) & ((1 << (8 * min(size, 4))) - 1)
 
-    def write(self, offset: int, size: int, value: int) -> None:
+    def write(self, offset: int, size: int, value: int, requestor: Any = None) -> None:
+        apic = self if requestor is None else self._apic_of(requestor)
         if offset & 0xF or size != 4:
             # SDM 11.4.1: registers are written with aligned 32-bit accesses only.
-            log.debug("%s: %d-byte write at %#x ignored", self.name, size, offset)
+            log.debug("%s: %d-byte write at %#x ignored", apic.name, size, offset)
             return
-        self.write_register(offset, value)
+        apic.write_register(offset, value)
 
     # -- x2APIC MSRs and IA32_TSC_DEADLINE -------------------------------------------
     def read_msr(self, index: int) -> int:

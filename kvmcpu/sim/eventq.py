@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from enum import IntEnum
-from typing import Callable, List, Tuple
+from typing import AbstractSet, Callable, List, Tuple
 
 from kvmcpu.errors import SimulationError
 
@@ -290,6 +290,18 @@ class EventQueue:
             event._seq = _UNSCHEDULED
         self.schedule(event, when)
 
+    def purge(self, event: Event) -> None:
+        """Deschedule ``event`` (when scheduled here) and drop every heap entry of it
+        at once (O(n)): an event that moves to another queue must leave no stale
+        entry behind, since sequence numbers are per queue."""
+        if event._seq != _UNSCHEDULED and event._queue is self:
+            event._seq = _UNSCHEDULED
+        heap = self._heap
+        kept = [entry for entry in heap if entry[3] is not event]
+        if len(kept) != len(heap):
+            heap[:] = kept
+            heapq.heapify(heap)
+
     def squash(self, event: Event) -> None:
         """Squash a scheduled event (see :meth:`Event.squash`)."""
         if event._seq == _UNSCHEDULED or event._queue is not self:
@@ -317,6 +329,16 @@ class EventQueue:
         """The tick of the next live event (:data:`MAX_TICK` when empty)."""
         self._prune()
         return self._heap[0][0] if self._heap else MAX_TICK
+
+    def next_tick_except(self, events: AbstractSet[Event]) -> int:
+        """The tick of the next live event that is not one of ``events``
+        (:data:`MAX_TICK` when there is none); O(n). Several CPUs on one queue use
+        it to size an entry by the devices' events, not by each other's ticks."""
+        best = MAX_TICK
+        for when, _, seq, ev in self._heap:
+            if when < best and ev._seq == seq and ev not in events:
+                best = when
+        return best
 
     def __len__(self) -> int:
         """The number of live (scheduled, not squashed) events; O(n)."""

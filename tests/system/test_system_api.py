@@ -164,8 +164,8 @@ def test_memory_above_the_pci_hole_is_two_regions(make_system: MakeSystem) -> No
 
 def test_config_errors_before_anything_is_opened() -> None:
     before = len(open_objects)
-    with pytest.raises(ConfigError, match="not supported yet"):
-        System(memory="1M", backend="mock", smp=2)
+    with pytest.raises(ConfigError, match="at most 8 CPUs"):
+        System(memory="1M", backend="mock", smp=9)
     with pytest.raises(ConfigError, match="irqchip"):
         System(memory="1M", backend="mock", irqchip="on")
     with pytest.raises(ConfigError):

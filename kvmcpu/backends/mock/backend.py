@@ -82,7 +82,8 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23). Not set:
     FPU (no x87 arithmetic), APIC, SEP, MMX, SSE*, AVX, XSAVE. Leaf 0x80000001:
     LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27)
-    LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1 is not claimed).
+    LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1 is not claimed). Leaf 0xB is
+    the extended topology (EDX: the x2APIC ID, set per vCPU by the CPU model).
     """
     if profile is None:
         profile = get_profile()
@@ -95,9 +96,14 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")
     words = [int.from_bytes(brand[i:i + 4], "little") for i in range(0, 48, 4)]
     return [
-        _leaf(0, 0, 0x7, vb, vc, vd),
+        _leaf(0, 0, 0xB, vb, vc, vd),
         _leaf(1, 0, profile.signature, 0x00000800, ecx1, edx1),
         _leaf(7, 0, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        # Leaf 0xB (extended topology), as KVM lists it: EDX is the x2APIC ID, which
+        # the CPU model sets per vCPU (as KVM's does); subleaf 0 here is an SMT level
+        # of one thread (level type 1 in ECX[15:8], one logical processor).
+        _leaf(0xB, 0, 0, 1, 0x100, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        _leaf(0xB, 1, 0, 0, 1, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         _leaf(0x80000000, 0, 0x80000008, vb, vc, vd),
         _leaf(0x80000001, 0, profile.signature, 0, ecx81, edx81),
         _leaf(0x80000002, 0, *words[0:4]),

@@ -11,7 +11,7 @@ from .perfevent import (
     choose_counters,
     hardware_counters_usable,
 )
-from .switch import switch_cpu, switch_cpus
+from .switch import switch_cpu, switch_cpu_group, switch_cpus
 from .timer import BaseKvmTimer, BudgetKvmTimer, PerfKvmTimer, PosixKvmTimer
 from .vm import Kvm, KvmVM, KvmVMParams
 from .x86 import (
@@ -29,5 +29,5 @@ __all__ = [
     "hardware_counters_usable", "BaseKvmTimer", "BudgetKvmTimer", "PerfKvmTimer",
     "PosixKvmTimer", "Kvm", "KvmVM", "KvmVMParams", "X86KvmCPU", "fixup_sregs",
     "long_mode_context", "long_mode_tables", "protected_mode_context", "real_mode_context",
-    "switch_cpu", "switch_cpus",
+    "switch_cpu", "switch_cpu_group", "switch_cpus",
 ]

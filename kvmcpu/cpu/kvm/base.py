@@ -30,7 +30,7 @@ import dataclasses
 import enum
 import logging
 from time import perf_counter_ns
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Tuple
 
 from ...backends.base import Vcpu
 from ...backends.exits import (
@@ -233,6 +233,9 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         self._drain_half_entry_done = False
         self._wake_pending = False
         self.tick_event = EventFunctionWrapper(self.tick, f"{name}.tickEvent", Priority.CPU_Tick)
+        #: With several CPUs on one event queue: the events (the other CPUs' ticks,
+        #: host-time housekeeping) that do not limit this CPU's entries; None: all do.
+        self.peer_events: Optional[AbstractSet[Any]] = None
         self.stats = KvmCPUStats(self.stats_group)
         #: Called after the thread suspends on HLT (the System ends runs nothing can wake).
         self.on_halt: Optional[Callable[[], None]] = None
@@ -308,6 +311,18 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
             vcpu.set_signal_mask(set(blocked) - {signo})
 
     startupThread = startup_thread
+
+    def rebind_run_timer(self) -> None:
+        """Make the run timer again on the calling thread and let its signal through
+        KVM_RUN there (a POSIX timer signals the thread that created it): a CPU whose
+        vCPU runs on a thread of its own (:mod:`~kvmcpu.cpu.kvm.parallel`) calls it there."""
+        vcpu = self.vcpu
+        if vcpu is None or self._budget_timer:
+            return
+        if self.run_timer is not None:
+            self.run_timer.close()
+        self.run_timer = self._make_timer(vcpu)
+        BaseKvmCPU.startup_thread(self)
 
     def close(self) -> None:
         """Release the run timer, counters and vCPU. Idempotent."""
@@ -437,7 +452,11 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
             if serviced and next_tick <= now:
                 break  # another event is due at this tick: it goes first
             # -- Running / RunningServiceCompletion: one entry of at most the time
-            # to the next event (or the quantum).
+            # to the next event (or the quantum). With several CPUs on this queue the
+            # other CPUs' ticks do not shorten it (each runs its quantum in turn).
+            peers = self.peer_events
+            if peers is not None:
+                next_tick = eq.next_tick_except(peers)
             ticks_to_execute = next_tick - now
             params = self.params
             quantum = params.quantum

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 from ...backends.base import Backend
 from ...errors import SimulationError
@@ -72,46 +72,73 @@ def switch_cpu(old: BaseKvmCPU, backend: Union[Backend, str]) -> BaseKvmCPU:
         SimulationError: the old VM has an in-kernel irqchip (its state cannot
             move), or the CPU is not in a tree with a Root.
     """
-    old_vm = old.vm
+    return switch_cpu_group([old], backend)[0]
+
+
+def switch_cpu_group(olds: Sequence[BaseKvmCPU], backend: Union[Backend, str]
+                     ) -> List[BaseKvmCPU]:
+    """:func:`switch_cpu` for every CPU of one VM at once (several CPUs): one new VM on
+    ``backend`` in the old VM's place, and a new CPU in each old CPU's place, in
+    order (so the vCPU ids, 0..N-1, are the same). Returns the new CPUs.
+
+    Raises:
+        ValueError: no CPUs, or CPUs of different VMs.
+        SimulationError: as :func:`switch_cpu`.
+    """
+    if not olds:
+        raise ValueError("switch_cpu_group: no CPUs given")
+    old_vm = olds[0].vm
+    if any(cpu.vm is not old_vm for cpu in olds):
+        raise ValueError("switch_cpu_group: the CPUs must share one VM")
     if old_vm.has_irqchip:
-        raise SimulationError(f"{old.path()}: cannot switch a CPU whose VM has an in-kernel "
-                              "irqchip (its interrupt state lives in the kernel)")
-    root = _root_of(old)
+        raise SimulationError(f"{olds[0].path()}: cannot switch a CPU whose VM has an "
+                              "in-kernel irqchip (its interrupt state lives in the kernel)")
+    root = _root_of(olds[0])
     if not root.drain_manager.is_drained():
         root.drain_all()
-    old.switchOut()
-    vm_parent, cpu_parent = old_vm.parent, old.parent
+    for old in olds:
+        old.switchOut()
+    vm_parent = old_vm.parent
     _detach(old_vm)
-    _detach(old)
+    for old in olds:
+        _detach(old)
     try:
         vm = KvmVM(old_vm.name, vm_parent, backend=backend,
                    params=dataclasses.replace(old_vm.params))
     except BaseException:
         _reattach(old_vm)
-        _reattach(old)
-        old.switched_out = False
+        for old in olds:
+            _reattach(old)
+            old.switched_out = False
         raise
     for gpa, memory, flags in old_vm._ram:
         vm.add_ram(gpa, memory, flags=flags)
+    news: List[BaseKvmCPU] = []
     try:
-        new = type(old)(old.name, cpu_parent, vm=vm, io_bus=old.io_bus, mmio_bus=old.mmio_bus,
-                        params=dataclasses.replace(old.params, cpu_id=-1),
-                        **old.clone_kwargs())
-        new.on_halt = old.on_halt
-        new.hypercall_handler = old.hypercall_handler
-        new.drain_state = old.drain_state
-        new._drain_manager = old._drain_manager
-        new.takeOverFrom(old)
+        for old in olds:
+            new = type(old)(old.name, old.parent, vm=vm, io_bus=old.io_bus,
+                            mmio_bus=old.mmio_bus,
+                            params=dataclasses.replace(old.params, cpu_id=-1),
+                            **old.clone_kwargs())
+            news.append(new)
+            new.on_halt = old.on_halt
+            new.hypercall_handler = old.hypercall_handler
+            new.drain_state = old.drain_state
+            new._drain_manager = old._drain_manager
+            new.takeOverFrom(old)
     except BaseException:
+        for new in news:
+            new.close()
         vm.close()
         raise
-    new.ctr_insts = old.ctr_insts
-    _carry_stats(old.stats_group, new.stats_group)
-    log.info("%s: switched from backend %s to %s", new.path(), old_vm.backend.name,
-             vm.backend.name)
-    old.close()
+    for old, new in zip(olds, news):
+        new.ctr_insts = old.ctr_insts
+        _carry_stats(old.stats_group, new.stats_group)
+        log.info("%s: switched from backend %s to %s", new.path(), old_vm.backend.name,
+                 vm.backend.name)
+        old.close()
     old_vm.close()
-    return new
+    return news
 
 
 def _reattach(obj: SimObject) -> None:

@@ -99,6 +99,17 @@ class Kvm:
     def capExitHypercall(self) -> bool:
         return self.check_extension(Cap.EXIT_HYPERCALL) != 0
 
+    def capNumVCPUs(self) -> int:
+        """The recommended number of vCPUs (KVM_CAP_NR_VCPUS; 4 when the backend does
+        not say, as the KVM API document prescribes)."""
+        n = self.check_extension(Cap.NR_VCPUS)
+        return n if n > 0 else 4
+
+    def capMaxNumVCPUs(self) -> int:
+        """The most vCPUs a VM may have (KVM_CAP_MAX_VCPUS; KVM_CAP_NR_VCPUS when 0)."""
+        n = self.check_extension(Cap.MAX_VCPUS)
+        return n if n > 0 else self.capNumVCPUs()
+
     def getSupportedCPUID(self) -> List[uapi.kvm_cpuid_entry2]:
         """KVM_GET_SUPPORTED_CPUID, cached."""
         if self._cpuid is None:
@@ -110,6 +121,16 @@ class Kvm:
         if self._msrs is None:
             self._msrs = self.backend.get_msr_index_list()
         return self._msrs
+
+
+#: The most CPUs the user-space local APICs address (xAPIC IDs 0-254; 255 is broadcast).
+MAX_APIC_CPUS = 255
+
+
+def smp_limit(kvm: Kvm) -> int:
+    """The most CPUs a System may have on ``kvm``'s backend: KVM_CAP_MAX_VCPUS (the
+    mock answers 8), at most :data:`MAX_APIC_CPUS`."""
+    return min(kvm.capMaxNumVCPUs(), MAX_APIC_CPUS)
 
 
 @dataclasses.dataclass

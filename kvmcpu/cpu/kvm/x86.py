@@ -21,6 +21,7 @@ Adds to :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` what is x86-specific:
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import struct
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,6 +33,7 @@ from ...backends.exits import (
     Exit,
     HltExit,
     InternalErrorExit,
+    IntrExit,
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
@@ -56,6 +58,10 @@ from .fallback import EmulationFallback
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
+
+#: IA32_APIC_BASE and its BSP flag (SDM vol. 3, 11.4.4).
+MSR_IA32_APIC_BASE = 0x1B
+APIC_BASE_BSP = 1 << 8
 
 #: MSRs worth carrying in the thread context when the backend knows them.
 ARCH_MSRS = (
@@ -194,11 +200,20 @@ class X86KvmCPU(BaseKvmCPU):
             ebx, edx, ecx = struct.unpack("<III", raw)
             entries = [e._replace(ebx=ebx, ecx=ecx, edx=edx) if e.function == 0 else e
                        for e in entries]
+        apic_id = self.apic_id
+        entries = [_with_apic_id(e, apic_id) for e in entries]
         for (function, index), regs in self.cpuid_overrides.items():
             eax, ebx, ecx, edx = regs
             entries = [e for e in entries if (e.function, e.index) != (function, index)]
             entries.append(CpuidEntry(function, index, 0, eax, ebx, ecx, edx))
         return entries
+
+    @property
+    def apic_id(self) -> int:
+        """This CPU's APIC ID: its user-space local APIC's, else its vCPU id (KVM's
+        in-kernel APIC takes the vCPU id as its APIC ID)."""
+        lapic = self.lapic
+        return int(lapic.apic_id) if lapic is not None else int(self.vcpu_id)
 
     def msr_list(self) -> List[int]:
         """The MSRs synced with the TC: ARCH_MSRS the backend lists, plus the TC's own."""
@@ -441,7 +456,10 @@ class X86KvmCPU(BaseKvmCPU):
             return vcpu.run()
         src = self.interrupts
         if src is None and not self.pending_nmi:
-            return vcpu.run()  # nothing to deliver (the common case)
+            try:
+                return vcpu.run()  # nothing to deliver (the common case)
+            except KvmIoctlError as err:
+                return run_again(vcpu, err)
         if self.pending_nmi:
             self.pending_nmi = False
             self.kvmNonMaskableInterrupt()
@@ -509,6 +527,18 @@ class X86KvmCPU(BaseKvmCPU):
         self.kvmStateDirty = False
         self._wait_for_sipi = True
         self.suspendContext()
+
+    def wait_in_kernel_for_sipi(self) -> None:
+        """Start an AP the in-kernel local APIC will bring up: it enters KVM_RUN with
+        KVM's state for an AP (KVM_MP_STATE_UNINITIALIZED: KVM does INIT and SIPI)
+        and IA32_APIC_BASE without the BSP bit (else KVM's INIT restarts it at the
+        reset vector as a BSP)."""
+        tc = self.tc
+        tc.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED
+        tc.apic_base &= ~APIC_BASE_BSP
+        tc.msrs.pop(MSR_IA32_APIC_BASE, None)
+        self.threadContextDirty = True
+        self.activateContext()
 
     def post_sipi(self, vector: int) -> None:
         """Deliver a STARTUP IPI: a thread waiting after INIT starts in real mode at
@@ -581,6 +611,25 @@ class X86KvmCPU(BaseKvmCPU):
     def dump(self) -> str:
         """The register dump (gem5 dumpIntRegs/dumpSpecRegs style)."""
         return super().dump()
+
+
+def run_again(vcpu: Any, err: KvmIoctlError) -> Exit:
+    """KVM_RUN's EAGAIN as an IntrExit: with KVM's in-kernel local APIC an AP still
+    waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) returns it when its wait
+    ends without a SIPI ("run again"); any other error is raised."""
+    if err.errno != errno.EAGAIN:
+        raise err
+    return IntrExit(vcpu.kvm_run)
+
+
+def _with_apic_id(e: CpuidEntry, apic_id: int) -> CpuidEntry:
+    """A CPUID entry with one CPU's APIC ID: leaf 1 EBX[31:24] (initial APIC ID) and
+    leaf 0xB EDX (x2APIC ID), as KVM and QEMU fill them for each vCPU."""
+    if e.function == 1:
+        return e._replace(ebx=(e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << 24))
+    if e.function == 0xB:
+        return e._replace(edx=apic_id & 0xFFFFFFFF)
+    return e
 
 
 def fixup_sregs(s: uapi.kvm_sregs) -> uapi.kvm_sregs:

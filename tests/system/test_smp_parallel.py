@@ -1,0 +1,172 @@
+"""Several KVM CPUs on host threads (System(parallel=True), kvmcpu/cpu/kvm/parallel.py):
+the same guest output as the one queue, each vCPU's exits on a thread of its own,
+and every way a run ends stopping every thread."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Dict, Set
+
+import pytest
+from test_smp import IMAGE, TIMEOUT, smp_output
+
+from kvmcpu.cpu.kvm import X86KvmCPU
+from kvmcpu.errors import ConfigError
+from kvmcpu.system import CAUSE_DEBUG_EXIT, CAUSE_HALTED, CAUSE_INTERRUPTED, CAUSE_LIMIT, System
+
+MakeSystem = Callable[..., System]
+pytestmark = pytest.mark.kvm
+
+
+def _no_cpu_threads() -> bool:
+    return not any(t.name.startswith("kvmcpu-cpu") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parallel_smp_guest(make_system: MakeSystem, n: int) -> None:
+    system = make_system(memory="32M", backend="kvm", smp=n, parallel=True)
+    assert system.parallel
+    system.load(IMAGE)
+    result = system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(n)
+    assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
+    assert _no_cpu_threads()
+    # Back on the device queue between runs (drain, checkpoints, switch_cpu).
+    assert all(cpu.eventq is system.eventq for cpu in system.cpus)
+
+
+def test_each_vcpu_on_its_own_thread(make_system: MakeSystem,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: Dict[str, Set[int]] = {}
+    original = X86KvmCPU.handleKvmExitIO
+
+    def spy(self: X86KvmCPU, ex: object) -> int:
+        seen.setdefault(self.name, set()).add(threading.get_ident())
+        return original(self, ex)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(X86KvmCPU, "handleKvmExitIO", spy)
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True)
+    system.load(IMAGE)
+    system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(2)
+    main = threading.main_thread().ident
+    assert seen["cpu0"] and seen["cpu1"]
+    assert main not in seen["cpu0"] | seen["cpu1"]
+    assert not seen["cpu0"] & seen["cpu1"]
+
+
+def test_parallel_limit_then_checkpoint_on_the_mock(make_system: MakeSystem,
+                                                    tmp_path: Path) -> None:
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True)
+    system.load(IMAGE)
+    for _ in range(5000):
+        if b"smp: all 2 up\n" in system.serial.output:
+            break
+        result = system.run(max_ticks=2_000_000_000, timeout=TIMEOUT)  # 2 ms
+        assert result.cause == CAUSE_LIMIT
+        assert _no_cpu_threads()
+    printed = system.serial.output
+    cpt = system.checkpoint(tmp_path / "cpt")
+    system.close()
+    restored = System.restore(cpt, backend="mock")
+    try:
+        result = restored.run(max_seconds=5, timeout=TIMEOUT)
+        assert result.cause == CAUSE_DEBUG_EXIT
+        out = restored.serial.output
+        assert (out if out.startswith(printed) else printed + out) == smp_output(2)
+    finally:
+        restored.close()
+
+
+def test_parallel_request_stop_from_another_thread(make_system: MakeSystem) -> None:
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True)
+    system.load(b"\xeb\xfe", fmt="flat")  # jmp $ (real mode, CPL0): never ends
+    timer = threading.Timer(0.3, system.request_stop, args=(CAUSE_INTERRUPTED, 2))
+    timer.start()
+    try:
+        result = system.run(timeout=TIMEOUT)
+    finally:
+        timer.cancel()
+    assert (result.cause, result.status) == (CAUSE_INTERRUPTED, 130)
+    assert _no_cpu_threads()
+
+
+def test_parallel_all_halted(make_system: MakeSystem) -> None:
+    system = make_system(memory="1M", backend="kvm", smp=2, parallel=True)
+    system.load(b"\xfa\xf4", fmt="flat")  # cli; hlt, the AP never started
+    result = system.run(max_seconds=1, timeout=TIMEOUT)
+    assert result.cause == CAUSE_HALTED
+    assert _no_cpu_threads()
+
+
+def test_parallel_refused_on_the_mock() -> None:
+    with pytest.raises(ConfigError, match="needs the kvm backend"):
+        System(memory="1M", backend="mock", smp=2, parallel=True)
+    with pytest.raises(ValueError, match="sim_quantum"):
+        System(memory="1M", backend="mock", smp=2, sim_quantum=0)
+
+
+def test_cli_parallel(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmcpu", "run", "--backend", "kvm", "--smp", "2",
+         "--parallel", "on", "--timeout", str(TIMEOUT), IMAGE],
+        capture_output=True, timeout=TIMEOUT + 60, cwd=tmp_path)
+    assert done.stdout == smp_output(2), done.stderr
+    assert done.returncode == 1
+
+
+def test_cli_parallel_refused_on_the_mock(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmcpu", "run", "--backend", "mock", "--smp", "2",
+         "--parallel", "on", IMAGE], capture_output=True, timeout=60, cwd=tmp_path, text=True)
+    assert done.returncode == 2
+    assert "needs the kvm backend" in done.stderr
+
+
+def test_switching_keeps_the_threads_choice(make_system: MakeSystem) -> None:
+    system = make_system(memory="32M", backend="mock", smp=2)
+    assert not system.parallel  # the mock takes turns
+    system.load(IMAGE)
+    system.run(max_ticks=20_000_000, timeout=TIMEOUT)
+    system.switch_cpu("kvm")
+    assert system.parallel  # the default on KVM
+    result = system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(2)
+    assert result.cause == CAUSE_DEBUG_EXIT
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n", [2, 3])
+def test_kernel_irqchip_smp_guest(make_system: MakeSystem, n: int, parallel: bool) -> None:
+    """KVM's in-kernel local APIC does INIT and SIPI itself (the APs wait in KVM_RUN,
+    KVM_MP_STATE_UNINITIALIZED): the same output as the user-space APIC."""
+    system = make_system(memory="32M", backend="kvm", smp=n, irqchip="kernel",
+                         parallel=parallel)
+    system.load(IMAGE)
+    result = system.run(max_seconds=5, timeout=TIMEOUT)
+    assert system.serial.output == smp_output(n)
+    assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
+
+
+def test_kernel_irqchip_smp_checkpoint(make_system: MakeSystem, tmp_path: Path) -> None:
+    """The in-kernel APICs (KVM_GET_LAPIC) and MP states of both CPUs in the checkpoint."""
+    system = make_system(memory="32M", backend="kvm", smp=2, irqchip="kernel")
+    system.load(IMAGE)
+    for _ in range(5000):
+        if b"smp: all 2 up\n" in system.serial.output:
+            break
+        system.run(max_ticks=2_000_000_000, timeout=TIMEOUT)
+    printed = system.serial.output
+    cpt = system.checkpoint(tmp_path / "cpt")
+    system.close()
+    restored = System.restore(cpt, backend="kvm")
+    try:
+        result = restored.run(max_seconds=5, timeout=TIMEOUT)
+        assert result.cause == CAUSE_DEBUG_EXIT
+        out = restored.serial.output
+        assert (out if out.startswith(printed) else printed + out) == smp_output(2)
+    finally:
+        restored.close()
