@@ -299,11 +299,18 @@ def test_acpica_loads_the_tables_and_runs_the_dsdt(tmp_path: Path) -> None:
     assert len(values["\\_SB.PCI0._PRT"]) == 128 * 4
 
 
+def test_a_system_without_the_hpet_has_no_hpet_table() -> None:
+    with System(memory="64M", backend="mock", hpet=False) as system:
+        system.load(kvmcpu.guests.path("hello"))
+        mem = Mem({0: system.physmem.read(0, 0x100000)})
+        assert sorted(walk(mem)) == ["APIC", "DSDT", "FACP", "FACS"]
+
+
 def test_system_writes_the_tables_for_a_multiboot_kernel() -> None:
     with System(memory="64M", backend="mock") as system:
         system.load(kvmcpu.guests.path("hello"))
         mem = Mem({0: system.physmem.read(0, 0x100000)})
-        assert sorted(walk(mem)) == ["APIC", "DSDT", "FACP", "FACS"]
+        assert sorted(walk(mem)) == ["APIC", "DSDT", "FACP", "FACS", "HPET"]
         smbios = smbios_structs(mem)
         ram = [struct.unpack_from("<II", f, 4) for k, _h, f, _s in smbios if k == 19]
         assert ram == [(0, (64 << 20) // 1024 - 1)]
