@@ -14,13 +14,16 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
-from .codegen import GENERATORS, Translator, assemble, compile_block
+from .codegen import GENERATORS, Translator, compile_block
 from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
+from .ir import Ctx, IrInsn, Op, lower
+from .ir_emit import emit_block
+from .ir_opt import Item, Raw
 from .mmu import Mmu
-from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
+from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState, lazy_cf
 from .tier0 import FLOW, Bound, InsnBinder, make_block
 from .vendor import VendorProfile
 
@@ -31,11 +34,6 @@ log = logging.getLogger("kvmcpu.backends.mock")
 
 #: Longest block (instructions); also the granularity of kick/budget checks.
 MAX_BLOCK = 48
-
-#: Tokens of generated code that may raise (memory access, helpers, constants that are
-#: helper functions); an instruction without any needs no `k = i` marker.
-_MAY_RAISE = ("rd", "wr", "H.", "K", "TR(", "TW(", "raise", "U2", "U4", "U8", "P2", "P4",
-              "P8", "/", "%")
 
 #: Opcodes that must be alone at the start of a block (they read the exact cycle count).
 ALONE = frozenset((0x131, 0x101))
@@ -84,7 +82,8 @@ class Engine:
     def _namespace(self, priv: int) -> Dict[str, Any]:
         st = self.st
         ns: Dict[str, Any] = {"c": st, "R": st.R, "SB": st.sb, "STOP": self.stop, "E": self,
-                              "H": self.profile.helpers, "PAR": helpers.PARITY}
+                              "H": self.profile.helpers, "PAR": helpers.PARITY,
+                              "LCF": lazy_cf}
         for n in (1, 2, 4, 8):
             ns[f"rd{n}"] = self.mmu.rd[priv][n]
             ns[f"wr{n}"] = self.mmu.wr[priv][n]
@@ -180,7 +179,9 @@ class Engine:
                        self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
-        t.in_place_loop = compiled
+        t.in_place_loop = False  # tier 1's loops come from the IR (ir_emit)
+        ctx = Ctx(self.bits, self.stack_bits, self.profile.name, rip, t.loop_ok)
+        items: List[Item] = []
         binder = self.binders[1 if self.cpl == 3 else 0]
         fns: List[Bound] = []
         ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
@@ -226,8 +227,32 @@ class Engine:
                     break
                 continue
             if compiled:
+                ips.append(ip)
+                ir_insn = lower(d, ctx) if g is not None and not d.lock else None
+                if ir_insn is not None:
+                    items.append(ir_insn)
+                    if ctx.follow is not None:
+                        # a direct JMP/CALL: keep translating at the target if on this page
+                        target, ctx.follow = ctx.follow, None
+                        new_off = off + (target - ip)
+                        if 0 <= new_off < 4096 and len(ips) < limit:
+                            ip, off = target, new_off
+                            continue
+                        ir_insn.ops.append(Op("exit", None, [target]))
+                        ir_insn.ends = True
+                        break
+                    ir_insn.next_ip = (ip + d.len) & ip_mask
+                    if ir_insn.ends:
+                        break
+                    ip = (ip + d.len) & ip_mask
+                    off += d.len
+                    if off >= 4096:
+                        break
+                    continue
+                ips.pop()
                 t.k = len(ips)
-                t.emit(f"k = {t.k}")
+                t.lines = []  # this instruction's lines alone (ir_emit places them)
+                t.zf_var = None
             else:  # one bound function per instruction: its own lines, temps and constants
                 t.k = 0
                 t.lines, t.consts, t.tmp = [], [], 0
@@ -235,7 +260,6 @@ class Engine:
             t.may_stop = False
             t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
-            k_line = len(t.lines) - 1
             done = False
             nxt: Optional[Tuple[int, int]] = None
             if g is None:
@@ -246,9 +270,6 @@ class Engine:
                 t.call_helper(helpers.raise_ud, d, terminator=True)
             else:
                 ended = bool(g(t, d))
-                if compiled and not any(tok in ln for ln in t.lines[k_line + 1:]
-                                        for tok in _MAY_RAISE):
-                    del t.lines[k_line]  # cannot raise: `k` need not point at it
                 if t.follow is not None:
                     # a direct JMP/CALL: keep translating at the target if it is on this page
                     target, t.follow = t.follow, None
@@ -269,7 +290,9 @@ class Engine:
                         ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
                                              else 0xFFFFFFFF)
                         done = True
-            if not compiled:
+            if compiled:
+                items.append(Raw(d, t.lines, t.ended))
+            else:
                 fns.append(binder.bind(t.lines, t.consts))
             if done:
                 break
@@ -282,7 +305,9 @@ class Engine:
             if off >= 4096:
                 break
         if compiled:
-            src = assemble(t, ips, ip)
+            last = items[-1]
+            ended = last.ends if isinstance(last, IrInsn) else last.ended
+            src = emit_block(items, rip, t.loop_ok, ip, ended)
             fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
             fn.__doc__ = src  # kept for debugging (E.dump_block)
         else:
