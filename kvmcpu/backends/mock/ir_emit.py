@@ -73,8 +73,12 @@ class Emitter:
         self.snap: Set[str] = set()
         self.alias: Set[str] = set()
         self.tmp = 0
-        self.fault_states: Dict[int, State] = {}
+        #: per instruction that may fault: the flags state and the dirty registers before it
+        self.fault_states: Dict[int, Tuple[State, Tuple[int, ...]]] = {}
         self.loop_cnt = 0
+        #: register -> "clean" (the local is R's value), "dirty" (the local is newer) or
+        #: "stale" (R is newer: after a generator-made instruction, or before first use)
+        self.rs: Dict[int, str] = {}
         self.top_cf = "p0"
         self.need_p0 = False
 
@@ -135,7 +139,7 @@ class Emitter:
 
     def sync(self, ind: int) -> None:
         """Registers to R and the flags to c.lz (for generator-made code)."""
-        self.writeback(ind)
+        self.writeback(ind, mark=True)
         self.store_flags(self.state, ind)
         self.state = MEM
 
@@ -201,9 +205,19 @@ class Emitter:
         return "H.cf(c)"
 
     # -- exits ------------------------------------------------------------------------------
-    def writeback(self, ind: int) -> None:
-        for n in sorted(self.written):
+    def writeback(self, ind: int, mark: bool = False) -> None:
+        for n in self.dirty():
             self.line(ind, f"R[{n}] = r{n}")
+            if mark:
+                self.rs[n] = "clean"
+
+    def dirty(self) -> Tuple[int, ...]:
+        return tuple(n for n in sorted(self.rs) if self.rs[n] == "dirty")
+
+    def need(self, reg: int, ind: int) -> None:
+        if self.rs.get(reg) == "stale":
+            self.line(ind, f"r{reg} = R[{reg}]")
+            self.rs[reg] = "clean"
 
     def count(self, extra: int) -> str:
         return f"n + {extra}" if self.looping else str(extra)
@@ -221,17 +235,20 @@ class Emitter:
         self.tmp = 0
         self.state = self.top_state if self.looping else MEM
         self.fault_states = {}
+        if self.looping:  # loaded at entry; at the top, any written one may be newer
+            self.rs = {n: "dirty" if n in self.written else "clean" for n in self.regs}
+        else:
+            self.rs = {n: "stale" for n in self.regs}
         ind = 3 if self.looping else 2
         for k, it in enumerate(self.items):
             if isinstance(it, Raw):
-                self.fault_states[k] = MEM
+                self.fault_states[k] = (MEM, ())
                 self.sync(ind)
                 self.line(ind, f"k = {k}")
                 for ln in it.lines:
                     self.line(ind, ln[8:] if ln.startswith("        ") else ln.strip())
                 if not it.ended:
-                    for n in sorted(self.regs):
-                        self.line(ind, f"r{n} = R[{n}]")
+                    self.rs = {n: "stale" for n in self.regs}
                 continue
             self.insn(it, k, ind)
         return self.out
@@ -239,7 +256,7 @@ class Emitter:
     def insn(self, it: IrInsn, k: int, ind: int) -> None:
         ops = it.ops
         if any(op.kind in ("ld", "st") for op in ops):
-            self.fault_states[k] = self.state
+            self.fault_states[k] = (self.state, self.dirty())
         uses: Dict[str, int] = {}
         for op in ops:
             for u in op.uses():
@@ -290,6 +307,7 @@ class Emitter:
             expr: Optional[str] = None
             if kind == "get":
                 reg = op.args[0]
+                self.need(reg, ind)
                 if dst in self.alias:
                     self.names[dst] = f"r{reg}"
                     continue
@@ -297,6 +315,7 @@ class Emitter:
                 inline = False
             elif kind == "set":
                 self.line(ind, f"r{op.args[0]} = {self.val(op.args[1])}")
+                self.rs[op.args[0]] = "dirty"
                 continue
             elif kind == "bin":
                 sym, a, b = op.args
@@ -366,7 +385,7 @@ class Emitter:
         self.line(ind + 1, f"k = {k}; wr{sz}({a}, {v})")
         # an MMIO or code-page write: finish the instruction, then leave the block
         self.line(ind + 1, "if STOP[0]:")
-        saved = (self.state, dict(self.names), self.tmp)
+        saved = (self.state, dict(self.names), dict(self.rs))
         rest = ops[i + 1:]
         if any(o.kind in ("ld", "st", "side", "branch") for o in rest):
             raise AssertionError("a store must be its instruction's last memory access")
@@ -374,7 +393,7 @@ class Emitter:
         self.ops(it, ops, i + 1, k, ind + 2, uses)
         if not ends:
             self.exit(ind + 2, _lit(it.next_ip), self.count(k + 1), self.state)
-        self.state, self.names, _ = saved[0], saved[1], saved[2]
+        self.state, self.names, self.rs = saved
 
     def branch(self, op: Op, k: int, ind: int) -> None:
         cond, tgt, nxt = op.args
@@ -386,7 +405,14 @@ class Emitter:
             else:
                 ind2 = ind
             self.line(ind2, f"n += {cnt}")
-            self.line(ind2, "if n <= lim and not E.kicked: continue")
+            stale = [r for r in sorted(self.rs) if self.rs[r] == "stale"]
+            if stale:  # the top expects every register in its local
+                self.line(ind2, "if n <= lim and not E.kicked:")
+                for r in stale:
+                    self.line(ind2 + 1, f"r{r} = R[{r}]")
+                self.line(ind2 + 1, "continue")
+            else:
+                self.line(ind2, "if n <= lim and not E.kicked: continue")
             self.exit(ind2, _lit(tgt), "n", self.state)
             if cond is not None:
                 self.exit(ind, _lit(nxt), f"n + {cnt}", self.state)
@@ -419,8 +445,8 @@ class Emitter:
         head = ["def blk(lim):", "    n = 0", "    k = 0"]
         if self.looping:
             head.append(f"    lim -= {self.loop_cnt}")
-        for n in sorted(self.regs):
-            head.append(f"    r{n} = R[{n}]")
+        if self.looping:
+            head += [f"    r{n} = R[{n}]" for n in sorted(self.regs)]
         p0_at = len(head)
         head.append("    try:")
         if self.looping:
@@ -429,9 +455,12 @@ class Emitter:
             body = ["        pass"]
         tail = ["    except BaseException:"]
         groups: Dict[str, List[int]] = {}
-        for k, st in sorted(self.fault_states.items()):
+        for k, (st, dirty) in sorted(self.fault_states.items()):
             self.out = []
             self.store_flags(st, 3)
+            # at a generator-made instruction R is the truth (synced before it; it may have
+            # changed R before an exit it raises: a REP iteration's registers)
+            self.out += [f"            R[{n}] = r{n}" for n in dirty]
             code = "\n".join(self.out)
             if code:
                 groups.setdefault(code, []).append(k)
@@ -439,16 +468,6 @@ class Emitter:
             test = f"k == {ks[0]}" if len(ks) == 1 else f"k in {tuple(ks)}"
             tail.append(f"        if {test}:")
             tail.append(code)
-        raw = tuple(k for k, it in enumerate(self.items) if isinstance(it, Raw))
-        if self.written:
-            # at a generator-made instruction R is the truth (synced before it, and it may
-            # have changed R before an exit it raises: a REP iteration's registers)
-            ind = "        "
-            if raw:
-                tail.append(f"        if k not in {raw}:" if len(raw) > 1
-                            else f"        if k != {raw[0]}:")
-                ind += "    "
-            tail += [f"{ind}R[{n}] = r{n}" for n in sorted(self.written)]
         tail += ["        c.rip = IPS[k]", "        c.kdone = n + k", "        raise"]
         if not self.ended:
             self.out = []
