@@ -179,7 +179,6 @@ class Engine:
                        self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
-        t.in_place_loop = False  # tier 1's loops come from the IR (ir_emit)
         ctx = Ctx(self.bits, self.stack_bits, self.profile.name, rip, t.loop_ok)
         items: List[Item] = []
         binder = self.binders[1 if self.cpl == 3 else 0]
