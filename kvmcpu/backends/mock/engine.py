@@ -19,7 +19,7 @@ from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
-from .ir import Ctx, IrInsn, Op, lower
+from .ir import Ctx, IrInsn, Op, chain_safe, lower
 from .ir_emit import emit_block
 from .ir_opt import Item, Raw
 from .mmu import Mmu
@@ -194,6 +194,9 @@ class Engine:
         ips: List[int] = []
         limit = 1 if single else MAX_BLOCK
         cacheable = True
+        #: leading chain_safe instructions: a block that returns having retired no more than
+        #: these may be followed by the next block at once (engine._chain)
+        safe_n = 0
         while len(ips) < limit:
             chunk = bytes(view[off: off + 15])
             try:
@@ -207,6 +210,8 @@ class Engine:
             if d.opc in ALONE and ips:
                 break  # reads the instruction counter: must start its own block
             g = GENERATORS.get(d.opc)
+            if safe_n == len(ips) and chain_safe(d):
+                safe_n += 1
             if (not compiled and g is not None and d.opc not in FLOW
                     and (not d.lock or lock_ok(d))):
                 # tier 0, the common case: bound from the instruction's bytes when seen
@@ -309,6 +314,10 @@ class Engine:
             src = emit_block(items, rip, t.loop_ok, ip, ended)
             fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
             fn.__doc__ = src  # kept for debugging (E.dump_block)
+            looping = "while True:" in src  # a loop retires more than its length
+            fn.chain = 0 if single else (  # type: ignore[attr-defined]
+                (1 << 62 if looping else safe_n) if safe_n == len(ips) else
+                (0 if looping else safe_n))
         else:
             promote = None
             if cacheable and self.use_cache:
@@ -316,6 +325,7 @@ class Engine:
                     key = self._key(single)
                 promote = functools.partial(self._promote, key, single)
             fn = make_block(st, fns, ips, ip, promote)
+            fn.chain = 0 if single else safe_n  # type: ignore[attr-defined]
         if not cacheable:
             return fn, -1
         return fn, ppage
@@ -397,6 +407,7 @@ class Engine:
         st = self.st
         stop = self.stop
         stepped = False
+        budget: Optional[int] = None
         while True:
             if complete_only:
                 # One instruction, none of the entry checks (kick, budget, injection,
@@ -404,7 +415,7 @@ class Engine:
                 if stepped:
                     return ("intr",)
                 stepped = True
-                budget: Optional[int] = None
+                budget = None
                 single = True
             else:
                 if self.kicked:
@@ -435,6 +446,8 @@ class Engine:
                     fn = self.lookup(single)
                     n = fn(1 if complete_only else
                            budget if budget is not None else 1 << 62)
+                    if n <= fn.chain and not complete_only:  # type: ignore[attr-defined]
+                        n = self._chain(n)
                 except GuestFault as f:
                     n = st.kdone or 0
                     st.kdone = None
@@ -483,6 +496,40 @@ class Engine:
                         deliver_fault(self, f)
                     except TripleFault:
                         return ("shutdown",)
+
+    def _chain(self, n: int) -> int:
+        """Blocks chained: what the block that returned ``n`` ran was chain_safe (ir.py), so
+        nothing the run loop checks before a block (IF, TF, the shadow, the mode, pending
+        events, the interrupt window) has changed: run the next one at once, until a
+        block ran more than its chain_safe instructions (``fn.chain``), STOP is set, a
+        kick or the budget needs the run loop.
+        Returns what the last block retired (the earlier ones are retired here)."""
+        st = self.st
+        stop = self.stop
+        blocks = self.blocks
+        sb = st.sb
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        mode = self.mode
+        while True:
+            self.instructions_retired += n
+            self.cycles += n
+            budget = self.budget
+            if budget is not None:
+                budget -= n
+                self.budget = budget
+            n = 0
+            if stop[0] or self.kicked or (budget is not None and budget < MAX_BLOCK):
+                return 0
+            rip = st.rip
+            lin = (sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
+            ppage = itlb.get(lin >> 12)
+            fn = None if ppage is None else \
+                blocks.get(((ppage << 12) | (lin & 0xFFF), rip, mode))
+            if fn is None:
+                fn = self.lookup(False)
+            n = fn(budget if budget is not None else 1 << 62)
+            if n > fn.chain:  # type: ignore[attr-defined]
+                return n
 
     def _retire(self, n: int) -> None:
         self.instructions_retired += n

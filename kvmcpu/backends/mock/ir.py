@@ -407,6 +407,26 @@ def lower(d: Insn, ctx: Ctx) -> Optional[IrInsn]:
     return b.ins
 
 
+#: Opcodes whose normal completion cannot change what the run loop checks between blocks
+#: (IF, TF, the interrupt shadow, the mode, pending events, the kick): after a block of
+#: these the next block runs without those checks (engine.execute). Faults and exits
+#: leave a block another way and are not concerned.
+_CHAIN_SAFE = frozenset([*_ALU_RM, *_ALU_R, *_ALU_ACC, *range(0x40, 0x60), *range(0x70, 0x80),
+                         *range(0x80, 0x8C), 0x8D, *range(0x90, 0x9A), 0xA8, 0xA9,
+                         *range(0xB0, 0xC0), 0xC0, 0xC1, 0xC2, 0xC3, 0xC6, 0xC7, 0xD0, 0xD1,
+                         0xD2, 0xD3, 0xE2, 0xE8, 0xE9, 0xEB, 0xF6, 0xF7, 0xF8, 0xF9, 0xFC,
+                         0xFE, 0x68, 0x69, 0x6A, 0x6B, *range(0x140, 0x150),
+                         *range(0x180, 0x1A0), 0x1AF, 0x1B6, 0x1B7, 0x1BE, 0x1BF])
+
+
+def chain_safe(d: Insn) -> bool:
+    """Whether ``d`` is one of _CHAIN_SAFE's (FF: INC/DEC/near CALL/JMP/PUSH only)."""
+    o = d.opc
+    if o == 0xFF:
+        return d.reg & 7 in (0, 1, 2, 4, 6)
+    return o in _CHAIN_SAFE
+
+
 def _incdec(b: _B, sz: int, dec: bool, reg: Optional[int]) -> None:
     if reg is None:
         a, addr = b.rm_read(sz)

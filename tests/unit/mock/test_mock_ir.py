@@ -217,3 +217,65 @@ def test_each_tier_gives_the_same_exits_and_counts(monkeypatch: pytest.MonkeyPat
     assert results[0][0][-1] == "hlt" and results[0][7] == 0x300000 + 160
     # mov esi + 40 iterations of 7 instructions + HLT
     assert results[0][1] == 1 + 40 * 7 + 1
+
+
+# -- chained blocks (engine._chain) --------------------------------------------------------
+_CALL_LOOP = "mov ecx, 1000\nl: call f\ndec ecx\njnz l\nhlt\nf: add eax, 1\nret"
+
+
+@pytest.mark.parametrize("tiers", ["tiered", "compiled"])
+@pytest.mark.parametrize("budget", [1, 2, 47, 48, 49, 50, 51, 52, 53, 500, 4999])
+def test_chained_blocks_stop_exactly_at_the_budget(monkeypatch: pytest.MonkeyPatch,
+                                                   tiers: str, budget: int) -> None:
+    """The budget ends the run after exactly that many instructions while blocks chain
+    (call/ret: two blocks per iteration): the registers are the program's after them."""
+    if tiers == "compiled":
+        monkeypatch.setattr(tier0, "PROMOTE_AFTER", 1)
+    m = Machine(RAM)
+    try:
+        m.long(_CALL_LOOP)
+        m.vcpu.set_budget(budget)
+        assert m.run().kind == "intr"
+        assert m.vcpu.instructions_retired == budget
+        # mov ecx; then per iteration: call, add, ret, dec, jnz
+        done, part = divmod(budget - 1, 5)
+        r = m.regs()
+        assert r.rax == done + (part >= 2)
+        assert r.rcx == 1000 - done - (part >= 4)
+        at = {0: "l", 1: "f", 2: "ret", 3: "dec", 4: "jnz"}[part]
+        code = 0x100000
+        want = {"l": code + 5, "f": code + 15, "ret": code + 18, "dec": code + 10,
+                "jnz": code + 12}[at]
+        assert r.rip == want
+    finally:
+        m.close()
+
+
+def test_a_kick_stops_chained_blocks(compiled: None) -> None:
+    import threading
+
+    m = Machine(RAM)
+    try:
+        m.long(_CALL_LOOP.replace("1000", "100000000"))
+        threading.Timer(0.2, m.vcpu.kick).start()
+        ex = m.run()
+        assert ex.kind == "intr"
+        assert m.vcpu.instructions_retired < 1 + 5 * 100000000
+    finally:
+        m.close()
+
+
+def test_sti_ends_a_chain_where_the_interrupt_window_opens(compiled: None) -> None:
+    """STI is not chain_safe: the run loop sees the window open after STI's shadow (the
+    instruction after STI), as KVM reports IRQ_WINDOW_OPEN there."""
+    m = Machine(RAM)
+    try:
+        m.long("call f\nhlt\nf: add eax, 1\nsti\nadd eax, 2\nadd eax, 4\nret")
+        m.vcpu.kvm_run.request_interrupt_window = 1
+        ex = m.run()
+        assert ex.kind == "irq_window_open"
+        r = m.regs()
+        assert r.rax == 3 and r.rip == 0x100000 + 6 + 3 + 1 + 3
+        assert r.rflags & 0x200
+    finally:
+        m.close()
