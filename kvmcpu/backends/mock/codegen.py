@@ -68,10 +68,6 @@ class Translator:
         self.may_stop = False  # the current instruction may set STOP
         self.start_ip = -1
         self.loop_ok = False  # a branch back to start_ip may loop inside the function
-        #: variable holding the result whose zero-ness is ZF, set by the previous
-        #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
-        self.zf_var: Optional[str] = None
-        self.prev_zf_var: Optional[str] = None
         #: set by a direct JMP/CALL: the translator continues at this RIP when it can
         self.follow: Optional[int] = None
 

@@ -256,13 +256,10 @@ class Engine:
                 ips.pop()
                 t.k = len(ips)
                 t.lines = []  # this instruction's lines alone (ir_emit places them)
-                t.zf_var = None
             else:  # one bound function per instruction: its own lines, temps and constants
                 t.k = 0
                 t.lines, t.consts, t.tmp = [], [], 0
-                t.zf_var = None
             t.may_stop = False
-            t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
             done = False
             nxt: Optional[Tuple[int, int]] = None
@@ -288,8 +285,6 @@ class Engine:
                 else:
                     if t.may_stop:
                         t.stop_check(d)
-                    if t.may_stop:
-                        t.zf_var = None  # the block may return here: do not carry temps over
                     if d.opc in ALONE:
                         ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
                                              else 0xFFFFFFFF)
@@ -335,7 +330,6 @@ class Engine:
         """Tier 0: the lines of one instruction alone (not a jump or call: see tier0.FLOW)."""
         t.lines, t.consts, t.tmp, t.k = [], [], 0, 0
         t.may_stop = False
-        t.prev_zf_var = t.zf_var = None
         ended = bool(g(t, d))
         if not ended and t.may_stop:
             t.stop_check(d)
