@@ -71,8 +71,9 @@ Extras over the backend contract (``MockVcpu``)
 
 Speed: basic blocks are cached by physical address, RIP and mode, in two tiers:
 a new block runs as per-instruction functions bound without ``compile()``
-(tier0.py), and is compiled into one Python function once it has run
-``tier0.PROMOTE_AFTER`` times. Both are invalidated when the guest writes to a
+(tier0.py), and is compiled into one Python function from an IR (ir.py, ir_opt.py,
+ir_emit.py: registers in locals, flags stored only where the block is left) once it
+has run ``tier0.PROMOTE_AFTER`` times. Both are invalidated when the guest writes to a
 page holding translated code, or the host does (``HostMemory`` tells the VM what
 the host wrote: ``write``, ``[]=``, ``Vm.write_guest``, ``notify_written`` after
 writes through ``view``; run() drops those pages' code).

@@ -1,12 +1,14 @@
-"""Block translation: x86 basic blocks -> compiled Python functions.
+"""Instruction generators' interface: x86 instructions -> lines of Python.
 
 A block is the run of instructions from one entry point up to (and including)
 the first control transfer, system instruction or page end. Each instruction
 is turned into a few lines of Python by the generator registered for its
-opcode (``gen_*`` modules), the lines are wrapped into one function and
-compiled with ``compile()``. The function returns how many instructions it
-retired; on an exception it leaves ``c.rip`` at the faulting instruction and
-``c.kdone`` at the number retired before it.
+opcode (``gen_*`` modules): tier 0 binds them per instruction (tier0.py), the
+compiled tier places them inside the block function ``ir_emit`` makes for the
+instructions its IR does not cover, and ``compile_block`` compiles that. The
+block function returns how many instructions it retired; on an exception it
+leaves ``c.rip`` at the faulting instruction and ``c.kdone`` at the number
+retired before it.
 
 Generated code sees these globals: ``c`` (CpuState), ``R`` (the register
 list), ``SB`` (segment bases), ``rd1..rd8``/``wr1..wr8`` (memory at the
@@ -66,14 +68,6 @@ class Translator:
         self.may_stop = False  # the current instruction may set STOP
         self.start_ip = -1
         self.loop_ok = False  # a branch back to start_ip may loop inside the function
-        self.looping = False
-        #: a branch back to start_ip may become a loop in the function (tier 1 only)
-        self.in_place_loop = True
-        self.loop_cnt = 0
-        #: variable holding the result whose zero-ness is ZF, set by the previous
-        #: instruction of the block (lets JZ/JNZ skip the lazy-flag lookup).
-        self.zf_var: Optional[str] = None
-        self.prev_zf_var: Optional[str] = None
         #: set by a direct JMP/CALL: the translator continues at this RIP when it can
         self.follow: Optional[int] = None
 
@@ -99,23 +93,8 @@ class Translator:
         return True
 
     def branch(self, cond: Optional[str], target: int, fallthrough: int) -> bool:
-        """End the block with a (conditional) branch. A branch back to the block's own
-        start becomes a loop inside the block function (bounded by ``lim`` and kicks)."""
-        cnt = self.k + 1
-        if target == self.start_ip and self.loop_ok and self.in_place_loop:
-            self.looping = True
-            if cond is not None:
-                self.emit(f"if {cond}:")
-                pad = "    "
-            else:
-                pad = ""
-            self.loop_cnt = cnt
-            self.emit(f"{pad}n += {cnt}")
-            self.emit(f"{pad}if n <= lim and not E.kicked: continue")  # lim -= cnt at entry
-            self.emit(f"{pad}c.rip = {target:#x}; return n")
-            if cond is not None:
-                self.emit(f"c.rip = {fallthrough:#x}; return n + {cnt}")
-            return True
+        """End the block with a (conditional) branch (a loop back to the block's start
+        is the compiled tier's: ir_emit)."""
         if cond is None:
             return self.jump(f"{target:#x}")
         return self.jump(f"{target:#x} if {cond} else {fallthrough:#x}")
@@ -274,24 +253,6 @@ class Translator:
             return True
         self.may_stop = True
         return False
-
-
-def assemble(t: Translator, ips: List[int], next_ip: int) -> str:
-    """Wrap the emitted lines into the block function's source."""
-    head = ["def blk(lim):", "    n = 0", "    k = 0", "    try:"]
-    body = t.lines or ["        pass"]
-    if t.looping:
-        head.insert(1, f"    lim -= {t.loop_cnt}")
-        body = ["        while True:"] + ["    " + ln for ln in body]
-    tail = [
-        "    except BaseException:",
-        "        c.rip = IPS[k]",
-        "        c.kdone = n + k",
-        "        raise",
-    ]
-    if not t.ended:
-        tail += [f"    c.rip = {next_ip:#x}", f"    return {len(ips)}"]
-    return "\n".join(head + body + tail) + "\n"
 
 
 def compile_block(src: str, namespace: Dict[str, Any], consts: List[Any],

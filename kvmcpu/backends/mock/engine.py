@@ -14,13 +14,16 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
-from .codegen import GENERATORS, Translator, assemble, compile_block
+from .codegen import GENERATORS, Translator, compile_block
 from .decode import Insn, NeedMore, decode
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
+from .ir import Ctx, IrInsn, Op, chain_safe, lower
+from .ir_emit import emit_block
+from .ir_opt import Item, Raw
 from .mmu import Mmu
-from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState
+from .state import CR0_PE, CS, EFER_LMA, IF, TF, CpuState, lazy_cf
 from .tier0 import FLOW, Bound, InsnBinder, make_block
 from .vendor import VendorProfile
 
@@ -31,11 +34,6 @@ log = logging.getLogger("kvmcpu.backends.mock")
 
 #: Longest block (instructions); also the granularity of kick/budget checks.
 MAX_BLOCK = 48
-
-#: Tokens of generated code that may raise (memory access, helpers, constants that are
-#: helper functions); an instruction without any needs no `k = i` marker.
-_MAY_RAISE = ("rd", "wr", "H.", "K", "TR(", "TW(", "raise", "U2", "U4", "U8", "P2", "P4",
-              "P8", "/", "%")
 
 #: Opcodes that must be alone at the start of a block (they read the exact cycle count).
 ALONE = frozenset((0x131, 0x101))
@@ -84,7 +82,8 @@ class Engine:
     def _namespace(self, priv: int) -> Dict[str, Any]:
         st = self.st
         ns: Dict[str, Any] = {"c": st, "R": st.R, "SB": st.sb, "STOP": self.stop, "E": self,
-                              "H": self.profile.helpers, "PAR": helpers.PARITY}
+                              "H": self.profile.helpers, "PAR": helpers.PARITY,
+                              "LCF": lazy_cf}
         for n in (1, 2, 4, 8):
             ns[f"rd{n}"] = self.mmu.rd[priv][n]
             ns[f"wr{n}"] = self.mmu.wr[priv][n]
@@ -180,7 +179,8 @@ class Engine:
                        self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
-        t.in_place_loop = compiled
+        ctx = Ctx(self.bits, self.stack_bits, self.profile.name, rip, t.loop_ok)
+        items: List[Item] = []
         binder = self.binders[1 if self.cpl == 3 else 0]
         fns: List[Bound] = []
         ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
@@ -194,6 +194,9 @@ class Engine:
         ips: List[int] = []
         limit = 1 if single else MAX_BLOCK
         cacheable = True
+        #: leading chain_safe instructions: a block that returns having retired no more than
+        #: these may be followed by the next block at once (engine._chain)
+        safe_n = 0
         while len(ips) < limit:
             chunk = bytes(view[off: off + 15])
             try:
@@ -207,6 +210,8 @@ class Engine:
             if d.opc in ALONE and ips:
                 break  # reads the instruction counter: must start its own block
             g = GENERATORS.get(d.opc)
+            if safe_n == len(ips) and chain_safe(d):
+                safe_n += 1
             if (not compiled and g is not None and d.opc not in FLOW
                     and (not d.lock or lock_ok(d))):
                 # tier 0, the common case: bound from the instruction's bytes when seen
@@ -226,16 +231,36 @@ class Engine:
                     break
                 continue
             if compiled:
+                ips.append(ip)
+                ir_insn = lower(d, ctx) if g is not None and not d.lock else None
+                if ir_insn is not None:
+                    items.append(ir_insn)
+                    if ctx.follow is not None:
+                        # a direct JMP/CALL: keep translating at the target if on this page
+                        target, ctx.follow = ctx.follow, None
+                        new_off = off + (target - ip)
+                        if 0 <= new_off < 4096 and len(ips) < limit:
+                            ip, off = target, new_off
+                            continue
+                        ir_insn.ops.append(Op("exit", None, [target]))
+                        ir_insn.ends = True
+                        break
+                    ir_insn.next_ip = (ip + d.len) & ip_mask
+                    if ir_insn.ends:
+                        break
+                    ip = (ip + d.len) & ip_mask
+                    off += d.len
+                    if off >= 4096:
+                        break
+                    continue
+                ips.pop()
                 t.k = len(ips)
-                t.emit(f"k = {t.k}")
+                t.lines = []  # this instruction's lines alone (ir_emit places them)
             else:  # one bound function per instruction: its own lines, temps and constants
                 t.k = 0
                 t.lines, t.consts, t.tmp = [], [], 0
-                t.zf_var = None
             t.may_stop = False
-            t.prev_zf_var, t.zf_var = t.zf_var, None
             ips.append(ip)
-            k_line = len(t.lines) - 1
             done = False
             nxt: Optional[Tuple[int, int]] = None
             if g is None:
@@ -246,9 +271,6 @@ class Engine:
                 t.call_helper(helpers.raise_ud, d, terminator=True)
             else:
                 ended = bool(g(t, d))
-                if compiled and not any(tok in ln for ln in t.lines[k_line + 1:]
-                                        for tok in _MAY_RAISE):
-                    del t.lines[k_line]  # cannot raise: `k` need not point at it
                 if t.follow is not None:
                     # a direct JMP/CALL: keep translating at the target if it is on this page
                     target, t.follow = t.follow, None
@@ -263,13 +285,13 @@ class Engine:
                 else:
                     if t.may_stop:
                         t.stop_check(d)
-                    if t.may_stop:
-                        t.zf_var = None  # the block may return here: do not carry temps over
                     if d.opc in ALONE:
                         ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
                                              else 0xFFFFFFFF)
                         done = True
-            if not compiled:
+            if compiled:
+                items.append(Raw(d, t.lines, t.ended))
+            else:
                 fns.append(binder.bind(t.lines, t.consts))
             if done:
                 break
@@ -282,9 +304,15 @@ class Engine:
             if off >= 4096:
                 break
         if compiled:
-            src = assemble(t, ips, ip)
+            last = items[-1]
+            ended = last.ends if isinstance(last, IrInsn) else last.ended
+            src = emit_block(items, rip, t.loop_ok, ip, ended)
             fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
             fn.__doc__ = src  # kept for debugging (E.dump_block)
+            looping = "while True:" in src  # a loop retires more than its length
+            fn.chain = 0 if single else (  # type: ignore[attr-defined]
+                (1 << 62 if looping else safe_n) if safe_n == len(ips) else
+                (0 if looping else safe_n))
         else:
             promote = None
             if cacheable and self.use_cache:
@@ -292,6 +320,7 @@ class Engine:
                     key = self._key(single)
                 promote = functools.partial(self._promote, key, single)
             fn = make_block(st, fns, ips, ip, promote)
+            fn.chain = 0 if single else safe_n  # type: ignore[attr-defined]
         if not cacheable:
             return fn, -1
         return fn, ppage
@@ -301,7 +330,6 @@ class Engine:
         """Tier 0: the lines of one instruction alone (not a jump or call: see tier0.FLOW)."""
         t.lines, t.consts, t.tmp, t.k = [], [], 0, 0
         t.may_stop = False
-        t.prev_zf_var = t.zf_var = None
         ended = bool(g(t, d))
         if not ended and t.may_stop:
             t.stop_check(d)
@@ -373,6 +401,7 @@ class Engine:
         st = self.st
         stop = self.stop
         stepped = False
+        budget: Optional[int] = None
         while True:
             if complete_only:
                 # One instruction, none of the entry checks (kick, budget, injection,
@@ -380,7 +409,7 @@ class Engine:
                 if stepped:
                     return ("intr",)
                 stepped = True
-                budget: Optional[int] = None
+                budget = None
                 single = True
             else:
                 if self.kicked:
@@ -411,6 +440,8 @@ class Engine:
                     fn = self.lookup(single)
                     n = fn(1 if complete_only else
                            budget if budget is not None else 1 << 62)
+                    if n <= fn.chain and not complete_only:  # type: ignore[attr-defined]
+                        n = self._chain(n)
                 except GuestFault as f:
                     n = st.kdone or 0
                     st.kdone = None
@@ -459,6 +490,40 @@ class Engine:
                         deliver_fault(self, f)
                     except TripleFault:
                         return ("shutdown",)
+
+    def _chain(self, n: int) -> int:
+        """Blocks chained: what the block that returned ``n`` ran was chain_safe (ir.py), so
+        nothing the run loop checks before a block (IF, TF, the shadow, the mode, pending
+        events, the interrupt window) has changed: run the next one at once, until a
+        block ran more than its chain_safe instructions (``fn.chain``), STOP is set, a
+        kick or the budget needs the run loop.
+        Returns what the last block retired (the earlier ones are retired here)."""
+        st = self.st
+        stop = self.stop
+        blocks = self.blocks
+        sb = st.sb
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        mode = self.mode
+        while True:
+            self.instructions_retired += n
+            self.cycles += n
+            budget = self.budget
+            if budget is not None:
+                budget -= n
+                self.budget = budget
+            n = 0
+            if stop[0] or self.kicked or (budget is not None and budget < MAX_BLOCK):
+                return 0
+            rip = st.rip
+            lin = (sb[CS] + rip) & 0xFFFFFFFFFFFFFFFF
+            ppage = itlb.get(lin >> 12)
+            fn = None if ppage is None else \
+                blocks.get(((ppage << 12) | (lin & 0xFFF), rip, mode))
+            if fn is None:
+                fn = self.lookup(False)
+            n = fn(budget if budget is not None else 1 << 62)
+            if n > fn.chain:  # type: ignore[attr-defined]
+                return n
 
     def _retire(self, n: int) -> None:
         self.instructions_retired += n

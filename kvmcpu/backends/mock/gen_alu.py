@@ -38,10 +38,8 @@ def alu(t: Translator, op: int, a: str, b: str, sz: int) -> Optional[str]:
     else:  # sub, cmp
         t.emit(f"{r} = ({a} - {b}) & {m:#x}")
         t.lazy(LZ_SUB, a, b, r, sz)
-        t.zf_var = r
         if op == 7:
             return None
-    t.zf_var = r
     return r
 
 
@@ -54,13 +52,11 @@ def _alu_rm(t: Translator, d: Insn, op: int, sz: int, b_expr: str) -> None:
     a, addr = t.rm_read(d, sz)
     b = t.var()
     t.emit(f"{b} = {b_expr}")
-    lines_before = len(t.lines)
     r = alu(t, op, a, b, sz)
     if r is not None:
         flag_line = t.lines.pop()  # move the flags update after the store
         t.rm_write(d, sz, addr, r)
         t.lines.append(flag_line)
-    del lines_before
 
 
 @gen(0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21, 0x28, 0x29, 0x30, 0x31,
@@ -229,7 +225,6 @@ def _incdec(t: Translator, d: Insn, sz: int, dec: bool, reg: Optional[int]) -> N
     t.emit(f"if {p} is None: {p} = c.fl & 1")
     t.emit(f"elif {LZ_INC} <= {p}[0] <= {LZ_DEC}: {p} = {p}[2]")
     t.emit(f"c.lz = ({LZ_DEC if dec else LZ_INC}, {a}, {p}, {r}, {BITS[sz]})")
-    t.zf_var = r
 
 
 @gen(*range(0x40, 0x50))
@@ -338,7 +333,6 @@ def g_grp2(t: Translator, d: Insn) -> None:
         t.emit(f"{of} = {of_expr.format(a=a, r=r, cf=cf)}")
         t.rm_write(d, sz, addr, r)
         t.emit(f"c.lz = ({LZ_FIXED}, {cf} | {of} | {af:#x}, 0, {r}, {bits})")
-        t.zf_var = r
         return
     saved = t.var()
     t.emit(f"{saved} = (c.fl, c.lz)")
@@ -548,8 +542,6 @@ def g_xchg(t: Translator, d: Insn) -> None:
 def g_xchg_acc(t: Translator, d: Insn) -> None:
     n = (d.opc & 7) | ((d.rex & 1) << 3)
     if n == 0:
-        if d.osz == 4 and t.bits == 64 and False:
-            pass
         return  # NOP / PAUSE (xchg eax,eax does not zero-extend: it is NOP)
     sz = d.osz
     a, b = t.var(), t.var()
@@ -568,8 +560,6 @@ def g_xadd(t: Translator, d: Insn) -> None:
     r = t.var()
     t.emit(f"{r} = ({a} + {b}) & {M[sz]:#x}")
     t.rm_write(d, sz, addr, r)
-    if d.mod == 3 and d.rm == d.reg:
-        pass
     t.rset(d.reg, sz, d, a)
     if d.mod == 3:
         t.rset(d.rm, sz, d, r)

@@ -27,9 +27,6 @@ def _target(t: Translator, d: Insn) -> int:
 
 
 def cond_expr(t: Translator, cc: int) -> str:
-    if cc in (4, 5) and t.prev_zf_var is not None:  # ZF of the previous instruction
-        v = t.prev_zf_var
-        return f"{v} == 0" if cc == 4 else f"{v} != 0"
     if cc in (4, 5):  # Z / NZ from the lazy result when possible
         z = t.var()
         t.emit(f"{z} = c.lz")

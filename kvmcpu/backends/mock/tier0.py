@@ -1,9 +1,9 @@
 """The interpreter tier: blocks that run without ``compile()``.
 
 A block runs first as a list of per-instruction bound functions (tier 0) and is
-compiled into one Python function (tier 1, ``codegen.assemble``) only once it has run
-``PROMOTE_AFTER`` times. Both tiers are made by the same generators, over the same
-instruction boundaries, so they retire the same instructions and exit alike.
+compiled into one Python function (tier 1, from the IR: ``ir_emit``) only once it has
+run ``PROMOTE_AFTER`` times. Both tiers decode the same instruction boundaries, so they
+retire the same instructions and exit alike.
 
 Binding an instruction needs no ``compile()`` in the common case: the generator's
 lines for one instruction are reduced to their *shape* (every integer literal
