@@ -8,6 +8,7 @@
 ;   pci 00:01.0 8086:7000 class 060100 hdr 80 subsys 1af4:1100   PIIX3
 ;   pci 00:01.3 8086:7113 class 068000 hdr 00 subsys 1af4:1100   PIIX4 PM
 ;   piix3 pirq b0b0a0a                   PIRQ[A-D] routed to IRQ 10, 10, 11, 11
+;   piix3 elcr c00                       ELCR (0x4d0/0x4d1): IRQ 10 and 11 level
 ;   piix4 pm base 601 misc 1             PMBA = 0x600 | 1, PMREGMISC.PMIOSE
 ;   pci 00:SS.0 VVVV:DDDD class ...      every other device 2-31, function 0
 ;
@@ -55,6 +56,17 @@ main:
     mov ebp, 1 << 11
     mov ebx, 0x60
     call cfg_read
+    call puthex
+    SAY msg_nl
+    SAY msg_elcr                            ; ELCR2:ELCR1 (0x4d1, 0x4d0), bytes
+    mov dx, 0x4d1
+    in al, dx
+    movzx ebx, al
+    shl ebx, 8
+    dec dx
+    in al, dx
+    or bl, al
+    mov eax, ebx
     call puthex
     SAY msg_nl
     SAY msg_pm
@@ -413,6 +425,7 @@ msg_class:      db " class ", 0
 msg_hdr:        db " hdr ", 0
 msg_subsys:     db " subsys ", 0
 msg_pirq:       db "piix3 pirq ", 0
+msg_elcr:       db "piix3 elcr ", 0
 msg_pm:         db "piix4 pm base ", 0
 msg_misc:       db " misc ", 0
 msg_bar0:       db "testdev bar0 mem ", 0

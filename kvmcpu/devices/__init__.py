@@ -17,6 +17,8 @@ io          0x80          POST code (:class:`PostCard`)
 io          0xa0-0xa1     8259A slave
 io          0xf4-0xf7     isa-debug-exit (:class:`DebugExit`)
 io          0x3f8-0x3ff   16550A COM1 (:class:`Uart16550`)           4
+io          0x4d0-0x4d1   PIIX3 ELCR, edge/level of IRQ 0-15
+                          (:class:`Elcr`; 10 and 11 level at start)
 io          0x510-0x511   fw_cfg (:class:`FwCfg`)
 io          0x600-0x63f   PIIX4 PM: PM1, PM timer (:class:`AcpiPm`)  9 (SCI)
 io          0xcf8-0xcff   PCI config mechanism #1 (:class:`PciHost`);
@@ -69,7 +71,7 @@ from kvmcpu.devices.pci import (
     piix3,
     piix4_pm,
 )
-from kvmcpu.devices.pic import I8259, MASTER_PORT, SLAVE_PORT, PicPair
+from kvmcpu.devices.pic import ELCR_PORT, I8259, MASTER_PORT, SLAVE_PORT, Elcr, PicPair
 from kvmcpu.devices.pit import PIT_PORT, Pit
 from kvmcpu.devices.post import POST_PORT, PostCard
 from kvmcpu.devices.testdevs import DeviceSpec, PciTestDev, PcTestDev
@@ -243,10 +245,13 @@ def pc_devices(
 
     pic: PicPair | None = None
     if irqchip is None:
-        pic = PicPair("pic", on_output=on_interrupt)
+        # The ELCR as SeaBIOS leaves it: the PCI interrupt lines level-triggered.
+        pic = PicPair("pic", on_output=on_interrupt,
+                      elcr=sum(1 << irq for irq in set(pc_layout.PCI_PIRQ_IRQS)))
         irqchip = pic
         io.add(MASTER_PORT, 2, pic.master, name="pic.master")
         io.add(SLAVE_PORT, 2, pic.slave, name="pic.slave")
+        io.add(ELCR_PORT, 2, Elcr(pic), name="elcr")
 
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None

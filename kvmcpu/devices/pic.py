@@ -5,7 +5,10 @@ the master's IRQ 2. The model follows the datasheet as QEMU's ``i8259`` does:
 ICW1-ICW4 initialisation, OCW1 (mask), OCW2 (non-specific / specific EOI,
 rotation, set priority), OCW3 (IRR/ISR read select, poll, special mask), edge
 triggering, automatic EOI, and spurious IRQ 7 / IRQ 15 when an acknowledge
-finds nothing left to deliver.
+finds nothing left to deliver. The PIIX3's edge/level control registers (ELCR,
+ports 0x4d0/0x4d1, :class:`Elcr`) make a line level-triggered; the pair starts
+(and comes back from a reset) with the ELCR the firmware leaves, as SeaBIOS
+programs it for the PCI interrupt lines.
 
 Without an in-kernel irqchip the CPU model polls :meth:`PicPair.has_pending`
 and, when the guest can take an interrupt, injects :meth:`PicPair.acknowledge`'s
@@ -22,7 +25,7 @@ from kvmcpu.devices.base import Device
 if TYPE_CHECKING:
     from kvmcpu.sim.checkpoint import CheckpointIn, CheckpointOut
 
-__all__ = ["I8259", "PicPair", "MASTER_PORT", "SLAVE_PORT"]
+__all__ = ["ELCR_MASKS", "ELCR_PORT", "Elcr", "I8259", "PicPair", "MASTER_PORT", "SLAVE_PORT"]
 
 logger = logging.getLogger("kvmcpu.devices.pic")
 
@@ -30,6 +33,11 @@ logger = logging.getLogger("kvmcpu.devices.pic")
 MASTER_PORT = 0x20
 #: Base port of the slave 8259A.
 SLAVE_PORT = 0xA0
+#: The PIIX3 ELCR1 (master) and ELCR2 (slave) ports.
+ELCR_PORT = 0x4D0
+#: The ELCR bits that can be set, master and slave: IRQ 0, 1, 2, 8 and 13 are
+#: always edge-triggered (PIIX3 datasheet; QEMU's elcr_mask 0xf8 / 0xde).
+ELCR_MASKS = (0xF8, 0xDE)
 
 
 class I8259(Device):
@@ -218,15 +226,22 @@ class PicPair:
             interrupt is pending for the CPU) changes.
     """
 
-    def __init__(self, name: str = "pic", *, on_output: Callable[[bool], None] | None = None
-                 ) -> None:
+    def __init__(self, name: str = "pic", *, on_output: Callable[[bool], None] | None = None,
+                 elcr: int = 0) -> None:
         self.name = name
+        #: The ELCR at power-on and after a reset (bit n: ISA IRQ n level-triggered).
+        self.firmware_elcr = elcr
         self.on_output = on_output
         self.output = False
         self._updating = False
         self.master = I8259(f"{name}.master", is_master=True, update=self._update)
         self.slave = I8259(f"{name}.slave", is_master=False, update=self._update)
+        self._set_elcr(elcr)
         self._update()
+
+    def _set_elcr(self, elcr: int) -> None:
+        self.master.elcr = elcr & ELCR_MASKS[0]
+        self.slave.elcr = (elcr >> 8) & ELCR_MASKS[1]
 
     def _update(self) -> None:
         # The slave's INT output drives the master's IRQ 2; the master's is INTR.
@@ -284,7 +299,7 @@ class PicPair:
         return vector
 
     def reset(self) -> None:
-        self.master.elcr = self.slave.elcr = 0
+        self._set_elcr(self.firmware_elcr)
         self.master.irr = self.slave.irr = 0
         self.master.reset()
         self.slave.reset()
@@ -306,3 +321,30 @@ class PicPair:
 
     def __repr__(self) -> str:
         return f"<PicPair {self.master!r} {self.slave!r}>"
+
+
+class Elcr(Device):
+    """The PIIX3's edge/level control registers for a :class:`PicPair`: map at
+    ELCR_PORT with 2 ports (offset 0: the master's IRQ 0-7, offset 1: the slave's
+    IRQ 8-15; a set bit makes the line level-triggered; bits in ELCR_MASKS only).
+    The state lives in the chips (checkpointed with the pair)."""
+
+    def __init__(self, pic: PicPair, name: str = "elcr") -> None:
+        super().__init__(name)
+        self.pic = pic
+
+    def read(self, offset: int, size: int) -> int:
+        chips = (self.pic.master, self.pic.slave)
+        value = 0
+        for i in range(size):
+            if offset + i < 2:
+                value |= chips[offset + i].elcr << (8 * i)
+        return value
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        chips = (self.pic.master, self.pic.slave)
+        for i in range(size):
+            if offset + i < 2:
+                chips[offset + i].elcr = (value >> (8 * i)) & ELCR_MASKS[offset + i]
+        self.pic._update()
+

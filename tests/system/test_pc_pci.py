@@ -25,6 +25,7 @@ pci 00:00.0 8086:1237 class 060000 hdr 00 subsys 1af4:1100
 pci 00:01.0 8086:7000 class 060100 hdr 80 subsys 1af4:1100
 pci 00:01.3 8086:7113 class 068000 hdr 00 subsys 1af4:1100
 piix3 pirq b0b0a0a
+piix3 elcr c00
 piix4 pm base 601 misc 1
 pci 00:02.0 1b36:0005 class 00ff00 hdr 00 subsys 1af4:1100
 testdev bar0 mem 1000 bar1 io 100
@@ -41,7 +42,7 @@ testdev io decode off ff on 01
 pci: done
 """
 #: Without pci-testdev: the three functions only.
-BARE = b"".join(line + b"\n" for line in OUTPUT.splitlines()[:5]) + b"pci: done\n"
+BARE = b"".join(line + b"\n" for line in OUTPUT.splitlines()[:6]) + b"pci: done\n"
 
 
 def kvmcpu_run(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -113,7 +113,7 @@ def test_pc_devices_layout(memory: PhysicalMemory) -> None:
         (0x80, 0x81): "post", (0xA0, 0xA2): "pic.slave", (0xF4, 0xF8): "debug_exit",
         (0x3F8, 0x400): "uart0", (0x510, 0x512): "fw_cfg", (0xCF8, 0xD00): "pci",
         (0x60, 0x61): "i8042", (0x64, 0x65): "i8042.cmd", (0x600, 0x640): "acpi_pm",
-        (0xAFE0, 0xAFE4): "gpe0",
+        (0xAFE0, 0xAFE4): "gpe0", (0x4D0, 0x4D2): "elcr",
     }
     assert [(m.start, m.end) for m in mmio.mappings] == [(0xFED00000, 0xFED00400),
                                                          (0xFFFF0000, 0x1_0000_0000)]

@@ -121,3 +121,43 @@ def test_rotation() -> None:
     pic.set_irq(0, True)
     pic.set_irq(6, True)
     assert pic.acknowledge() == 0x26
+
+
+def test_elcr_makes_a_line_level_triggered() -> None:
+    """PIIX3 ELCR (0x4d0/0x4d1): a level-triggered line interrupts again after its
+    EOI while it is still held, and its request goes when the line drops before
+    the acknowledge; IRQ 0, 1, 2, 8 and 13 cannot be made level (the mask)."""
+    from kvmcpu.devices.pic import ELCR_PORT, Elcr
+
+    pic, bus = make()
+    bus.add(ELCR_PORT, 2, Elcr(pic))
+    assert bus.read(ELCR_PORT, 1) == 0 and bus.read(ELCR_PORT + 1, 1) == 0
+    bus.write(ELCR_PORT, 1, 0xFF)
+    bus.write(ELCR_PORT + 1, 1, 0xFF)
+    assert (bus.read(ELCR_PORT, 1), bus.read(ELCR_PORT + 1, 1)) == (0xF8, 0xDE)
+    assert bus.read(ELCR_PORT, 2) == 0xDEF8
+    # IRQ 5, level: held across the EOI it interrupts again; dropped before the
+    # acknowledge, its request goes away. (A slave line would leave the master's
+    # edge-triggered cascade input latched: a spurious IRQ 15, as on hardware.)
+    pic.set_irq(5, True)
+    assert pic.acknowledge() == 0x25
+    bus.write(0x20, 1, 0x20)
+    assert pic.has_pending() and pic.acknowledge() == 0x25
+    bus.write(0x20, 1, 0x20)
+    pic.set_irq(5, False)  # the device deasserts: the request goes away
+    assert not pic.has_pending()
+    # An edge-only line (IRQ 1) keeps edge semantics whatever was written.
+    pic.set_irq(1, True)
+    assert pic.acknowledge() == 0x21
+    bus.write(0x20, 1, 0x20)
+    assert not pic.has_pending()
+
+
+def test_the_pair_starts_and_resets_with_the_firmware_elcr() -> None:
+    """SeaBIOS programs the ELCR for the PCI lines (10 and 11) before the kernel
+    runs; kvmcpu's pair starts so and comes back so from a platform reset."""
+    pic = PicPair(elcr=(1 << 10) | (1 << 11))
+    assert (pic.master.elcr, pic.slave.elcr) == (0x00, 0x0C)
+    pic.master.elcr = pic.slave.elcr = 0
+    pic.reset()
+    assert (pic.master.elcr, pic.slave.elcr) == (0x00, 0x0C)
