@@ -456,13 +456,20 @@ def cmpxchg8b(e: "Engine", d: Insn) -> None:
 
 
 def rdrand(e: "Engine", d: Insn) -> None:
-    raise ExitNow("emulation", d.raw, "RDRAND is not emulated (not in the mock's CPUID)")
+    """0F C7 /6 and /7 register forms: RDRAND, RDSEED, RDPID (extensions.py)."""
+    from .extensions import rand_pid
+
+    rand_pid(e, d)
 
 
 # -- 0F AE group: fences, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR, CLFLUSH --------------------------------
 def grp15(e: "Engine", d: Insn) -> None:
     op = d.reg & 7
     if d.mod == 3:
+        if d.rep == 0xF3 and op < 4:  # RDFSBASE / RDGSBASE / WRFSBASE / WRGSBASE
+            from .extensions import fsgsbase
+
+            return fsgsbase(e, d)
         if op in (5, 6, 7):
             return None  # LFENCE / MFENCE / SFENCE
         raise ExitNow("emulation", d.raw, "0F AE register form not emulated")
