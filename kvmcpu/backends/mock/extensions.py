@@ -1,6 +1,7 @@
 """Instructions of CPUID feature extensions a kernel uses: RDRAND/RDSEED, RDPID and
 RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE (helpers reached from gen_alu's 0F C7 group and
-system.py's 0F AE group).
+system.py's 0F AE group), and VERR/VERW (0F 00 /4, /5: Linux's MDS mitigation runs
+VERW on every return to user space).
 
 Each is #UD unless the vCPU's CPUID lists it (Intel SDM vol. 2): the mock's own
 CPUID lists none of them, so they serve the hybrid CPU, whose mock has the KVM
@@ -74,4 +75,42 @@ def fsgsbase(e: "Engine", d: Insn) -> None:
     st.sb[seg] = v
 
 
-__all__ = ["rand_pid", "fsgsbase"]
+def verr_verw(e: "Engine", d: Insn) -> None:
+    """VERR (0F 00 /4) / VERW (/5): ZF=1 when the segment the selector names could be
+    loaded for reading / writing at the current CPL and the selector's RPL (SDM: a null
+    selector, one outside its table, a system segment, an unreadable or unwritable
+    one, or too little privilege clear ZF; a conforming code segment skips the
+    privilege check of VERR). #UD in real mode (checked by the caller)."""
+    from .helpers import flags
+    from .interrupts import read_descriptor
+    from .state import ZF
+
+    st = e.st
+    user = e.cpl == 3
+    if d.mod == 3:
+        sel = st.R[d.rm] & 0xFFFF
+    else:
+        from .transfer import _ea
+
+        sel = e.mmu.read_int(_ea(e, d), 2, user)
+    ok = False
+    if sel & 0xFFFC:
+        try:
+            _, hi = read_descriptor(e, sel)
+        except GuestFault:
+            hi = None
+        if hi is not None and hi >> 12 & 1:  # a code or data segment
+            typ, dpl = hi >> 8 & 0xF, hi >> 13 & 3
+            code = bool(typ & 8)
+            if d.reg & 7 == 4:
+                ok = not code or bool(typ & 2)  # data, or readable code
+                if ok and not (code and typ & 4):  # conforming code: no privilege check
+                    ok = dpl >= max(e.cpl, sel & 3)
+            else:
+                ok = not code and bool(typ & 2) and dpl >= max(e.cpl, sel & 3)
+    f = flags(st)
+    st.fl = (f | ZF) if ok else (f & ~ZF)
+    st.lz = None
+
+
+__all__ = ["rand_pid", "fsgsbase", "verr_verw"]

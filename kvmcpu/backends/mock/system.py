@@ -280,7 +280,11 @@ def grp6(e: "Engine", d: Insn) -> None:
             e.mmu.write_int(st.gdt_base + (sel & ~7) + 5, 1, (hi >> 8) | 2)
             st.tr = s
         return
-    raise ExitNow("emulation", d.raw, "VERR/VERW are not emulated")
+    if op in (4, 5):  # VERR / VERW
+        from .extensions import verr_verw
+
+        return verr_verw(e, d)
+    raise ExitNow("emulation", d.raw, "0F 00 form not emulated")
 
 
 def grp7(e: "Engine", d: Insn) -> None:

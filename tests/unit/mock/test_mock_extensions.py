@@ -104,3 +104,33 @@ def test_rdpid_reads_tsc_aux(mx: Machine) -> None:
     v, r = _run(mx, "mov rax, -1\n rdpid rax", _all(mx), tsc_aux=0x2A)
     assert v == -1 and r.rax == 0x2A
     assert _run(mx, "rdpid rax", supported_cpuid(mx.backend.profile))[0] == 6
+
+
+def test_verr_verw(mx: Machine) -> None:
+    # set_long_mode's GDT: 0x08 code (readable), 0x10 data (writable), 0x1b/0x23 user code/data
+    v, r = _run(mx, """
+        xor r8, r8
+        mov ax, 0x10
+        verw ax
+        setz r8b                ; writable data, DPL0 at CPL0: 1
+        mov ax, 0x08
+        verw ax
+        setz r9b                ; code: 0
+        verr ax
+        setz r10b               ; readable code: 1
+        mov word [0x300000], 0x13
+        verw [0x300000]
+        setz r11b               ; RPL3 > DPL0: 0
+        mov ax, 0x23
+        verw ax
+        setz r12b               ; DPL3 data at CPL0: 1
+        xor eax, eax
+        verr ax
+        setz r13b               ; null selector: 0
+        mov ax, 0xfff8
+        verr ax
+        setz bl                 ; outside the GDT: 0, no fault
+    """, supported_cpuid(mx.backend.profile))
+    assert v == -1
+    assert [r.r8 & 0xFF, r.r9 & 0xFF, r.r10 & 0xFF, r.r11 & 0xFF, r.r12 & 0xFF, r.r13 & 0xFF,
+            r.rbx & 0xFF] == [1, 0, 1, 0, 1, 0, 0]
