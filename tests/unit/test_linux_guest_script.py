@@ -56,6 +56,9 @@ def test_initramfs_holds_busybox_and_an_init_that_prints_the_marker() -> None:
     mode, init = files["init"]
     assert mode == 0o100755 and init.startswith(b"#!/bin/busybox sh\n")
     assert f'echo "{mod.MARKER}"'.encode() in init
+    lines = init.decode().splitlines()
+    # every command line runs busybox or a shell builtin (no stray words)
+    assert all(line.startswith(("#", "/bin/busybox ", "echo ")) for line in lines if line), lines
     assert b"seek=244" in init  # isa-debug-exit at port 0xf4 through /dev/port
 
 

@@ -79,24 +79,28 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     same for both vendors:
 
     Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
-    FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23). Not set:
-    FPU (no x87 arithmetic), APIC, SEP, MMX, SSE*, AVX, XSAVE. Leaf 0x80000001:
-    LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27)
-    LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1 is not claimed). Leaf 0xB is
-    the extended topology (EDX: the x2APIC ID, set per vCPU by the CPU model).
+    FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23) XSAVE(26;
+    OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no x87 arithmetic), APIC, SEP,
+    MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the x2APIC ID, set per
+    vCPU by the CPU model). Leaf 0xD: XCR0 may hold x87 and SSE (the stored state, 576
+    bytes); sub-leaf 1: XSAVEOPT, XSAVEC, XGETBV with ECX=1, XSAVES/XRSTORS (no
+    supervisor components: IA32_XSS only takes 0); EBX of both follows XCR0
+    (xsave.py). Leaf 0x80000001: LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20)
+    1GB pages(EDX26) RDTSCP(EDX27) LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1
+    is not claimed; no SMAP: CLAC/STAC are #UD, as on silicon without it).
     """
     if profile is None:
         profile = get_profile()
     vb, vd, vc = _vendor(profile.vendor_id)
     edx1 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
         | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
-    ecx1 = (1 << 13) | (1 << 23)
+    ecx1 = (1 << 13) | (1 << 23) | (1 << 26)
     edx81 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
     ecx81 = (1 << 0) | (1 << 5)
     brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")
     words = [int.from_bytes(brand[i:i + 4], "little") for i in range(0, 48, 4)]
     return [
-        _leaf(0, 0, 0xB, vb, vc, vd),
+        _leaf(0, 0, 0xD, vb, vc, vd),
         _leaf(1, 0, profile.signature, 0x00000800, ecx1, edx1),
         _leaf(7, 0, 0, 0, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         # Leaf 0xB (extended topology), as KVM lists it: EDX is the x2APIC ID, which
@@ -104,6 +108,9 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
         # of one thread (level type 1 in ECX[15:8], one logical processor).
         _leaf(0xB, 0, 0, 1, 0x100, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         _leaf(0xB, 1, 0, 0, 1, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        # XSAVE: x87 and SSE (576 bytes); XSAVEOPT, XSAVEC, XGETBV1, XSAVES; no XSS bits
+        _leaf(0xD, 0, 0x3, 576, 576, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+        _leaf(0xD, 1, 0xF, 576, 0, 0, uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
         _leaf(0x80000000, 0, 0x80000008, vb, vc, vd),
         _leaf(0x80000001, 0, profile.signature, 0, ecx81, edx81),
         _leaf(0x80000002, 0, *words[0:4]),

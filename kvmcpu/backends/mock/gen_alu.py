@@ -603,8 +603,13 @@ def g_grp9(t: Translator, d: Insn) -> Optional[bool]:
     if d.reg & 7 == 1 and d.mod != 3:
         t.call_helper(cmpxchg8b, d)
         return None
-    if d.reg & 7 == 6 and d.mod == 3:
+    if d.reg & 7 in (6, 7) and d.mod == 3:  # RDRAND / RDSEED / RDPID
         t.call_helper(rdrand, d)
+        return None
+    if d.reg & 7 in (3, 4, 5) and d.mod != 3:  # XRSTORS / XSAVEC / XSAVES
+        from .xsave import grp9_mem
+
+        t.call_helper(grp9_mem, d)
         return None
     return _ud(t, d)
 

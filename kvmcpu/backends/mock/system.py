@@ -8,6 +8,7 @@ import ctypes
 import struct
 from typing import TYPE_CHECKING
 
+from . import xsave
 from .codegen import KEEP, M
 from .decode import Insn
 from .faults import ExitNow, GuestFault
@@ -17,6 +18,7 @@ from .state import (
     CR0_PE,
     CR0_PG,
     CR0_TS,
+    CR4_OSXSAVE,
     CR4_PAE,
     CR4_VALID,
     CS,
@@ -86,6 +88,10 @@ def write_msr(e: "Engine", index: int, value: int, host: bool = False) -> bool:
         e.set_tsc(value)
     elif index == MSR_IA32_APICBASE:
         st.apic_base = value
+    elif index == xsave.MSR_IA32_XSS:
+        if value & ~xsave.supported_xss(e):
+            return False
+        st.msrs[index] = value
     else:
         st.msrs[index] = value
     return True
@@ -146,7 +152,8 @@ def cpuid(e: "Engine", d: Insn) -> None:
     if found is None:
         st.R[0] = st.R[3] = st.R[1] = st.R[2] = 0
         return
-    st.R[0], st.R[3], st.R[1], st.R[2] = found.eax, found.ebx, found.ecx, found.edx
+    st.R[0], st.R[3], st.R[1], st.R[2] = xsave.dynamic_cpuid(
+        e, leaf, sub, (found.eax, found.ebx, found.ecx, found.edx))
 
 
 # -- control and debug registers ----------------------------------------------------------------
@@ -181,7 +188,8 @@ def mov_cr(e: "Engine", d: Insn) -> None:
     elif n == 3:
         st.cr3 = v
     elif n == 4:
-        if v & ~CR4_VALID or (st.efer & EFER_LMA and not v & CR4_PAE):
+        if v & ~CR4_VALID or (st.efer & EFER_LMA and not v & CR4_PAE) or \
+                (v & CR4_OSXSAVE and not xsave.has_xsave(e)):
             raise GuestFault(13, 0)
         st.cr4 = v
     else:
@@ -272,7 +280,11 @@ def grp6(e: "Engine", d: Insn) -> None:
             e.mmu.write_int(st.gdt_base + (sel & ~7) + 5, 1, (hi >> 8) | 2)
             st.tr = s
         return
-    raise ExitNow("emulation", d.raw, "VERR/VERW are not emulated")
+    if op in (4, 5):  # VERR / VERW
+        from .extensions import verr_verw
+
+        return verr_verw(e, d)
+    raise ExitNow("emulation", d.raw, "0F 00 form not emulated")
 
 
 def grp7(e: "Engine", d: Insn) -> None:
@@ -295,6 +307,10 @@ def grp7(e: "Engine", d: Insn) -> None:
             return None
         if op == 7 and rm == 1:  # RDTSCP
             return rdtsc(e, d)
+        if op == 2 and rm in (0, 1):  # XGETBV / XSETBV
+            return xsave.xgetbv(e, d) if rm == 0 else xsave.xsetbv(e, d)
+        if op == 1 and rm in (2, 3):  # CLAC / STAC
+            return xsave.clac_stac(e, d)
         if op == 4:  # SMSW r
             v = st.cr0 if d.osz == 8 else st.cr0 & (0xFFFFFFFF if d.osz == 4 else 0xFFFF)
             if d.osz == 2:
@@ -444,13 +460,20 @@ def cmpxchg8b(e: "Engine", d: Insn) -> None:
 
 
 def rdrand(e: "Engine", d: Insn) -> None:
-    raise ExitNow("emulation", d.raw, "RDRAND is not emulated (not in the mock's CPUID)")
+    """0F C7 /6 and /7 register forms: RDRAND, RDSEED, RDPID (extensions.py)."""
+    from .extensions import rand_pid
+
+    rand_pid(e, d)
 
 
 # -- 0F AE group: fences, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR, CLFLUSH --------------------------------
 def grp15(e: "Engine", d: Insn) -> None:
     op = d.reg & 7
     if d.mod == 3:
+        if d.rep == 0xF3 and op < 4:  # RDFSBASE / RDGSBASE / WRFSBASE / WRGSBASE
+            from .extensions import fsgsbase
+
+            return fsgsbase(e, d)
         if op in (5, 6, 7):
             return None  # LFENCE / MFENCE / SFENCE
         raise ExitNow("emulation", d.raw, "0F AE register form not emulated")
@@ -492,10 +515,10 @@ def grp15(e: "Engine", d: Insn) -> None:
     if op == 3:  # STMXCSR
         e.mmu.write_int(a, 4, f.mxcsr, _user(e))
         return None
-    if op == 7:  # CLFLUSH
+    if op == 7 or (op == 6 and d.opsize_prefix):  # CLFLUSH / CLFLUSHOPT / CLWB
         e.mmu.read(a, 1, _user(e))
         return None
-    raise ExitNow("emulation", d.raw, "XSAVE family not emulated")
+    return xsave.grp15_mem(e, d)  # XSAVE / XRSTOR / XSAVEOPT
 
 
 __all__ = ["write_msr", "read_msr", "hypercall", "port_in", "port_out"]

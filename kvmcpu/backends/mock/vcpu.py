@@ -43,6 +43,7 @@ from .state import (
     MSR_INDEX_LIST,
     check_sregs,
 )
+from .xsave import xcr0_refusal
 
 log = logging.getLogger("kvmcpu.backends.mock")
 
@@ -489,13 +490,15 @@ class MockVcpu(Vcpu):
         return x
 
     def set_xcrs(self, xcrs: uapi.kvm_xcrs) -> None:
-        """Wraps KVM_SET_XCRS (EINVAL for XCR0 without x87 or with unsupported bits)."""
+        """Wraps KVM_SET_XCRS (EINVAL for an XCR0 XSETBV would refuse, against the
+        vCPU's CPUID leaf 0xD as KVM checks it)."""
         self._check_open()
         for i in range(min(xcrs.nr_xcrs, uapi.KVM_MAX_XCRS)):
             if xcrs.xcrs[i].xcr == 0:
                 v = int(xcrs.xcrs[i].value)
-                if not v & 1 or v & ~0x7:
-                    raise KvmIoctlError("KVM_SET_XCRS", errno.EINVAL, f"XCR0 {v:#x}")
+                why = xcr0_refusal(self.engine, v)
+                if why:
+                    raise KvmIoctlError("KVM_SET_XCRS", errno.EINVAL, f"XCR0 {v:#x}: {why}")
                 self.engine.st.xcr0 = v
 
     def get_vcpu_events(self) -> uapi.kvm_vcpu_events:

@@ -6,8 +6,9 @@ stops at instructions it does not know with ``KVM_EXIT_INTERNAL_ERROR`` /
 ``KVM_INTERNAL_ERROR_EMULATION``, RIP still at the instruction. The
 :class:`EmulationFallback` of a KVM CPU then
 
-1. reads the KVM vCPU's state through the backend contract (regs, sregs, FPU,
-   XCRs, the MSRs both sides know, vCPU events),
+1. reads the KVM vCPU's state through the backend contract (regs, sregs, the
+   XSAVE image with XCR0 -- or the FPU where KVM has no XSAVE --, the MSRs both
+   sides know, vCPU events),
 2. writes it into a mock vCPU of a mock VM that maps the *same* ``HostMemory``
    buffers at the same guest addresses (no copy: a store the mock makes is in
    the guest's RAM at once),
@@ -166,6 +167,8 @@ class EmulationFallback:
         mock.set_regs(regs)
         if use_xsave:
             assert isinstance(fpu_in, uapi.kvm_xsave)  # noqa: S101 - read just above
+            # XCR0 first: it says which components XSAVE/XRSTOR move on the mock.
+            mock.set_xcrs(kvm.get_xcrs())
             mock.set_xsave(fpu_in)
         else:
             assert isinstance(fpu_in, uapi.kvm_fpu)  # noqa: S101 - read just above
@@ -174,7 +177,9 @@ class EmulationFallback:
         mock.set_vcpu_events(events)
         # What the mock made of it: the write-back sends only what the run changed.
         before_sregs = _raw(mock.get_sregs())
-        before_fpu = _raw(mock.get_fpu())  # the legacy state: what the mock can change
+        # the FPU state in the form KVM takes back (XSAVE: with the extended components)
+        before_fpu = _raw(mock.get_xsave() if use_xsave else mock.get_fpu())
+        before_xcrs = _raw(mock.get_xcrs()) if use_xsave else b""
         before_msrs = _get_msrs(mock, carried)
         # -- the run
         set_budget: Callable[[Optional[int]], None] = mock.set_budget
@@ -208,11 +213,16 @@ class EmulationFallback:
         if _raw(after_sregs) != before_sregs:
             kvm.set_sregs(after_sregs)
         kvm.set_regs(mock.get_regs())
-        fpu_out = mock.get_fpu()
-        if _raw(fpu_out) != before_fpu:
-            if use_xsave:
-                kvm.set_xsave(mock.get_xsave())
-            else:
+        if use_xsave:
+            xcrs_out = mock.get_xcrs()
+            if _raw(xcrs_out) != before_xcrs:  # XSETBV: before the XSAVE image it enables
+                kvm.set_xcrs(xcrs_out)
+            xsave_out = mock.get_xsave()
+            if _raw(xsave_out) != before_fpu:
+                kvm.set_xsave(xsave_out)
+        else:
+            fpu_out = mock.get_fpu()
+            if _raw(fpu_out) != before_fpu:
                 kvm.set_fpu(fpu_out)
         changed = [(m, v) for m, v in _get_msrs(mock, carried).items()
                    if m != _MSR_TSC and before_msrs.get(m) != v]

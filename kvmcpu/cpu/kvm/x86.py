@@ -382,7 +382,11 @@ class X86KvmCPU(BaseKvmCPU):
             fallback = self._fallback = EmulationFallback(
                 self.vm._ram, max_instructions=self.params.emulationFallbackInsts)
         if self._fallback_cpuid_of is not self.tc.cpuid:
-            self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
+            # What the guest sees: KVM_GET_CPUID2 (KVM may have adjusted what was set).
+            try:
+                self._fallback_cpuid = list(vcpu.get_cpuid2())
+            except KvmIoctlError:
+                self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
             self._fallback_cpuid_of = self.tc.cpuid
         try:
             result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
