@@ -71,10 +71,18 @@ def test_perf_overflow_timer_rearms_with_a_new_period(make_rig: Any, mocker: Any
     rig.cpu.params.quantum = 4 * MS
     ev = rig.simulate(12 * MS)
     assert ev.tick == 15 * MS
-    later = [c.args[0] for c in arm.call_args_list[n_first:]]
     # Every entry was armed with at most its quantum, and the new quantum was used: the
     # timer took the new period (how many entries that needed is host timing: not checked).
+    # An entry is as long as the host ran it: on a loaded host one can overshoot its
+    # quantum by the whole window, leaving only short remainders before the limit, so
+    # a few more windows are allowed for an entry armed with the new quantum.
     assert max(first) <= 1 * MS
-    assert any(1 * MS < t <= 4 * MS for t in later)
+    for _ in range(5):
+        later = [c.args[0] for c in arm.call_args_list[n_first:]]
+        if any(1 * MS < t <= 4 * MS for t in later):
+            break
+        rig.simulate(12 * MS)
+    assert any(1 * MS < t <= 4 * MS for t in later), later
+    assert max(later) <= 4 * MS
     assert rig.stats()["numExitSignal"] >= 1
     assert not timer.discard_pending()
