@@ -39,6 +39,10 @@ APIC_OUTPUT = (
     b"apic: done\n"
 )
 #: The lines whose values come from host-time timers with KVM's in-kernel irqchip.
+#: With the user-space chips on KVM the timers are simulated, but an entry lasts as
+#: long as the host ran it: a vCPU thread descheduled for tens of ms on a loaded host
+#: covers several timer periods in one entry, and the interrupts of that stretch
+#: merge in IRR (lost ticks, as on QEMU + KVM). These lines are exact on the mock.
 HOST_TIME_LINES = (b"lapic periodic: ", b"lapic one-shot: ")
 
 
@@ -47,7 +51,10 @@ def test_apic_guest_user_space(make_system: MakeSystem, backend_name: str, irqch
     system = make_system(memory="32M", backend=backend_name, irqchip=irqchip)
     system.load(IMAGE)
     result = system.run(max_seconds=5, timeout=TIMEOUT)
-    assert system.serial.output == APIC_OUTPUT
+    if backend_name == "mock":
+        assert system.serial.output == APIC_OUTPUT
+    else:
+        _same_lines(system.serial.output)
     assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
     lapic = system.devices.lapic
     assert lapic is not None and lapic.sw_enabled and lapic.svr == 0x1FF
@@ -101,7 +108,10 @@ def test_apic_checkpoint_in_the_periodic_timer_test(tmp_path: Path, writer: str,
         lapic = restored.devices.lapic
         assert lapic is not None and lapic.timer_mode == 1 and lapic.timer_next_tick > 0
         result = restored.run(max_seconds=5, timeout=TIMEOUT)
-        assert before + restored.serial.output == APIC_OUTPUT
+        if "kvm" in (writer, reader):
+            _same_lines(before + restored.serial.output)
+        else:
+            assert before + restored.serial.output == APIC_OUTPUT
         assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
 
 
