@@ -50,18 +50,21 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
 from ..sim.eventq import EventQueue, SimLoopExitEvent, exit_sim_loop
-from ..system import CAUSE_CHECKPOINT, CAUSE_LIMIT, RunResult, System
+from ..system import CAUSE_CHECKPOINT, CAUSE_HALTED, CAUSE_LIMIT, RunResult, System
 
 #: Causes the stub's own events give System.run.
 CAUSE_BREAK = "gdb: breakpoint"
 CAUSE_STEP = "gdb: single step"
 CAUSE_WATCH = "gdb: watchpoint"
+#: Host seconds a slice waits when only threads gdb holds could run.
+HELD_IDLE = 0.01
 #: Causes after which gdb gets a stop reply (the others end the guest).
 STOP_CAUSES = (CAUSE_BREAK, CAUSE_STEP, CAUSE_WATCH)
 
@@ -606,6 +609,11 @@ class SystemTarget:
         while True:
             result = self.system.run(max_ticks=self.slice_ticks)
             if result.cause == CAUSE_LIMIT:
+                return None
+            if result.cause == CAUSE_HALTED and self._held:
+                # Nothing runs but threads gdb holds: the guest goes on "running" until
+                # gdb stops it (Ctrl-C), as QEMU's would; it has not ended.
+                time.sleep(HELD_IDLE)
                 return None
             if result.cause != CAUSE_CHECKPOINT:  # under gdb, checkpoint requests go on
                 if result.cause not in STOP_CAUSES:
