@@ -177,3 +177,32 @@ def test_breakpoints_are_armed_on_every_cpu(target: SystemTarget) -> None:
     assert hits == [2, 2, 2]
     t.g_thread = 2
     assert t.read_register(5) == (2).to_bytes(8, "little")  # rdi = i, the third call
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_ctrl_c_stops_every_cpu(config: str) -> None:
+    """guests/smp_spin.bin: every CPU in a long compute loop. Ctrl-C stops them
+    all: the stop reply names the current thread, and neither thread's registers
+    move while the stub answers; continuing runs them again."""
+    import time
+
+    from kvmcpu.gdb.packet import encode
+
+    backend, *extra = ARGS[config]
+    image = ROOT / "guests" / "smp_spin.bin"
+    for s in stub(backend, image, "--smp", "2", "--format", "multiboot", *extra):
+        g = s.client()  # connecting stops the running guest
+        assert g.ask("?") == "T05thread:01;"
+        seen = []
+        for _ in range(2):
+            g.send_raw(encode("vCont;c"))
+            time.sleep(0.5)
+            g.send_raw(b"\x03")
+            assert g.reply() == "T02thread:01;"
+            regs = [g.ask(f"Hg{n}") + g.ask("g") for n in (1, 2)]
+            time.sleep(0.3)
+            assert [g.ask(f"Hg{n}") + g.ask("g") for n in (1, 2)] == regs  # stopped
+            seen.append(regs)
+        assert seen[0] != seen[1]  # and it ran in between
+        g.send_raw(encode("k"))
+        assert s.wait()[0] == 0
