@@ -16,8 +16,13 @@ registers), ``Z2``/``z2``, ``Z3``/``z3`` and
 ``Z4``/``z4`` write, read and access watchpoints (data breakpoints, see
 :mod:`.target`; the stop reply says ``watch:``, ``rwatch:`` or ``awatch:``
 and the address), ``qfThreadInfo``/
-``qsThreadInfo``, ``qC``, ``T``, ``Hg``/``Hc``, ``qAttached``, ``D``, ``k``,
-``QStartNoAckMode``. Anything else unknown gets the empty reply (not
+``qsThreadInfo`` (one thread per CPU, ids 1..N), ``qThreadExtraInfo``
+(``CPU#i [running]``, ``[halted]``, ``[wait-for-SIPI]``), ``qC``, ``T``,
+``Hg``/``Hc`` (the thread of registers and memory / of ``c`` and ``s``; 0 and
+-1 keep the current one, as QEMU's), ``qAttached``, ``D``, ``k``,
+``QStartNoAckMode``. ``vCont`` takes an action per thread (see
+:meth:`GdbStub._vcont`); stop replies name the thread that stopped
+(``T05thread:02;``). Anything else unknown gets the empty reply (not
 supported); malformed
 requests ``E NN`` with the errno in hex, as the protocol says (``E16``
 EINVAL: a bad argument or a too large read; ``E0e`` EFAULT: an address that
