@@ -378,8 +378,9 @@ class SystemTarget:
                 self.write_register(r.num, chunk)
 
     # ----------------------------------------------------------------- memory
-    def _translate(self, addr: int) -> int:
-        cpu = self._cpu()
+    def _translate(self, addr: int, cpu: Any = None) -> int:
+        """``addr`` through the page tables of ``cpu`` (None: the ``Hg`` thread's)."""
+        cpu = self._cpu() if cpu is None else cpu
         if cpu.threadContextDirty:
             cpu.syncKvmState()  # KVM_TRANSLATE walks the tables of the vCPU's CR3
         vcpu = cpu.vcpu
@@ -390,14 +391,14 @@ class SystemTarget:
             raise TargetError(14, f"{addr:#x} is not mapped")
         return int(t.physical_address)
 
-    def _pages(self, addr: int, length: int) -> List[Tuple[int, int]]:
+    def _pages(self, addr: int, length: int, cpu: Any = None) -> List[Tuple[int, int]]:
         """(guest-physical address, length) of each page piece of [addr, addr+length)."""
         if addr < 0 or addr + length > 1 << 64:
             raise TargetError(14, f"{addr:#x}+{length:#x} is outside the address space")
         out = []
         while length:
             n = min(length, PAGE - (addr & (PAGE - 1)))
-            gpa = self._translate(addr)
+            gpa = self._translate(addr, cpu)
             if not self._in_ram(gpa, n):
                 raise TargetError(14, f"{addr:#x} (physical {gpa:#x}) is not RAM")
             out.append((gpa, n))
@@ -408,9 +409,12 @@ class SystemTarget:
     def _in_ram(self, gpa: int, n: int) -> bool:
         return bool(self.system.physmem.is_ram(gpa, n))
 
-    def read_memory(self, addr: int, length: int) -> bytes:
+    def read_memory(self, addr: int, length: int, cpu: Any = None) -> bytes:
+        """``length`` bytes at virtual ``addr`` as ``cpu`` sees them (None: the ``Hg``
+        thread; a step callback passes its own CPU: on a parallel run it is the
+        only vCPU its host thread may ask)."""
         return b"".join(bytes(self.system.physmem.read(gpa, n))
-                        for gpa, n in self._pages(addr, length))
+                        for gpa, n in self._pages(addr, length, cpu))
 
     def write_memory(self, addr: int, data: bytes) -> None:
         pieces = self._pages(addr, len(data))  # every page checked before any write
@@ -577,9 +581,9 @@ class SystemTarget:
             if cpu.thread_status is not ThreadStatus.Active:
                 cpu.activateContext()
 
-    def _peek(self, addr: int, length: int) -> bytes:
+    def _peek(self, addr: int, length: int, cpu: Any = None) -> bytes:
         try:
-            return self.read_memory(addr, length)
+            return self.read_memory(addr, length, cpu)
         except TargetError:
             return b""  # not mapped now: a change when it is mapped again
 
@@ -587,8 +591,8 @@ class SystemTarget:
         return lambda tc: self._after_watched_step(index)
 
     def _after_watched_step(self, index: int) -> None:
-        for key, old in self._watch.items():
-            new = self._peek(*key)
+        for key, old in list(self._watch.items()):
+            new = self._peek(key[0], key[1], self.cpus[index])
             if new != old:
                 self._watch[key] = new
                 self._stop(CAUSE_WATCH, index, ("write", key[0]))

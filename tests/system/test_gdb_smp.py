@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Dict, Iterator, List
 
 import pytest
-from gdb_helpers import ROOT, needs_gdb, run_gdb, stub
+from gdb_helpers import ROOT, data_breakpoints, needs_gdb, run_gdb, stub
 
+from kvmcpu.gdb.packet import encode
 from kvmcpu.gdb.target import CAUSE_BREAK, CAUSE_STEP, SystemTarget
 from kvmcpu.system import System
 
@@ -186,8 +187,6 @@ def test_ctrl_c_stops_every_cpu(config: str) -> None:
     move while the stub answers; continuing runs them again."""
     import time
 
-    from kvmcpu.gdb.packet import encode
-
     backend, *extra = ARGS[config]
     image = ROOT / "guests" / "smp_spin.bin"
     for s in stub(backend, image, "--smp", "2", "--format", "multiboot", *extra):
@@ -206,3 +205,31 @@ def test_ctrl_c_stops_every_cpu(config: str) -> None:
         assert seen[0] != seen[1]  # and it ran in between
         g.send_raw(encode("k"))
         assert s.wait()[0] == 0
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_a_watchpoint_the_ap_triggers_names_the_ap(config: str) -> None:
+    """Z2 on ``counter``, which only the AP writes: the stop names thread 2, after
+    its ``add [counter], rax`` (the data breakpoints of every CPU)."""
+    backend, *extra = ARGS[config]
+    counter, loop = _sym("counter"), _sym("ap_loop")
+    for s in stub(backend, SMPDEBUG, "--smp", "2", "-S", *extra):
+        g = s.client()
+        assert g.ask(f"Z2,{counter:x},8") == "OK"
+        if not data_breakpoints(backend):
+            # The fallback: every CPU single-steps and compares the bytes after each
+            # step; the AP's steps do not always survive its INIT-SIPI (it is
+            # started meanwhile), so another CPU's step may see the change first:
+            # the stop is the watchpoint's, the thread not always the writer's.
+            reply = g.ask("vCont;c")
+            assert reply.startswith(f"T05watch:{counter:x};thread:"), reply
+            assert g.ask(f"m{counter:x},8") != "00" * 8
+            g.send_raw(encode("k"))
+            assert s.wait()[0] == 0
+            return
+        assert g.ask("vCont;c") == f"T05watch:{counter:x};thread:02;"
+        # mov rdi, rbx (3); call compute (5); add [counter], rax (7)
+        assert g.ask("p10") == (loop + 15).to_bytes(8, "little").hex()
+        assert g.ask(f"m{counter:x},8") == (1).to_bytes(8, "little").hex()  # 0*0 + 1
+        assert g.ask(f"z2,{counter:x},8") == "OK"
+        assert g.ask("c") == "W29"
