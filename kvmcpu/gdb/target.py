@@ -54,6 +54,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .. import uapi
 from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
 from ..sim.eventq import EventQueue, SimLoopExitEvent, exit_sim_loop
@@ -283,6 +284,13 @@ class SystemTarget:
         cpu = self.cpus[tid - 1]
         if cpu.wait_for_sipi:
             return "wait-for-SIPI"
+        if cpu.vcpu is not None and self.system.vm.has_irqchip:
+            # KVM's LAPICs do INIT/SIPI and HLT in the kernel: its mp_state says.
+            mp = cpu.vcpu.get_mp_state()
+            if mp in (uapi.KVM_MP_STATE_UNINITIALIZED, uapi.KVM_MP_STATE_INIT_RECEIVED):
+                return "wait-for-SIPI"
+            if mp == uapi.KVM_MP_STATE_HALTED:
+                return "halted"
         if cpu.thread_status is ThreadStatus.Active or tid - 1 in self._held:
             return "running"
         return "halted"
