@@ -54,7 +54,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import uapi
 from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
 from ..sim.eventq import EventQueue, SimLoopExitEvent, exit_sim_loop
@@ -64,6 +63,8 @@ from ..system import CAUSE_CHECKPOINT, CAUSE_HALTED, CAUSE_LIMIT, RunResult, Sys
 CAUSE_BREAK = "gdb: breakpoint"
 CAUSE_STEP = "gdb: single step"
 CAUSE_WATCH = "gdb: watchpoint"
+#: linux/kvm.h's KVM_MP_STATE_UNINITIALIZED, _INIT_RECEIVED and _HALTED.
+MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED, MP_STATE_HALTED = 1, 2, 3
 #: Host seconds a slice waits when only threads gdb holds could run.
 HELD_IDLE = 0.01
 #: Causes after which gdb gets a stop reply (the others end the guest).
@@ -287,9 +288,9 @@ class SystemTarget:
         if cpu.vcpu is not None and self.system.vm.has_irqchip:
             # KVM's LAPICs do INIT/SIPI and HLT in the kernel: its mp_state says.
             mp = cpu.vcpu.get_mp_state()
-            if mp in (uapi.KVM_MP_STATE_UNINITIALIZED, uapi.KVM_MP_STATE_INIT_RECEIVED):
+            if mp in (MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED):
                 return "wait-for-SIPI"
-            if mp == uapi.KVM_MP_STATE_HALTED:
+            if mp == MP_STATE_HALTED:
                 return "halted"
         if cpu.thread_status is ThreadStatus.Active or tid - 1 in self._held:
             return "running"
