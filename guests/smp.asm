@@ -75,7 +75,9 @@ ROUNDS      equ IPI_ROUNDS                  ; smp_ipi*.asm: only the ping-pong
 %else
 ROUNDS      equ 10
 %endif
-%ifdef COMPUTE
+%ifdef COMPUTE_ITERATIONS
+ITERATIONS  equ COMPUTE_ITERATIONS          ; smp_spin.asm: as smp_compute, longer
+%elifdef COMPUTE
 ITERATIONS  equ 100000000                   ; smp_compute.asm: no lock, a compute loop
 %else
 ITERATIONS  equ 5000

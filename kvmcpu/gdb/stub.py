@@ -16,8 +16,13 @@ registers), ``Z2``/``z2``, ``Z3``/``z3`` and
 ``Z4``/``z4`` write, read and access watchpoints (data breakpoints, see
 :mod:`.target`; the stop reply says ``watch:``, ``rwatch:`` or ``awatch:``
 and the address), ``qfThreadInfo``/
-``qsThreadInfo``, ``qC``, ``T``, ``Hg``/``Hc``, ``qAttached``, ``D``, ``k``,
-``QStartNoAckMode``. Anything else unknown gets the empty reply (not
+``qsThreadInfo`` (one thread per CPU, ids 1..N), ``qThreadExtraInfo``
+(``CPU#i [running]``, ``[halted]``, ``[wait-for-SIPI]``), ``qC``, ``T``,
+``Hg``/``Hc`` (the thread of registers and memory / of ``c`` and ``s``; 0 and
+-1 keep the current one, as QEMU's), ``qAttached``, ``D``, ``k``,
+``QStartNoAckMode``. ``vCont`` takes an action per thread (see
+:meth:`GdbStub._vcont`); stop replies name the thread that stopped
+(``T05thread:02;``). Anything else unknown gets the empty reply (not
 supported); malformed
 requests ``E NN`` with the errno in hex, as the protocol says (``E16``
 EINVAL: a bad argument or a too large read; ``E0e`` EFAULT: an address that
@@ -35,7 +40,7 @@ import logging
 import select
 import socket
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..system import RunResult
 from .packet import INTERRUPT, Ack, BadPacket, Packet, PacketReader, encode
@@ -195,7 +200,7 @@ class GdbStub:
             elif isinstance(item, Ack) and not item.ok and self._last_sent:
                 self._raw(self._last_sent)
             elif item is INTERRUPT:
-                self._send(f"T{SIGINT:02x}thread:01;")  # already stopped: say so again
+                self._send(self._stop_reply(SIGINT, None))  # already stopped: say so again
 
     def _raw(self, data: bytes) -> None:
         if self.client is not None:
@@ -244,6 +249,9 @@ class GdbStub:
                     if result is not None:
                         if result.cause in STOP_CAUSES:
                             running = False
+                            tid = self.target.stop_thread
+                            if tid is not None:  # QEMU: both follow the thread that stopped
+                                self.target.g_thread = self.target.c_thread = tid
                             self._send(self._stop_reply(SIGTRAP, result.cause))
                             continue
                         self._end(result)
@@ -252,7 +260,7 @@ class GdbStub:
                     if any(item is INTERRUPT for item in self._pending):
                         self._pending = [i for i in self._pending if i is not INTERRUPT]
                         running = False
-                        self.target.system.cpu.cancel_steps()
+                        self.target.interrupt()
                         self._send(self._stop_reply(SIGINT, None))
                     continue
                 packet = self._next_packet()
@@ -281,7 +289,7 @@ class GdbStub:
         why = "swbreak:;" if cause == CAUSE_BREAK else ""
         if cause == CAUSE_WATCH and self.target.watch_hit is not None:
             why = f"{STOP_WATCH[self.target.watch_kind]}:{self.target.watch_hit:x};"
-        return f"T{signo:02x}{why}thread:01;"
+        return f"T{signo:02x}{why}thread:{self.target.c_thread:02x};"
 
     # --------------------------------------------------------------- packets
     def _dispatch(self, pkt: str) -> Tuple[bool, Optional[RunResult]]:
@@ -381,15 +389,25 @@ class GdbStub:
         elif pkt == "qsThreadInfo":
             send("l")
         elif pkt == "qC":
-            send("QC1")
+            send(f"QC{t.c_thread:x}")
         elif pkt.startswith("qAttached"):
             send("1")
         elif head == "H" and pkt[1:2] in ("g", "c"):
-            send("OK" if self._thread_ok(pkt[2:]) else "E16")
+            tid = self._thread_id(pkt[2:])
+            if tid > 0:  # 0 (any) and -1 (all): the current one stays, as in QEMU
+                if pkt[1] == "g":
+                    t.select(tid)
+                else:
+                    t.c_thread = tid
+            send("OK")
         elif head == "T":
-            send("OK" if self._thread_ok(pkt[1:]) and pkt[1:] not in ("0", "-1") else "E16")
+            tid = self._thread_id(pkt[1:])
+            send("OK" if tid > 0 else "E16")
         elif pkt.startswith("qThreadExtraInfo,"):
-            send(f"CPU#{int(pkt.split(',')[1], 16) - 1} [running]".encode().hex())
+            tid = self._thread_id(pkt.split(",", 1)[1])
+            if tid <= 0:
+                raise TargetError(22, "qThreadExtraInfo needs one thread")
+            send(f"CPU#{tid - 1} [{t.thread_state(tid)}]".encode().hex())
         elif head == "D":
             send("OK")
             self._drop_client()
@@ -401,30 +419,46 @@ class GdbStub:
             send("")  # not supported (gdb knows what the empty reply means)
         return False, None
 
-    def _thread_ok(self, spec: str) -> bool:
+    def _thread_id(self, spec: str) -> int:
+        """A thread id of a packet: one of the threads, 0 (any) or -1 (all).
+
+        Raises:
+            TargetError: not a number, or no such thread (``E16``).
+        """
         try:
             tid = int(spec, 16)
         except ValueError:
-            return False
-        return tid in (0, -1) or tid in self.target.threads()
+            raise TargetError(22, f"thread id {spec!r}") from None
+        if tid not in (0, -1) and tid not in self.target.threads():
+            raise TargetError(22, f"no thread {spec}")
+        return tid
 
     def _set_pc(self, addr: int) -> None:
         layout = self.target.layout
         self.target.write_register(layout.pc, addr.to_bytes(layout.bits // 8, "little"))
 
     def _vcont(self, actions: str) -> Tuple[bool, Optional[RunResult]]:
-        step = False
+        """``vCont;action[:thread]...``: the first action that applies to a thread is
+        its action (one without a thread applies to all the others); a thread with
+        none stays stopped (QEMU's ``gdb_handle_vcont``). ``t`` (stop) leaves it
+        stopped: in all-stop mode it is already."""
+        chosen: Dict[int, str] = {}
+        threads = self.target.threads()
         for action in actions.split(";"):
-            kind, _, tid = action.partition(":")
-            if tid and not self._thread_ok(tid):
-                raise TargetError(22, f"no thread {tid}")
-            if kind in ("s", "S") or kind.startswith("S"):
-                step = True
-            elif kind == "t":
-                self._send("OK")  # all-stop: the thread is stopped already
-                return False, None
-            elif not (kind == "c" or kind.startswith("C")):
+            kind, _, spec = action.partition(":")
+            if kind in ("s", "c", "t") or (kind[:1] in ("S", "C") and len(kind) == 3):
+                what = kind[:1].lower()
+            else:
                 raise TargetError(22, f"vCont action {kind!r}")
-            break  # one thread: the first action that applies to it is the one
-        self.target.resume(step)
+            tid = self._thread_id(spec) if spec else -1
+            for t in (threads if tid == -1 else [tid or self.target.c_thread]):
+                chosen.setdefault(t, what)
+        run = {t: a for t, a in chosen.items() if a != "t"}
+        if not run:
+            self._send("OK")  # nothing resumed: every thread stays stopped
+            return False, None
+        steps = [t for t, a in run.items() if a == "s"]
+        if steps:
+            self.target.c_thread = steps[0]  # the stop reply names the stepping thread
+        self.target.resume_threads(run)
         return True, None

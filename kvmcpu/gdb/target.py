@@ -29,24 +29,44 @@
 * running in slices of simulated time, so the stub can look at its socket
   (Ctrl-C, a second debugger) between them.
 
-Every CPU is a gdb thread (ids from 1); the System has one CPU so far.
+**Several CPUs.** Every CPU is a gdb thread, ids 1..N as QEMU's stub numbers
+them (``System.cpus[i]`` is thread i + 1). Registers and memory translation
+use the thread ``Hg`` selected (:attr:`SystemTarget.g_thread`); breakpoints
+and watchpoints are armed on every CPU, and the CPU whose event fired is the
+one the stop reply names (:attr:`SystemTarget.stop_thread`, the first of them
+when two fire in one slice). Resuming takes an action per thread (QEMU's
+``gdb_continue_partial``): ``c`` runs it, ``s`` runs it one instruction, and
+a thread without an action stays stopped (an active CPU is suspended for the
+run and activated again at the stop; a halted one or one waiting for SIPI is
+left as it is, so an IPI can still wake it). All-stop: when one thread stops
+(its step, a breakpoint, a watchpoint) the run ends and every CPU is stopped.
+The stop goes through the CPU's own event queue (the System's, or the CPU's
+thread's with ``parallel``: the exit request reaches the device queue and the
+parallel run stops every vCPU thread at the quantum's end, joining them), so
+the stub answers only when :meth:`System.run` has returned and no vCPU runs.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..cpu.kvm.watch import DataEvent
 from ..cpu.thread import ThreadContext
-from ..sim.eventq import SimLoopExitEvent, exit_sim_loop
-from ..system import CAUSE_CHECKPOINT, CAUSE_LIMIT, RunResult, System
+from ..sim.eventq import EventQueue, SimLoopExitEvent, exit_sim_loop
+from ..system import CAUSE_CHECKPOINT, CAUSE_HALTED, CAUSE_LIMIT, RunResult, System
 
 #: Causes the stub's own events give System.run.
 CAUSE_BREAK = "gdb: breakpoint"
 CAUSE_STEP = "gdb: single step"
 CAUSE_WATCH = "gdb: watchpoint"
+#: linux/kvm.h's KVM_MP_STATE_UNINITIALIZED, _INIT_RECEIVED and _HALTED.
+MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED, MP_STATE_HALTED = 1, 2, 3
+#: Host seconds a slice waits when only threads gdb holds could run.
+HELD_IDLE = 0.01
 #: Causes after which gdb gets a stop reply (the others end the guest).
 STOP_CAUSES = (CAUSE_BREAK, CAUSE_STEP, CAUSE_WATCH)
 
@@ -210,11 +230,29 @@ class SystemTarget:
 
     def __init__(self, system: System, slice_ticks: int = 100_000_000) -> None:
         self.system = system
-        self.slice_ticks = slice_ticks
-        self._breakpoints: Dict[Tuple[int, bool], object] = {}
-        self._stop_event: Optional[SimLoopExitEvent] = None
+        # A parallel run meets its vCPU threads only at sim_quantum boundaries (and
+        # starts them at each run): a slice shorter than that would spend its host
+        # time there (on a nested host 100 us slices did not get a vCPU past its
+        # first instruction).
+        self.slice_ticks = max(slice_ticks, system.sim_quantum) if system.parallel \
+            else slice_ticks
+        self.cpus = list(system.cpus)
+        #: (address, hardware) -> the PC events of a breakpoint, one per CPU.
+        self._breakpoints: Dict[Tuple[int, bool], List[object]] = {}
+        #: id(event queue) -> (the queue, the stop event scheduled on it): one per queue.
+        self._stop_events: Dict[int, Tuple[EventQueue, SimLoopExitEvent]] = {}
+        self._stop_lock = threading.Lock()
         self._watch: Dict[Tuple[int, int], bytes] = {}
-        self._user_step = False
+        #: Threads (indices) gdb asked to single-step in this resume.
+        self._user_step: List[int] = []
+        #: CPUs suspended because their thread had no action (activated at the stop).
+        self._held: List[int] = []
+        #: The thread registers and memory use (``Hg``; 1-based) and the one ``c``/``s``
+        #: act on (``Hc``).
+        self.g_thread = 1
+        self.c_thread = 1
+        #: The thread whose event stopped the last run (None: none did, e.g. Ctrl-C).
+        self.stop_thread: Optional[int] = None
         #: (kind, address, length) -> the data events of a watchpoint.
         self._watchpoints: Dict[Tuple[str, int, int], List[DataEvent]] = {}
         #: The watchpoint that stopped the thread, for the stop reply (None: none did).
@@ -224,6 +262,7 @@ class SystemTarget:
             # What System.run does first: create the vCPU, start the thread.
             system.root.instantiate()
             system.cpu.activateContext()
+            system._aps_wait_for_sipi()
         #: What gdb is told (chosen once: gdb reads the description when it connects).
         self.layout = AMD64
         self.choose_layout()
@@ -237,10 +276,37 @@ class SystemTarget:
     # ---------------------------------------------------------------- threads
     def threads(self) -> List[int]:
         """gdb thread ids: one per CPU, from 1."""
-        return [1]
+        return list(range(1, len(self.cpus) + 1))
+
+    def thread_state(self, tid: int) -> str:
+        """``running``, ``halted`` or ``wait-for-SIPI`` (qThreadExtraInfo's words)."""
+        from ..cpu.kvm.base import ThreadStatus
+
+        cpu = self.cpus[tid - 1]
+        if cpu.wait_for_sipi:
+            return "wait-for-SIPI"
+        if cpu.vcpu is not None and self.system.vm.has_irqchip:
+            # KVM's LAPICs do INIT/SIPI and HLT in the kernel: its mp_state says.
+            mp = cpu.vcpu.get_mp_state()
+            if mp in (MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED):
+                return "wait-for-SIPI"
+            if mp == MP_STATE_HALTED:
+                return "halted"
+        if cpu.thread_status is ThreadStatus.Active or tid - 1 in self._held:
+            return "running"
+        return "halted"
+
+    def select(self, tid: int) -> None:
+        """``Hg``: the thread whose registers and memory the next requests use."""
+        if tid not in self.threads():
+            raise TargetError(22, f"no thread {tid}")
+        self.g_thread = tid
+
+    def _cpu(self) -> Any:
+        return self.cpus[self.g_thread - 1]
 
     def _tc(self) -> ThreadContext:
-        return self.system.cpu.getContext()
+        return self._cpu().getContext()  # type: ignore[no-any-return]
 
     # -------------------------------------------------------------- registers
     def read_register(self, num: int) -> bytes:
@@ -307,7 +373,7 @@ class SystemTarget:
             raise TargetError(1, f"writing {name} is not supported")
         else:
             return
-        self.system.cpu.threadContextDirty = True
+        self._cpu().threadContextDirty = True
 
     def write_registers(self, data: bytes) -> None:
         size = self.layout.g_size
@@ -321,8 +387,9 @@ class SystemTarget:
                 self.write_register(r.num, chunk)
 
     # ----------------------------------------------------------------- memory
-    def _translate(self, addr: int) -> int:
-        cpu = self.system.cpu
+    def _translate(self, addr: int, cpu: Any = None) -> int:
+        """``addr`` through the page tables of ``cpu`` (None: the ``Hg`` thread's)."""
+        cpu = self._cpu() if cpu is None else cpu
         if cpu.threadContextDirty:
             cpu.syncKvmState()  # KVM_TRANSLATE walks the tables of the vCPU's CR3
         vcpu = cpu.vcpu
@@ -333,14 +400,14 @@ class SystemTarget:
             raise TargetError(14, f"{addr:#x} is not mapped")
         return int(t.physical_address)
 
-    def _pages(self, addr: int, length: int) -> List[Tuple[int, int]]:
+    def _pages(self, addr: int, length: int, cpu: Any = None) -> List[Tuple[int, int]]:
         """(guest-physical address, length) of each page piece of [addr, addr+length)."""
         if addr < 0 or addr + length > 1 << 64:
             raise TargetError(14, f"{addr:#x}+{length:#x} is outside the address space")
         out = []
         while length:
             n = min(length, PAGE - (addr & (PAGE - 1)))
-            gpa = self._translate(addr)
+            gpa = self._translate(addr, cpu)
             if not self._in_ram(gpa, n):
                 raise TargetError(14, f"{addr:#x} (physical {gpa:#x}) is not RAM")
             out.append((gpa, n))
@@ -351,9 +418,12 @@ class SystemTarget:
     def _in_ram(self, gpa: int, n: int) -> bool:
         return bool(self.system.physmem.is_ram(gpa, n))
 
-    def read_memory(self, addr: int, length: int) -> bytes:
+    def read_memory(self, addr: int, length: int, cpu: Any = None) -> bytes:
+        """``length`` bytes at virtual ``addr`` as ``cpu`` sees them (None: the ``Hg``
+        thread; a step callback passes its own CPU: on a parallel run it is the
+        only vCPU its host thread may ask)."""
         return b"".join(bytes(self.system.physmem.read(gpa, n))
-                        for gpa, n in self._pages(addr, length))
+                        for gpa, n in self._pages(addr, length, cpu))
 
     def write_memory(self, addr: int, data: bytes) -> None:
         pieces = self._pages(addr, len(data))  # every page checked before any write
@@ -363,42 +433,64 @@ class SystemTarget:
             off += n
 
     # ------------------------------------------------------------ breakpoints
-    def _stop(self, cause: str) -> None:
-        # A breakpoint and a finished step at the same boundary stop the run once.
-        pending = self._stop_event
-        if pending is not None and pending.scheduled():
-            return
-        self._stop_event = exit_sim_loop(cause, 0, queue=self.system.eventq)
+    def _stopper(self, index: int, cause: str) -> Callable[[ThreadContext], None]:
+        """The callback of an event of CPU ``index`` that stops the run."""
+        return lambda tc: self._stop(cause, index)
+
+    def _stop(self, cause: str, index: int, watch: Optional[Tuple[str, int]] = None) -> None:
+        """Stop the run: an exit event on CPU ``index``'s own queue (its thread's in a
+        parallel run, where callbacks run on the vCPU threads). The first CPU to stop
+        is the one the stop reply names; a breakpoint and a finished step at the same
+        boundary stop the run once."""
+        queue = self.cpus[index].eventq
+        with self._stop_lock:
+            if self.stop_thread is None:
+                self.stop_thread = index + 1
+                if watch is not None:
+                    self.watch_kind, self.watch_hit = watch
+            pending = self._stop_events.get(id(queue))
+            if pending is not None and pending[1].scheduled():
+                return
+            self._stop_events[id(queue)] = (queue, exit_sim_loop(cause, 0, queue=queue))
 
     def insert_breakpoint(self, addr: int, hardware: bool = False) -> None:
         """``Z1`` (``hardware``): a debug register; ``Z0``: an INT3 patch, or a debug
-        register where the backend does not deliver software breakpoints."""
+        register where the backend does not deliver software breakpoints; on every
+        CPU."""
         key = (addr, hardware)
         if key in self._breakpoints:
             return
         from ..errors import DebugUnsupportedError
 
-        cpu = self.system.cpu
-        software = not hardware and cpu.software_breakpoints()[0]
-        if not software and not cpu.exact_stepping() and cpu.free_debug_registers() <= 0:
-            raise TargetError(28, f"no debug register left for a breakpoint at {addr:#x}")
+        events: List[Any] = []
         try:
-            ev = cpu.schedule_pc_event(addr, lambda tc: self._stop(CAUSE_BREAK),
-                                       name="gdb breakpoint", software=software)
-        except DebugUnsupportedError as err:
-            raise TargetError(28, str(err)) from err  # ENOSPC: no debug register left
-        except ValueError as err:
-            raise TargetError(22, str(err)) from err
-        self._breakpoints[key] = ev
+            for i, cpu in enumerate(self.cpus):
+                software = not hardware and cpu.software_breakpoints()[0]
+                if not software and not cpu.exact_stepping() and \
+                        cpu.free_debug_registers() <= 0:
+                    raise TargetError(28, f"no debug register left for a breakpoint at "
+                                          f"{addr:#x}")
+                try:
+                    events.append(cpu.schedule_pc_event(
+                        addr, self._stopper(i, CAUSE_BREAK), name="gdb breakpoint",
+                        software=software))
+                except DebugUnsupportedError as err:
+                    raise TargetError(28, str(err)) from err  # ENOSPC: no register left
+                except ValueError as err:
+                    raise TargetError(22, str(err)) from err
+        except TargetError:
+            for ev in events:
+                ev.remove()
+            raise
+        self._breakpoints[key] = events
 
     def remove_breakpoint(self, addr: int, hardware: bool = False) -> None:
-        ev = self._breakpoints.pop((addr, hardware), None)
-        if ev is not None:
+        for ev in self._breakpoints.pop((addr, hardware), []):
             ev.remove()  # type: ignore[attr-defined]
 
     def insert_watchpoint(self, addr: int, length: int, kind: str = "write") -> None:
         """A watchpoint of ``kind`` (``write``, ``read``, ``access``) on ``length``
-        bytes at ``addr`` (see the module docstring)."""
+        bytes at ``addr`` (see the module docstring), on every CPU."""
         from ..errors import DebugUnsupportedError
 
         key = (kind, addr, length)
@@ -409,29 +501,29 @@ class SystemTarget:
                                   "four debug registers of 8)")
         if addr < 0 or addr + length > 1 << 64:
             raise TargetError(22, f"watchpoint at {addr:#x}+{length:#x}")
-        cpu = self.system.cpu
-        if not cpu.data_breakpoints()[0]:
+        cpu0 = self.cpus[0]
+        if not cpu0.data_breakpoints()[0]:
             if kind != "write":
                 raise TargetError(1, f"{kind} watchpoints need data breakpoints, which this "
-                                     f"backend does not deliver ({cpu.data_breakpoints()[1]})")
+                                     f"backend does not deliver ({cpu0.data_breakpoints()[1]})")
             self._watch[(addr, length)] = self.read_memory(addr, length)
             return
         events: List[DataEvent] = []
         try:
-            for a, n in aligned_pieces(addr, length):
-                events.append(cpu.schedule_data_event(
-                    a, n, lambda tc: self._watch_stop(kind, addr), kind, name="gdb watchpoint"))
+            for i, cpu in enumerate(self.cpus):
+                for a, n in aligned_pieces(addr, length):
+                    events.append(cpu.schedule_data_event(
+                        a, n, self._watch_stopper(i, kind, addr), kind,
+                        name="gdb watchpoint"))
         except DebugUnsupportedError as err:
             for ev in events:
                 ev.remove()
             raise TargetError(28, str(err)) from err  # ENOSPC: no debug register left
         self._watchpoints[key] = events
 
-    def _watch_stop(self, kind: str, addr: int) -> None:
-        if self._stop_event is None or not self._stop_event.scheduled():
-            self.watch_hit = addr
-            self.watch_kind = kind
-        self._stop(CAUSE_WATCH)
+    def _watch_stopper(self, index: int, kind: str, addr: int
+                       ) -> Callable[[ThreadContext], None]:
+        return lambda tc: self._stop(CAUSE_WATCH, index, (kind, addr))
 
     def remove_watchpoint(self, addr: int, length: int, kind: str = "write") -> None:
         for ev in self._watchpoints.pop((kind, addr, length), []):
@@ -446,42 +538,83 @@ class SystemTarget:
         for kind, addr, length in list(self._watchpoints):
             self.remove_watchpoint(addr, length, kind)
         self._watch.clear()
-        self._user_step = False
-        self.system.cpu.cancel_steps()
+        self._user_step = []
+        for cpu in self.cpus:
+            cpu.cancel_steps()
+        self._release()
 
     # ---------------------------------------------------------------- running
     def resume(self, step: bool) -> None:
-        """Prepare the next slices: one instruction (``step``) or until a stop."""
-        cpu = self.system.cpu
-        cpu.cancel_steps()  # a step a breakpoint interrupted is not resumed
-        cpu.refresh_data_events()  # what gdb wrote meanwhile is no guest write
+        """``c``/``s``: every thread runs, the ``Hc`` thread one instruction (``step``)."""
+        actions = {tid: "c" for tid in self.threads()}
+        if step:
+            actions[self.c_thread] = "s"
+        self.resume_threads(actions)
+
+    def resume_threads(self, actions: Dict[int, str]) -> None:
+        """Prepare the next slices: ``actions`` maps a thread id to ``c`` (run) or
+        ``s`` (one instruction); a thread not in it stays stopped."""
+        self._release()
+        for queue, ev in self._stop_events.values():  # a stop no run took (another CPU's)
+            if ev.scheduled():
+                queue.deschedule(ev)
+        self._stop_events.clear()
+        self.stop_thread = None
         self.watch_hit = None
-        self._user_step = step
+        self._user_step = [tid - 1 for tid, a in actions.items() if a == "s"]
+        from ..cpu.kvm.base import ThreadStatus
+
+        for i, cpu in enumerate(self.cpus):
+            cpu.cancel_steps()  # a step a breakpoint interrupted is not resumed
+            cpu.refresh_data_events()  # what gdb wrote meanwhile is no guest write
+            if i + 1 not in actions and cpu.thread_status is ThreadStatus.Active:
+                cpu.suspendContext()  # no action: the thread stays stopped
+                self._held.append(i)
         if self._watch:
             for key in self._watch:  # compare with the values as they are now
                 self._watch[key] = self._peek(*key)
-            cpu.request_step(self._after_watched_step)
-        elif step:
-            cpu.request_step(lambda tc: self._stop(CAUSE_STEP))
+            for i, cpu in enumerate(self.cpus):
+                if i + 1 in actions:
+                    cpu.request_step(self._watched_stepper(i))
+        else:
+            for i in self._user_step:
+                self.cpus[i].request_step(self._stopper(i, CAUSE_STEP))
 
-    def _peek(self, addr: int, length: int) -> bytes:
+    def _release(self) -> None:
+        """Activate again the CPUs :meth:`resume_threads` held (unless woken meanwhile)."""
+        from ..cpu.kvm.base import ThreadStatus
+
+        held, self._held = self._held, []
+        for i in held:
+            cpu = self.cpus[i]
+            if cpu.thread_status is not ThreadStatus.Active:
+                cpu.activateContext()
+
+    def _peek(self, addr: int, length: int, cpu: Any = None) -> bytes:
         try:
-            return self.read_memory(addr, length)
+            return self.read_memory(addr, length, cpu)
         except TargetError:
             return b""  # not mapped now: a change when it is mapped again
 
-    def _after_watched_step(self, tc: ThreadContext) -> None:
-        for key, old in self._watch.items():
-            new = self._peek(*key)
+    def _watched_stepper(self, index: int) -> Callable[[ThreadContext], None]:
+        return lambda tc: self._after_watched_step(index)
+
+    def _after_watched_step(self, index: int) -> None:
+        for key, old in list(self._watch.items()):
+            new = self._peek(key[0], key[1], self.cpus[index])
             if new != old:
                 self._watch[key] = new
-                self.watch_hit, self.watch_kind = key[0], "write"
-                self._stop(CAUSE_WATCH)
+                self._stop(CAUSE_WATCH, index, ("write", key[0]))
                 return
-        if self._user_step:
-            self._stop(CAUSE_STEP)
+        if index in self._user_step:
+            self._stop(CAUSE_STEP, index)
             return
-        self.system.cpu.request_step(self._after_watched_step)
+        self.cpus[index].request_step(self._watched_stepper(index))
+
+    def interrupt(self) -> None:
+        """Ctrl-C (between slices: no CPU runs): pending steps are dropped."""
+        for cpu in self.cpus:
+            cpu.cancel_steps()
 
     def run_slice(self) -> Optional[RunResult]:
         """Run one slice; None when the slice ended only because its time was up,
@@ -489,6 +622,11 @@ class SystemTarget:
         while True:
             result = self.system.run(max_ticks=self.slice_ticks)
             if result.cause == CAUSE_LIMIT:
+                return None
+            if result.cause == CAUSE_HALTED and self._held:
+                # Nothing runs but threads gdb holds: the guest goes on "running" until
+                # gdb stops it (Ctrl-C), as QEMU's would; it has not ended.
+                time.sleep(HELD_IDLE)
                 return None
             if result.cause != CAUSE_CHECKPOINT:  # under gdb, checkpoint requests go on
                 if result.cause not in STOP_CAUSES:

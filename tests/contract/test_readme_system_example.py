@@ -45,7 +45,8 @@ def test_readme_system_example_runs_anywhere_twice(tmp_path: Path) -> None:
 
 
 def test_bundled_guests_are_found_by_name() -> None:
-    assert kvmcpu.guests.names() == ["checkpoint", "debugme", "hello", "hello64", "irq", "sieve3"]
+    assert kvmcpu.guests.names() == ["checkpoint", "debugme", "hello", "hello64", "irq", "sieve3",
+                                     "smpdebug"]
     for name in kvmcpu.guests.names():
         p = kvmcpu.guests.path(name)
         assert p.is_file() and p == kvmcpu.guests.path(f"{name}.bin")

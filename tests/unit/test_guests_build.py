@@ -23,7 +23,7 @@ def test_every_source_has_a_committed_image() -> None:
     sources = _sources()
     assert sources, "no guest sources"
     assert {s.stem for s in BOOTABLE.glob("*.asm")} == {
-        "hello", "hello64", "sieve3", "irq", "checkpoint", "debugme"}
+        "hello", "hello64", "sieve3", "irq", "checkpoint", "debugme", "smpdebug"}
     for src in sources:
         assert src.with_suffix(".bin").is_file(), f"{src.name} has no committed image"
         header = src.read_text().lstrip().splitlines()[0]
