@@ -63,7 +63,6 @@ from .sim.eventq import (
 from .sim.params import param
 from .sim.simobject import Root, SimObject, SimObjectParams
 from .sim.stats import Statistics
-from .uapi import Cap
 
 log = logging.getLogger("kvmcpu.system")
 
@@ -394,7 +393,7 @@ class System(PowerControl, SimObject):
             raise ConfigError(f"irqchip must be one of {', '.join(IRQCHIP_MODES)}, "
                               f"got {choice!r}")
         if choice == "split":
-            if not self.vm.kvm.check_extension(Cap.SPLIT_IRQCHIP):
+            if not self.vm.kvm.capSplitIRQChip():
                 raise ConfigError(f"irqchip='split' but the {self.vm.backend.name} backend "
                                   "has no KVM_CAP_SPLIT_IRQCHIP (no in-kernel local APIC)")
             return "split"

@@ -49,7 +49,7 @@ def _run(backend: str, irqchip: str) -> bytes:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("irqchip", ["user", "kernel"])
+@pytest.mark.parametrize("irqchip", ["user", "kernel", "split"])
 def test_x2apic_and_tsc_deadline_on_kvm(irqchip: str) -> None:
     assert _run("kvm", irqchip) == MSR_OUTPUT
 

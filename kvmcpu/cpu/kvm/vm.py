@@ -78,6 +78,9 @@ class Kvm:
     def capIRQChip(self) -> bool:
         return self.check_extension(Cap.IRQCHIP) != 0
 
+    def capSplitIRQChip(self) -> bool:
+        return self.check_extension(Cap.SPLIT_IRQCHIP) != 0
+
     def capPIT2(self) -> bool:
         return self.check_extension(Cap.PIT2) != 0
 
@@ -306,7 +309,7 @@ class KvmVM(SimObject):
         """
         if not 1 <= ioapic_pins <= 256:
             raise ValueError(f"ioapic_pins must be 1-256, got {ioapic_pins}")
-        if not self.kvm.check_extension(Cap.SPLIT_IRQCHIP):
+        if not self.kvm.capSplitIRQChip():
             raise ConfigError(f"irqchip='split': the {self.backend.name} backend has no "
                               "KVM_CAP_SPLIT_IRQCHIP (no in-kernel local APIC)")
         if self._next_vcpu_id or self.has_irqchip:
