@@ -51,6 +51,9 @@ CAPABILITIES: Dict[int, int] = {
     Cap.SYNC_MMU: 1,
     Cap.NOP_IO_DELAY: 1,
     Cap.HLT: 1,
+    # RDMSR/WRMSR exits to user space and the MSR filter (KVM answers 1 for both)
+    Cap.X86_USER_SPACE_MSR: 1,
+    Cap.X86_MSR_FILTER: 1,
 }
 
 KVM_HC_MAP_GPA_RANGE = 12
@@ -90,7 +93,9 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     vb, vd, vc = _vendor(profile.vendor_id)
     edx1 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
         | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
-    ecx1 = (1 << 13) | (1 << 23)
+    # x2APIC (21) and TSC-deadline (24) as KVM lists them: without an in-kernel APIC
+    # their MSRs #GP unless user space takes them (KVM_CAP_X86_USER_SPACE_MSR + filter)
+    ecx1 = (1 << 13) | (1 << 21) | (1 << 23) | (1 << 24)
     edx81 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
     ecx81 = (1 << 0) | (1 << 5)
     brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")

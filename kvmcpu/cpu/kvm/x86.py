@@ -148,9 +148,9 @@ class X86KvmCPU(BaseKvmCPU):
 
     def _take_apic_msrs(self) -> None:
         """With a user-space local APIC on a backend that offers KVM_CAP_X86_USER_SPACE_MSR
-        and KVM_X86_SET_MSR_FILTER (KVM), have KVM hand RDMSR/WRMSR of the x2APIC MSRs
-        and IA32_TSC_DEADLINE to :meth:`handleKvmExitMSR`, and give the APIC the guest's
-        TSC. Elsewhere (the mock) those MSRs stay the backend's (x2APIC and
+        and KVM_X86_SET_MSR_FILTER (KVM and the mock), have the backend hand RDMSR/WRMSR
+        of the x2APIC MSRs and IA32_TSC_DEADLINE to :meth:`handleKvmExitMSR`, and give
+        the APIC the guest's TSC. Elsewhere those MSRs stay the backend's (x2APIC and
         TSC-deadline mode are then not reachable from the guest)."""
         vm = self.vm
         kvm = vm.kvm
