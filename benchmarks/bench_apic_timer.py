@@ -9,9 +9,11 @@ left out:
 
 * kvmcpu on KVM with the user-space APIC (``irqchip="user"``: KVM_INTERRUPT,
   the EOI an MMIO exit, HLT an exit), with KVM's in-kernel irqchip
-  (``"kernel"``), and on the mock (smaller N);
-* QEMU + KVM with its in-kernel irqchip and with ``kernel-irqchip=off`` (its
-  own user-space APIC), where ``qemu-system-x86_64`` is installed.
+  (``"kernel"``), with KVM's LAPICs and the user-space IOAPIC/PIC (``"split"``),
+  and on the mock (smaller N);
+* QEMU + KVM with its in-kernel irqchip, ``kernel-irqchip=off`` (its own
+  user-space APIC) and ``kernel-irqchip=split``, where ``qemu-system-x86_64``
+  is installed.
 
 No target: the figures are printed side by side (``ratio`` is kvmcpu user /
 QEMU kernel-irqchip=off, the like-for-like pair, when QEMU is there). Periods
@@ -76,6 +78,7 @@ def run(quick: bool = False) -> Dict[str, Any]:
     configs: List[Tuple[str, Any, int, int]] = [
         ("kvmcpu_kvm_user_per_s", lambda n: _kvmcpu_seconds("kvm", "user", n), n1, n2),
         ("kvmcpu_kvm_kernel_per_s", lambda n: _kvmcpu_seconds("kvm", "kernel", n), n1, n2),
+        ("kvmcpu_kvm_split_per_s", lambda n: _kvmcpu_seconds("kvm", "split", n), n1, n2),
         ("kvmcpu_mock_per_s", lambda n: _kvmcpu_seconds("mock", "user", n), 50, 200),
     ]
     if shutil.which("qemu-system-x86_64"):
@@ -84,6 +87,9 @@ def run(quick: bool = False) -> Dict[str, Any]:
              n1, n2),
             ("qemu_kvm_userspace_apic_per_s",
              lambda n: _qemu_seconds(["-accel", "kvm", "-machine", "kernel-irqchip=off"], n),
+             n1, n2),
+            ("qemu_kvm_split_irqchip_per_s",
+             lambda n: _qemu_seconds(["-accel", "kvm", "-machine", "kernel-irqchip=split"], n),
              n1, n2),
         ]
     else:

@@ -111,6 +111,12 @@ def run(quick: bool = False) -> Dict[str, Any]:
                            10, 1000))
     except ConfigError as err:
         figures["kvmcpu_kvm_kernel_irqchip_us"] = f"not measured: {err}"
+    try:
+        System(memory="1M", backend="kvm", smp=2, irqchip="split").close()
+        configs.insert(3, ("kvmcpu_kvm_split_irqchip_us", _kvmcpu("kvm", True, "split"),
+                           10, 1000))
+    except ConfigError as err:
+        figures["kvmcpu_kvm_split_irqchip_us"] = f"not measured: {err}"
     for name, measure, lo, hi in configs:
         try:
             figures[name] = round(_round_trip_us(measure, lo, hi), 1)

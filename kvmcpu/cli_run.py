@@ -190,7 +190,8 @@ def add_parsers(sub: Any) -> None:
                    help="interrupt controllers (default: auto): auto and user use the user-space "
                         "local APIC, IOAPIC, 8259 and 8254 on every backend (simulated time); "
                         "kernel uses KVM's in-kernel irqchip and PIT (status 2 when the "
-                        "backend has none); split is not implemented yet (status 2); off "
+                        "backend has none); split uses KVM's local APICs with the user-space "
+                        "IOAPIC, 8259 and 8254 (status 2 without KVM_CAP_SPLIT_IRQCHIP); off "
                         "and on are the old names of user and kernel")
     p.add_argument("--device", action="append", default=[], metavar="NAME[,KEY=VALUE...]",
                    help="add one of QEMU's test devices, spelt as QEMU's -device: "

@@ -40,6 +40,7 @@ from .cpu.kvm.x86 import (
     real_mode_context,
 )
 from .devices import KernelIrqChip, PcDevices, pc_devices
+from .devices.ioapic import IOAPIC_PINS
 from .devices.testdevs import format_device, parse_devices
 from .errors import CheckpointError, ClosedError, ConfigError, GuestError, KvmIoctlError
 from .firmware import FirmwareConfig, FirmwareTables, install_tables
@@ -181,7 +182,8 @@ class SystemParams(SimObjectParams):
     smp: int = param(1, "number of CPUs", check=lambda v: v >= 1)
     irqchip: str = param("auto", "interrupt controllers: 'auto' or 'user' (the user-space "
                          "local APIC, IOAPIC, 8259 and 8254), 'kernel' (KVM's in-kernel "
-                         "irqchip and PIT), 'split' (refused: not implemented); 'off' and "
+                         "irqchip and PIT), 'split' (KVM's local APICs, the user-space "
+                         "IOAPIC, 8259 and 8254); 'off' and "
                          "'on' are the old names of 'user' and 'kernel'",
                          check=lambda v: v in IRQCHIP_MODES)
     clock_period: int = param(1000, "CPU clock period in ticks (1000 = 1 GHz)",
@@ -213,8 +215,9 @@ class System(PowerControl, SimObject):
             simulated time, so the mock and KVM agree tick for tick);
             "kernel" uses KVM's in-kernel irqchip (LAPIC, IOAPIC, PIC) and PIT
             (ConfigError when the backend has none, e.g. the mock); "split"
-            is refused (ConfigError: not implemented yet). "off" and "on" are
-            the old names of "user" and "kernel".
+            uses KVM's local APICs (KVM_CAP_SPLIT_IRQCHIP) with the user-space
+            IOAPIC, 8259 and 8254 (ConfigError without the capability, e.g.
+            on the mock). "off" and "on" are the old names of "user" and "kernel".
         quantum: longest KVM entry in ticks (0: run until the next event; with
             several CPUs :data:`SMP_QUANTUM`).
         unclaimed: policy for accesses no device claims.
@@ -308,7 +311,11 @@ class System(PowerControl, SimObject):
             if smp > limit:
                 raise ConfigError(f"smp={smp}: the {self.vm.backend.name} backend runs at "
                                   f"most {limit} CPUs (KVM_CAP_MAX_VCPUS)")
-            use_kernel = self._want_irqchip(irqchip)
+            chip_mode = self._want_irqchip(irqchip)
+            use_kernel = chip_mode == "kernel"
+            split = chip_mode == "split"
+            if split:  # before any vCPU exists
+                self.vm.enable_split_irqchip(IOAPIC_PINS)
             self.vm.params.irqchip = use_kernel
             self.vm.params.pit = use_kernel and self.vm.kvm.capPIT2()
             kernel_chip = KernelIrqChip(self.vm.set_irq_line) if use_kernel else None
@@ -319,6 +326,8 @@ class System(PowerControl, SimObject):
                 queue=self.eventq, on_interrupt=self._on_interrupt, apic=not use_kernel,
                 tsc_period=clock_period, on_sleep=self._on_sleep, on_reset=self._on_reset,
                 hpet=hpet, devices=self.device_specs,
+                msi=self.vm.signal_msi if split else None,
+                on_routes=self.vm.set_msi_routes if split else None,
             )
             cpu_quantum = quantum or (SMP_QUANTUM if smp > 1 else 0)
             #: The CPUs, cpu0 (the BSP, also ``self.cpu``) to cpu{smp-1}.
@@ -334,6 +343,8 @@ class System(PowerControl, SimObject):
                 self._closers.insert(0, cpu.close)
                 cpu.on_halt = self.on_cpu_halt
                 cpu.sw_shadow = self.physmem.overlay  # INT3 patches hidden from reads
+                if split and self.devices.ioapic is not None:
+                    cpu.on_ioapic_eoi = self.devices.ioapic.eoi
             self.cpu = self.cpus[0]
             self.devices.cmos.on_alarm = self._on_rtc_alarm
             self._link_cpus()
@@ -375,25 +386,27 @@ class System(PowerControl, SimObject):
         """True when the CPUs run on host threads of their own during run()."""
         return self._parallel is not None
 
-    def _want_irqchip(self, choice: str) -> bool:
-        """True for KVM's in-kernel irqchip, False for the user-space one."""
+    def _want_irqchip(self, choice: str) -> str:
+        """"kernel" (KVM's in-kernel irqchip), "split" (KVM's local APICs, the
+        IOAPIC and PIC in user space) or "user"."""
         if choice not in IRQCHIP_MODES:
             raise ConfigError(f"irqchip must be one of {', '.join(IRQCHIP_MODES)}, "
                               f"got {choice!r}")
         if choice == "split":
-            raise ConfigError("irqchip='split' (KVM_CAP_SPLIT_IRQCHIP: the local APIC in "
-                              "KVM, IOAPIC and PIC in user space) is not implemented yet; "
-                              "use 'kernel' or 'user'")
+            if not self.vm.kvm.capSplitIRQChip():
+                raise ConfigError(f"irqchip='split' but the {self.vm.backend.name} backend "
+                                  "has no KVM_CAP_SPLIT_IRQCHIP (no in-kernel local APIC)")
+            return "split"
         if choice in ("on", "kernel"):
             if not self.vm.kvm.capIRQChip():
                 raise ConfigError(f"irqchip={choice!r} but the backend has no in-kernel "
                                   "irqchip")
-            return True
+            return "kernel"
         # "auto" = "user" ("off"): the user-space APIC/IOAPIC/PIC/PIT keep timing in
         # simulated time and work on every backend, so a guest gives the same
         # output, tick counts and checkpoints on the mock and on KVM; KVM's
         # in-kernel timers run in host time. The in-kernel irqchip only when asked.
-        return False
+        return "user"
 
     @property
     def backend(self) -> Any:
@@ -681,7 +694,7 @@ class System(PowerControl, SimObject):
         """Every AP waits for INIT-SIPI-SIPI from the BSP (at start, and again after
         a platform reset or an S3 wake-up, which reset every CPU)."""
         for ap in self.cpus[1:]:
-            if self.vm.has_irqchip:
+            if self.vm.kernel_lapic:
                 ap.wait_in_kernel_for_sipi()
             else:
                 ap.post_init()
@@ -715,7 +728,7 @@ class System(PowerControl, SimObject):
             return False
         if cpu.vcpu is not None and not cpu.vcpu.kvm_run.if_flag and not cpu.pending_nmi:
             return False
-        if self.vm.has_irqchip:
+        if self.vm.kernel_lapic:
             return True
         pit = self.devices.pit
         if pit is not None and any(ch._event.scheduled() for ch in pit.channels):

@@ -379,6 +379,30 @@ class kvm_irq_level(Structure):  # <linux/kvm.h>
     _fields_ = [("u", _kvm_irq_level_u), ("level", _u32)]
 
 
+class kvm_msi(Structure):  # <linux/kvm.h>: KVM_SIGNAL_MSI
+    _fields_ = [("address_lo", _u32), ("address_hi", _u32), ("data", _u32), ("flags", _u32),
+                ("devid", _u32), ("pad", _u8 * 12)]
+
+
+class kvm_irq_routing_msi(Structure):  # <linux/kvm.h>
+    _fields_ = [("address_lo", _u32), ("address_hi", _u32), ("data", _u32), ("devid", _u32)]
+
+
+class _kvm_irq_routing_entry_u(Union):
+    _fields_ = [("msi", kvm_irq_routing_msi), ("pad", _u32 * 8)]
+
+
+class kvm_irq_routing_entry(Structure):  # <linux/kvm.h>
+    _fields_ = [("gsi", _u32), ("type", _u32), ("flags", _u32), ("pad", _u32),
+                ("u", _kvm_irq_routing_entry_u)]
+
+
+class kvm_irq_routing(Structure):  # <linux/kvm.h>; the entries follow it
+    _fields_ = [("nr", _u32), ("flags", _u32)]
+
+
+KVM_IRQ_ROUTING_MSI = 2
+
 KVM_PIT_SPEAKER_DUMMY = 1
 
 
@@ -1128,6 +1152,8 @@ KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, _u64)
 KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
+KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
 KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)
 KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, kvm_irq_level)
@@ -1199,7 +1225,8 @@ for _name, _value in list(globals().items()):
         "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_ENABLE_CAP", "KVM_GET_XSAVE",
         "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_SET_TSC_KHZ", "KVM_GET_TSC_KHZ",
         "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_KVMCLOCK_CTRL", "KVM_GET_REG_LIST",
-        "KVM_SMI", "KVM_GET_XSAVE2", "KVM_X86_SET_MSR_FILTER",
+        "KVM_SMI", "KVM_GET_XSAVE2", "KVM_X86_SET_MSR_FILTER", "KVM_SIGNAL_MSI",
+        "KVM_SET_GSI_ROUTING",
     }:
         IOCTL_NAMES.setdefault(_value, _name)
 del _name, _value
@@ -1235,6 +1262,9 @@ STRUCT_SIZES: dict[str, int] = {
     "kvm_signal_mask": 4,
     "kvm_guest_debug": 72,
     "kvm_irq_level": 8,
+    "kvm_msi": 32,
+    "kvm_irq_routing_entry": 48,
+    "kvm_irq_routing": 8,
     "kvm_pit_config": 64,
     "kvm_one_reg": 16,
     "kvm_enable_cap": 104,

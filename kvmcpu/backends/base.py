@@ -423,6 +423,19 @@ class Vm(Closeable, abc.ABC):
         raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.ENOTTY,
                             "the backend has no MSR filter")
 
+    def signal_msi(self, address: int, data: int) -> int:
+        """Wraps KVM_SIGNAL_MSI (an MSI to the in-kernel local APICs; returns >0 when
+        delivered, 0 when blocked). A backend without in-kernel APICs: ENOTTY."""
+        self._check_open()
+        raise KvmIoctlError("KVM_SIGNAL_MSI", errno.ENOTTY, "the backend has no in-kernel APIC")
+
+    def set_gsi_routing(self, msi_routes: Sequence[Tuple[int, int, int]]) -> None:
+        """Wraps KVM_SET_GSI_ROUTING with MSI entries ``(gsi, address, data)`` (with
+        KVM_CAP_SPLIT_IRQCHIP, KVM learns from them which IOAPIC vectors are level
+        triggered, for KVM_EXIT_IOAPIC_EOI). A backend without it: ENOTTY."""
+        self._check_open()
+        raise KvmIoctlError("KVM_SET_GSI_ROUTING", errno.ENOTTY, "the backend has no GSI routing")
+
     @abc.abstractmethod
     def get_pit2(self) -> uapi.kvm_pit_state2:
         """Wraps KVM_GET_PIT2."""

@@ -306,6 +306,22 @@ class MsrExit(Exit):
                 "msr_reason": self.msr_reason}
 
 
+class IoapicEoiExit(Exit):
+    """KVM_EXIT_IOAPIC_EOI: with KVM_CAP_SPLIT_IRQCHIP, the in-kernel local APIC
+    took an EOI of a level-triggered vector the user-space IOAPIC routes
+    (``struct { __u8 vector; } eoi``)."""
+
+    __slots__ = ("vector",)
+    kind = "ioapic_eoi"
+
+    def __init__(self, run: uapi.kvm_run) -> None:
+        super().__init__(run)
+        self.vector = int(run.eoi.vector)
+
+    def fields(self) -> Dict[str, object]:
+        return {"vector": self.vector}
+
+
 _Decoder = Callable[[uapi.kvm_run, memoryview], Exit]
 
 _DECODERS: Dict[int, _Decoder] = {
@@ -321,6 +337,7 @@ _DECODERS: Dict[int, _Decoder] = {
     ExitReason.SYSTEM_EVENT: lambda run, page: SystemEventExit(run),
     ExitReason.DEBUG: lambda run, page: DebugExit(run),
     ExitReason.EXCEPTION: lambda run, page: ExceptionExit(run),
+    ExitReason.IOAPIC_EOI: lambda run, page: IoapicEoiExit(run),
     ExitReason.X86_RDMSR: lambda run, page: MsrExit(run),
     ExitReason.X86_WRMSR: lambda run, page: MsrExit(run),
 }
@@ -338,5 +355,5 @@ def decode_exit(run: uapi.kvm_run, page: memoryview) -> Exit:
 __all__ = [
     "Exit", "IoExit", "MmioExit", "HltExit", "IrqWindowOpenExit", "IntrExit", "ShutdownExit",
     "FailEntryExit", "InternalErrorExit", "HypercallExit", "SystemEventExit", "DebugExit",
-    "ExceptionExit", "MsrExit", "UnknownExit", "decode_exit",
+    "ExceptionExit", "MsrExit", "IoapicEoiExit", "UnknownExit", "decode_exit",
 ]

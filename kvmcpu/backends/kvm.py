@@ -21,7 +21,7 @@ import ctypes
 import errno
 import os
 import weakref
-from typing import Dict, List, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 from .. import _ioctl, uapi
 from ..errors import BackendUnavailableError, KvmIoctlError
@@ -334,6 +334,33 @@ class KvmVm(Vm):
         """Wraps KVM_SET_IRQCHIP."""
         self._check_open()
         _ioctl.ioctl(self.fd, uapi.KVM_SET_IRQCHIP, chip)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Wraps KVM_SIGNAL_MSI."""
+        self._check_open()
+        msi = uapi.kvm_msi()
+        msi.address_lo = address & 0xFFFFFFFF
+        msi.address_hi = (address >> 32) & 0xFFFFFFFF
+        msi.data = data & 0xFFFFFFFF
+        return _ioctl.ioctl(self.fd, uapi.KVM_SIGNAL_MSI, msi)
+
+    def set_gsi_routing(self, msi_routes: Sequence[Tuple[int, int, int]]) -> None:
+        """Wraps KVM_SET_GSI_ROUTING (MSI entries)."""
+        self._check_open()
+        head = ctypes.sizeof(uapi.kvm_irq_routing)
+        entry_size = ctypes.sizeof(uapi.kvm_irq_routing_entry)
+        buf = ctypes.create_string_buffer(head + entry_size * len(msi_routes))
+        routing = uapi.kvm_irq_routing.from_buffer(buf)
+        routing.nr = len(msi_routes)
+        for n, (gsi, address, data) in enumerate(msi_routes):
+            entry = uapi.kvm_irq_routing_entry.from_buffer(buf, head + n * entry_size)
+            entry.gsi = gsi
+            entry.type = uapi.KVM_IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = address & 0xFFFFFFFF
+            entry.u.msi.address_hi = (address >> 32) & 0xFFFFFFFF
+            entry.u.msi.data = data & 0xFFFFFFFF
+        del routing, entry
+        _ioctl.ioctl(self.fd, uapi.KVM_SET_GSI_ROUTING, buf)
 
     def set_msr_filter(self, msr_filter: uapi.kvm_msr_filter) -> None:
         """Wraps KVM_X86_SET_MSR_FILTER (the bitmaps are copied by the kernel)."""

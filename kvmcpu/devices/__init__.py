@@ -58,7 +58,14 @@ from kvmcpu.devices.debug_exit import DEBUG_EXIT_CAUSE, DEBUG_EXIT_PORT, DebugEx
 from kvmcpu.devices.fw_cfg import FW_CFG_PORT, FwCfg
 from kvmcpu.devices.hpet import Hpet, LegacyGate
 from kvmcpu.devices.i8042 import I8042, I8042_DATA_PORT, I8042_STATUS_PORT
-from kvmcpu.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, IsaIrqRouter
+from kvmcpu.devices.ioapic import (
+    IOAPIC_BASE,
+    IOAPIC_SIZE,
+    IoApic,
+    IsaIrqRouter,
+    MsiSink,
+    RoutesSink,
+)
 from kvmcpu.devices.irq import InterruptController, IrqLine, KernelIrqChip
 from kvmcpu.devices.lapic import ApicBus, ApicInterrupts, LocalApic
 from kvmcpu.devices.m5ops import M5OP_ADDR, M5OP_SIZE, M5Ops, M5OpsHandler
@@ -208,6 +215,8 @@ def pc_devices(
     on_reset: Callable[[], object] | None = None,
     hpet: bool = True,
     devices: Sequence[DeviceSpec] = (),
+    msi: MsiSink | None = None,
+    on_routes: RoutesSink | None = None,
 ) -> PcDevices:
     """Create the default PC devices and map them on ``io`` and ``mmio``.
 
@@ -236,6 +245,9 @@ def pc_devices(
             then gates the PIT's and the RTC's interrupts).
         devices: QEMU's test devices to add, parsed by
             :func:`kvmcpu.devices.testdevs.device_spec` (``--device``).
+        msi: with ``apic``, the local APICs are KVM's (irqchip "split"): no
+            user-space LocalApic, and the IOAPIC sends its messages as MSIs
+            through ``msi(address, data)`` (and its routes to ``on_routes``).
     """
     if apic and irqchip is not None:
         raise ValueError("pc_devices: apic=True needs the user-space PIC (irqchip=None)")
@@ -256,7 +268,11 @@ def pc_devices(
     ioapic: IoApic | None = None
     lapic: LocalApic | None = None
     lapics: List[LocalApic] = []
-    if apic:
+    if apic and msi is not None:
+        ioapic = IoApic("ioapic", msi=msi, on_routes=on_routes)
+        mmio.add(IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+        irqchip = IsaIrqRouter(pic, ioapic)
+    elif apic:
         apic_bus = ApicBus()
         for index in range(nb_cpus):
             apic_dev = LocalApic(f"lapic{index}", apic_id=index, bsp=index == 0,

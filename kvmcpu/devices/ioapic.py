@@ -13,6 +13,13 @@ messages go to the local APICs over the :class:`~kvmcpu.devices.lapic.ApicBus`.
   (EOI broadcast) clears it, and an input still asserted delivers again.
 * Polarity is kept and read back, and inputs are taken as active high, as
   ISA lines are: KVM (KVM_CAP_IOAPIC_POLARITY_IGNORED) and QEMU do the same.
+* With KVM's local APICs (irqchip "split", KVM_CAP_SPLIT_IRQCHIP) there is no
+  APIC bus: each message goes out as an MSI (``msi(address, data)``, which the
+  System makes KVM_SIGNAL_MSI), and ``on_routes`` receives the 24 entries as
+  MSI routes whenever they change (KVM_SET_GSI_ROUTING: KVM learns from the
+  trigger bit which vectors are level triggered, and exits with
+  KVM_EXIT_IOAPIC_EOI on their EOI, which comes back to :meth:`IoApic.eoi`),
+  as QEMU's IOAPIC does in that mode.
 
 :class:`IsaIrqRouter` is the PC's wiring of the ISA IRQs: each goes to the
 8259 pair and to the IOAPIC, IRQ 0 (the PIT) to pin 2 as the interrupt
@@ -23,13 +30,18 @@ the pin of the same number.
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from kvmcpu.devices.base import Device
 from kvmcpu.devices.lapic import DM_EXTINT, DM_LOWEST, DM_SMI, ApicBus
 from kvmcpu.errors import GuestError
 
-__all__ = ["IOAPIC_BASE", "IOAPIC_PINS", "IoApic", "IsaIrqRouter"]
+#: An MSI: (address, data).
+MsiSink = Callable[[int, int], object]
+#: MSI routes for KVM_SET_GSI_ROUTING: (gsi, address, data) per pin.
+RoutesSink = Callable[[List[Tuple[int, int, int]]], object]
+
+__all__ = ["IOAPIC_BASE", "IOAPIC_PINS", "IoApic", "IsaIrqRouter", "MsiSink", "RoutesSink"]
 
 log = logging.getLogger("kvmcpu.devices.ioapic")
 
@@ -55,15 +67,25 @@ class IoApic(Device):
 
     Args:
         name: device name.
-        bus: the APIC bus its messages go out on.
+        bus: the APIC bus its messages go out on (None with ``msi``).
         ioapic_id: the initial IOAPIC ID.
+        msi: send each message as an MSI ``msi(address, data)`` instead (KVM's
+            local APICs).
+        on_routes: with ``msi``, called with the pins' MSI routes when they change.
     """
 
     _checkpoint_fields = ("ioregsel", "ioapic_id", "redirection", "irr", "levels")
 
-    def __init__(self, name: str = "ioapic", *, bus: ApicBus, ioapic_id: int = 0) -> None:
+    def __init__(self, name: str = "ioapic", *, bus: Optional[ApicBus] = None,
+                 ioapic_id: int = 0, msi: Optional[MsiSink] = None,
+                 on_routes: Optional[RoutesSink] = None) -> None:
         super().__init__(name)
+        if (bus is None) == (msi is None):
+            raise ValueError("IoApic: give either an APIC bus or an msi sink")
         self.bus = bus
+        self.msi = msi
+        self.on_routes = on_routes
+        self._routes: Optional[List[Tuple[int, int, int]]] = None
         self.ioapic_id = ioapic_id
         self.interrupts_sent = 0
         self.reset()
@@ -75,6 +97,30 @@ class IoApic(Device):
         self.irr = 0
         #: Current input levels, one bit per pin.
         self.levels = 0
+        self.update_routes()
+
+    @staticmethod
+    def msi_of(entry: int) -> Tuple[int, int]:
+        """The MSI (address, data) of a redirection entry (Intel SDM vol. 3, 11.11:
+        destination in address bits 19:12, logical mode in bit 2; vector, delivery
+        mode, level assert and trigger mode in the data)."""
+        address = 0xFEE00000 | (((entry >> 56) & 0xFF) << 12) | ((entry >> 11) & 1) << 2
+        data = (entry & 0xFF) | (((entry >> 8) & 7) << 8) | (1 << 14) | \
+            (((entry >> 15) & 1) << 15)
+        return address, data
+
+    def update_routes(self) -> None:
+        """Hand the pins' MSI routes to ``on_routes`` when they changed."""
+        if self.on_routes is None:
+            return
+        routes = [(pin, *self.msi_of(entry)) for pin, entry in enumerate(self.redirection)]
+        if routes != self._routes:
+            self._routes = routes
+            self.on_routes(routes)
+
+    def unserialize(self, cp: Any) -> None:
+        super().unserialize(cp)
+        self.update_routes()
 
     def connect_eoi(self, lapic: Any) -> None:
         """Listen to ``lapic``'s EOI broadcasts (level-triggered vectors)."""
@@ -123,6 +169,14 @@ class IoApic(Device):
         dest = (entry >> 56) & 0xFF
         if mode == DM_SMI:
             raise GuestError(f"{self.name}: SMI delivery is not modelled (no SMM in kvmcpu)")
+        if self.msi is not None:
+            if mode == DM_EXTINT:
+                return  # the 8259 reaches KVM's LINT0 through KVM_INTERRUPT instead
+            self.interrupts_sent += 1
+            self.msi(*self.msi_of(entry))
+            return
+        if self.bus is None:
+            return  # (unreachable: __init__ takes a bus or an msi sink)
         targets = self.bus.match(dest, logical)
         if mode == DM_EXTINT:
             # The 8259 answers the INTA; the CPU model asks it through LINT0's path.
@@ -171,6 +225,8 @@ class IoApic(Device):
             if not entry & RTE_LEVEL:
                 entry &= ~RTE_REMOTE_IRR
         self.redirection[pin] = entry
+        if self.on_routes is not None:
+            self.update_routes()
         self._service(pin)
 
     def read(self, offset: int, size: int) -> int:

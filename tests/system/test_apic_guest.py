@@ -64,8 +64,11 @@ def test_apic_guest_user_space(make_system: MakeSystem, backend_name: str, irqch
 
 
 @pytest.mark.kvm
-def test_apic_guest_kernel_irqchip(make_system: MakeSystem) -> None:
-    system = make_system(memory="32M", backend="kvm", irqchip="kernel")
+@pytest.mark.parametrize("irqchip", ["kernel", "split"])
+def test_apic_guest_kernel_irqchip(make_system: MakeSystem, irqchip: str) -> None:
+    """KVM's local APICs (both modes; with "split" the IOAPIC and the PIC are the
+    user-space ones): the LAPIC timers run in host time."""
+    system = make_system(memory="32M", backend="kvm", irqchip=irqchip)
     system.load(IMAGE)
     result = system.run(max_seconds=5, timeout=TIMEOUT)
     assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), system.serial.output
@@ -146,7 +149,8 @@ def test_apic_checkpoint_with_the_in_kernel_irqchip(tmp_path: Path) -> None:
         assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
 
 
-@pytest.mark.parametrize("irqchip", ["user", pytest.param("kernel", marks=pytest.mark.kvm)])
+@pytest.mark.parametrize("irqchip", ["user", pytest.param("kernel", marks=pytest.mark.kvm),
+                                     pytest.param("split", marks=pytest.mark.kvm)])
 def test_cli_runs_the_apic_guest(tmp_path: Path, irqchip: str) -> None:
     backend = "mock" if irqchip == "user" else "kvm"
     done = subprocess.run([sys.executable, "-m", "kvmcpu", "run", "--backend", backend,

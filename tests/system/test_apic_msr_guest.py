@@ -5,8 +5,8 @@ the model through KVM_CAP_X86_USER_SPACE_MSR (the filter for
 IA32_TSC_DEADLINE, KVM_MSR_EXIT_REASON_INVAL for the x2APIC range, which KVM
 does not let a filter cover); with the in-kernel irqchip KVM runs them. Both
 print the same, and so does QEMU + KVM with ``-cpu host``. The mock offers
-neither feature in CPUID (it cannot hand MSRs to user space), and the guest
-says so.
+both in CPUID and hands the same MSRs to user space the same way (its
+KVM_CAP_X86_USER_SPACE_MSR and filter), so it prints the same too.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _run(backend: str, irqchip: str) -> bytes:
         system.load(IMAGE)
         result = system.run(max_seconds=5, timeout=TIMEOUT)
         assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), system.serial.output
-        if irqchip == "user" and backend == "kvm":
+        if irqchip == "user":
             assert system.vm.apic_msrs_taken
             lapic = system.devices.lapic
             assert lapic is not None and lapic.x2apic and lapic.tsc_hz > 0
@@ -49,13 +49,28 @@ def _run(backend: str, irqchip: str) -> bytes:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("irqchip", ["user", "kernel"])
+@pytest.mark.parametrize("irqchip", ["user", "kernel", "split"])
 def test_x2apic_and_tsc_deadline_on_kvm(irqchip: str) -> None:
     assert _run("kvm", irqchip) == MSR_OUTPUT
 
 
-def test_the_mock_offers_neither() -> None:
-    assert _run("mock", "user") == NOT_OFFERED
+def test_the_mock_runs_x2apic_and_tsc_deadline_through_user_space_msrs() -> None:
+    assert _run("mock", "user") == MSR_OUTPUT
+
+
+def test_without_the_offer_the_guest_says_so() -> None:
+    """CPUID leaf 1 without x2APIC and TSC-deadline (a CPU override): the guest skips both."""
+    from kvmcpu.backends.mock.backend import supported_cpuid
+
+    leaf1 = next(e for e in supported_cpuid() if e.function == 1)
+    assert leaf1.ecx & (1 << 21) and leaf1.ecx & (1 << 24)  # the mock's offer
+    regs = (leaf1.eax, leaf1.ebx, leaf1.ecx & ~((1 << 21) | (1 << 24)), leaf1.edx)
+    with System(memory="32M", backend="mock",
+                cpu_params={"cpuid_overrides": {(1, 0): regs}}) as system:
+        system.load(IMAGE)
+        result = system.run(max_seconds=5, timeout=TIMEOUT)
+        assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1)
+        assert system.serial.output == NOT_OFFERED
 
 
 @pytest.mark.kvm

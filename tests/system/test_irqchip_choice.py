@@ -38,23 +38,9 @@ def test_user_is_auto(mode: str) -> None:
         assert system.devices.lapic is not None and not system.vm.params.irqchip
 
 
-def test_split_is_refused_as_not_implemented() -> None:
-    with pytest.raises(ConfigError, match="irqchip='split'.*not implemented"):
-        System(memory="1M", backend="mock", irqchip="split")
-
-
 def test_kernel_without_an_in_kernel_irqchip_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="irqchip='kernel' but the backend has no in-kernel"):
         System(memory="1M", backend="mock", irqchip="kernel")
-
-
-def test_cli_split_is_status_2(tmp_path: Path) -> None:
-    image = Path(__file__).resolve().parent.parent.parent / "kvmcpu" / "guests" / "hello.bin"
-    done = subprocess.run([sys.executable, "-m", "kvmcpu", "run", "--backend", "mock",
-                           "--irqchip", "split", str(image)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert "not implemented" in done.stderr
 
 
 def test_on_without_an_in_kernel_irqchip_is_a_config_error() -> None:

@@ -36,7 +36,8 @@ What is emulated
   read-only memory), HLT, SHUTDOWN, IRQ_WINDOW_OPEN, INTR, HYPERCALL
   (KVM_HC_MAP_GPA_RANGE when enabled), DEBUG (single-step, INT3, execution
   breakpoints), INTERNAL_ERROR/EMULATION with the instruction bytes for every
-  instruction the engine does not implement. Coalesced MMIO/PIO zones fill a
+  instruction the engine does not implement, X86_RDMSR/X86_WRMSR
+  (KVM_CAP_X86_USER_SPACE_MSR and KVM_X86_SET_MSR_FILTER, as KVM's). Coalesced MMIO/PIO zones fill a
   per-VM ring without exits.
 * Determinism: an instruction ``budget`` (run() returns IntrExit when it is
   used up), exact ``instructions_retired`` and ``cycles`` counters, and a guest

@@ -51,6 +51,9 @@ CAPABILITIES: Dict[int, int] = {
     Cap.SYNC_MMU: 1,
     Cap.NOP_IO_DELAY: 1,
     Cap.HLT: 1,
+    # RDMSR/WRMSR exits to user space and the MSR filter (KVM answers 1 for both)
+    Cap.X86_USER_SPACE_MSR: 1,
+    Cap.X86_MSR_FILTER: 1,
 }
 
 KVM_HC_MAP_GPA_RANGE = 12
@@ -79,8 +82,8 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     same for both vendors:
 
     Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
-    FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) POPCNT(23) XSAVE(26;
-    OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no x87 arithmetic), APIC, SEP,
+    FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) x2APIC(21) POPCNT(23)
+    TSC-deadline(24) XSAVE(26; OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no x87 arithmetic), APIC, SEP,
     MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the x2APIC ID, set per
     vCPU by the CPU model). Leaf 0xD: XCR0 may hold x87 and SSE (the stored state, 576
     bytes); sub-leaf 1: XSAVEOPT, XSAVEC, XGETBV with ECX=1, XSAVES/XRSTORS (no
@@ -94,7 +97,9 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
     vb, vd, vc = _vendor(profile.vendor_id)
     edx1 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) \
         | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24)
-    ecx1 = (1 << 13) | (1 << 23) | (1 << 26)
+    # x2APIC (21) and TSC-deadline (24) as KVM lists them: without an in-kernel APIC
+    # their MSRs #GP unless user space takes them (KVM_CAP_X86_USER_SPACE_MSR + filter)
+    ecx1 = (1 << 13) | (1 << 21) | (1 << 23) | (1 << 24) | (1 << 26)
     edx81 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
     ecx81 = (1 << 0) | (1 << 5)
     brand = b"kvmcpu mock vCPU (pure Python)".ljust(48, b"\0")

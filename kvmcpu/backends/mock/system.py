@@ -114,10 +114,44 @@ def read_msr(e: "Engine", index: int) -> int:
     return st.msrs.get(index, 0)
 
 
+#: KVM_MSR_EXIT_REASON_* (KVM_CAP_X86_USER_SPACE_MSR).
+_MSR_INVAL, _MSR_UNKNOWN, _MSR_FILTER = 1, 2, 4
+
+
+def _msr_to_user(e: "Engine", d: Insn, index: int, write: bool, value: int,
+                 reason: int) -> bool:
+    """Hand the access to user space as KVM_EXIT_X86_RDMSR/WRMSR when the VM enabled
+    ``reason`` (KVM_CAP_X86_USER_SPACE_MSR); False: the guest takes the #GP. The
+    instruction is done when user space answers (MockVcpu._complete_last)."""
+    if not e.vm.user_msr_exits & reason:
+        return False
+    e.st.rip = d.next_ip
+    e.mmu.pending.append(("msr", write, index, value, reason, d.ip))
+    e.stop[0] = True
+    return True
+
+
+def _failed_reason(index: int) -> int:
+    """Why KVM fails an MSR the mock does not implement: the x2APIC MSRs without an
+    in-kernel APIC are invalid, anything else unknown (kvm_msr_reason)."""
+    return _MSR_INVAL if 0x800 <= index <= 0x8FF else _MSR_UNKNOWN
+
+
 def rdmsr(e: "Engine", d: Insn) -> None:
     _priv(e)
     st = e.st
-    v = read_msr(e, st.R[1] & 0xFFFFFFFF)
+    index = st.R[1] & 0xFFFFFFFF
+    vm = e.vm
+    if vm.user_msr_exits or vm.msr_filter_ranges or vm.msr_filter_deny:
+        # kvm_get_msr_with_filter: the filter first, then the MSR itself
+        if not vm.msr_allowed(index, False):
+            if _msr_to_user(e, d, index, False, 0, _MSR_FILTER):
+                return
+            raise GuestFault(13, 0)
+        if index not in MSR_INDEX_LIST and _msr_to_user(e, d, index, False, 0,
+                                                        _failed_reason(index)):
+            return
+    v = read_msr(e, index)
     st.R[0] = v & 0xFFFFFFFF
     st.R[2] = v >> 32
 
@@ -126,7 +160,23 @@ def wrmsr(e: "Engine", d: Insn) -> None:
     _priv(e)
     st = e.st
     v = ((st.R[2] & 0xFFFFFFFF) << 32) | (st.R[0] & 0xFFFFFFFF)
-    if not write_msr(e, st.R[1] & 0xFFFFFFFF, v):
+    index = st.R[1] & 0xFFFFFFFF
+    vm = e.vm
+    if vm.user_msr_exits or vm.msr_filter_ranges or vm.msr_filter_deny:
+        if not vm.msr_allowed(index, True):
+            if _msr_to_user(e, d, index, True, v, _MSR_FILTER):
+                return
+            raise GuestFault(13, 0)
+        if index not in MSR_INDEX_LIST:
+            if _msr_to_user(e, d, index, True, v, _failed_reason(index)):
+                return
+            raise GuestFault(13, 0)
+        if not write_msr(e, index, v):
+            if _msr_to_user(e, d, index, True, v, _MSR_INVAL):
+                return
+            raise GuestFault(13, 0)
+        return
+    if not write_msr(e, index, v):
         raise GuestFault(13, 0)
 
 

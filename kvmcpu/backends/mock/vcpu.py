@@ -214,6 +214,20 @@ class MockVcpu(Vcpu):
             eng.mmu.mmio_replay.append((gpa, n, data))
         elif kind == "hypercall":
             eng.st.R[0] = int(self.kvm_run.hypercall.ret)
+        elif kind == "msr":
+            # as KVM's complete_emulated_{rd,wr}msr: #GP at the instruction on error,
+            # else RDMSR's EDX:EAX from the run page's data
+            from .faults import GuestFault
+
+            _, write, _, _, _, insn_ip = last
+            msr = self.kvm_run.msr
+            if msr.error:
+                eng.st.rip = insn_ip
+                eng.pending_exception = GuestFault(13, 0)
+            elif not write:
+                value = int(msr.data)
+                eng.st.R[0] = value & 0xFFFFFFFF
+                eng.st.R[2] = (value >> 32) & 0xFFFFFFFF
         return kind in ("io_in", "mmio_read")
 
     def _fill(self, ex: Tuple[Any, ...]) -> Exit:
@@ -281,6 +295,14 @@ class MockVcpu(Vcpu):
             h.ret = 0
             h.longmode = longmode
             run.exit_reason = ExitReason.HYPERCALL
+        elif kind == "msr":
+            _, write, index, value, reason, _ = ex
+            msr = run.msr
+            msr.error = 0
+            msr.reason = reason
+            msr.index = index
+            msr.data = value if write else 0
+            run.exit_reason = ExitReason.X86_WRMSR if write else ExitReason.X86_RDMSR
         elif kind == "emulation":
             insn = bytes(ex[1])[:15]
             ef = run.emulation_failure

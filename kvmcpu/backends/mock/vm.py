@@ -24,7 +24,14 @@ from ...errors import KvmIoctlError
 from ...hostmem import HostMemory
 from ...uapi import Cap
 from ..base import Backend, MemorySlot, Vcpu, Vm
+from ..checks import check_struct
 from .backend import CAPABILITIES
+
+#: KVM_MSR_EXIT_REASON_VALID_MASK: what KVM_CAP_X86_USER_SPACE_MSR may enable.
+_MSR_EXIT_REASONS = (uapi.KVM_MSR_EXIT_REASON_INVAL | uapi.KVM_MSR_EXIT_REASON_UNKNOWN
+                     | uapi.KVM_MSR_EXIT_REASON_FILTER)
+#: KVM_MSR_FILTER_MAX_BITMAP_SIZE (arch/x86/include/uapi/asm/kvm.h).
+_MSR_FILTER_MAX_BITMAP_SIZE = 0x600
 
 if TYPE_CHECKING:
     from .vcpu import MockVcpu
@@ -50,6 +57,11 @@ class MockVm(Vm):
         # Lifetime: _ring views _ring_buf; both live until _close_vm drops the view.
         self._ring = uapi.kvm_coalesced_mmio_ring.from_buffer(self._ring_buf)
         self.hypercall_exits = 0  # KVM_CAP_EXIT_HYPERCALL mask enabled
+        #: KVM_CAP_X86_USER_SPACE_MSR: the KVM_MSR_EXIT_REASON_* that exit to user space.
+        self.user_msr_exits = 0
+        #: KVM_X86_SET_MSR_FILTER: default deny, and (flags, base, nmsrs, bitmap) ranges.
+        self.msr_filter_deny = False
+        self.msr_filter_ranges: List[Tuple[int, int, int, bytes]] = []
         self.tss_addr: Optional[int] = None
         self.identity_map_addr: Optional[int] = None
         self._clock_base = time.monotonic_ns()
@@ -71,6 +83,13 @@ class MockVm(Vm):
                 raise KvmIoctlError("KVM_ENABLE_CAP", errno.EINVAL,
                                     f"EXIT_HYPERCALL mask {mask:#x} not supported")
             self.hypercall_exits = mask
+            return
+        if int(cap) == Cap.X86_USER_SPACE_MSR:
+            mask = args[0] if args else 0
+            if flags or mask & ~_MSR_EXIT_REASONS:
+                raise KvmIoctlError("KVM_ENABLE_CAP", errno.EINVAL,
+                                    f"X86_USER_SPACE_MSR mask {mask:#x} not supported")
+            self.user_msr_exits = mask
             return
         raise KvmIoctlError("KVM_ENABLE_CAP", errno.EINVAL, f"capability {int(cap)} not enableable")
 
@@ -215,6 +234,48 @@ class MockVm(Vm):
         if any(not v.closed for v in self.vcpus.values()):
             raise KvmIoctlError("KVM_SET_IDENTITY_MAP_ADDR", errno.EEXIST, "vCPUs exist")
         self.identity_map_addr = addr
+
+    def set_msr_filter(self, msr_filter: uapi.kvm_msr_filter) -> None:
+        """Wraps KVM_X86_SET_MSR_FILTER with KVM's checks (kvm_vm_ioctl_set_msr_filter):
+        EINVAL for unknown flags, a default-deny filter without ranges, a range with
+        unknown or no flags, or a bitmap over KVM_MSR_FILTER_MAX_BITMAP_SIZE; the
+        bitmaps are copied."""
+        self._check_open()
+        check_struct("set_msr_filter", "msr_filter", msr_filter, uapi.kvm_msr_filter)
+        if msr_filter.flags & ~uapi.KVM_MSR_FILTER_DEFAULT_DENY:
+            raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.EINVAL,
+                                f"flags {msr_filter.flags:#x}")
+        deny = bool(msr_filter.flags & uapi.KVM_MSR_FILTER_DEFAULT_DENY)
+        if deny and not any(r.nmsrs for r in msr_filter.ranges):
+            raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.EINVAL,
+                                "default deny without a range")
+        ranges: List[Tuple[int, int, int, bytes]] = []
+        valid = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
+        for r in msr_filter.ranges:
+            if not r.nmsrs:
+                continue
+            size = (r.nmsrs + 63) // 64 * 8  # BITS_TO_LONGS(nmsrs) * sizeof(long)
+            if not r.flags or r.flags & ~valid or size > _MSR_FILTER_MAX_BITMAP_SIZE:
+                raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.EINVAL,
+                                    f"range at {r.base:#x}: flags {r.flags:#x}, {r.nmsrs} MSRs")
+            if not r.bitmap:
+                raise KvmIoctlError("KVM_X86_SET_MSR_FILTER", errno.EFAULT,
+                                    f"range at {r.base:#x}: no bitmap")
+            ranges.append((int(r.flags), int(r.base), int(r.nmsrs),
+                           ctypes.string_at(r.bitmap, (r.nmsrs + 7) // 8)))
+        self.msr_filter_deny, self.msr_filter_ranges = deny, ranges
+
+    def msr_allowed(self, index: int, write: bool) -> bool:
+        """kvm_msr_allowed: the x2APIC range is never filtered; the first range that
+        covers ``index`` for the access decides (bit set: allowed), else the default."""
+        if 0x800 <= index <= 0x8FF or not (self.msr_filter_ranges or self.msr_filter_deny):
+            return True
+        want = uapi.KVM_MSR_FILTER_WRITE if write else uapi.KVM_MSR_FILTER_READ
+        for flags, base, count, bitmap in self.msr_filter_ranges:
+            if flags & want and base <= index < base + count:
+                bit = index - base
+                return bool(bitmap[bit >> 3] >> (bit & 7) & 1)
+        return not self.msr_filter_deny
 
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: not emulated (KVM_CAP_IRQCHIP = 0) -> ENOTTY."""

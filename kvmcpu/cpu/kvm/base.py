@@ -42,6 +42,7 @@ from ...backends.exits import (
     HypercallExit,
     InternalErrorExit,
     IntrExit,
+    IoapicEoiExit,
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
@@ -118,6 +119,7 @@ EXIT_HANDLERS: Dict[type, _ExitEntry] = {
     SystemEventExit: ("handleKvmExitSystemEvent", None, Status.Running),
     DebugExit: ("handleKvmExitDebug", None, Status.Running),
     MsrExit: ("handleKvmExitMSR", None, Status.RunningServiceCompletion),
+    IoapicEoiExit: ("handleKvmExitIoapicEoi", None, Status.Running),
     UnknownExit: ("handleKvmExitUnknown", None, Status.Running),
 }
 
@@ -675,6 +677,11 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         self.suspendContext()
         exit_sim_loop(f"guest system event: {kind}", 0 if ex.type == 1 else 1, queue=self.eventq)
         return 0
+
+    def handleKvmExitIoapicEoi(self, ex: IoapicEoiExit) -> int:
+        """KVM_EXIT_IOAPIC_EOI (split irqchip); architectures with a user-space IOAPIC
+        handle it."""
+        raise self._fatal(f"unhandled IOAPIC EOI of vector {ex.vector:#x}", ex)
 
     def handleKvmExitMSR(self, ex: MsrExit) -> int:
         """An MSR the filter hands to user space; architectures that set one up handle it."""

@@ -123,7 +123,7 @@ class ParallelCpus:
         cpu: Any = t.cpu
         lock = self.lock
         for name in ("handleKvmExitIO", "handleKvmExitMMIO", "handleKvmExitMSR",
-                     "handleKvmExitInternalError"):
+                     "handleKvmExitInternalError", "handleKvmExitIoapicEoi"):
             method = getattr(type(cpu), name).__get__(cpu)
             setattr(cpu, name, self._device_access(method, t))
         for name in ("wakeup", "post_nmi", "post_init", "post_sipi"):
@@ -140,7 +140,8 @@ class ParallelCpus:
     def _unwrap(self, t: _CpuThread) -> None:
         cpu: Any = t.cpu
         for name in ("handleKvmExitIO", "handleKvmExitMMIO", "handleKvmExitMSR",
-                     "handleKvmExitInternalError", "wakeup", "post_nmi", "post_init",
+                     "handleKvmExitInternalError", "handleKvmExitIoapicEoi", "wakeup",
+                     "post_nmi", "post_init",
                      "post_sipi", "ioctlRun", "flushCoalescedMMIO"):
             cpu.__dict__.pop(name, None)
         cpu.on_halt = t.saved_on_halt

@@ -90,7 +90,7 @@ def switch_cpu_group(olds: Sequence[BaseKvmCPU], backend: Union[Backend, str]
     old_vm = olds[0].vm
     if any(cpu.vm is not old_vm for cpu in olds):
         raise ValueError("switch_cpu_group: the CPUs must share one VM")
-    if old_vm.has_irqchip:
+    if old_vm.kernel_lapic:
         raise SimulationError(f"{olds[0].path()}: cannot switch a CPU whose VM has an "
                               "in-kernel irqchip (its interrupt state lives in the kernel)")
     root = _root_of(olds[0])

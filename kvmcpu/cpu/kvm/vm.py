@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ... import uapi
 from ...backends import get_backend
@@ -77,6 +77,9 @@ class Kvm:
 
     def capIRQChip(self) -> bool:
         return self.check_extension(Cap.IRQCHIP) != 0
+
+    def capSplitIRQChip(self) -> bool:
+        return self.check_extension(Cap.SPLIT_IRQCHIP) != 0
 
     def capPIT2(self) -> bool:
         return self.check_extension(Cap.PIT2) != 0
@@ -180,6 +183,8 @@ class KvmVM(SimObject):
         self._ram: List[Tuple[int, HostMemory, int]] = []  # (gpa, memory, flags)
         self._started = False
         self.has_irqchip = False
+        #: KVM_CAP_SPLIT_IRQCHIP enabled: local APICs in KVM, IOAPIC/PIC in user space.
+        self.split_irqchip = False
         self.has_pit = False
         #: The x2APIC/TSC-deadline MSRs go to user space (X86KvmCPU._take_apic_msrs).
         self.apic_msrs_taken = False
@@ -287,6 +292,39 @@ class KvmVM(SimObject):
         self.has_irqchip = True
 
     createIRQChip = create_irq_chip
+
+    @property
+    def kernel_lapic(self) -> bool:
+        """The local APICs are KVM's (KVM_CREATE_IRQCHIP or KVM_CAP_SPLIT_IRQCHIP)."""
+        return self.has_irqchip or self.split_irqchip
+
+    def enable_split_irqchip(self, ioapic_pins: int = 24) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP, ``ioapic_pins`` routes reserved for
+        the user-space IOAPIC): KVM's local APICs, with the IOAPIC and the 8259
+        pair in user space. KVM takes it only before the first vCPU exists.
+
+        Raises:
+            ConfigError: the backend does not offer KVM_CAP_SPLIT_IRQCHIP, or a
+                vCPU already exists.
+        """
+        if not 1 <= ioapic_pins <= 256:
+            raise ValueError(f"ioapic_pins must be 1-256, got {ioapic_pins}")
+        if not self.kvm.capSplitIRQChip():
+            raise ConfigError(f"irqchip='split': the {self.backend.name} backend has no "
+                              "KVM_CAP_SPLIT_IRQCHIP (no in-kernel local APIC)")
+        if self._next_vcpu_id or self.has_irqchip:
+            raise ConfigError("irqchip='split' must be enabled before any vCPU or irqchip")
+        self.vm.enable_cap(Cap.SPLIT_IRQCHIP, ioapic_pins)
+        self.split_irqchip = True
+
+    def signal_msi(self, address: int, data: int) -> None:
+        """KVM_SIGNAL_MSI to the in-kernel local APICs (split irqchip)."""
+        self.vm.signal_msi(address, data)
+
+    def set_msi_routes(self, routes: Sequence[Tuple[int, int, int]]) -> None:
+        """KVM_SET_GSI_ROUTING with MSI routes ``(gsi, address, data)`` (split irqchip:
+        tells KVM which IOAPIC vectors are level triggered, for their EOI exits)."""
+        self.vm.set_gsi_routing(routes)
 
     def set_irq_line(self, irq: int, level: int) -> None:
         """KVM_IRQ_LINE on the in-kernel irqchip."""

@@ -24,7 +24,7 @@ import ctypes
 import errno
 import logging
 import struct
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ... import uapi
 from ...backends import modes
@@ -34,6 +34,7 @@ from ...backends.exits import (
     HltExit,
     InternalErrorExit,
     IntrExit,
+    IoapicEoiExit,
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
@@ -118,6 +119,8 @@ class X86KvmCPU(BaseKvmCPU):
         self.cpuid_vendor = cpuid_vendor
         self.cpuid_overrides = dict(cpuid_overrides or {})
         self.pending_nmi = False
+        #: The user-space IOAPIC's EOI (irqchip "split": KVM_EXIT_IOAPIC_EOI's vector).
+        self.on_ioapic_eoi: Optional[Callable[[int], object]] = None
         self._wait_for_sipi = False
         self._cpuid_applied: Optional[List[CpuidEntry]] = None
         self._msr_list: Optional[List[int]] = None
@@ -145,9 +148,9 @@ class X86KvmCPU(BaseKvmCPU):
 
     def _take_apic_msrs(self) -> None:
         """With a user-space local APIC on a backend that offers KVM_CAP_X86_USER_SPACE_MSR
-        and KVM_X86_SET_MSR_FILTER (KVM), have KVM hand RDMSR/WRMSR of the x2APIC MSRs
-        and IA32_TSC_DEADLINE to :meth:`handleKvmExitMSR`, and give the APIC the guest's
-        TSC. Elsewhere (the mock) those MSRs stay the backend's (x2APIC and
+        and KVM_X86_SET_MSR_FILTER (KVM and the mock), have the backend hand RDMSR/WRMSR
+        of the x2APIC MSRs and IA32_TSC_DEADLINE to :meth:`handleKvmExitMSR`, and give
+        the APIC the guest's TSC. Elsewhere those MSRs stay the backend's (x2APIC and
         TSC-deadline mode are then not reachable from the guest)."""
         vm = self.vm
         kvm = vm.kvm
@@ -264,7 +267,7 @@ class X86KvmCPU(BaseKvmCPU):
             vcpu.set_vcpu_events(tc.to_events())
         if kvm.capDebugRegs():
             vcpu.set_debugregs(tc.to_debugregs())
-        if self.vm.has_irqchip and len(tc.lapic) == uapi.KVM_APIC_REG_SIZE:
+        if self.vm.kernel_lapic and len(tc.lapic) == uapi.KVM_APIC_REG_SIZE:
             vcpu.set_lapic(tc.to_lapic())  # KVM's in-kernel local APIC
         try:
             vcpu.set_mp_state(tc.mp_state)
@@ -304,7 +307,7 @@ class X86KvmCPU(BaseKvmCPU):
             tc.load_events(vcpu.get_vcpu_events())
         if kvm.capDebugRegs():
             tc.load_debugregs(vcpu.get_debugregs())
-        if self.vm.has_irqchip:
+        if self.vm.kernel_lapic:
             tc.load_lapic(vcpu.get_lapic())
         try:
             tc.mp_state = vcpu.get_mp_state()
@@ -443,6 +446,14 @@ class X86KvmCPU(BaseKvmCPU):
                                 and self.interrupts.has_pending()):
             return 0
         return super().handleKvmExitHalt(ex)
+
+    def handleKvmExitIoapicEoi(self, ex: IoapicEoiExit) -> int:
+        """Split irqchip: KVM's local APIC took the EOI of a level-triggered vector the
+        user-space IOAPIC sent; its remote IRR clears (and a line still up sends again)."""
+        if self.on_ioapic_eoi is None:
+            return super().handleKvmExitIoapicEoi(ex)
+        self.on_ioapic_eoi(ex.vector)
+        return 0
 
     def handleKvmExitIRQWindowOpen(self, ex: IrqWindowOpenExit) -> int:
         """The guest can take an interrupt: the next entry delivers it."""
