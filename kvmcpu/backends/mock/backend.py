@@ -83,8 +83,8 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
 
     Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
     FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) x2APIC(21) POPCNT(23)
-    TSC-deadline(24) XSAVE(26; OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no x87 arithmetic), APIC, SEP,
-    MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the x2APIC ID, set per
+    TSC-deadline(24) XSAVE(26; OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no
+    x87 arithmetic), APIC, SEP, MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the x2APIC ID, set per
     vCPU by the CPU model). Leaf 0xD: XCR0 may hold x87 and SSE (the stored state, 576
     bytes); sub-leaf 1: XSAVEOPT, XSAVEC, XGETBV with ECX=1, XSAVES/XRSTORS (no
     supervisor components: IA32_XSS only takes 0); EBX of both follows XCR0
