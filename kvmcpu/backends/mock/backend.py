@@ -83,14 +83,14 @@ def supported_cpuid(profile: Optional[VendorProfile] = None) -> List[uapi.kvm_cp
 
     Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) PGE(13) CMOV(15) PAT(16) CLFSH(19)
     FXSR(24, FXSAVE/FXRSTOR of the stored state); ECX: CX16(13) x2APIC(21) POPCNT(23)
-    TSC-deadline(24) XSAVE(26; OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no
-    x87 arithmetic), APIC, SEP, MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the x2APIC ID, set per
-    vCPU by the CPU model). Leaf 0xD: XCR0 may hold x87 and SSE (the stored state, 576
-    bytes); sub-leaf 1: XSAVEOPT, XSAVEC, XGETBV with ECX=1, XSAVES/XRSTORS (no
-    supervisor components: IA32_XSS only takes 0); EBX of both follows XCR0
-    (xsave.py). Leaf 0x80000001: LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11) NX(EDX20)
-    1GB pages(EDX26) RDTSCP(EDX27) LM(EDX29). Leaf 7 is empty (TZCNT executes but BMI1
-    is not claimed; no SMAP: CLAC/STAC are #UD, as on silicon without it).
+    TSC-deadline(24) XSAVE(26; OSXSAVE(27) follows CR4 as on KVM). Not set: FPU (no x87
+    arithmetic), APIC, SEP, MMX, SSE*, AVX. Leaf 0xB is the extended topology (EDX: the
+    x2APIC ID, set per vCPU by the CPU model). Leaf 0xD: XCR0 may hold x87 and SSE (the
+    stored state, 576 bytes); sub-leaf 1: XSAVEOPT, XSAVEC, XGETBV with ECX=1,
+    XSAVES/XRSTORS (no supervisor components: IA32_XSS only takes 0); EBX of both
+    follows XCR0 (xsave.py). Leaf 0x80000001: LAHF(ECX0) ABM/LZCNT(ECX5), SYSCALL(EDX11)
+    NX(EDX20) 1GB pages(EDX26) RDTSCP(EDX27) LM(EDX29). Leaf 7 is empty (TZCNT executes
+    but BMI1 is not claimed; no SMAP: CLAC/STAC are #UD, as on silicon without it).
     """
     if profile is None:
         profile = get_profile()
