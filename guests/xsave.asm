@@ -148,29 +148,7 @@ exc_handler:
     DEBUG_EXIT_WRITE 2                      ; exit status (2 << 1) | 1 = 5
     jmp exc_handler
 
-; puthex64: send RAX as 16 hex digits (clobbers nothing).
-puthex64:
-    push rax
-    push rcx
-    push rdx
-    mov rdx, rax
-    mov ecx, 16
-.digit:
-    rol rdx, 4
-    mov eax, edx
-    and eax, 0xf
-    add al, '0'
-    cmp al, '9'
-    jbe .emit
-    add al, 'a' - '9' - 1
-.emit:
-    call putc
-    dec ecx
-    jnz .digit
-    pop rdx
-    pop rcx
-    pop rax
-    ret
+%include "lib/puthex64.inc"
 
 %include "lib/uart.inc"
 
