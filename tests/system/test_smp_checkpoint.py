@@ -97,3 +97,36 @@ def test_switch_cpu_with_two_cpus(make_system: MakeSystem, first: str, second: s
     result = system.run(max_seconds=5, timeout=TIMEOUT)
     assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), system.serial.output
     assert system.serial.output == smp_output(2)
+
+
+@pytest.mark.parametrize("backend", ["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
+def test_wake_up_while_drained_survives_a_checkpoint(make_system: MakeSystem, tmp_path: Path,
+                                                     backend: str) -> None:
+    """An interrupt that wakes a halted CPU while the system drains (on KVM: another
+    CPU's IPI during that CPU's drain entry) makes the thread runnable at resume; a
+    checkpoint taken then must say so, or the restored CPU sleeps on with the vector in
+    its IRR ("guest halted with nothing left to run"; found in smp.asm's ping-pong)."""
+    system = make_system(memory="32M", backend=backend, smp=2, parallel=False)
+    system.load(IMAGE)
+    _run_until(system, b"smp: all 2 up\n")
+    ap = system.cpus[1]
+    for _ in range(1000):  # cpu 1 sleeps in `sti; hlt` between the pings
+        if ap.thread_status.value == "Suspended":
+            break
+        system.run(max_ticks=10_000, timeout=TIMEOUT)
+    assert ap.thread_status.value == "Suspended"
+    system.root.drain_manager.drain()
+    ap.wakeup()  # what the APIC's accept does for the halted AP
+    cpt = system.checkpoint(tmp_path / "cpt")
+    printed = system.serial.output
+    system.close()
+    assert "thread_status=Active" in (cpt / "m5.cpt").read_text().split("[system.cpu1]")[1]
+    restored = System.restore(cpt, backend=backend)
+    try:
+        assert restored.cpus[1].thread_status.value == "Active"
+        result = restored.run(max_seconds=5, timeout=TIMEOUT)
+        assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), restored.serial.output
+        out = restored.serial.output
+        assert (out if out.startswith(printed) else printed + out) == smp_output(2)
+    finally:
+        restored.close()

@@ -808,7 +808,14 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         self.serializeThread(cp)
 
     def serializeThread(self, cp: CheckpointOut) -> None:
-        cp.param_out("thread_status", self.thread_status.value)
+        status = self.thread_status
+        if status is ThreadStatus.Suspended and self._wake_pending:
+            # Woken while draining (another CPU's IPI during its drain entry): the
+            # thread is runnable and would start at drain_resume; a restore must see it
+            # so, or the wake-up is lost with the drain (the interrupt stays in the IRR
+            # of a CPU nothing will ever run).
+            status = ThreadStatus.Active
+        cp.param_out("thread_status", status.value)
         cp.param_out("ctr_insts", self.ctr_insts)
         with cp.subsection("xc.0"):
             self.tc.serialize(cp)
