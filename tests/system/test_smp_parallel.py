@@ -81,6 +81,22 @@ def test_parallel_limit_then_checkpoint_on_the_mock(make_system: MakeSystem,
         restored.close()
 
 
+def test_a_halted_cpu_woken_by_an_ipi_runs_within_the_quantum(make_system: MakeSystem) -> None:
+    """100 IPI round trips, each side waiting in `sti; hlt`, with a 50 ms
+    sim_quantum: a parked (halted) CPU woken by the other CPU's IPI runs at the
+    sender's tick, so the run takes far less simulated time than 100 quanta (at
+    the next meeting of the queues, each wake-up would cost up to a quantum: 2 x
+    100 x 50 ms)."""
+    quantum = 50_000_000_000  # 50 ms
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True,
+                         irqchip="user", sim_quantum=quantum)
+    system.load(str(Path(IMAGE).parent / "smp_ipi100.bin"))
+    result = system.run(timeout=TIMEOUT)
+    assert b"smp: ping-pong 100 rounds\nsmp: done\n" in system.serial.output
+    assert result.cause == CAUSE_DEBUG_EXIT
+    assert result.tick < 100 * quantum // 4, result.sim_seconds
+
+
 def test_parallel_request_stop_from_another_thread(make_system: MakeSystem) -> None:
     system = make_system(memory="32M", backend="kvm", smp=2, parallel=True)
     system.load(b"\xeb\xfe", fmt="flat")  # jmp $ (real mode, CPL0): never ends

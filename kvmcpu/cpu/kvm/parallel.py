@@ -6,8 +6,10 @@ gem5 runs KVM CPUs on separate event queues:
 
 * the queues are synchronised every ``sim_quantum`` ticks: each CPU thread
   runs its queue up to the quantum's end (a sentinel event there bounds every
-  entry), the main thread runs the device queue (the System's) up to it, and
-  all meet at a barrier;
+  entry) and parks there, the main thread runs the device queue (the System's)
+  up to it, and once every thread is parked the main thread decides (an exit, a
+  limit, every CPU halted) and releases the next quantum: one wake-up per thread
+  and quantum;
 * device accesses (port IO, MMIO, the APIC MSRs, interrupt acknowledge) run
   under one lock, on the device queue's time (gem5's
   ``EventQueue::ScopedMigration``); KVM_RUN itself runs without the GIL (ctypes
@@ -15,7 +17,10 @@ gem5 runs KVM CPUs on separate event queues:
 * what another thread asks of a CPU (an IPI's wake-up, NMI, INIT, SIPI) is
   posted to the CPU's mailbox and the vCPU kicked (``KvmVcpu.kick``:
   ``immediate_exit`` set before the signal, so a kick cannot be lost); the CPU's
-  own thread runs it at its next safe point, between two events;
+  own thread runs it at its next safe point, between two events. A thread parked
+  before the quantum's end (its CPU halted, nothing else on its queue) wakes at
+  once, its queue moved on to the poster's tick: a halted CPU woken by an IPI or
+  a device runs within the quantum, not at the next meeting of the queues;
 * a guest exit, a limit, a host timeout, a signal (``request_exit``) or an
   error on one thread stops every thread: the CPU queues get an exit request,
   every vCPU is kicked, and each thread stops after the event it is in.
@@ -68,22 +73,38 @@ class _CpuThread:
         self.mailbox: List[Callable[[], None]] = []
         self.thread: Optional[threading.Thread] = None
         self.ident = 0
-        self.go = threading.Event()
         self.done = threading.Event()
+        #: The quantum (ParallelCpus._gen) the thread is in.
+        self.gen = 0
         self.target = 0
+        #: At the quantum's end (or halted with nothing before it), waiting for a
+        #: post or for the main thread's release (under ParallelCpus.cv).
+        self.parked = False
+        #: The poster's tick when a post woke the thread from parked.
+        self.wake_tick = 0
         self.error: Optional[BaseException] = None
         self.stopping = False
         self.saved_on_halt: Optional[Callable[[], None]] = None
         self.saved_quantum = 0
         self.saved_peers: Any = None
+        self.owner: Optional[ParallelCpus] = None
 
     def post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on this CPU's thread at its next safe point (now, when called there)."""
+        """Run ``fn`` on this CPU's thread at its next safe point (now, when called
+        there). A thread parked for the rest of the quantum (its CPU halted) wakes at
+        once, at the poster's tick (see :meth:`ParallelCpus._park`)."""
         if threading.get_ident() == self.ident or self.thread is None:
             fn()
             return
         with self.lock:
             self.mailbox.append(fn)
+        owner = self.owner
+        if owner is not None:
+            with owner.cv:
+                if self.parked:
+                    self.parked = False
+                    self.wake_tick = owner.now()
+                    owner.cv.notify_all()
         vcpu = self.cpu.vcpu
         if vcpu is not None:
             vcpu.kick()
@@ -114,8 +135,20 @@ class ParallelCpus:
         self.sim_quantum = sim_quantum
         self.lock = lock
         self.threads = [_CpuThread(cpu, lock) for cpu in cpus]
+        for t in self.threads:
+            t.owner = self
         #: True while :meth:`run` is in progress (the CPUs' events are on their queues).
         self.running = False
+        #: Guards the threads' ``parked`` flags and the quantum's release.
+        self.cv = threading.Condition(threading.Lock())
+        #: Counts the quanta of a run: :meth:`_release` starts the next one.
+        self._gen = 0
+        self._local = threading.local()
+
+    def now(self) -> int:
+        """The calling thread's tick: its CPU queue's, or the device queue's."""
+        queue: Optional[EventQueue] = getattr(self._local, "queue", None)
+        return (queue if queue is not None else self.main).cur_tick
 
     # ------------------------------------------------------------------ set-up
     def _wrap(self, t: _CpuThread) -> None:
@@ -181,10 +214,14 @@ class ParallelCpus:
         exit event, as ``EventQueue.simulate`` does."""
         main = self.main
         end = MAX_TICK if max_ticks is None else main.cur_tick + max_ticks
+        boundary = min(main.cur_tick + self.sim_quantum, end)
+        self._gen = 0
         for t in self.threads:
             t.queue.cur_tick = main.cur_tick
             t.queue.pending_exit = None
-            t.error, t.stopping = None, False
+            t.error, t.stopping, t.parked = None, False, False
+            t.target, t.gen = boundary, 0
+            t.done.clear()
             t.mailbox = []
             self._move(t.cpu, t.queue)
             self._wrap(t)
@@ -196,7 +233,7 @@ class ParallelCpus:
         result: Optional[SimLoopExitEvent] = None
         self.running = True
         try:
-            result = self._loop(end, all_halted)
+            result = self._loop(boundary, end, all_halted)
         finally:
             self.running = False
             self._stop_all()
@@ -216,39 +253,95 @@ class ParallelCpus:
         main.last_exit = result
         return result
 
-    def _loop(self, end: int, all_halted: Callable[[], bool]) -> SimLoopExitEvent:
+    def _loop(self, boundary: int, end: int,
+              all_halted: Callable[[], bool]) -> SimLoopExitEvent:
+        """The device queue's side of the quanta (the CPU threads are running the
+        first one, up to ``boundary``)."""
         main = self.main
+        if main.pending_exit is not None:
+            return main._take_pending_exit()
         while True:
-            if main.pending_exit is not None:
-                return main._take_pending_exit()
-            start = main.cur_tick
-            boundary = min(start + self.sim_quantum, end)
+            result = self._quantum_end(boundary, end, all_halted)
+            if result is not None:
+                return result
+            boundary = min(main.cur_tick + self.sim_quantum, end)
+            self._release(boundary)
+
+    def _quantum_end(self, boundary: int, end: int,
+                     all_halted: Callable[[], bool]) -> Optional[SimLoopExitEvent]:
+        """Meet the CPU threads at ``boundary``; the run's exit event, or None to go on."""
+        main = self.main
+        exit_ev = self._meet(boundary)
+        if exit_ev is not None:
+            return exit_ev
+        for t in self.threads:
+            if t.error is not None:
+                return SimLoopExitEvent(f"error on {t.cpu.name}: {t.error}", 1)
+        if main.pending_exit is not None:
+            return main._take_pending_exit()
+        if boundary <= main.next_tick():
+            main.cur_tick = boundary
+        if boundary >= end:
+            ev = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
+            ev.tick = main.cur_tick
+            return ev
+        if not any(t.mailbox for t in self.threads) and all_halted():
+            ev = SimLoopExitEvent(HALTED_CAUSE, 0)
+            ev.tick = main.cur_tick
+            return ev
+        return None
+
+    def _all_parked(self) -> bool:
+        return all(t.parked or t.done.is_set() for t in self.threads)
+
+    def _meet(self, boundary: int) -> Optional[SimLoopExitEvent]:
+        """The device queue's part of a quantum, then the barrier: returns once every
+        CPU thread is parked at ``boundary`` (or stopped) and the device events the
+        CPUs scheduled meanwhile ran (they may wake a parked CPU, which then runs
+        on), or at an exit event of the device queue. The threads stay parked until
+        :meth:`_release` (or the run's end)."""
+        exit_ev = self._devices_until(boundary)
+        while exit_ev is None:
+            with self.cv:
+                self.cv.wait_for(self._all_parked)
+            exit_ev = self._devices_until(boundary)  # what the CPUs scheduled meanwhile
+            if exit_ev is None:
+                with self.cv:
+                    if self._all_parked():
+                        return None
+        return exit_ev
+
+    def _release(self, boundary: int) -> None:
+        """Start the next quantum: every parked thread runs on to ``boundary``
+        (one wake-up per thread and quantum)."""
+        with self.cv:
             for t in self.threads:
                 t.target = boundary
-                t.done.clear()
-                t.go.set()
-            exit_ev = self._devices_until(boundary)
-            for t in self.threads:
-                t.done.wait()
-            if exit_ev is None:
-                exit_ev = self._devices_until(boundary)  # what the CPUs scheduled meanwhile
-            if exit_ev is not None:
-                return exit_ev
-            for t in self.threads:
-                if t.error is not None:
-                    return SimLoopExitEvent(f"error on {t.cpu.name}: {t.error}", 1)
-            if main.pending_exit is not None:
-                return main._take_pending_exit()
-            if boundary <= main.next_tick():
-                main.cur_tick = boundary
-            if boundary >= end:
-                ev = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
-                ev.tick = main.cur_tick
-                return ev
-            if not any(t.mailbox for t in self.threads) and all_halted():
-                ev = SimLoopExitEvent(HALTED_CAUSE, 0)
-                ev.tick = main.cur_tick
-                return ev
+                t.parked = False
+            self._gen += 1
+            self.cv.notify_all()
+
+    def _park(self, t: _CpuThread) -> bool:
+        """Wait, at the quantum's boundary or halted with nothing before it, for a
+        post (True: the CPU goes on, its queue advanced to the poster's tick, as a
+        wake-up delivered at once) or for the next quantum or the run's end (False)."""
+        with self.cv:
+            if t.stopping or self._gen != t.gen:
+                return False
+            if t.mailbox:
+                return True
+            t.parked = True
+            self.cv.notify_all()
+            while t.parked and self._gen == t.gen and not t.stopping:
+                self.cv.wait()
+            woken = not t.parked and self._gen == t.gen and not t.stopping
+            t.parked = False
+        if woken:
+            q = t.queue
+            tick = min(t.wake_tick, t.target)
+            if tick > q.cur_tick and q.next_tick() >= tick:
+                q.cur_tick = tick
+        return woken
 
     def _devices_until(self, boundary: int) -> Optional[SimLoopExitEvent]:
         """Service the device queue's events before ``boundary`` (each under the lock)."""
@@ -264,10 +357,12 @@ class ParallelCpus:
                 return None
 
     def _stop_all(self) -> None:
+        with self.cv:
+            for t in self.threads:
+                t.stopping = True
+                t.queue.request_exit(STOP_CAUSE)
+            self.cv.notify_all()
         for t in self.threads:
-            t.stopping = True
-            t.queue.request_exit(STOP_CAUSE)
-            t.go.set()
             vcpu = t.cpu.vcpu
             if vcpu is not None:
                 try:
@@ -277,47 +372,47 @@ class ParallelCpus:
 
     def _thread_main(self, t: _CpuThread) -> None:
         t.ident = threading.get_ident()
+        self._local.queue = t.queue
         cpu = t.cpu
         try:
             cpu.rebind_run_timer()  # the run timer signals the thread that made it
-            while True:
-                t.go.wait()
-                t.go.clear()
-                if t.stopping:
-                    return
-                self._quantum(t)
-                t.done.set()
-                if t.stopping:
-                    return
+            self._quanta(t)
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
             t.error = err
             self.main.request_exit(f"error on {cpu.name}", 1)
         finally:
-            t.done.set()
+            with self.cv:
+                t.done.set()
+                self.cv.notify_all()
 
-    def _quantum(self, t: _CpuThread) -> None:
+    def _quanta(self, t: _CpuThread) -> None:
+        """Run quantum after quantum until the run stops or this CPU's queue exits."""
         q = t.queue
-        target = t.target
-        t.drain_mailbox()
-        if q.cur_tick < target:
-            q.schedule(t.sentinel, target)
-        try:
-            while not t.stopping:
-                t.drain_mailbox()
-                if q.next_tick() >= target:
-                    break
-                ev = q.service_one()
-                if isinstance(ev, SimLoopExitEvent):
-                    if ev.cause != STOP_CAUSE:  # e.g. a guest's system event
-                        self.main.request_exit(ev.cause, ev.code)
-                    break
-                if q.pending_exit is not None:
-                    break
-        finally:
-            if t.sentinel.scheduled():
-                q.deschedule(t.sentinel)
-        if q.cur_tick < target and q.next_tick() >= target:
-            q.cur_tick = target
+        while not t.stopping:
+            with self.cv:
+                target, t.gen = t.target, self._gen
+            t.drain_mailbox()
+            if q.cur_tick < target:
+                q.schedule(t.sentinel, target)
+            try:
+                while not t.stopping:
+                    t.drain_mailbox()
+                    if q.next_tick() >= target:
+                        if self._park(t):
+                            continue
+                        break
+                    ev = q.service_one()
+                    if isinstance(ev, SimLoopExitEvent):
+                        if ev.cause != STOP_CAUSE:  # e.g. a guest's system event
+                            self.main.request_exit(ev.cause, ev.code)
+                        return
+                    if q.pending_exit is not None:
+                        return
+            finally:
+                if t.sentinel.scheduled():
+                    q.deschedule(t.sentinel)
+                if q.cur_tick < target and q.next_tick() >= target:
+                    q.cur_tick = target
 
 
 def _locked_call(method: Callable[[], int], lock: threading.RLock) -> Callable[[], int]:
