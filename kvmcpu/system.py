@@ -705,7 +705,8 @@ class System(PowerControl, SimObject):
         if self._parallel is not None:
             if self.root.drain_manager.is_drained():
                 self.root.drain_manager.resume()
-            return self._parallel.run(max_ticks, self._all_halted)
+            return self._parallel.run(max_ticks, self._all_halted,
+                                      frozenset((self._timeout_event,)))
         return self.root.simulate(max_ticks)
 
     def on_cpu_halt(self) -> None:

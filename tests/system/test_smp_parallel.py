@@ -97,6 +97,25 @@ def test_a_halted_cpu_woken_by_an_ipi_runs_within_the_quantum(make_system: MakeS
     assert result.tick < 100 * quantum // 4, result.sim_seconds
 
 
+@pytest.mark.parametrize("guest", ["apic", "pctimers"])
+def test_device_timers_run_when_the_cpus_reach_them(make_system: MakeSystem,
+                                                    guest: str) -> None:
+    """Device events are serviced when the CPUs reach their tick, whatever the
+    quantum: with a 1 s sim_quantum on threads, the PIT, LAPIC, RTC and HPET timers
+    the guests count against each other still print what they print on one CPU (a
+    timer armed within the quantum ends it there; serviced at the quantum's start
+    instead, a 1 s quantum merged 100 PIT ticks into one: "lapic periodic: 10/20")."""
+    from test_apic_guest import APIC_OUTPUT
+    from test_pc_timers import OUTPUT as PCTIMERS_OUTPUT
+    want = {"apic": APIC_OUTPUT, "pctimers": PCTIMERS_OUTPUT}[guest]
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True,
+                         irqchip="user", sim_quantum=1_000_000_000_000)
+    system.load(str(Path(IMAGE).parent / f"{guest}.bin"))
+    result = system.run(timeout=TIMEOUT)
+    assert (result.cause, result.status) == (CAUSE_DEBUG_EXIT, 1), system.serial.output
+    assert system.serial.output == want
+
+
 def test_parallel_request_stop_from_another_thread(make_system: MakeSystem) -> None:
     system = make_system(memory="32M", backend="kvm", smp=2, parallel=True)
     system.load(b"\xeb\xfe", fmt="flat")  # jmp $ (real mode, CPL0): never ends

@@ -1,19 +1,23 @@
 """Several KVM CPUs on host threads (gem5's multi-threaded KVM simulation).
 
-:func:`run_parallel` runs one :meth:`System.run`-like slice with each CPU on its
+:meth:`ParallelCpus.run` runs one :meth:`System.run` with each CPU on its
 own host thread and its own :class:`~kvmcpu.sim.eventq.EventQueue`, the way
 gem5 runs KVM CPUs on separate event queues:
 
-* the queues are synchronised every ``sim_quantum`` ticks: each CPU thread
-  runs its queue up to the quantum's end (a sentinel event there bounds every
-  entry) and parks there, the main thread runs the device queue (the System's)
-  up to it, and once every thread is parked the main thread decides (an exit, a
-  limit, every CPU halted) and releases the next quantum: one wake-up per thread
-  and quantum;
-* device accesses (port IO, MMIO, the APIC MSRs, interrupt acknowledge) run
-  under one lock, on the device queue's time (gem5's
-  ``EventQueue::ScopedMigration``); KVM_RUN itself runs without the GIL (ctypes
-  releases it) and without the lock;
+* the queues meet at least every ``sim_quantum`` ticks: each CPU thread runs
+  its queue up to the quantum's end (a sentinel event there bounds every entry)
+  and parks there; once every thread is parked the main thread runs the device
+  queue's (the System's) events due by then, decides (an exit, a limit, every
+  CPU halted) and releases the next quantum: one wake-up per thread and quantum;
+* device events run when the CPUs reach their tick, never ahead of them: a
+  quantum ends early at the device queue's next event, and a device event a CPU
+  schedules within the quantum (a timer it arms, a debug-exit) ends the quantum
+  there for every CPU (the others are kicked). So the quantum bounds only how
+  far one CPU's clock may run ahead of another's, not the devices' timing;
+* device accesses (port IO, MMIO, the APIC MSRs, interrupt acknowledge,
+  coalesced-MMIO flushes) run under one lock, on the device queue's time moved
+  on to the accessing CPU's (gem5's ``EventQueue::ScopedMigration``); KVM_RUN
+  itself runs without the GIL (ctypes releases it) and without the lock;
 * what another thread asks of a CPU (an IPI's wake-up, NMI, INIT, SIPI) is
   posted to the CPU's mailbox and the vCPU kicked (``KvmVcpu.kick``:
   ``immediate_exit`` set before the signal, so a kick cannot be lost); the CPU's
@@ -25,7 +29,7 @@ gem5 runs KVM CPUs on separate event queues:
   error on one thread stops every thread: the CPU queues get an exit request,
   every vCPU is kicked, and each thread stops after the event it is in.
 
-Outside :func:`run_parallel` the CPUs are back on the System's queue (their
+Outside :meth:`ParallelCpus.run` the CPUs are back on the System's queue (their
 tick events moved there), so drain, checkpoints and ``switch_cpu`` work as with
 the single-queue model. Only the KVM backend runs this way: the mock keeps the
 single queue, whose interleaving is deterministic.
@@ -33,20 +37,21 @@ single queue, whose interleaving is deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from typing import Any, Callable, List, Optional, Sequence
+from typing import AbstractSet, Any, Callable, ContextManager, Iterator, List, Optional, Sequence
 
 from ...errors import KvmIoctlError
 from ...sim.eventq import (
     MAX_TICK,
     QUEUE_EMPTY_CAUSE,
     SIM_LIMIT_CAUSE,
+    Event,
     EventFunctionWrapper,
     EventQueue,
     Priority,
     SimLoopExitEvent,
-    exit_sim_loop,
 )
 from .base import BaseKvmCPU
 from .x86 import run_again
@@ -143,6 +148,9 @@ class ParallelCpus:
         self.cv = threading.Condition(threading.Lock())
         #: Counts the quanta of a run: :meth:`_release` starts the next one.
         self._gen = 0
+        self._unbounded: AbstractSet[Event] = frozenset()
+        #: The current quantum's end (lowered by :meth:`_shrink`).
+        self._boundary = 0
         self._local = threading.local()
 
     def now(self) -> int:
@@ -154,7 +162,6 @@ class ParallelCpus:
     def _wrap(self, t: _CpuThread) -> None:
         """Instance-level wrappers (the single-queue path keeps the class methods)."""
         cpu: Any = t.cpu
-        lock = self.lock
         for name in ("handleKvmExitIO", "handleKvmExitMMIO", "handleKvmExitMSR",
                      "handleKvmExitInternalError", "handleKvmExitIoapicEoi"):
             method = getattr(type(cpu), name).__get__(cpu)
@@ -162,8 +169,13 @@ class ParallelCpus:
         for name in ("wakeup", "post_nmi", "post_init", "post_sipi"):
             method = getattr(type(cpu), name).__get__(cpu)
             setattr(cpu, name, _posted(method, t))
-        cpu.ioctlRun = _locked_interrupts(cpu, lock)
-        cpu.flushCoalescedMMIO = _locked_call(type(cpu).flushCoalescedMMIO.__get__(cpu), lock)
+        cpu.ioctlRun = _locked_interrupts(cpu, lambda: self._devices_at(t))
+        flush: Callable[[], int] = type(cpu).flushCoalescedMMIO.__get__(cpu)
+
+        def flush_coalesced() -> int:
+            with self._devices_at(t):
+                return flush()
+        cpu.flushCoalescedMMIO = flush_coalesced
         t.saved_on_halt = cpu.on_halt
         cpu.on_halt = None  # the main thread checks "all halted" at each boundary
         # Entries end at the quantum's sentinel; the other CPUs are on other queues.
@@ -183,19 +195,51 @@ class ParallelCpus:
 
     def _device_access(self, method: Callable[[Any], int], t: _CpuThread
                        ) -> Callable[[Any], int]:
-        """``method`` (an exit handler) under the device lock; when it made the device
-        queue end the run (debug-exit, an m5 exit), this CPU stops right after it,
-        before entering the guest again."""
-        lock, main = self.lock, self.main
-
+        """``method`` (an exit handler) on the device queue (see :meth:`_devices_at`)."""
         def call(ex: Any) -> int:
-            with lock:
-                ticks = method(ex)
-                if any(isinstance(e[3], SimLoopExitEvent) and e[3]._seq == e[2]
-                       for e in main._heap):
-                    exit_sim_loop(STOP_CAUSE, 0, queue=t.queue)
-            return ticks
+            with self._devices_at(t):
+                return method(ex)
         return call
+
+    @contextlib.contextmanager
+    def _devices_at(self, t: _CpuThread) -> Iterator[None]:
+        """Device work for ``t``'s CPU (an exit handler, an interrupt acknowledge, a
+        coalesced-MMIO flush), under the device lock, on the device queue's time
+        moved on to the CPU's (gem5's ``EventQueue::ScopedMigration``; never past a
+        pending device event or the quantum's end). A device event it schedules
+        before the quantum's end ends the quantum there for every CPU (this one
+        at once, the others kicked), so it runs when the CPUs reach its tick: a
+        timer a CPU arms, a debug-exit, a device's own delay."""
+        main = self.main
+        with self.lock:
+            tick = min(t.queue.cur_tick, self._due(), self._boundary)
+            if tick > main.cur_tick:
+                main.cur_tick = tick
+            try:
+                yield
+            finally:
+                due = self._due()
+                if due < self._boundary:
+                    self._shrink(max(due, main.cur_tick), t)
+
+    def _due(self) -> int:
+        """The device queue's next event that bounds a quantum."""
+        unbounded = self._unbounded
+        return self.main.next_tick_except(unbounded) if unbounded else self.main.next_tick()
+
+    def _shrink(self, boundary: int, t: _CpuThread) -> None:
+        """End the current quantum at ``boundary`` (earlier than planned); called on
+        ``t``'s thread."""
+        with self.cv:
+            self._boundary = boundary
+            for other in self.threads:
+                if other.target > boundary:
+                    other.target = boundary
+        _retarget(t)
+        for other in self.threads:
+            vcpu = other.cpu.vcpu
+            if other is not t and vcpu is not None:
+                vcpu.kick()
 
     def _move(self, cpu: BaseKvmCPU, queue: EventQueue) -> None:
         """Put ``cpu`` (and its tick event) on ``queue``."""
@@ -208,19 +252,22 @@ class ParallelCpus:
             queue.schedule(ev, max(when, queue.cur_tick))
 
     # ------------------------------------------------------------------ running
-    def run(self, max_ticks: Optional[int], all_halted: Callable[[], bool]) -> SimLoopExitEvent:
+    def run(self, max_ticks: Optional[int], all_halted: Callable[[], bool],
+            unbounded: AbstractSet[Event] = frozenset()) -> SimLoopExitEvent:
         """Run until an exit event on the device queue, a limit, an exit request or
         every CPU halted with nothing to wake it (``all_halted()``); returns the
-        exit event, as ``EventQueue.simulate`` does."""
+        exit event, as ``EventQueue.simulate`` does. ``unbounded``: device-queue
+        events that do not end a quantum early (host-side housekeeping)."""
         main = self.main
         end = MAX_TICK if max_ticks is None else main.cur_tick + max_ticks
-        boundary = min(main.cur_tick + self.sim_quantum, end)
+        self._unbounded = unbounded
         self._gen = 0
+        self._boundary = main.cur_tick  # a first quantum of no time: the loop starts it
         for t in self.threads:
             t.queue.cur_tick = main.cur_tick
             t.queue.pending_exit = None
             t.error, t.stopping, t.parked = None, False, False
-            t.target, t.gen = boundary, 0
+            t.target, t.gen = main.cur_tick, 0
             t.done.clear()
             t.mailbox = []
             self._move(t.cpu, t.queue)
@@ -233,7 +280,7 @@ class ParallelCpus:
         result: Optional[SimLoopExitEvent] = None
         self.running = True
         try:
-            result = self._loop(boundary, end, all_halted)
+            result = self._loop(end, all_halted)
         finally:
             self.running = False
             self._stop_all()
@@ -253,25 +300,27 @@ class ParallelCpus:
         main.last_exit = result
         return result
 
-    def _loop(self, boundary: int, end: int,
-              all_halted: Callable[[], bool]) -> SimLoopExitEvent:
-        """The device queue's side of the quanta (the CPU threads are running the
-        first one, up to ``boundary``)."""
-        main = self.main
-        if main.pending_exit is not None:
-            return main._take_pending_exit()
+    def _loop(self, end: int, all_halted: Callable[[], bool]) -> SimLoopExitEvent:
+        """The device queue's side: at each meeting (every CPU thread parked at the
+        quantum's end) run the device events due there, decide (an exit, a limit,
+        every CPU halted) and release the next quantum."""
         while True:
-            result = self._quantum_end(boundary, end, all_halted)
+            with self.cv:
+                self.cv.wait_for(self._all_parked)
+            result = self._meeting(self._boundary, end, all_halted)
             if result is not None:
                 return result
-            boundary = min(main.cur_tick + self.sim_quantum, end)
-            self._release(boundary)
+            self._release(self._next_boundary(end))
 
-    def _quantum_end(self, boundary: int, end: int,
-                     all_halted: Callable[[], bool]) -> Optional[SimLoopExitEvent]:
-        """Meet the CPU threads at ``boundary``; the run's exit event, or None to go on."""
+    def _meeting(self, boundary: int, end: int,
+                 all_halted: Callable[[], bool]) -> Optional[SimLoopExitEvent]:
+        """The device queue at ``boundary``: its events due by then run (the CPUs are
+        all there); the run's exit event, or None to go on."""
         main = self.main
-        exit_ev = self._meet(boundary)
+        for ev in self._unbounded:  # housekeeping the CPUs' device time passed
+            if ev.scheduled() and ev.when() < main.cur_tick:
+                main.reschedule(ev, main.cur_tick)
+        exit_ev = self._devices_through(boundary)
         if exit_ev is not None:
             return exit_ev
         for t in self.threads:
@@ -279,9 +328,7 @@ class ParallelCpus:
                 return SimLoopExitEvent(f"error on {t.cpu.name}: {t.error}", 1)
         if main.pending_exit is not None:
             return main._take_pending_exit()
-        if boundary <= main.next_tick():
-            main.cur_tick = boundary
-        if boundary >= end:
+        if main.cur_tick >= end:
             ev = SimLoopExitEvent(SIM_LIMIT_CAUSE, 0)
             ev.tick = main.cur_tick
             return ev
@@ -291,30 +338,26 @@ class ParallelCpus:
             return ev
         return None
 
+    def _next_boundary(self, end: int) -> int:
+        """The next quantum's end: ``sim_quantum`` on, or earlier at the device
+        queue's next event, so that the CPUs meet there and the event runs when
+        they reach its tick (a device timer is never serviced ahead of the CPUs it
+        interrupts, whatever the quantum)."""
+        now = self.main.cur_tick
+        boundary = min(now + self.sim_quantum, end)
+        due = self._due()
+        if now < due < boundary:
+            boundary = due
+        return boundary
+
     def _all_parked(self) -> bool:
         return all(t.parked or t.done.is_set() for t in self.threads)
-
-    def _meet(self, boundary: int) -> Optional[SimLoopExitEvent]:
-        """The device queue's part of a quantum, then the barrier: returns once every
-        CPU thread is parked at ``boundary`` (or stopped) and the device events the
-        CPUs scheduled meanwhile ran (they may wake a parked CPU, which then runs
-        on), or at an exit event of the device queue. The threads stay parked until
-        :meth:`_release` (or the run's end)."""
-        exit_ev = self._devices_until(boundary)
-        while exit_ev is None:
-            with self.cv:
-                self.cv.wait_for(self._all_parked)
-            exit_ev = self._devices_until(boundary)  # what the CPUs scheduled meanwhile
-            if exit_ev is None:
-                with self.cv:
-                    if self._all_parked():
-                        return None
-        return exit_ev
 
     def _release(self, boundary: int) -> None:
         """Start the next quantum: every parked thread runs on to ``boundary``
         (one wake-up per thread and quantum)."""
         with self.cv:
+            self._boundary = boundary
             for t in self.threads:
                 t.target = boundary
                 t.parked = False
@@ -322,9 +365,9 @@ class ParallelCpus:
             self.cv.notify_all()
 
     def _park(self, t: _CpuThread) -> bool:
-        """Wait, at the quantum's boundary or halted with nothing before it, for a
-        post (True: the CPU goes on, its queue advanced to the poster's tick, as a
-        wake-up delivered at once) or for the next quantum or the run's end (False)."""
+        """Wait, at the quantum's end or halted with nothing before it, for a post
+        (True: the CPU goes on, its queue advanced to the poster's tick, as a wake-up
+        delivered at once) or for the next quantum or the run's end (False)."""
         with self.cv:
             if t.stopping or self._gen != t.gen:
                 return False
@@ -343,12 +386,15 @@ class ParallelCpus:
                 q.cur_tick = tick
         return woken
 
-    def _devices_until(self, boundary: int) -> Optional[SimLoopExitEvent]:
-        """Service the device queue's events before ``boundary`` (each under the lock)."""
+    def _devices_through(self, boundary: int) -> Optional[SimLoopExitEvent]:
+        """Service the device queue's events due by ``boundary`` (each under the
+        lock), then move its time there."""
         main = self.main
         while True:
             with self.lock:
-                if main.next_tick() >= boundary:
+                if main.next_tick() > boundary:
+                    if main.cur_tick < boundary:
+                        main.cur_tick = boundary
                     return None
                 ev = main.service_one()
             if isinstance(ev, SimLoopExitEvent):
@@ -397,6 +443,9 @@ class ParallelCpus:
             try:
                 while not t.stopping:
                     t.drain_mailbox()
+                    if t.target < target:  # the quantum was ended early (_shrink)
+                        _retarget(t)
+                        target = t.target
                     if q.next_tick() >= target:
                         if self._park(t):
                             continue
@@ -415,11 +464,13 @@ class ParallelCpus:
                     q.cur_tick = target
 
 
-def _locked_call(method: Callable[[], int], lock: threading.RLock) -> Callable[[], int]:
-    def call() -> int:
-        with lock:
-            return method()
-    return call
+def _retarget(t: _CpuThread) -> None:
+    """Move ``t``'s quantum sentinel to its (earlier) target; on ``t``'s thread."""
+    sentinel, q = t.sentinel, t.queue
+    if sentinel.scheduled() and sentinel.when() > t.target:
+        q.deschedule(sentinel)
+        if t.target >= q.cur_tick:
+            q.schedule(sentinel, t.target)
 
 
 def _posted(method: Callable[..., None], t: _CpuThread) -> Callable[..., None]:
@@ -428,15 +479,16 @@ def _posted(method: Callable[..., None], t: _CpuThread) -> Callable[..., None]:
     return call
 
 
-def _locked_interrupts(cpu: Any, lock: threading.RLock) -> Callable[[], Any]:
-    """X86KvmCPU.ioctlRun with the interrupt controller asked under the device lock
-    and KVM_RUN entered without it."""
+def _locked_interrupts(cpu: Any, devices: Callable[[], ContextManager[None]]
+                       ) -> Callable[[], Any]:
+    """X86KvmCPU.ioctlRun with the interrupt controller asked on the device queue
+    (``devices()``) and KVM_RUN entered outside it."""
     def ioctl_run() -> Any:
         vcpu = cpu._vcpu()
         src = cpu.interrupts
         if cpu.drain_state.name != "Draining" and (cpu.pending_nmi or (
                 src is not None and not cpu.vm.has_irqchip)):
-            with lock:
+            with devices():
                 if cpu.pending_nmi:
                     cpu.pending_nmi = False
                     cpu.kvmNonMaskableInterrupt()
