@@ -222,7 +222,8 @@ class EventQueue:
         name: for messages only.
     """
 
-    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit", "pending_exit")
+    __slots__ = ("name", "cur_tick", "_heap", "_next_seq", "last_exit", "pending_exit",
+                 "async_pending")
 
     def __init__(self, name: str = "MainEventQueue") -> None:
         self.name = name
@@ -234,6 +235,10 @@ class EventQueue:
         self.last_exit: SimLoopExitEvent | None = None
         #: An exit asked for asynchronously (:meth:`request_exit`), not yet taken.
         self.pending_exit: Tuple[str, int] | None = None
+        #: Set by another thread that left work for this queue's loop (gem5's
+        #: ``async_event``): code that runs several events' worth of work without
+        #: coming back to the queue (a CPU's back-to-back entries) returns to it.
+        self.async_pending = False
 
     # -- scheduling ----------------------------------------------------------------
     def schedule(self, event: Event, when: int) -> None:

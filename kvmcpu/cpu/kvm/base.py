@@ -500,9 +500,10 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
             when = self.clock_edge(-(-delay // period))
             if self.tick_event.scheduled():
                 return  # somebody (a device waking the CPU) scheduled the tick already
-            if when >= eq.next_tick() or eq.pending_exit is not None:
+            if when >= eq.next_tick() or eq.pending_exit is not None or eq.async_pending:
                 # (An exit asked for asynchronously -- a signal, the host deadline --
-                # is taken by the queue's loop: go back to it.)
+                # or work another thread left for this queue is taken by the queue's
+                # loop: go back to it.)
                 eq.schedule(self.tick_event, when)
                 return
             # This tick would be the next event the queue runs: run it now.

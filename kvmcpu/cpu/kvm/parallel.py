@@ -103,6 +103,7 @@ class _CpuThread:
             return
         with self.lock:
             self.mailbox.append(fn)
+        self.queue.async_pending = True  # back to the queue's loop, where it is run
         owner = self.owner
         if owner is not None:
             with owner.cv:
@@ -115,6 +116,7 @@ class _CpuThread:
             vcpu.kick()
 
     def drain_mailbox(self) -> None:
+        self.queue.async_pending = False
         while self.mailbox:
             with self.lock:
                 todo, self.mailbox = self.mailbox, []
@@ -219,27 +221,38 @@ class ParallelCpus:
                 yield
             finally:
                 due = self._due()
-                if due < self._boundary:
-                    self._shrink(max(due, main.cur_tick), t)
+                # Due now (a debug-exit, a device's immediate work): this CPU stops
+                # at once, before it enters the guest again, even where its clock
+                # is behind the device queue's.
+                now = due <= main.cur_tick
+                if due < self._boundary or now and t.target > t.queue.cur_tick:
+                    self._shrink(min(self._boundary, max(due, main.cur_tick)), t,
+                                 t.queue.cur_tick if now else None)
+                elif t.target < t.sentinel.when():
+                    _retarget(t)  # another CPU ended the quantum early
 
     def _due(self) -> int:
         """The device queue's next event that bounds a quantum."""
         unbounded = self._unbounded
         return self.main.next_tick_except(unbounded) if unbounded else self.main.next_tick()
 
-    def _shrink(self, boundary: int, t: _CpuThread) -> None:
-        """End the current quantum at ``boundary`` (earlier than planned); called on
-        ``t``'s thread."""
+    def _shrink(self, boundary: int, t: _CpuThread, own: Optional[int] = None) -> None:
+        """End the current quantum at ``boundary`` (earlier than planned), and
+        ``t``'s at ``own`` when given; called on ``t``'s thread."""
         with self.cv:
             self._boundary = boundary
             for other in self.threads:
                 if other.target > boundary:
                     other.target = boundary
+            if own is not None and t.target > own:
+                t.target = own
         _retarget(t)
         for other in self.threads:
-            vcpu = other.cpu.vcpu
-            if other is not t and vcpu is not None:
-                vcpu.kick()
+            if other is not t:
+                other.queue.async_pending = True  # its loop moves its sentinel
+                vcpu = other.cpu.vcpu
+                if vcpu is not None:
+                    vcpu.kick()
 
     def _move(self, cpu: BaseKvmCPU, queue: EventQueue) -> None:
         """Put ``cpu`` (and its tick event) on ``queue``."""
@@ -468,9 +481,9 @@ def _retarget(t: _CpuThread) -> None:
     """Move ``t``'s quantum sentinel to its (earlier) target; on ``t``'s thread."""
     sentinel, q = t.sentinel, t.queue
     if sentinel.scheduled() and sentinel.when() > t.target:
-        q.deschedule(sentinel)
-        if t.target >= q.cur_tick:
-            q.schedule(sentinel, t.target)
+        # At once when the target is already past: the entry in progress ends
+        # before the CPU enters the guest again.
+        q.reschedule(sentinel, max(t.target, q.cur_tick))
 
 
 def _posted(method: Callable[..., None], t: _CpuThread) -> Callable[..., None]:
