@@ -157,6 +157,10 @@ def add_parsers(sub: Any) -> None:
                         "(on) or all CPUs taking turns on one event queue (off); auto: "
                         "the System's default (see the README); the mock always takes "
                         "turns")
+    p.add_argument("--sim-quantum", default=None, metavar="DURATION",
+                   help="with --parallel: how far one CPU's simulated clock may run "
+                        "ahead of another's before they meet, e.g. 1ms (gem5's "
+                        "sim_quantum; default: the System's, see the README)")
     p.add_argument("--backend", default="auto", metavar="{auto,kvm,mock}",
                    help="the vCPU backend (default: auto: kvm when /dev/kvm works, else mock)")
     lim = p.add_mutually_exclusive_group()
@@ -354,6 +358,15 @@ def _check_args(args: argparse.Namespace) -> Optional[int]:
         args.quantum_ticks = parse_duration(args.quantum)
     except ConfigError as err:
         raise UsageError(f"--quantum: {err}") from err
+    args.sim_quantum_kw = {}
+    if args.sim_quantum is not None:
+        try:
+            ticks = parse_duration(args.sim_quantum)
+        except ConfigError as err:
+            raise UsageError(f"--sim-quantum: {err}") from err
+        if ticks <= 0:
+            raise UsageError(f"--sim-quantum {args.sim_quantum}: must be positive")
+        args.sim_quantum_kw = {"sim_quantum": ticks}
     if args.max_ticks is not None and args.max_ticks < 0:
         raise UsageError(f"--max-ticks {args.max_ticks}: must not be negative")
     if args.max_seconds is not None and not 0 <= args.max_seconds < float("inf"):
@@ -426,7 +439,8 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                 return System.restore(args.restore, backend=args.backend, serial=sink,
                                       stats_file=args.stats_file, no_reboot=args.no_reboot,
                                       parallel=_PARALLEL[args.parallel],
-                                      emulation_fallback=args.emulation_fallback == "on")
+                                      emulation_fallback=args.emulation_fallback == "on",
+                                      **args.sim_quantum_kw)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
         finally:
@@ -449,7 +463,8 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                         smp=args.smp, parallel=_PARALLEL[args.parallel],
                         stats_file=args.stats_file, no_reboot=args.no_reboot,
                         devices=args.device,
-                        emulation_fallback=args.emulation_fallback == "on")
+                        emulation_fallback=args.emulation_fallback == "on",
+                        **args.sim_quantum_kw)
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)
                          else f"--smp {args.smp}: {err}" if "smp=" in str(err)

@@ -171,6 +171,25 @@ def test_cli_parallel(tmp_path: Path) -> None:
     assert done.returncode == 1
 
 
+def test_cli_sim_quantum(tmp_path: Path) -> None:
+    """--sim-quantum reaches System(sim_quantum=...): the apic guest's timers on
+    threads with a 1 s quantum print its one-CPU output; 0 and a bad unit are usage
+    errors (status 2)."""
+    from test_apic_guest import APIC_OUTPUT
+    apic = str(Path(IMAGE).parent / "apic.bin")
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmcpu", "run", "--backend", "kvm", "--smp", "2",
+         "--parallel", "on", "--sim-quantum", "1s", "--timeout", str(TIMEOUT), apic],
+        capture_output=True, timeout=TIMEOUT + 60, cwd=tmp_path)
+    assert (done.stdout, done.returncode) == (APIC_OUTPUT, 1), done.stderr
+    for bad, why in (("0", "must be positive"), ("3 parsecs", "--sim-quantum")):
+        done = subprocess.run(
+            [sys.executable, "-m", "kvmcpu", "run", "--backend", "kvm", "--smp", "2",
+             "--sim-quantum", bad, apic], capture_output=True, timeout=60, cwd=tmp_path,
+            text=True)
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+
+
 def test_cli_parallel_refused_on_the_mock(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kvmcpu", "run", "--backend", "mock", "--smp", "2",
