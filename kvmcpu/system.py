@@ -616,7 +616,15 @@ class System(PowerControl, SimObject):
         # On the main thread this is a signal handler (or code between two entries):
         # the KVM vCPU's kick() takes a lock the interrupted code may hold, and the
         # signal has ended KVM_RUN already (EINTR). The mock's kick() takes no lock.
+        # With the vCPUs on threads of their own the signal ended no KVM_RUN: a
+        # short-lived thread kicks them, so the stop does not wait for the quantum.
+        parallel = getattr(self, "_parallel", None)
+        if parallel is not None and parallel.running:
+            parallel.interrupt()  # each CPU thread ends its quantum at once
         if on_main_thread and self.backend.name != "mock":
+            if parallel is not None and parallel.running:
+                threading.Thread(target=self._kick, args=(False,), daemon=True,
+                                 name="kvmcpu-stop").start()
             return
         for cpu in getattr(self, "cpus", ()):
             vcpu = cpu.vcpu

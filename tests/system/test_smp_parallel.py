@@ -147,6 +147,28 @@ def test_parallel_request_stop_from_another_thread(make_system: MakeSystem) -> N
     assert _no_cpu_threads()
 
 
+def test_parallel_stop_by_signal_does_not_wait_for_the_quantum(
+        make_system: MakeSystem) -> None:
+    """SIGINT lands on the main thread, which runs no KVM_RUN with the vCPUs on
+    threads: request_stop kicks them (from a short-lived thread), so with a 100 s
+    sim_quantum the run still ends within a fraction of it."""
+    import signal
+    system = make_system(memory="32M", backend="kvm", smp=2, parallel=True,
+                         sim_quantum=100 * 10**12)
+    system.load(str(Path(IMAGE).parent / "smp_spin.bin"))  # seconds of CPL3 work
+    previous = signal.signal(signal.SIGALRM,
+                             lambda signum, frame: system.request_stop(CAUSE_INTERRUPTED, 2))
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        result = system.run(timeout=TIMEOUT)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (result.cause, result.status) == (CAUSE_INTERRUPTED, 130)
+    assert result.host_seconds < 20
+    assert _no_cpu_threads()
+
+
 def test_parallel_all_halted(make_system: MakeSystem) -> None:
     system = make_system(memory="1M", backend="kvm", smp=2, parallel=True)
     system.load(b"\xfa\xf4", fmt="flat")  # cli; hlt, the AP never started

@@ -195,6 +195,13 @@ class ParallelCpus:
         cpu.params.quantum = t.saved_quantum
         cpu.peer_events = t.saved_peers
 
+    def interrupt(self) -> None:
+        """Make every CPU thread end its quantum at once (with the vCPUs kicked by
+        the caller): an exit request on the device queue is then taken at the next
+        meeting, not at the quantum's end. Safe from a signal handler."""
+        for t in self.threads:
+            t.queue.async_pending = True
+
     def _device_access(self, method: Callable[[Any], int], t: _CpuThread
                        ) -> Callable[[Any], int]:
         """``method`` (an exit handler) on the device queue (see :meth:`_devices_at`)."""
@@ -459,7 +466,7 @@ class ParallelCpus:
                     if t.target < target:  # the quantum was ended early (_shrink)
                         _retarget(t)
                         target = t.target
-                    if q.next_tick() >= target:
+                    if q.next_tick() >= target or self.main.pending_exit is not None:
                         if self._park(t):
                             continue
                         break
