@@ -102,8 +102,12 @@ STATUS_SIGHUP = 129
 SMP_QUANTUM = 10_000_000
 
 #: gem5's sim_quantum: with one host thread per vCPU, the CPUs' event queues and the
-#: device queue meet every this many ticks (1 ms; see README "Several CPUs").
-DEFAULT_SIM_QUANTUM = 1_000_000_000
+#: device queue meet at least every this many ticks (10 ms). Device events end a
+#: quantum early and a halted CPU is woken at once, so it bounds only how far one
+#: CPU's clock runs ahead of another's; measured by benchmarks/bench_smp_scaling.py
+#: (README "Several CPUs": each meeting costs a few hundred microseconds of host
+#: time in Python, so 1 ms quanta lose a large share of a 2-core host).
+DEFAULT_SIM_QUANTUM = 10_000_000_000
 #: System(parallel=None) on KVM with several CPUs: host threads (True) or the one queue.
 PARALLEL_DEFAULT = True
 
