@@ -336,6 +336,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        self.close_inst_counter()
         self._host_clock = None
         if self.vcpu is not None:
             self.vcpu.close()

@@ -41,12 +41,14 @@ scheduled.
   of addresses (software ones included, without patching); each step is a KVM
   exit and is counted in ``numVMExits``.
 
-**Instruction-count events** (:meth:`KvmDebug.schedule_inst_event`): the
-callback runs when the thread has committed exactly N more instructions, at
-the boundary after the Nth. The mock's instruction budget makes this exact;
-on KVM it would need a perf instruction counter with overflow plus single
-steps to land exactly (gem5's way), which is not implemented: KVM refuses with
-:class:`~kvmcpu.errors.DebugUnsupportedError` (never an approximation).
+**Instruction-count events** (:meth:`KvmDebug.schedule_inst_event`, in
+:mod:`.instevents`): the callback runs when the thread has committed exactly
+N more instructions, at the boundary after the Nth: the mock's instruction
+budget; on KVM a perf instruction counter whose overflow ends KVM_RUN a margin
+before the event, then single steps (gem5's counter, made exact); where the
+host has no such counter KVM refuses with
+:class:`~kvmcpu.errors.DebugUnsupportedError` naming the probe's finding
+(never an approximation).
 
 **Data events** (:meth:`KvmDebug.schedule_data_event`, gdb's watchpoints, in
 :mod:`.watch`): the
@@ -79,17 +81,16 @@ while one is pending, and PC events only change what the vCPU reports.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from ... import uapi
 from ...backends.exits import DebugExit
 from ...errors import DebugUnsupportedError
-from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
+from ...sim.eventq import exit_sim_loop
 from ..thread import ThreadContext
 from . import debug_probe
 from .cpu_events import Callback, _CpuEvent, check_callback
+from .instevents import InstEvent, KvmInstEvents
 from .swbreak import Patches
 from .watch import _DR7_LEN, DATA_KINDS, HW_BREAKPOINTS, DataEvent, KvmDataEvents
 
@@ -111,9 +112,6 @@ _HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
 _SW_BP = uapi.KVM_GUESTDBG_USE_SW_BP
 _STEP = uapi.KVM_GUESTDBG_SINGLESTEP
 
-_seq = itertools.count()
-
-
 class PcEvent(_CpuEvent):
     """A scheduled PC event (see :meth:`KvmDebug.schedule_pc_event`)."""
 
@@ -132,20 +130,7 @@ class PcEvent(_CpuEvent):
         return f"PcEvent({self.name!r} at {self.addr:#x}{'' if self.cpu else ', removed'})"
 
 
-class InstEvent(_CpuEvent):
-    """A scheduled instruction-count event (see :meth:`KvmDebug.schedule_inst_event`)."""
-
-    __slots__ = ("target",)
-
-    def __init__(self, cpu: KvmDebug, target: int, callback: Callback, name: str) -> None:
-        super().__init__(cpu, callback, name)
-        self.target = target
-
-    def _unschedule(self, cpu: KvmDebug) -> None:
-        cpu.remove_inst_event(self)
-
-
-class KvmDebug(KvmDataEvents):
+class KvmDebug(KvmDataEvents, KvmInstEvents):
     """The debugging part of :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` (a mixin)."""
 
     if TYPE_CHECKING:
@@ -167,8 +152,6 @@ class KvmDebug(KvmDataEvents):
 
     # Created on first use, so a CPU nobody debugs carries nothing.
     _pc_events: Optional[Dict[int, List[PcEvent]]] = None
-    _inst_events: Optional[List[Tuple[int, int, InstEvent]]] = None
-    _inst_fire: Optional[EventFunctionWrapper] = None
     _step_callbacks: Optional[List[Callback]] = None
     _step_from: Optional[int] = None
     _hw_skip: Optional[int] = None
@@ -408,14 +391,6 @@ class KvmDebug(KvmDataEvents):
         self._hw_skip, old._hw_skip = self._step_from, None
         self._stale_skip = old._stale_skip = None  # a fresh vCPU skips nothing
         old._debug_on = False
-        if old._inst_events:
-            done = old.ctr_insts
-            for target, seq, iev in old._inst_events:
-                self._push_inst_event(target - done + self.ctr_insts, seq, iev)
-            old._inst_events = None
-            old.__dict__.pop("kvmRun", None)
-            if old._inst_fire is not None and old._inst_fire.scheduled():
-                old.eventq.deschedule(old._inst_fire)
         if self._sw_addrs() and not self.software_breakpoints()[0]:
             raise DebugUnsupportedError(
                 f"{self.path()}: the thread has PC events that need software breakpoints "
@@ -425,8 +400,7 @@ class KvmDebug(KvmDataEvents):
             raise DebugUnsupportedError(
                 f"{self.path()}: the thread has data events; this backend does not "
                 f"deliver data breakpoints ({self.data_breakpoints()[1]})")
-        if self._inst_events and not self.exact_stepping():
-            raise DebugUnsupportedError(self._no_inst_counter())
+        self._take_over_inst_events(old)
 
     def handleKvmExitDebug(self, ex: DebugExit) -> int:
         """A guest-debug exit: PC events, steps over breakpoints, requested steps.
@@ -534,85 +508,3 @@ class KvmDebug(KvmDataEvents):
         finally:
             if tc != before:
                 self.threadContextDirty = True
-
-    # ------------------------------------------------------- instruction events
-    def _no_inst_counter(self) -> str:
-        return (f"{self.path()}: instruction-count events need an exact instruction "
-                "count: the mock backend's budget. On KVM they would need a perf "
-                "instruction counter with overflow plus single steps, which kvmcpu does "
-                "not implement (and this host's perf may have no hardware counter); "
-                "kvmcpu refuses rather than approximate")
-
-    def schedule_inst_event(self, count: int, callback: Callback,
-                            name: Optional[str] = None) -> InstEvent:
-        """Call ``callback(tc)`` when the thread has committed exactly ``count``
-        more instructions (at the boundary after the last of them).
-
-        Raises:
-            TypeError, ValueError: ``count`` is not an int >= 1, or ``callback``
-                is not callable.
-            DebugUnsupportedError: the backend has no exact instruction count
-                (KVM; see the module docstring).
-        """
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise TypeError(f"count must be an int, got {type(count).__name__}")
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
-        check_callback(callback)
-        if not self.exact_stepping():
-            raise DebugUnsupportedError(self._no_inst_counter())
-        ev = InstEvent(self, self.ctr_insts + count, callback, name or f"inst +{count}")
-        self._push_inst_event(ev.target, next(_seq), ev)
-        return ev
-
-    def _push_inst_event(self, target: int, seq: int, ev: InstEvent) -> None:
-        ev.target = target
-        ev.cpu = self
-        if self._inst_events is None:
-            self._inst_events = []
-        heapq.heappush(self._inst_events, (target, seq, ev))
-        if self._inst_fire is None:
-            self._inst_fire = EventFunctionWrapper(
-                self._fire_inst_events, f"{self.path()}.instEvent",
-                Priority.CPU_Tick - 1)
-        # Only while an event is pending does every entry go through the wrapper.
-        self.__dict__["kvmRun"] = self._kvm_run_inst_events
-
-    def remove_inst_event(self, ev: InstEvent) -> None:
-        """Remove an instruction-count event (idempotent)."""
-        heap = self._inst_events
-        if heap is not None and ev.cpu is self:
-            heap[:] = [item for item in heap if item[2] is not ev]
-            heapq.heapify(heap)
-            if not heap:
-                self._inst_events = None
-                self.__dict__.pop("kvmRun", None)
-        ev.cpu = None
-
-    def _kvm_run_inst_events(self, ticks: int) -> int:
-        heap = self._inst_events
-        period = self._clock_period
-        if ticks and heap:
-            left = heap[0][0] - self.ctr_insts
-            if left > 0 and ticks > left * period:
-                ticks = left * period  # the budget ends exactly at the event
-        done: int = type(self).kvmRun(self, ticks)
-        fire = self._inst_fire
-        if heap and heap[0][0] <= self.ctr_insts and fire is not None and not fire.scheduled():
-            # Just before the CPU's next tick, so the callback sees the time and the
-            # state after exactly that many instructions.
-            self.eventq.schedule(fire, self.clock_edge(-(-done // period)))
-        return done
-
-    def _fire_inst_events(self) -> None:
-        heap = self._inst_events
-        due: List[Callback] = []
-        while heap and heap[0][0] <= self.ctr_insts:
-            _, _, ev = heapq.heappop(heap)
-            ev.cpu = None
-            due.append(ev.callback)
-        if not heap:
-            self._inst_events = None
-            self.__dict__.pop("kvmRun", None)
-        if due:
-            self._run_callbacks(due)
