@@ -655,6 +655,8 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: suspend the thread until an interrupt wakes it."""
+        if self.step_ends_at_halt():
+            return 0  # a requested single step ends here (see KvmDebug.request_step)
         self.suspendContext()
         if self.on_halt is not None:
             self.on_halt()
