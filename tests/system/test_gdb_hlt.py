@@ -54,3 +54,29 @@ def test_stepi_over_hlt_ends_after_it_at_once(backend: str) -> None:
 @pytest.mark.kvm
 def test_the_hlt_session_is_the_same_on_both_backends() -> None:
     assert _session("mock") == _session("kvm")
+
+
+@pytest.mark.parametrize("backend", ["mock", pytest.param("kvm", marks=pytest.mark.kvm)])
+@pytest.mark.parametrize("software", [False, True])
+def test_resuming_from_a_pc_event_at_a_hlt_halts_there(backend: str, software: bool) -> None:
+    """The step over a breakpoint at hlt_irq is kvmcpu's own: the HLT still halts
+    until the PIT's interrupt (ticks 1 at hlt_pending), on KVM too, where the step's
+    debug exit comes in the halt's place."""
+    from kvmcpu.sim.eventq import exit_sim_loop
+    from kvmcpu.system import System
+
+    with System(memory="32M", backend=backend) as s:
+        s.load(HLTSTEP)
+        seen = []
+
+        def stop(tc: object) -> None:
+            seen.append((s.cpu.getContext().rip,
+                         int.from_bytes(bytes(s.physmem.read(0x100472, 8)), "little")))
+            exit_sim_loop("stop", 0, queue=s.eventq)
+
+        first = s.cpu.schedule_pc_event(0x100401, stop, software=software)
+        assert s.run(timeout=60).cause == "stop"
+        first.remove()
+        s.cpu.schedule_pc_event(0x100428, stop, software=software)
+        assert s.run(timeout=60).cause == "stop"
+        assert seen == [(0x100401, 0), (0x100428, 1)]
