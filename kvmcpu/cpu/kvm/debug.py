@@ -172,6 +172,10 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
     _debug_on = False
     _patches: Optional[Patches] = None
     _guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None
+    #: The INT3 (linear address) taken out for the next entry only (a step over it).
+    _lift_at_entry: Optional[int] = None
+    #: The INT3 the last entry ran without (a #BP there is the guest's own).
+    _entry_lifted: Optional[int] = None
     #: A requested step ended in a debug exit (a late HLT exit may follow: step_ends_at_halt).
     _halt_stepped = False
     #: Stepping the guest through its own INT3 (no USE_SW_BP for that step).
@@ -297,7 +301,9 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
 
     def _sync_patches(self, soft: List[int]) -> None:
         """Make the INT3 patches in guest memory those of ``soft`` (minus a lifted one)."""
-        want = [] if self._patches_lifted else [a for a in soft if a != self._hw_skip]
+        # The INT3 a step goes over stays in memory until that step's entry
+        # (_debug_entry): other CPUs still stop at it meanwhile.
+        want = [] if self._patches_lifted else list(soft)
         patches = self._patches
         if patches is None:
             if not want:
@@ -393,6 +399,14 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
             debugreg[i] = addr
             dr7 |= 1 << (2 * i)
         self._sync_patches(soft)
+        lift = self._hw_skip if self._hw_skip in soft else None
+        self._lift_at_entry = lift
+        if lift is not None and "kvmRun" not in self.__dict__:
+            self.__dict__["kvmRun"] = self._debug_entry
+        elif lift is None and self.__dict__.get("kvmRun") == self._debug_entry:
+            del self.__dict__["kvmRun"]
+        if lift is None:
+            self._entry_lifted = None
         if keys or hard:
             debugreg[7] = dr7
             control |= _ENABLE | _HW_BP
@@ -406,6 +420,29 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
             vcpu.set_guest_debug(control, debugreg if control & _HW_BP else None)
         self._debug_on = bool(control)
         self._guest_debug = (control, debugreg if control & _HW_BP else None) if control else None
+
+    def _debug_entry(self, ticks: int) -> int:
+        """One entry; the INT3 this CPU steps over (``_lift_at_entry``) is out of
+        guest memory for just that entry (installed as the instance's ``kvmRun``
+        while such a step is pending; instruction events call it too)."""
+        lin = self._lift_at_entry
+        patches = self._patches
+        gpa = patches.at.get(lin) if patches is not None and lin is not None else None
+        self._entry_lifted = None
+        if gpa is None or patches is None or lin is None:
+            return type(self).kvmRun(self, ticks)
+        self._entry_lifted = lin
+        patches.remove(lin)
+        try:
+            return type(self).kvmRun(self, ticks)
+        finally:
+            if not self._patches_lifted and lin in self._sw_addrs():
+                patches.insert(lin, gpa)
+
+    def _reinstall_entry(self) -> None:
+        """After another instance ``kvmRun`` went away: the lifting entry, if needed."""
+        if self._lift_at_entry is not None and "kvmRun" not in self.__dict__:
+            self.__dict__["kvmRun"] = self._debug_entry
 
     def guest_debug_args(self) -> Optional[Tuple[int, Optional[List[int]]]]:
         """The (control, debug registers) last given KVM_SET_GUEST_DEBUG (None: off)."""
@@ -461,6 +498,8 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
         pc = self.getContext().linear_rip()
         if pc not in self._patches.at:
             return False
+        if pc == self._entry_lifted:
+            return False  # our INT3 was out for that entry: the guest's own INT3
         self._on_debug_exit(3, pc, 0xFFFF0FF0)
         return True
 
@@ -471,7 +510,9 @@ class KvmDebug(KvmDataEvents, KvmInstEvents):
             exit_sim_loop(f"debug exit at {pc:#x} (exception {exception})", 0,
                           queue=self.eventq)
             return 0
-        if exception == 3 and pc not in (self._patches.at if self._patches else {}):
+        lifted, self._entry_lifted = self._entry_lifted, None
+        if exception == 3 and (pc not in (self._patches.at if self._patches else {})
+                               or pc == lifted):
             # The guest's own INT3 (USE_SW_BP takes every #BP): let the guest take it,
             # one single step without USE_SW_BP (it ends in the guest's handler).
             self._guest_bp_pass = True

@@ -90,6 +90,8 @@ class KvmInstEvents:
         def clock_edge(self, cycles: int = 0) -> int: ...
         def kvmRun(self, ticks: int) -> int: ...
         def request_step(self, callback: Callback) -> None: ...
+        def _debug_entry(self, ticks: int) -> int: ...
+        def _reinstall_entry(self) -> None: ...
         def _run_callbacks(self, callbacks: List[Callback]) -> None: ...
         @property
         def eventq(self) -> EventQueue: ...
@@ -207,6 +209,7 @@ class KvmInstEvents:
     def _no_inst_events(self) -> None:
         self._inst_events = None
         self.__dict__.pop("kvmRun", None)
+        self._reinstall_entry()
         if self._inst_counter is not None:
             self._inst_counter.arm(None)
 
@@ -236,7 +239,7 @@ class KvmInstEvents:
             left = heap[0][0] - self.ctr_insts
             if left > 0 and ticks > left * period:
                 ticks = left * period  # the budget ends exactly at the event
-        done: int = type(self).kvmRun(self, ticks)
+        done: int = self._debug_entry(ticks)
         if heap and heap[0][0] <= self.ctr_insts:
             self._schedule_inst_fire(done)
         return done
@@ -260,7 +263,7 @@ class KvmInstEvents:
         else:
             counter.arm(None)
         start = counter.read()
-        done: int = type(self).kvmRun(self, ticks)
+        done: int = self._debug_entry(ticks)
         self._inst_counted += counter.read() - start
         if heap:
             target = heap[0][0]
