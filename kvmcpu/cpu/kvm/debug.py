@@ -85,8 +85,10 @@ the debug registers) leave a HLT halting.
 (a restored system schedules its own), and they move to the new CPU on a CPU
 switch (``takeOverFrom``), where the new backend's limits apply. Draining
 leaves them armed. With no event and no step scheduled the exit path does no
-extra work: instruction events replace :meth:`kvmRun` on the instance only
-while one is pending, and PC events only change what the vCPU reports.
+extra work: instruction events, and a step over an INT3 (which takes it out of
+guest memory for that entry only, so other CPUs still stop at it), replace
+:meth:`kvmRun` on the instance only while one is pending, and PC events only
+change what the vCPU reports.
 """
 
 from __future__ import annotations
