@@ -95,3 +95,16 @@ class DebugUnsupportedError(SimulationError):
     """A debugging request the backend cannot serve exactly (more PC events at
     distinct addresses than the debug registers hold, instruction-count events
     without an exact instruction counter). kvmcpu refuses rather than approximates."""
+
+
+class InstEventOvershootError(DebugUnsupportedError):
+    """An instruction-count event could not land exactly: the instruction
+    counter's overflow came later than the margin before the event (its skid),
+    and the guest ran past the event's instruction. ``target`` and ``reached``
+    are instruction counts, ``margin`` the margin that was asked for."""
+
+    def __init__(self, message: str, *, target: int, reached: int, margin: int) -> None:
+        super().__init__(message)
+        self.target = target
+        self.reached = reached
+        self.margin = margin

@@ -34,11 +34,14 @@ them (``System.cpus[i]`` is thread i + 1). Registers and memory translation
 use the thread ``Hg`` selected (:attr:`SystemTarget.g_thread`); breakpoints
 and watchpoints are armed on every CPU, and the CPU whose event fired is the
 one the stop reply names (:attr:`SystemTarget.stop_thread`, the first of them
-when two fire in one slice). Resuming takes an action per thread (QEMU's
-``gdb_continue_partial``): ``c`` runs it, ``s`` runs it one instruction, and
-a thread without an action stays stopped (an active CPU is suspended for the
-run and activated again at the stop; a halted one or one waiting for SIPI is
-left as it is, so an IPI can still wake it). All-stop: when one thread stops
+when two fire in one slice: the others' hits stay pending, and the next resume
+that runs such a CPU, still at its breakpoint, reports it at once without
+running anything, as QEMU's stub, whose other vCPU executes the INT3 again).
+Resuming takes an action per thread (QEMU's ``gdb_continue_partial``): ``c``
+runs it, ``s`` runs it one instruction, and a thread without an action stays
+stopped (an active CPU is suspended for the run and activated again at the
+stop; a halted one or one waiting for SIPI is left as it is, so an IPI can
+still wake it). All-stop: when one thread stops
 (its step, a breakpoint, a watchpoint) the run ends and every CPU is stopped.
 The stop goes through the CPU's own event queue (the System's, or the CPU's
 thread's with ``parallel``: the exit request reaches the device queue and the
@@ -247,6 +250,8 @@ class SystemTarget:
         self._user_step: List[int] = []
         #: CPUs suspended because their thread had no action (activated at the stop).
         self._held: List[int] = []
+        #: The CPU status of each held CPU when it was suspended (restored with it).
+        self._held_status: Dict[int, Any] = {}
         #: The thread registers and memory use (``Hg``; 1-based) and the one ``c``/``s``
         #: act on (``Hc``).
         self.g_thread = 1
@@ -255,6 +260,9 @@ class SystemTarget:
         self.stop_thread: Optional[int] = None
         #: (kind, address, length) -> the data events of a watchpoint.
         self._watchpoints: Dict[Tuple[str, int, int], List[DataEvent]] = {}
+        #: CPU index -> the breakpoint address it stopped at in a slice another CPU's
+        #: stop ended: reported at the next resume that runs it (QEMU's all-stop).
+        self._pending_hits: Dict[int, int] = {}
         #: The watchpoint that stopped the thread, for the stop reply (None: none did).
         self.watch_hit: Optional[int] = None
         self.watch_kind = "write"
@@ -435,19 +443,25 @@ class SystemTarget:
     # ------------------------------------------------------------ breakpoints
     def _stopper(self, index: int, cause: str) -> Callable[[ThreadContext], None]:
         """The callback of an event of CPU ``index`` that stops the run."""
+        if cause == CAUSE_BREAK:
+            return lambda tc: self._stop(cause, index, at=tc.linear_rip())
         return lambda tc: self._stop(cause, index)
 
-    def _stop(self, cause: str, index: int, watch: Optional[Tuple[str, int]] = None) -> None:
+    def _stop(self, cause: str, index: int, watch: Optional[Tuple[str, int]] = None,
+              at: Optional[int] = None) -> None:
         """Stop the run: an exit event on CPU ``index``'s own queue (its thread's in a
         parallel run, where callbacks run on the vCPU threads). The first CPU to stop
         is the one the stop reply names; a breakpoint and a finished step at the same
-        boundary stop the run once."""
+        boundary stop the run once. Another CPU's breakpoint at ``at`` in the same
+        slice stays pending (:meth:`run_slice` reports it at the next resume)."""
         queue = self.cpus[index].eventq
         with self._stop_lock:
             if self.stop_thread is None:
                 self.stop_thread = index + 1
                 if watch is not None:
                     self.watch_kind, self.watch_hit = watch
+            elif self.stop_thread != index + 1 and at is not None:
+                self._pending_hits.setdefault(index, at)
             pending = self._stop_events.get(id(queue))
             if pending is not None and pending[1].scheduled():
                 return
@@ -538,6 +552,7 @@ class SystemTarget:
         for kind, addr, length in list(self._watchpoints):
             self.remove_watchpoint(addr, length, kind)
         self._watch.clear()
+        self._pending_hits.clear()
         self._user_step = []
         for cpu in self.cpus:
             cpu.cancel_steps()
@@ -568,7 +583,11 @@ class SystemTarget:
             cpu.cancel_steps()  # a step a breakpoint interrupted is not resumed
             cpu.refresh_data_events()  # what gdb wrote meanwhile is no guest write
             if i + 1 not in actions and cpu.thread_status is ThreadStatus.Active:
-                cpu.suspendContext()  # no action: the thread stays stopped
+                # No action: the thread stays stopped. An exit its vCPU returned and
+                # the CPU has not serviced yet (a breakpoint's, an IO access to
+                # complete) is serviced when it runs again: its state is kept.
+                self._held_status[i] = cpu.status
+                cpu.suspendContext()
                 self._held.append(i)
         if self._watch:
             for key in self._watch:  # compare with the values as they are now
@@ -582,13 +601,16 @@ class SystemTarget:
 
     def _release(self) -> None:
         """Activate again the CPUs :meth:`resume_threads` held (unless woken meanwhile)."""
-        from ..cpu.kvm.base import ThreadStatus
+        from ..cpu.kvm.base import Status, ThreadStatus
 
         held, self._held = self._held, []
+        states, self._held_status = self._held_status, {}
         for i in held:
             cpu = self.cpus[i]
             if cpu.thread_status is not ThreadStatus.Active:
                 cpu.activateContext()
+                if states.get(i) in (Status.RunningService, Status.RunningServiceCompletion):
+                    cpu.status = states[i]
 
     def _peek(self, addr: int, length: int, cpu: Any = None) -> bytes:
         try:
@@ -616,9 +638,27 @@ class SystemTarget:
         for cpu in self.cpus:
             cpu.cancel_steps()
 
+    def _pending_hit(self) -> Optional[RunResult]:
+        """A breakpoint hit left pending by an earlier slice (see :meth:`_stop`), of a
+        CPU this resume runs, still standing at that breakpoint: it is the stop now,
+        nothing runs (in QEMU the CPU re-executes the INT3 at once). The lowest thread
+        first; a hit whose CPU gdb moved, or whose breakpoint is gone, is dropped."""
+        for index in sorted(self._pending_hits):
+            if index in self._held:
+                continue  # no action in this resume: it stays stopped, the hit pending
+            addr = self._pending_hits.pop(index)
+            armed = (addr, False) in self._breakpoints or (addr, True) in self._breakpoints
+            if armed and self.cpus[index].getContext().linear_rip() == addr:
+                self.stop_thread = index + 1
+                return RunResult(CAUSE_BREAK, 0, self.system.eventq.cur_tick, 0, 0.0)
+        return None
+
     def run_slice(self) -> Optional[RunResult]:
         """Run one slice; None when the slice ended only because its time was up,
         else how the run stopped (a breakpoint, a step, or the guest's end)."""
+        pending = self._pending_hit()
+        if pending is not None:
+            return pending
         while True:
             result = self.system.run(max_ticks=self.slice_ticks)
             if result.cause == CAUSE_LIMIT:

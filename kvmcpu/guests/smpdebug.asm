@@ -15,12 +15,17 @@
 ; checks `ap_done` and writes `counter & 0x7f` (20) to isa-debug-exit
 ; (`bsp_done`): exit status (20 << 1) | 1 = 41. With one CPU the AP never
 ; starts and the BSP halts for ever; other APs stay waiting for their SIPI.
+; Both CPUs call `meet` on the way (the BSP before `bsp_wait`, the AP before
+; `ap_loop`): with `hold` set by a debugger (0 in the image) each waits there for
+; the other, passes `meet_all` and spins in `meet_spin` until the debugger clears
+; `hold`, so both CPUs reach `meet_all` and `meet_done` at about the same time.
 
 bits 64
 default rel
 
 global _start:function, bsp_wait, bsp_nmi, bsp_done, ap_entry:function, ap_loop, ap_finish
-global compute:function, counter:data 8, ap_done:data 4
+global compute:function, counter:data 8, ap_done:data 4, meet:function, meet_wait, meet_all, meet_spin
+global meet_done, hold:data 4, arrived:data 4
 
 DEBUG_EXIT  equ 0xf4
 ROUNDS      equ 8
@@ -80,6 +85,7 @@ _start:
     mov dword [r11 + L_ICR_HI], 1 << 24
     mov dword [r11 + L_ICR_LO], 0x4600 | (TRAMP >> 12)
     call icr_idle
+    call meet
 bsp_wait:
     cli
     hlt
@@ -107,6 +113,7 @@ ap_entry:                               ; the AP, from the trampoline: 64-bit, C
     mov es, ax
     mov ss, ax
     lea rsp, [ap_stack_top]
+    call meet
     xor ebx, ebx
 ap_loop:
     mov rdi, rbx
@@ -126,6 +133,27 @@ ap_finish:
     cli
     hlt
     jmp .halt
+
+; Both CPUs call meet once (the BSP after starting the AP, the AP before its loop).
+; Each counts itself in `arrived`; while `hold` is nonzero (only a debugger sets
+; it) each waits for the other (meet_wait), passes meet_all once and waits in
+; meet_spin until `hold` is 0 again; then it leaves through meet_done.
+meet:
+    lock inc dword [arrived]
+    cmp dword [hold], 0
+    je meet_done
+meet_wait:
+    pause
+    cmp dword [arrived], 2
+    jb meet_wait
+meet_all:
+    nop
+meet_spin:
+    pause
+    cmp dword [hold], 0
+    jne meet_spin
+meet_done:
+    ret
 
 ; rax = rdi * rdi + 1
 compute:
@@ -168,6 +196,10 @@ align 8
 counter:
     dq 0
 ap_done:
+    dd 0
+hold:
+    dd 0
+arrived:
     dd 0
 align 16
 gdt:

@@ -336,6 +336,7 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        self.close_inst_counter()
         self._host_clock = None
         if self.vcpu is not None:
             self.vcpu.close()
@@ -655,6 +656,8 @@ class BaseKvmCPU(ClockedObject, KvmStateAccess, FatalExitHandlers, KvmDebug):
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: suspend the thread until an interrupt wakes it."""
+        if self.step_ends_at_halt():
+            return 0  # a requested single step ends here (see KvmDebug.request_step)
         self.suspendContext()
         if self.on_halt is not None:
             self.on_halt()

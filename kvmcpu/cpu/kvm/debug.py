@@ -41,12 +41,14 @@ scheduled.
   of addresses (software ones included, without patching); each step is a KVM
   exit and is counted in ``numVMExits``.
 
-**Instruction-count events** (:meth:`KvmDebug.schedule_inst_event`): the
-callback runs when the thread has committed exactly N more instructions, at
-the boundary after the Nth. The mock's instruction budget makes this exact;
-on KVM it would need a perf instruction counter with overflow plus single
-steps to land exactly (gem5's way), which is not implemented: KVM refuses with
-:class:`~kvmcpu.errors.DebugUnsupportedError` (never an approximation).
+**Instruction-count events** (:meth:`KvmDebug.schedule_inst_event`, in
+:mod:`.instevents`): the callback runs when the thread has committed exactly
+N more instructions, at the boundary after the Nth: the mock's instruction
+budget; on KVM a perf instruction counter whose overflow ends KVM_RUN a margin
+before the event, then single steps (gem5's counter, made exact); where the
+host has no such counter KVM refuses with
+:class:`~kvmcpu.errors.DebugUnsupportedError` naming the probe's finding
+(never an approximation).
 
 **Data events** (:meth:`KvmDebug.schedule_data_event`, gdb's watchpoints, in
 :mod:`.watch`): the
@@ -67,29 +69,40 @@ one is refused on KVM (the mock single-steps its PC events instead).
 
 **Single steps** (:meth:`KvmDebug.request_step`): the callback runs after the
 next instruction the thread executes (an interrupt or exception taken instead
-counts as that step, as on hardware).
+counts as that step, as on hardware). A step over HLT ends right after it, at
+once, and the thread does not halt, whether interrupts are enabled, one is
+pending or none can come (:meth:`KvmDebug.step_ends_at_halt`): KVM's single
+step gives its debug exit in place of the halt (measured with QEMU's gdbstub on
+KVM, ``guests/hltstep.asm``: the same three cases end at the next instruction
+with no interrupt taken during the step); the mock's HLT exit and KVM's
+(without an in-kernel LAPIC, where KVM intercepts HLT) end the step the same
+way. (With KVM's in-kernel LAPIC, KVM keeps the vCPU's mp_state HALTED behind
+the step's debug exit: the next entry waits for an interrupt; not changed here.)
+The steps kvmcpu takes itself (over a breakpoint, the mock's PC events beyond
+the debug registers) leave a HLT halting.
 
 **Lifetime.** Events belong to the thread: they are not saved in checkpoints
 (a restored system schedules its own), and they move to the new CPU on a CPU
 switch (``takeOverFrom``), where the new backend's limits apply. Draining
 leaves them armed. With no event and no step scheduled the exit path does no
-extra work: instruction events replace :meth:`kvmRun` on the instance only
-while one is pending, and PC events only change what the vCPU reports.
+extra work: instruction events, and a step over an INT3 (which takes it out of
+guest memory for that entry only, so other CPUs still stop at it), replace
+:meth:`kvmRun` on the instance only while one is pending, and PC events only
+change what the vCPU reports.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from ... import uapi
-from ...backends.exits import DebugExit
+from ...backends.exits import DebugExit, HltExit
 from ...errors import DebugUnsupportedError
-from ...sim.eventq import EventFunctionWrapper, Priority, exit_sim_loop
+from ...sim.eventq import exit_sim_loop
 from ..thread import ThreadContext
 from . import debug_probe
 from .cpu_events import Callback, _CpuEvent, check_callback
+from .instevents import InstEvent, KvmInstEvents
 from .swbreak import Patches
 from .watch import _DR7_LEN, DATA_KINDS, HW_BREAKPOINTS, DataEvent, KvmDataEvents
 
@@ -111,9 +124,6 @@ _HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
 _SW_BP = uapi.KVM_GUESTDBG_USE_SW_BP
 _STEP = uapi.KVM_GUESTDBG_SINGLESTEP
 
-_seq = itertools.count()
-
-
 class PcEvent(_CpuEvent):
     """A scheduled PC event (see :meth:`KvmDebug.schedule_pc_event`)."""
 
@@ -132,20 +142,7 @@ class PcEvent(_CpuEvent):
         return f"PcEvent({self.name!r} at {self.addr:#x}{'' if self.cpu else ', removed'})"
 
 
-class InstEvent(_CpuEvent):
-    """A scheduled instruction-count event (see :meth:`KvmDebug.schedule_inst_event`)."""
-
-    __slots__ = ("target",)
-
-    def __init__(self, cpu: KvmDebug, target: int, callback: Callback, name: str) -> None:
-        super().__init__(cpu, callback, name)
-        self.target = target
-
-    def _unschedule(self, cpu: KvmDebug) -> None:
-        cpu.remove_inst_event(self)
-
-
-class KvmDebug(KvmDataEvents):
+class KvmDebug(KvmDataEvents, KvmInstEvents):
     """The debugging part of :class:`~kvmcpu.cpu.kvm.base.BaseKvmCPU` (a mixin)."""
 
     if TYPE_CHECKING:
@@ -162,13 +159,12 @@ class KvmDebug(KvmDataEvents):
         def clock_edge(self, cycles: int = 0) -> int: ...
         def kvmRun(self, ticks: int) -> int: ...
         def syncKvmState(self) -> None: ...
+        def handleKvmExitHalt(self, ex: HltExit) -> int: ...
         @property
         def eventq(self) -> EventQueue: ...
 
     # Created on first use, so a CPU nobody debugs carries nothing.
     _pc_events: Optional[Dict[int, List[PcEvent]]] = None
-    _inst_events: Optional[List[Tuple[int, int, InstEvent]]] = None
-    _inst_fire: Optional[EventFunctionWrapper] = None
     _step_callbacks: Optional[List[Callback]] = None
     _step_from: Optional[int] = None
     _hw_skip: Optional[int] = None
@@ -178,6 +174,12 @@ class KvmDebug(KvmDataEvents):
     _debug_on = False
     _patches: Optional[Patches] = None
     _guest_debug: Optional[Tuple[int, Optional[List[int]]]] = None
+    #: The INT3 (linear address) taken out for the next entry only (a step over it).
+    _lift_at_entry: Optional[int] = None
+    #: The INT3 the last entry ran without (a #BP there is the guest's own).
+    _entry_lifted: Optional[int] = None
+    #: A requested step ended in a debug exit (a late HLT exit may follow: step_ends_at_halt).
+    _halt_stepped = False
     #: Stepping the guest through its own INT3 (no USE_SW_BP for that step).
     _guest_bp_pass = False
     #: Drained: the INT3 patches are out of guest memory until drain_resume.
@@ -301,7 +303,9 @@ class KvmDebug(KvmDataEvents):
 
     def _sync_patches(self, soft: List[int]) -> None:
         """Make the INT3 patches in guest memory those of ``soft`` (minus a lifted one)."""
-        want = [] if self._patches_lifted else [a for a in soft if a != self._hw_skip]
+        # The INT3 a step goes over stays in memory until that step's entry
+        # (_debug_entry): other CPUs still stop at it meanwhile.
+        want = [] if self._patches_lifted else list(soft)
         patches = self._patches
         if patches is None:
             if not want:
@@ -337,6 +341,35 @@ class KvmDebug(KvmDataEvents):
         self._step_callbacks.append(callback)
         self._apply_guest_debug()
 
+    def step_ends_at_halt(self) -> bool:
+        """A HLT exit while :meth:`request_step` steps are pending: the step ends
+        right after the HLT and the thread does not halt (True: handled so; the
+        caller does not suspend the thread). KVM's own single step over an
+        emulated HLT gives its debug exit instead of the halt (the HLT exit is
+        what it gives where it intercepts HLT without an in-kernel LAPIC): both
+        end the same way, as under QEMU's gdbstub with KVM."""
+        if self._step_callbacks:
+            self._on_debug_exit(1, self.getContext().linear_rip(), 0xFFFF0FF0 | DR6_BS)
+            return True
+        if self._halt_stepped:
+            # A step's debug exit took a HLT's place; some hosts (nested kvm_pvm) still
+            # report that HLT, one instruction later: an HLT exit whose RIP does not
+            # follow a HLT is that one, which the step already consumed.
+            self._halt_stepped = False
+            return not self._follows_hlt(self.getContext().linear_rip())
+        return False
+
+    def _follows_hlt(self, rip: int) -> bool:
+        """Whether the byte before linear ``rip`` is a HLT (0xF4; unreadable: assume so)."""
+        gpa = self._translate((rip - 1) & 0xFFFFFFFFFFFFFFFF)
+        if gpa is None:
+            return True
+        shadow = self.sw_shadow or {}
+        byte = shadow.get(gpa)
+        if byte is None:
+            byte = self.vm.vm.read_guest(gpa, 1)[0]
+        return byte == 0xF4
+
     def cancel_steps(self) -> None:
         """Forget pending :meth:`request_step` callbacks."""
         self._step_callbacks = None
@@ -368,6 +401,14 @@ class KvmDebug(KvmDataEvents):
             debugreg[i] = addr
             dr7 |= 1 << (2 * i)
         self._sync_patches(soft)
+        lift = self._hw_skip if self._hw_skip in soft else None
+        self._lift_at_entry = lift
+        if lift is not None and "kvmRun" not in self.__dict__:
+            self.__dict__["kvmRun"] = self._debug_entry
+        elif lift is None and self.__dict__.get("kvmRun") == self._debug_entry:
+            del self.__dict__["kvmRun"]
+        if lift is None:
+            self._entry_lifted = None
         if keys or hard:
             debugreg[7] = dr7
             control |= _ENABLE | _HW_BP
@@ -381,6 +422,29 @@ class KvmDebug(KvmDataEvents):
             vcpu.set_guest_debug(control, debugreg if control & _HW_BP else None)
         self._debug_on = bool(control)
         self._guest_debug = (control, debugreg if control & _HW_BP else None) if control else None
+
+    def _debug_entry(self, ticks: int) -> int:
+        """One entry; the INT3 this CPU steps over (``_lift_at_entry``) is out of
+        guest memory for just that entry (installed as the instance's ``kvmRun``
+        while such a step is pending; instruction events call it too)."""
+        lin = self._lift_at_entry
+        patches = self._patches
+        gpa = patches.at.get(lin) if patches is not None and lin is not None else None
+        self._entry_lifted = None
+        if gpa is None or patches is None or lin is None:
+            return type(self).kvmRun(self, ticks)
+        self._entry_lifted = lin
+        patches.remove(lin)
+        try:
+            return type(self).kvmRun(self, ticks)
+        finally:
+            if not self._patches_lifted and lin in self._sw_addrs():
+                patches.insert(lin, gpa)
+
+    def _reinstall_entry(self) -> None:
+        """After another instance ``kvmRun`` went away: the lifting entry, if needed."""
+        if self._lift_at_entry is not None and "kvmRun" not in self.__dict__:
+            self.__dict__["kvmRun"] = self._debug_entry
 
     def guest_debug_args(self) -> Optional[Tuple[int, Optional[List[int]]]]:
         """The (control, debug registers) last given KVM_SET_GUEST_DEBUG (None: off)."""
@@ -408,14 +472,6 @@ class KvmDebug(KvmDataEvents):
         self._hw_skip, old._hw_skip = self._step_from, None
         self._stale_skip = old._stale_skip = None  # a fresh vCPU skips nothing
         old._debug_on = False
-        if old._inst_events:
-            done = old.ctr_insts
-            for target, seq, iev in old._inst_events:
-                self._push_inst_event(target - done + self.ctr_insts, seq, iev)
-            old._inst_events = None
-            old.__dict__.pop("kvmRun", None)
-            if old._inst_fire is not None and old._inst_fire.scheduled():
-                old.eventq.deschedule(old._inst_fire)
         if self._sw_addrs() and not self.software_breakpoints()[0]:
             raise DebugUnsupportedError(
                 f"{self.path()}: the thread has PC events that need software breakpoints "
@@ -425,8 +481,7 @@ class KvmDebug(KvmDataEvents):
             raise DebugUnsupportedError(
                 f"{self.path()}: the thread has data events; this backend does not "
                 f"deliver data breakpoints ({self.data_breakpoints()[1]})")
-        if self._inst_events and not self.exact_stepping():
-            raise DebugUnsupportedError(self._no_inst_counter())
+        self._take_over_inst_events(old)
 
     def handleKvmExitDebug(self, ex: DebugExit) -> int:
         """A guest-debug exit: PC events, steps over breakpoints, requested steps.
@@ -445,6 +500,8 @@ class KvmDebug(KvmDataEvents):
         pc = self.getContext().linear_rip()
         if pc not in self._patches.at:
             return False
+        if pc == self._entry_lifted:
+            return False  # our INT3 was out for that entry: the guest's own INT3
         self._on_debug_exit(3, pc, 0xFFFF0FF0)
         return True
 
@@ -455,7 +512,9 @@ class KvmDebug(KvmDataEvents):
             exit_sim_loop(f"debug exit at {pc:#x} (exception {exception})", 0,
                           queue=self.eventq)
             return 0
-        if exception == 3 and pc not in (self._patches.at if self._patches else {}):
+        lifted, self._entry_lifted = self._entry_lifted, None
+        if exception == 3 and (pc not in (self._patches.at if self._patches else {})
+                               or pc == lifted):
             # The guest's own INT3 (USE_SW_BP takes every #BP): let the guest take it,
             # one single step without USE_SW_BP (it ends in the guest's handler).
             self._guest_bp_pass = True
@@ -484,6 +543,12 @@ class KvmDebug(KvmDataEvents):
                 self._apply_guest_debug()
                 return 0
             self._step_from = self._hw_skip = None
+            # The step over a breakpoint at a HLT ended in KVM's debug exit instead of
+            # the halt: the thread halts, as the HLT would have it (below).
+            over_hlt = (stepped and not self._step_callbacks and pc == start + 1
+                        and self._follows_hlt(pc))
+        else:
+            over_hlt = False
         # Arrival at pc, before its instruction. With hardware breakpoints an
         # arrival by a single step leaves the events to the breakpoint, which
         # fires on the next entry (firing here too would run them twice) --
@@ -499,6 +564,7 @@ class KvmDebug(KvmDataEvents):
             self._fire_pc_events(pc)
         if stepped and self._step_callbacks:
             callbacks, self._step_callbacks = self._step_callbacks, None
+            self._halt_stepped = True  # see step_ends_at_halt
             self._run_callbacks(callbacks)
         events = self._pc_events or {}
         hard, soft, step_all = self._plan()
@@ -519,6 +585,10 @@ class KvmDebug(KvmDataEvents):
         else:
             self._stale_skip = None
         self._apply_guest_debug()
+        if over_hlt and self.vcpu is not None:
+            self._halt_stepped = False
+            self.handleKvmExitHalt(HltExit(self.vcpu.kvm_run))
+            self._halt_stepped = True  # the late HLT exit some hosts give is this one
         return 0
 
     def _fire_pc_events(self, pc: int) -> None:
@@ -534,85 +604,3 @@ class KvmDebug(KvmDataEvents):
         finally:
             if tc != before:
                 self.threadContextDirty = True
-
-    # ------------------------------------------------------- instruction events
-    def _no_inst_counter(self) -> str:
-        return (f"{self.path()}: instruction-count events need an exact instruction "
-                "count: the mock backend's budget. On KVM they would need a perf "
-                "instruction counter with overflow plus single steps, which kvmcpu does "
-                "not implement (and this host's perf may have no hardware counter); "
-                "kvmcpu refuses rather than approximate")
-
-    def schedule_inst_event(self, count: int, callback: Callback,
-                            name: Optional[str] = None) -> InstEvent:
-        """Call ``callback(tc)`` when the thread has committed exactly ``count``
-        more instructions (at the boundary after the last of them).
-
-        Raises:
-            TypeError, ValueError: ``count`` is not an int >= 1, or ``callback``
-                is not callable.
-            DebugUnsupportedError: the backend has no exact instruction count
-                (KVM; see the module docstring).
-        """
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise TypeError(f"count must be an int, got {type(count).__name__}")
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
-        check_callback(callback)
-        if not self.exact_stepping():
-            raise DebugUnsupportedError(self._no_inst_counter())
-        ev = InstEvent(self, self.ctr_insts + count, callback, name or f"inst +{count}")
-        self._push_inst_event(ev.target, next(_seq), ev)
-        return ev
-
-    def _push_inst_event(self, target: int, seq: int, ev: InstEvent) -> None:
-        ev.target = target
-        ev.cpu = self
-        if self._inst_events is None:
-            self._inst_events = []
-        heapq.heappush(self._inst_events, (target, seq, ev))
-        if self._inst_fire is None:
-            self._inst_fire = EventFunctionWrapper(
-                self._fire_inst_events, f"{self.path()}.instEvent",
-                Priority.CPU_Tick - 1)
-        # Only while an event is pending does every entry go through the wrapper.
-        self.__dict__["kvmRun"] = self._kvm_run_inst_events
-
-    def remove_inst_event(self, ev: InstEvent) -> None:
-        """Remove an instruction-count event (idempotent)."""
-        heap = self._inst_events
-        if heap is not None and ev.cpu is self:
-            heap[:] = [item for item in heap if item[2] is not ev]
-            heapq.heapify(heap)
-            if not heap:
-                self._inst_events = None
-                self.__dict__.pop("kvmRun", None)
-        ev.cpu = None
-
-    def _kvm_run_inst_events(self, ticks: int) -> int:
-        heap = self._inst_events
-        period = self._clock_period
-        if ticks and heap:
-            left = heap[0][0] - self.ctr_insts
-            if left > 0 and ticks > left * period:
-                ticks = left * period  # the budget ends exactly at the event
-        done: int = type(self).kvmRun(self, ticks)
-        fire = self._inst_fire
-        if heap and heap[0][0] <= self.ctr_insts and fire is not None and not fire.scheduled():
-            # Just before the CPU's next tick, so the callback sees the time and the
-            # state after exactly that many instructions.
-            self.eventq.schedule(fire, self.clock_edge(-(-done // period)))
-        return done
-
-    def _fire_inst_events(self) -> None:
-        heap = self._inst_events
-        due: List[Callback] = []
-        while heap and heap[0][0] <= self.ctr_insts:
-            _, _, ev = heapq.heappop(heap)
-            ev.cpu = None
-            due.append(ev.callback)
-        if not heap:
-            self._inst_events = None
-            self.__dict__.pop("kvmRun", None)
-        if due:
-            self._run_callbacks(due)

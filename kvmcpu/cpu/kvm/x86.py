@@ -442,6 +442,8 @@ class X86KvmCPU(BaseKvmCPU):
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
         """HLT: keep running when an interrupt is already waiting, else suspend."""
+        if self.step_ends_at_halt():
+            return 0  # a requested single step ends here (see KvmDebug.request_step)
         if self.pending_nmi or (self.interrupts is not None and not self.vm.has_irqchip
                                 and self.interrupts.has_pending()):
             return 0
