@@ -46,6 +46,25 @@ _SHAPES_MAX = 50_000
 
 
 
+#: one generated line -> (its shape: the literals taken out, their values), or _QUOTED
+#: (a string literal: the instruction's text is kept as it is). Lines recur across
+#: instructions (only some hold an immediate or an address), so most are not scanned.
+_LINES: Dict[str, Any] = {}
+_LINES_MAX = 100_000
+_QUOTED: Tuple[str, Tuple[int, ...]] = ("", ())
+
+
+def _line_shape(line: str) -> Tuple[str, Tuple[int, ...]]:
+    if "'" in line or '"' in line:
+        ent = _QUOTED
+    else:
+        parts = _NUM.split(line)  # text, literal, text, ... (one scan)
+        ent = ("\x00".join(parts[::2]), tuple(int(v, 0) for v in parts[1::2]))
+    if len(_LINES) < _LINES_MAX:
+        _LINES[line] = ent
+    return ent
+
+
 def _insn_code(shape: str, nconst: int, nlit: int) -> types.CodeType:
     parts = shape.split("\x00")
     body = parts[0] + "".join(f"L{i}{p}" for i, p in enumerate(parts[1:]))
@@ -68,8 +87,9 @@ _NEVER = 2  # their code is not a function of RIP we can rebuild: always generat
 
 #: a relocatable instruction: (function, its arguments (constants, then literals) with
 #: 0 for RIP-relative literals and None for the instruction's own Insn, [(argument index,
-#: RIP delta)], [argument index of the Insn], whether it ends the block)
-Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool]
+#: RIP delta)], [argument index of the Insn], whether it ends the block, and the two
+#: flags the engine gave bind_insn (chain-safe, alone in its block))
+Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool, bool, bool]
 Generated = Tuple[List[str], List[Any], bool]
 
 
@@ -90,25 +110,34 @@ class InsnBinder:
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
         """(function, literal values, shape key) of one instruction's lines."""
-        text = "\n".join(lines) if lines else "        pass"
-        if "'" in text or '"' in text:
-            shape, found = text, []  # a string literal: keep the text as it is
-        else:
-            parts = _NUM.split(text)  # text, literal, text, ... (one scan)
-            found = parts[1::2]
-            shape = "\x00".join(parts[::2])
+        if not lines:
+            lines = ("        pass",)
+        values: List[int] = []
+        shapes: List[str] = []
+        cached = _LINES.get
+        for line in lines:
+            ent = cached(line)
+            if ent is None:
+                ent = _line_shape(line)
+            if ent is _QUOTED:
+                text = "\n".join(lines)  # a string literal: keep the text as it is
+                shapes, values = [text], []
+                break
+            shapes.append(ent[0])
+            values += ent[1]
+        shape = "\n".join(shapes)
         key = f"{nconst}|{shape}"
         fn = self.functions.get(key)
         if fn is None:
             code = _SHAPES.get(key)
             if code is None:
-                code = _insn_code(shape, nconst, len(found))
+                code = _insn_code(shape, nconst, len(values))
                 self.compiled += 1
                 if len(_SHAPES) < _SHAPES_MAX:
                     _SHAPES[key] = code
             fn = types.FunctionType(code, self.ns)
             self.functions[key] = fn
-        return fn, [int(v, 0) for v in found], key
+        return fn, values, key
 
     def bind(self, lines: Sequence[str], consts: List[Any]) -> Bound:
         fn, values, _ = self.shape(lines, len(consts))
@@ -116,13 +145,16 @@ class InsnBinder:
 
     def bind_insn(self, d: Insn, mode: int, ip_limit: int,
                   generate: Callable[[Insn], Generated],
-                  decode_at: Callable[[bytes, int, int], Insn]) -> Tuple[Bound, bool]:
+                  decode_at: Callable[[bytes, int, int], Insn],
+                  flags: Tuple[bool, bool] = (False, False)) -> Tuple[Bound, bool]:
         """``d`` bound, and whether it ends the block. ``generate(d)`` runs its generator
-        (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip."""
+        (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip;
+        ``flags`` are kept in the cache entry for the engine (a function of the bytes).
+        The engine reads ``insns`` itself for the common case (an Entry)."""
         key = (d.raw, mode)
         ent = self.insns.get(key)
         if ent is not None and not isinstance(ent, int):
-            fn, args, rels, own, ended = ent
+            fn, args, rels, own, ended = ent[:5]
             if not rels and not own:
                 return (fn, args), ended
             a = list(args)
@@ -142,12 +174,13 @@ class InsnBinder:
             self.insns[key] = _SEEN
         elif ent == _SEEN:
             self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
-                                                generate, decode_at)
+                                                generate, decode_at, flags)
         return (fn, (*consts, *values)), ended
 
     def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
                      consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
-                     decode_at: Callable[[bytes, int, int], Insn]) -> Union[int, Entry]:
+                     decode_at: Callable[[bytes, int, int], Insn],
+                     flags: Tuple[bool, bool]) -> Union[int, Entry]:
         """Generate d again at another RIP: literals that moved by as much follow RIP."""
         other = 0x2000 if d.ip == 0x1000 else 0x1000
         d2 = decode_at(d.raw, d.bits, other)
@@ -176,7 +209,7 @@ class InsnBinder:
                 rels.append((len(consts) + i, a - d.ip))
             else:
                 return _NEVER
-        return (fn, tuple(args), rels, own, ended)
+        return (fn, tuple(args), rels, own, ended, flags[0], flags[1])
 
 
 def make_block(st: CpuState, insns: Sequence[Bound], ips: Sequence[int], next_ip: int,
