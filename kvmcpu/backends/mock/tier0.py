@@ -28,10 +28,11 @@ from .decode import Insn
 from .state import CpuState
 
 #: runs of a tier-0 block before it is compiled. Measured with the bundled guests from start
-#: to exit, sieve3's first million instructions and mock_mips loop (b) for 4..256: 4 and 256
-#: are slower, 16..128 alike within this host's noise; a block in a loop reaches it within
-#: its first iterations.
-PROMOTE_AFTER = 32
+#: to exit and sieve3's first 2 M instructions for 32..256 (process CPU time, best of 3,
+#: after the tier-0 decode/bind caches made tier 0 cheaper): 96..256 run the short guests
+#: 25-30 % faster than 32 (a compile costs ~2 ms, hundreds of tier-0 runs of a block), sieve3
+#: alike; a block in a loop reaches it within its first iterations.
+PROMOTE_AFTER = 128
 
 InsnFn = Callable[..., Optional[int]]
 #: an instruction bound: its function and the arguments it runs with
