@@ -83,7 +83,6 @@ def _insn_code(shape: str, nconst: int, nlit: int) -> types.CodeType:
 FLOW = frozenset([*range(0x70, 0x80), *range(0x180, 0x190), 0xE8, 0xE9, 0xEB,
                   0xE0, 0xE1, 0xE2, 0xE3])
 
-_SEEN = 1  # bytes seen once: relocate them on the second sighting
 _NEVER = 2  # their code is not a function of RIP we can rebuild: always generate
 
 #: a relocatable instruction: (function, its arguments (constants, then literals) with
@@ -106,7 +105,9 @@ class InsnBinder:
     def __init__(self, namespace: Dict[str, Any]) -> None:
         self.ns = namespace
         self.functions: Dict[str, InsnFn] = {}
-        self.insns: Dict[Tuple[bytes, int], Union[int, Entry]] = {}
+        #: (bytes, mode) -> an Entry, _NEVER, or the first sighting [Insn, literal values,
+        #: shape, constants, ended]
+        self.insns: Dict[Tuple[bytes, int], Union[int, Entry, List[Any]]] = {}
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
@@ -154,7 +155,7 @@ class InsnBinder:
         The engine reads ``insns`` itself for the common case (an Entry)."""
         key = (d.raw, mode)
         ent = self.insns.get(key)
-        if ent is not None and not isinstance(ent, int):
+        if isinstance(ent, tuple):
             fn, args, rels, own, ended = ent[:5]
             if not rels and not own:
                 return (fn, args), ended
@@ -172,23 +173,31 @@ class InsnBinder:
         lines, consts, ended = generate(d)
         fn, values, shape = self.shape(lines, len(consts))
         if ent is None:
-            self.insns[key] = _SEEN
-        elif ent == _SEEN:
+            # the first sighting: kept as the second sample of _relocatable (a list,
+            # never taken for an Entry)
+            self.insns[key] = [d, values, shape, consts, ended]
+        elif isinstance(ent, list):
             self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
-                                                generate, decode_at, flags)
+                                                generate, decode_at, flags, ent)
         return (fn, (*consts, *values)), ended
 
     def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
                      consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
                      decode_at: Callable[[bytes, int, int], Insn],
-                     flags: Tuple[bool, bool]) -> Union[int, Entry]:
-        """Generate d again at another RIP: literals that moved by as much follow RIP."""
-        other = 0x2000 if d.ip == 0x1000 else 0x1000
-        d2 = decode_at(d.raw, d.bits, other)
-        if d2.len != d.len:
-            return _NEVER
-        lines2, consts2, ended2 = generate(d2)
-        _, values2, shape2 = self.shape(lines2, len(consts2))
+                     flags: Tuple[bool, bool], first: List[Any]) -> Union[int, Entry]:
+        """d at another RIP (its first sighting's, else generated again at one): literals
+        that moved by as much follow RIP."""
+        d2: Insn = first[0]
+        if d2.ip != d.ip:
+            other = d2.ip
+            values2, shape2, consts2, ended2 = first[1:]
+        else:
+            other = 0x2000 if d.ip == 0x1000 else 0x1000
+            d2 = decode_at(d.raw, d.bits, other)
+            if d2.len != d.len:
+                return _NEVER
+            lines2, consts2, ended2 = generate(d2)
+            _, values2, shape2 = self.shape(lines2, len(consts2))
         if shape2 != shape or ended2 != ended or len(consts2) != len(consts):
             return _NEVER
         args: List[Any] = []
