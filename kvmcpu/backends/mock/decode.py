@@ -133,31 +133,46 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
     is longer than 15 bytes.
     """
     heads = _HEADS.get(bits)
-    n = len(code)
-    if heads is not None and type(code) is bytes and n:
-        k = 1
-        t = heads.get(code[:1])
-        while t is _LONGER and k < n:
-            k += 1
-            t = heads.get(code[:k])
-        if t is not None and t is not _LONGER and n >= t[1]:
-            cls, ln, h, dsz, isz, isg = t
-            d: Insn = cls()
-            d.ip = ip
-            if dsz:
-                bit = 1 << (8 * dsz - 1)
-                d.disp = (int.from_bytes(code[h:h + dsz], "little") ^ bit) - bit
-            if isz:
-                v = int.from_bytes(code[h + dsz:ln], "little")
-                if isg:
-                    bit = 1 << (8 * isz - 1)
-                    v = (v ^ bit) - bit
-                d.imm = v
-            d.raw = code[:ln]
+    if heads is not None and type(code) is bytes and code:
+        d = from_head(code, heads, ip)
+        if d is not None:
             return d
     d, head, isg = _decode_full(code, bits, ip)
     if heads is not None and isg >= 0 and len(heads) < _HEADS_MAX and type(code) is bytes:
         _learn(heads, d, code, head, isg)
+    return d
+
+
+def heads_of(bits: int) -> Dict[bytes, Any]:
+    """The head cache of ``bits``-bit code, for from_head()."""
+    return _HEADS[bits]
+
+
+def from_head(code: bytes, heads: Dict[bytes, Any], ip: int) -> Optional[Insn]:
+    """decode()'s fast path: the instruction at the start of ``code`` (bytes, not empty)
+    if its head is in ``heads`` (heads_of) and all its bytes are there, else None (then
+    decode() answers, and learns the head)."""
+    n = len(code)
+    k = 1
+    t = heads.get(code[:1])
+    while t is _LONGER and k < n:
+        k += 1
+        t = heads.get(code[:k])
+    if t is None or t is _LONGER or n < t[1]:
+        return None
+    cls, ln, h, dsz, isz, isg = t
+    d: Insn = cls()
+    d.ip = ip
+    if dsz:
+        bit = 1 << (8 * dsz - 1)
+        d.disp = (int.from_bytes(code[h:h + dsz], "little") ^ bit) - bit
+    if isz:
+        v = int.from_bytes(code[h + dsz:ln], "little")
+        if isg:
+            bit = 1 << (8 * isz - 1)
+            v = (v ^ bit) - bit
+        d.imm = v
+    d.raw = code[:ln]
     return d
 
 

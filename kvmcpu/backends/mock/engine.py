@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
 from .codegen import GENERATORS, Translator, compile_block
-from .decode import Insn, NeedMore, decode
+from .decode import Insn, NeedMore, decode, from_head, heads_of
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
@@ -321,9 +321,11 @@ class Engine:
 
         def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
             return self._gen_one(translator(), GENERATORS[d.opc], d)
-        off = lin & 0xFFF
-        page = bytes(view[off:])  # the rest of the page: sliced per instruction below
-        base = off
+        base = lin & 0xFFF
+        page = bytes(view[base:])  # the rest of the page: sliced per instruction below
+        end = 4096 - base  # p (in page) at the page's end
+        heads = heads_of(bits)
+        p = 0
         ip = rip
         limit = 1 if single else MAX_BLOCK
         cacheable = True
@@ -331,9 +333,9 @@ class Engine:
         safe_n = 0
         n = 0
         while n < limit:
-            p = off - base
             try:
-                d = decode(page[p: p + 15], bits, ip)
+                chunk = page[p: p + 15]
+                d = from_head(chunk, heads, ip) or decode(chunk, bits, ip)
             except NeedMore:
                 if n:
                     break  # crosses the page: start a new block there
@@ -397,7 +399,7 @@ class Engine:
                             # a direct JMP/CALL: keep translating at the target if it is
                             # on this page
                             target, t.follow = t.follow, None
-                            new_off = off + (target - ip)
+                            new_off = base + p + (target - ip)
                             if 0 <= new_off < 4096 and n + 1 < limit:
                                 nxt = (target, new_off)
                             else:
@@ -410,20 +412,23 @@ class Engine:
                         ips.append(ip)
                         n += 1
                         ip, off = nxt
-                        if not base <= off:  # behind the start: the page from there
+                        if off < base:  # behind the start: the page from there
                             base = off
                             page = bytes(view[off:])
+                            end = 4096 - base
+                        p = off - base
                         continue
             ips.append(ip)
             n += 1
             if ended:
                 break
+            ln = d.len
             if alone:
-                ip = (ip + d.len) & alone_mask
+                ip = (ip + ln) & alone_mask
                 break
-            ip = (ip + d.len) & ip_mask
-            off += d.len
-            if off >= 4096:
+            ip = (ip + ln) & ip_mask
+            p += ln
+            if p >= end:
                 break
         promote = None
         if cacheable and self.use_cache:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from .decode import Insn
 from .state import CpuState
@@ -55,13 +55,21 @@ _LINES_MAX = 100_000
 _QUOTED: Tuple[str, Tuple[int, ...]] = ("", ())
 
 
+#: lines seen once (kept in _LINES from their second sighting: a line with an address or
+#: an immediate of its own is never seen again, and would only add objects to walk)
+_LINES_SEEN: Set[str] = set()
+
+
 def _line_shape(line: str) -> Tuple[str, Tuple[int, ...]]:
     if "'" in line or '"' in line:
         ent = _QUOTED
     else:
         parts = _NUM.split(line)  # text, literal, text, ... (one scan)
-        ent = ("\x00".join(parts[::2]), tuple(int(v, 0) for v in parts[1::2]))
-    if len(_LINES) < _LINES_MAX:
+        ent = ("\x00".join(parts[::2]), tuple([int(v, 0) for v in parts[1::2]]))
+    if line not in _LINES_SEEN:
+        if len(_LINES_SEEN) < _LINES_MAX:
+            _LINES_SEEN.add(line)
+    elif len(_LINES) < _LINES_MAX:
         _LINES[line] = ent
     return ent
 
@@ -91,6 +99,11 @@ _NEVER = 2  # their code is not a function of RIP we can rebuild: always generat
 #: flags the engine gave bind_insn (chain-safe, alone in its block))
 Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool, bool, bool]
 Generated = Tuple[List[str], List[Any], bool]
+#: an instruction's first sighting, one flat tuple (the fewer objects kept, the less the
+#: garbage collector walks): (RIP, shape, ended, the indexes of the constants that are the
+#: instruction's Insn, the number of constants, *constants (None for the Insn),
+#: *literal values)
+First = Tuple[Any, ...]
 
 
 class InsnBinder:
@@ -105,9 +118,10 @@ class InsnBinder:
     def __init__(self, namespace: Dict[str, Any]) -> None:
         self.ns = namespace
         self.functions: Dict[str, InsnFn] = {}
-        #: (bytes, mode) -> an Entry, _NEVER, or the first sighting [Insn, literal values,
-        #: shape, constants, ended]
-        self.insns: Dict[Tuple[bytes, int], Union[int, Entry, List[Any]]] = {}
+        #: (bytes, mode) -> an Entry or _NEVER (from the second sighting on)
+        self.insns: Dict[Tuple[bytes, int], Union[int, Entry]] = {}
+        #: (bytes, mode) -> the first sighting (until the second)
+        self.first: Dict[Tuple[bytes, int], First] = {}
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
@@ -173,40 +187,49 @@ class InsnBinder:
         lines, consts, ended = generate(d)
         fn, values, shape = self.shape(lines, len(consts))
         if ent is None:
-            # the first sighting: kept as the second sample of _relocatable (a list,
-            # never taken for an Entry)
-            self.insns[key] = [d, values, shape, consts, ended]
-        elif isinstance(ent, list):
-            self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
-                                                generate, decode_at, flags, ent)
+            first = self.first.pop(key, None)
+            if first is None:
+                # the first sighting: what _relocatable needs of it (no Insn kept: the
+                # constants that are the instruction are None)
+                if consts:
+                    mine = tuple([i for i, c in enumerate(consts) if c is d])
+                    self.first[key] = (d.ip, shape, ended, mine, len(consts),
+                                       *[None if c is d else c for c in consts], *values)
+                else:
+                    self.first[key] = (d.ip, shape, ended, (), 0, *values)
+            else:
+                self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
+                                                    generate, decode_at, flags, first)
         return (fn, (*consts, *values)), ended
 
     def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
                      consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
                      decode_at: Callable[[bytes, int, int], Insn],
-                     flags: Tuple[bool, bool], first: List[Any]) -> Union[int, Entry]:
+                     flags: Tuple[bool, bool], first: "First") -> Union[int, Entry]:
         """d at another RIP (its first sighting's, else generated again at one): literals
         that moved by as much follow RIP."""
-        d2: Insn = first[0]
-        if d2.ip != d.ip:
-            other = d2.ip
-            values2, shape2, consts2, ended2 = first[1:]
-        else:
+        other, shape2, ended2, own2, nconst = first[:5]
+        consts2: Tuple[Any, ...] = first[5:5 + nconst]
+        values2: Tuple[int, ...] = first[5 + nconst:]
+        if other == d.ip:
             other = 0x2000 if d.ip == 0x1000 else 0x1000
             d2 = decode_at(d.raw, d.bits, other)
             if d2.len != d.len:
                 return _NEVER
-            lines2, consts2, ended2 = generate(d2)
-            _, values2, shape2 = self.shape(lines2, len(consts2))
+            lines2, c2s, ended2 = generate(d2)
+            _, v2s, shape2 = self.shape(lines2, len(c2s))
+            values2 = tuple(v2s)
+            consts2 = tuple(None if c is d2 else c for c in c2s)
+            own2 = tuple(i for i, c in enumerate(c2s) if c is d2)
         if shape2 != shape or ended2 != ended or len(consts2) != len(consts):
             return _NEVER
         args: List[Any] = []
         own: List[int] = []
         for i, (c, c2) in enumerate(zip(consts, consts2)):
-            if c is d and c2 is d2:
+            if c is d and i in own2:
                 args.append(None)
                 own.append(i)
-            elif c is c2:
+            elif c is c2 and i not in own2:
                 args.append(c)
             else:
                 return _NEVER
