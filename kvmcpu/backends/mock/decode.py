@@ -121,6 +121,10 @@ _REX = _table(set(range(0x40, 0x50)))
 _HEADS: Dict[int, Dict[bytes, Any]] = {16: {}, 32: {}, 64: {}}
 _HEADS_MAX = 20_000  # entries per mode (heads and their beginnings)
 _LONGER = object()
+#: decodes of a head before it is recorded in _HEADS (see _learn)
+LEARN_AFTER = 3
+#: per mode: head -> its decodes so far (below LEARN_AFTER)
+_COUNTS: Dict[int, Dict[bytes, int]] = {16: {}, 32: {}, 64: {}}
 #: (a subclass of Insn holding the head's fields (all but ip/raw/disp/imm) as class
 #: attributes, length, head length, displacement size, immediate size, immediate signed)
 _Template = Tuple[type, int, int, int, int, int]
@@ -177,7 +181,17 @@ def from_head(code: bytes, heads: Dict[bytes, Any], ip: int) -> Optional[Insn]:
 
 
 def _learn(heads: Dict[bytes, Any], d: Insn, code: bytes, head: int, isg: int) -> None:
-    """Record the head of ``d`` (decoded from ``code``) for decode()'s fast path."""
+    """Record the head of ``d`` (decoded from ``code``) for decode()'s fast path, at its
+    LEARN_AFTER-th decode (a class costs ~10 us, five decodes: a head seen once or twice
+    in a short run does not pay for it)."""
+    counts = _COUNTS[d.bits]
+    key = code[:head]
+    seen = counts.get(key, 0) + 1
+    if seen < LEARN_AFTER:
+        if len(counts) < _HEADS_MAX:
+            counts[key] = seen
+        return
+    counts.pop(key, None)
     fields = dict(d.__dict__)
     for name in ("ip", "raw", "disp", "imm"):
         fields.pop(name, None)
