@@ -303,7 +303,7 @@ class Engine:
         bits = self.bits
         mode = self.mode
         binder = self.binders[1 if self.cpl == 3 else 0]
-        seen = binder.insns.get
+        seen = binder.table(mode).get
         fns: List[Bound] = []
         ips: List[int] = []
         ip_mask = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(bits, 0xFFFFFFFFFFFFFFFF)
@@ -343,7 +343,7 @@ class Engine:
                 chunk += self._next_page_bytes(lin, 15 - len(chunk))
                 d = decode(chunk, bits, ip)
                 cacheable = False
-            ent = seen((d.raw, mode))
+            ent = seen(d.raw)
             if ent.__class__ is tuple:
                 # tier 0's common case: bound from the instruction's bytes, seen before
                 fn, args, rels, own, ended, safe, alone = ent

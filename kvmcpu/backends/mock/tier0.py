@@ -118,10 +118,10 @@ class InsnBinder:
     def __init__(self, namespace: Dict[str, Any]) -> None:
         self.ns = namespace
         self.functions: Dict[str, InsnFn] = {}
-        #: (bytes, mode) -> an Entry or _NEVER (from the second sighting on)
-        self.insns: Dict[Tuple[bytes, int], Union[int, Entry]] = {}
-        #: (bytes, mode) -> the first sighting (until the second)
-        self.first: Dict[Tuple[bytes, int], First] = {}
+        #: mode -> bytes -> an Entry or _NEVER (from the second sighting on)
+        self.insns: Dict[int, Dict[bytes, Union[int, Entry]]] = {}
+        #: mode -> bytes -> the first sighting (until the second)
+        self.first: Dict[int, Dict[bytes, First]] = {}
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
@@ -159,6 +159,13 @@ class InsnBinder:
         fn, values, _ = self.shape(lines, len(consts))
         return fn, (*consts, *values)
 
+    def table(self, mode: int) -> Dict[bytes, Union[int, Entry]]:
+        """The cache of one mode: instruction bytes -> an Entry or _NEVER (``insns``)."""
+        tab = self.insns.get(mode)
+        if tab is None:
+            tab = self.insns[mode] = {}
+        return tab
+
     def bind_insn(self, d: Insn, mode: int, ip_limit: int,
                   generate: Callable[[Insn], Generated],
                   decode_at: Callable[[bytes, int, int], Insn],
@@ -167,8 +174,9 @@ class InsnBinder:
         (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip;
         ``flags`` are kept in the cache entry for the engine (a function of the bytes).
         The engine reads ``insns`` itself for the common case (an Entry)."""
-        key = (d.raw, mode)
-        ent = self.insns.get(key)
+        key = d.raw
+        insns = self.table(mode)
+        ent = insns.get(key)
         if isinstance(ent, tuple):
             fn, args, rels, own, ended = ent[:5]
             if not rels and not own:
@@ -187,18 +195,19 @@ class InsnBinder:
         lines, consts, ended = generate(d)
         fn, values, shape = self.shape(lines, len(consts))
         if ent is None:
-            first = self.first.pop(key, None)
+            firsts = self.first.setdefault(mode, {})
+            first = firsts.pop(key, None)
             if first is None:
                 # the first sighting: what _relocatable needs of it (no Insn kept: the
                 # constants that are the instruction are None)
                 if consts:
                     mine = tuple([i for i, c in enumerate(consts) if c is d])
-                    self.first[key] = (d.ip, shape, ended, mine, len(consts),
+                    firsts[key] = (d.ip, shape, ended, mine, len(consts),
                                        *[None if c is d else c for c in consts], *values)
                 else:
-                    self.first[key] = (d.ip, shape, ended, (), 0, *values)
+                    firsts[key] = (d.ip, shape, ended, (), 0, *values)
             else:
-                self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
+                insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
                                                     generate, decode_at, flags, first)
         return (fn, (*consts, *values)), ended
 
