@@ -306,7 +306,10 @@ class Emitter:
 
     def ops(self, it: IrInsn, ops: List[Op], start: int, k: int, ind: int,
             uses: Dict[str, int]) -> None:
+        skip = -1
         for i in range(start, len(ops)):
+            if i == skip:
+                continue
             op = ops[i]
             kind, dst = op.kind, op.dst
             inline = dst is not None and uses.get(dst, 0) <= 1
@@ -345,6 +348,15 @@ class Emitter:
                 self.state = ("prod", op, src)
                 continue
             elif kind == "ld":
+                nxt = ops[i + 1] if i + 1 < len(ops) else None
+                if (nxt is not None and nxt.kind == "set" and nxt.args[1] == dst
+                        and uses.get(dst or "", 0) == 1):
+                    # a load straight into a register (MOV/MOVZX r, [m]): into its local
+                    # (a fault leaves the local as it was: rd raises before the store)
+                    self.load(op, k, ind, f"r{nxt.args[0]}")
+                    self.rs[nxt.args[0]] = "dirty"
+                    skip = i + 1
+                    continue
                 self.load(op, k, ind)
                 continue
             elif kind == "st":
@@ -366,9 +378,9 @@ class Emitter:
             else:
                 self.line(ind, f"{dst} = {expr}")
 
-    def load(self, op: Op, k: int, ind: int) -> None:
+    def load(self, op: Op, k: int, ind: int, into: Optional[str] = None) -> None:
         a, sz = self.val(op.args[0]), op.args[1]
-        dst = op.dst
+        dst = into or op.dst
         self.line(ind, f"p = TR({a} >> 12)")
         if sz == 1:
             self.line(ind, f"if p is not None: {dst} = p[{a} & 0xFFF]")
