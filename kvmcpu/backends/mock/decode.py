@@ -8,7 +8,7 @@ does not implement); the code generators decide what each opcode does.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .faults import GuestFault
 
@@ -45,39 +45,38 @@ class NeedMore(Exception):
 
 
 class Insn:
-    """One decoded instruction (immutable after decode)."""
+    """One decoded instruction (immutable after decode).
 
-    __slots__ = ("ip", "len", "bits", "opc", "osz", "asz", "seg", "rep", "lock", "rex", "rexw",
-                 "modrm", "mod", "reg", "rm", "base", "index", "scale", "disp", "riprel",
-                 "imm", "imm2", "raw", "opsize_prefix", "ss_default", "nprefix")
+    The fields are class attributes holding their defaults: ``decode`` sets on the
+    instance only what differs (an instruction's decode allocates one small dict).
+    """
 
-    def __init__(self) -> None:
-        self.ip = 0
-        self.len = 0
-        self.bits = 64
-        self.opc = 0
-        self.osz = 4
-        self.asz = 8
-        self.seg = -1
-        self.rep = 0
-        self.lock = False
-        self.rex = 0
-        self.rexw = False
-        self.modrm = False
-        self.mod = 0
-        self.reg = 0
-        self.rm = 0
-        self.base = -1
-        self.index = -1
-        self.scale = 1
-        self.disp = 0
-        self.riprel = False
-        self.imm = 0
-        self.imm2 = 0
-        self.raw = b""
-        self.opsize_prefix = False
-        self.ss_default = False
-        self.nprefix = 0
+    ip = 0
+    len = 0
+    bits = 64
+    opc = 0
+    osz = 4
+    asz = 8
+    seg = -1
+    rep = 0
+    lock = False
+    rex = 0
+    rexw = False
+    modrm = False
+    mod = 0
+    reg = 0
+    rm = 0
+    base = -1
+    index = -1
+    scale = 1
+    disp = 0
+    riprel = False
+    imm = 0
+    imm2 = 0
+    raw = b""
+    opsize_prefix = False
+    ss_default = False
+    nprefix = 0
 
     @property
     def is_mem(self) -> bool:
@@ -97,67 +96,189 @@ def _s(v: int, n: int) -> int:
     return (v ^ bit) - bit
 
 
+def _table(members: "set[int] | frozenset[int]") -> bytes:
+    return bytes(1 if b in members else 0 for b in range(256))
+
+
+#: byte -> 1 if a legacy prefix (66 67 26 2E 36 3E 64 65 F0 F2 F3)
+_PREFIX = _table({0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3})
+#: byte -> 1 if a legacy prefix or REX (what follows a REX and cancels it)
+_PREFIX_REX = _table({0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3,
+                      *range(0x40, 0x50)})
+_HAS_MODRM1 = _table(_MODRM1)
+_HAS_IMM8_1 = _table(_IMM8_1)
+_HAS_MODRM2 = bytes(0 if b in _NOMODRM2 else 1 for b in range(256))
+_HAS_IMM8_2 = _table(_IMM8_2)
+#: the 0x40..0x4F row is REX in 64-bit code
+_REX = _table(set(range(0x40, 0x50)))
+
+
+#: per code-segment size: the bytes that start an instruction (prefixes, opcode, ModRM,
+#: SIB: its *head*) -> what the head decodes to (``_Template``), or _LONGER for the
+#: beginning of a longer head. x86 heads are prefix-free (no head begins another), so
+#: an instruction whose head was seen is decoded without the decoder: its fields copied,
+#: its displacement and immediate read from their offsets.
+_HEADS: Dict[int, Dict[bytes, Any]] = {16: {}, 32: {}, 64: {}}
+_HEADS_MAX = 20_000  # entries per mode (heads and their beginnings)
+_LONGER = object()
+#: decodes of a head before it is recorded in _HEADS (see _learn)
+LEARN_AFTER = 3
+#: per mode: head -> its decodes so far (below LEARN_AFTER)
+_COUNTS: Dict[int, Dict[bytes, int]] = {16: {}, 32: {}, 64: {}}
+#: (a subclass of Insn holding the head's fields (all but ip/raw/disp/imm) as class
+#: attributes, length, head length, displacement size, immediate size, immediate signed)
+_Template = Tuple[type, int, int, int, int, int]
+
+
 def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
     """Decode the instruction at the start of ``code`` for a ``bits``-bit code segment.
 
     Raises NeedMore when ``code`` ends inside the instruction and #GP(0) when it
     is longer than 15 bytes.
     """
+    heads = _HEADS.get(bits)
+    if heads is not None and type(code) is bytes and code:
+        d = from_head(code, heads, ip)
+        if d is not None:
+            return d
+    d, head, isg = _decode_full(code, bits, ip)
+    if heads is not None and isg >= 0 and len(heads) < _HEADS_MAX and type(code) is bytes:
+        _learn(heads, d, code, head, isg)
+    return d
+
+
+def heads_of(bits: int) -> Dict[bytes, Any]:
+    """The head cache of ``bits``-bit code, for from_head()."""
+    return _HEADS[bits]
+
+
+def from_head(code: bytes, heads: Dict[bytes, Any], ip: int) -> Optional[Insn]:
+    """decode()'s fast path: the instruction at the start of ``code`` (bytes, not empty)
+    if its head is in ``heads`` (heads_of) and all its bytes are there, else None (then
+    decode() answers, and learns the head)."""
+    n = len(code)
+    k = 1
+    t = heads.get(code[:1])
+    while t is _LONGER and k < n:
+        k += 1
+        t = heads.get(code[:k])
+    if t is None or t is _LONGER or n < t[1]:
+        return None
+    cls, ln, h, dsz, isz, isg = t
+    d: Insn = cls()
+    d.ip = ip
+    if dsz:
+        bit = 1 << (8 * dsz - 1)
+        d.disp = (int.from_bytes(code[h:h + dsz], "little") ^ bit) - bit
+    if isz:
+        v = int.from_bytes(code[h + dsz:ln], "little")
+        if isg:
+            bit = 1 << (8 * isz - 1)
+            v = (v ^ bit) - bit
+        d.imm = v
+    d.raw = code[:ln]
+    return d
+
+
+def _learn(heads: Dict[bytes, Any], d: Insn, code: bytes, head: int, isg: int) -> None:
+    """Record the head of ``d`` (decoded from ``code``) for decode()'s fast path, at its
+    LEARN_AFTER-th decode (a class costs ~10 us, five decodes: a head seen once or twice
+    in a short run does not pay for it)."""
+    counts = _COUNTS[d.bits]
+    key = code[:head]
+    seen = counts.get(key, 0) + 1
+    if seen < LEARN_AFTER:
+        if len(counts) < _HEADS_MAX:
+            counts[key] = seen
+        return
+    counts.pop(key, None)
+    fields = dict(d.__dict__)
+    for name in ("ip", "raw", "disp", "imm"):
+        fields.pop(name, None)
+    fields["__slots__"] = ()
+    ln = d.len
+    dsz = 0
+    if d.modrm and d.mod != 3:
+        dsz = {1: 1, 2: 2 if d.asz == 2 else 4}.get(d.mod, 0)
+        if d.mod == 0 and (d.riprel or (d.base == -1)):
+            dsz = 2 if d.asz == 2 else 4
+    isz = ln - head - dsz
+    if isz < 0 or isz > 8 or (isz == 0 and isg):
+        return
+    for k in range(1, head):
+        if heads.get(code[:k], _LONGER) is not _LONGER:
+            return  # pragma: no cover - heads are prefix-free
+    for k in range(1, head):
+        heads[code[:k]] = _LONGER
+    heads[code[:head]] = (type("Insn", (Insn,), fields), ln, head, dsz, isz, isg)
+
+
+def _decode_full(code: bytes, bits: int, ip: int) -> Tuple[Insn, int, int]:
+    """decode() from the bytes; also (where the ModRM/SIB bytes end, the signedness of
+    the immediate: 1 signed, 0 unsigned, -1 no template (two immediates))."""
     d = Insn()
     d.ip = ip
-    d.bits = bits
+    if bits != 64:
+        d.bits = bits
     n = len(code)
+    if not n:
+        raise NeedMore()
+    b = code[0]
     i = 0
     opsize = adsize = False
     rex = 0
-    while True:
-        if i >= n:
-            raise NeedMore()
-        b = code[i]
-        if b == 0x66:
-            opsize = True
-        elif b == 0x67:
-            adsize = True
-        elif b in (0x26, 0x2E, 0x36, 0x3E):
-            if bits != 64:
-                d.seg = (b >> 3) & 3
-        elif b in (0x64, 0x65):
-            d.seg = b - 0x60
-        elif b == 0xF0:
-            d.lock = True
-        elif b in (0xF2, 0xF3):
-            d.rep = b
-        elif bits == 64 and 0x40 <= b <= 0x4F:
-            rex = b
-            i += 1
+    if _PREFIX[b] or (bits == 64 and _REX[b]):
+        while True:
             if i >= n:
                 raise NeedMore()
             b = code[i]
-            if b in (0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3) or \
-                    0x40 <= b <= 0x4F:
-                rex = 0  # a REX not immediately before the opcode is ignored
-                continue
-            break
-        else:
-            break
-        i += 1
-        if i > 14:
-            raise GuestFault(13, 0)
-    d.nprefix = i
-    d.rex = rex
-    d.rexw = bool(rex & 8)
-    d.opsize_prefix = opsize
+            if b == 0x66:
+                opsize = True
+            elif b == 0x67:
+                adsize = True
+            elif b in (0x26, 0x2E, 0x36, 0x3E):
+                if bits != 64:
+                    d.seg = (b >> 3) & 3
+            elif b in (0x64, 0x65):
+                d.seg = b - 0x60
+            elif b == 0xF0:
+                d.lock = True
+            elif b in (0xF2, 0xF3):
+                d.rep = b
+            elif bits == 64 and 0x40 <= b <= 0x4F:
+                rex = b
+                i += 1
+                if i >= n:
+                    raise NeedMore()
+                b = code[i]
+                if _PREFIX_REX[b]:
+                    rex = 0  # a REX not immediately before the opcode is ignored
+                    continue
+                break
+            else:
+                break
+            i += 1
+            if i > 14:
+                raise GuestFault(13, 0)
+        if i:
+            d.nprefix = i
+        if rex:
+            d.rex = rex
+            if rex & 8:
+                d.rexw = True
+        if opsize:
+            d.opsize_prefix = True
     if bits == 64:
-        d.asz = 4 if adsize else 8
-        d.osz = 8 if rex & 8 else (2 if opsize else 4)
+        if adsize:
+            d.asz = 4
+        osz = 8 if rex & 8 else (2 if opsize else 4)
     elif bits == 32:
         d.asz = 2 if adsize else 4
-        d.osz = 2 if opsize else 4
+        osz = 2 if opsize else 4
     else:
         d.asz = 4 if adsize else 2
-        d.osz = 4 if opsize else 2
+        osz = 4 if opsize else 2
     # opcode
-    b = code[i]
     i += 1
     if b == 0x0F:
         if i >= n:
@@ -173,17 +294,21 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
             imm8 = b2 == 0x3A
         else:
             opc = 0x100 | b2
-            has_modrm = b2 not in _NOMODRM2
-            imm8 = b2 in _IMM8_2
+            has_modrm = _HAS_MODRM2[b2] == 1
+            imm8 = _HAS_IMM8_2[b2] == 1
     else:
         opc = b
-        has_modrm = b in _MODRM1
+        has_modrm = _HAS_MODRM1[b] == 1
         if bits == 64 and b in (0xC4, 0xC5, 0x62):
             has_modrm = True  # VEX/EVEX: measured as unsupported below anyway
-        imm8 = b in _IMM8_1
+        imm8 = _HAS_IMM8_1[b] == 1
     d.opc = opc
     if bits == 64 and opc in D64:
-        d.osz = 2 if (opsize and not rex & 8) else 8
+        osz = 2 if (opsize and not rex & 8) else 8
+    if osz != 4:
+        d.osz = osz
+    head = i
+    isg = 0
     if has_modrm:
         if i >= n:
             raise NeedMore()
@@ -191,15 +316,22 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
         i += 1
         d.modrm = True
         mod = m >> 6
-        reg = (m >> 3) & 7
         rm = m & 7
-        d.mod = mod
-        d.reg = reg | ((rex & 4) << 1)
+        if mod:
+            d.mod = mod
+        reg = ((m >> 3) & 7) | ((rex & 4) << 1)
+        if reg:
+            d.reg = reg
         if mod == 3:
-            d.rm = rm | ((rex & 1) << 3)
+            rm |= (rex & 1) << 3
+            if rm:
+                d.rm = rm
+            head = i
         elif d.asz == 2:
+            head = i
             i = _modrm16(d, code, i, mod, rm)
         else:
+            head = i + 1 if rm == 4 else i
             i = _modrm32(d, code, i, mod, rm, rex)
     # immediates
     if opc < 0x100:
@@ -209,10 +341,11 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
             d.imm = code[i]
             i += 1
         elif opc in _IMMZ_1:
-            k = 2 if d.osz == 2 else 4
+            k = 2 if osz == 2 else 4
             i = _imm(d, code, i, k, signed=True)
+            isg = 1
         elif 0xB8 <= opc <= 0xBF:
-            i = _imm(d, code, i, d.osz, signed=False)
+            i = _imm(d, code, i, osz, signed=False)
         elif opc in (0xA0, 0xA1, 0xA2, 0xA3):
             i = _imm(d, code, i, d.asz, signed=False)
         elif opc in (0xC2, 0xCA):
@@ -223,15 +356,18 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
                 raise NeedMore()
             d.imm2 = code[i]
             i += 1
+            isg = -1
         elif opc in (0x9A, 0xEA) and bits != 64:
-            i = _imm(d, code, i, d.osz, signed=False)
+            i = _imm(d, code, i, osz, signed=False)
             imm = d.imm
             i = _imm(d, code, i, 2, signed=False)
             d.imm2 = d.imm
             d.imm = imm
+            isg = -1
         elif opc in (0xF6, 0xF7) and d.reg & 7 in (0, 1):
-            k = 1 if opc == 0xF6 else (2 if d.osz == 2 else 4)
+            k = 1 if opc == 0xF6 else (2 if osz == 2 else 4)
             i = _imm(d, code, i, k, signed=opc == 0xF7)
+            isg = int(opc == 0xF7)
     else:
         if imm8:
             if i >= n:
@@ -239,12 +375,13 @@ def decode(code: bytes, bits: int, ip: int = 0) -> Insn:
             d.imm = code[i]
             i += 1
         elif 0x180 <= opc <= 0x18F:
-            i = _imm(d, code, i, 2 if d.osz == 2 else 4, signed=True)
+            i = _imm(d, code, i, 2 if osz == 2 else 4, signed=True)
+            isg = 1
     if i > 15:
         raise GuestFault(13, 0)
     d.len = i
-    d.raw = bytes(code[:i])
-    return d
+    d.raw = code[:i] if type(code) is bytes else bytes(code[:i])
+    return d, head, isg
 
 
 def _imm(d: Insn, code: bytes, i: int, k: int, signed: bool) -> int:

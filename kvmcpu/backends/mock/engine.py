@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from . import helpers
 from .codegen import GENERATORS, Translator, compile_block
-from .decode import Insn, NeedMore, decode
+from .decode import Insn, NeedMore, decode, from_head, heads_of
 from .faults import BP, DB, ExitNow, GuestFault, Restart
 from .gen_alu import lock_ok
 from .interrupts import KIND_EXC, KIND_EXT, KIND_NMI, TripleFault, deliver, deliver_fault
@@ -161,34 +161,18 @@ class Engine:
         (tier 0, tier0.py), over the same instructions with the same generators.
         ``key``: the block's cache key when the caller has it (``_key``).
         """
+        if not compiled:
+            return self._translate_tier0(single, key)
         st = self.st
         rip = st.rip
-        lin = (st.sb[CS] + rip) & (0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF)
-        user = self.cpl == 3
-        itlb = self.mmu.itlb[1 if user else 0]
-        ppage = itlb.get(lin >> 12)
-        if ppage is None:
-            ppage, view = self._fetch(lin)
-            itlb[lin >> 12] = ppage
-        else:  # the page walk the lookup just did (or a cached one) gave the frame
-            pp = self.mmu.phys_page(ppage)
-            view = pp[0] if pp is not None else None
-        if view is None:
-            raise ExitNow("emulation", b"", "execution from unbacked memory")
+        lin, ppage, view = self._code_page()
         t = Translator(self.bits, self.stack_bits, self.cpl, self.pe, self.lma,
                        self.profile.name)
         t.start_ip = rip
         t.loop_ok = not single and self.use_cache
         ctx = Ctx(self.bits, self.stack_bits, self.profile.name, rip, t.loop_ok)
         items: List[Item] = []
-        binder = self.binders[1 if self.cpl == 3 else 0]
-        fns: List[Bound] = []
-        ip_limit = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
-        ip_mask = ip_limit  # RIP after an instruction (as below: 16, 32 or 64 bits)
-        alone_mask = 0xFFFFFFFFFFFFFFFF if self.bits == 64 else 0xFFFFFFFF
-
-        def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
-            return self._gen_one(t, GENERATORS[d.opc], d)
+        ip_mask = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(self.bits, 0xFFFFFFFFFFFFFFFF)
         off = lin & 0xFFF
         ip = rip
         ips: List[int] = []
@@ -212,25 +196,7 @@ class Engine:
             g = GENERATORS.get(d.opc)
             if safe_n == len(ips) and chain_safe(d):
                 safe_n += 1
-            if (not compiled and g is not None and d.opc not in FLOW
-                    and (not d.lock or lock_ok(d))):
-                # tier 0, the common case: bound from the instruction's bytes when seen
-                ips.append(ip)
-                bound_insn, ended = binder.bind_insn(d, self.mode, ip_limit, generate,
-                                                     decode)
-                fns.append(bound_insn)
-                if ended:
-                    t.ended = True
-                    break
-                if d.opc in ALONE:
-                    ip = (ip + d.len) & alone_mask
-                    break
-                ip = (ip + d.len) & ip_mask
-                off += d.len
-                if off >= 4096:
-                    break
-                continue
-            if compiled:
+            if True:
                 ips.append(ip)
                 ir_insn = lower(d, ctx) if g is not None and not d.lock else None
                 if ir_insn is not None:
@@ -256,9 +222,6 @@ class Engine:
                 ips.pop()
                 t.k = len(ips)
                 t.lines = []  # this instruction's lines alone (ir_emit places them)
-            else:  # one bound function per instruction: its own lines, temps and constants
-                t.k = 0
-                t.lines, t.consts, t.tmp = [], [], 0
             t.may_stop = False
             ips.append(ip)
             done = False
@@ -289,10 +252,7 @@ class Engine:
                         ip = (ip + d.len) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
                                              else 0xFFFFFFFF)
                         done = True
-            if compiled:
-                items.append(Raw(d, t.lines, t.ended))
-            else:
-                fns.append(binder.bind(t.lines, t.consts))
+            items.append(Raw(d, t.lines, t.ended))
             if done:
                 break
             if nxt is not None:
@@ -303,24 +263,180 @@ class Engine:
             off += d.len
             if off >= 4096:
                 break
-        if compiled:
-            last = items[-1]
-            ended = last.ends if isinstance(last, IrInsn) else last.ended
-            src = emit_block(items, rip, t.loop_ok, ip, ended)
-            fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
-            fn.__doc__ = src  # kept for debugging (E.dump_block)
-            looping = "while True:" in src  # a loop retires more than its length
-            fn.chain = 0 if single else (  # type: ignore[attr-defined]
-                (1 << 62 if looping else safe_n) if safe_n == len(ips) else
-                (0 if looping else safe_n))
-        else:
-            promote = None
-            if cacheable and self.use_cache:
-                if key is None:
-                    key = self._key(single)
-                promote = functools.partial(self._promote, key, single)
-            fn = make_block(st, fns, ips, ip, promote)
-            fn.chain = 0 if single else safe_n  # type: ignore[attr-defined]
+        last = items[-1]
+        ended = last.ends if isinstance(last, IrInsn) else last.ended
+        src = emit_block(items, rip, t.loop_ok, ip, ended)
+        fn = compile_block(src, self.ns[1 if self.cpl == 3 else 0], t.consts, ips)
+        fn.__doc__ = src  # kept for debugging (E.dump_block)
+        looping = "while True:" in src  # a loop retires more than its length
+        fn.chain = 0 if single else (  # type: ignore[attr-defined]
+            (1 << 62 if looping else safe_n) if safe_n == len(ips) else
+            (0 if looping else safe_n))
+        if not cacheable:
+            return fn, -1
+        return fn, ppage
+
+    def _code_page(self) -> Tuple[int, int, memoryview]:
+        """(linear address of CS:RIP, its physical page, a view of that page)."""
+        lin = (self.st.sb[CS] + self.st.rip) & (0xFFFFFFFFFFFFFFFF if self.bits == 64
+                                                else 0xFFFFFFFF)
+        itlb = self.mmu.itlb[1 if self.cpl == 3 else 0]
+        ppage = itlb.get(lin >> 12)
+        if ppage is None:
+            ppage, view = self._fetch(lin)
+            itlb[lin >> 12] = ppage
+        else:  # the page walk the lookup just did (or a cached one) gave the frame
+            pp = self.mmu.phys_page(ppage)
+            view = pp[0] if pp is not None else None
+        if view is None:
+            raise ExitNow("emulation", b"", "execution from unbacked memory")
+        return lin, ppage, view
+
+    def _translate_tier0(self, single: bool, key: Optional[Tuple[int, int, int]]
+                         ) -> Tuple[Block, int]:
+        """translate_block's tier 0: one bound function per instruction (tier0.py), from
+        the binder's cache by the instruction's bytes when it was seen (no generator
+        run), else from its generator; a Translator is made only when one is needed."""
+        st = self.st
+        rip = st.rip
+        lin, ppage, view = self._code_page()
+        bits = self.bits
+        mode = self.mode
+        binder = self.binders[1 if self.cpl == 3 else 0]
+        seen = binder.table(mode).get
+        fns: List[Bound] = []
+        ips: List[int] = []
+        ip_mask = {16: 0xFFFF, 32: 0xFFFFFFFF}.get(bits, 0xFFFFFFFFFFFFFFFF)
+        alone_mask = 0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF
+        tr: List[Translator] = []
+
+        def translator() -> Translator:
+            if not tr:
+                t = Translator(bits, self.stack_bits, self.cpl, self.pe, self.lma,
+                               self.profile.name)
+                t.start_ip = rip
+                t.loop_ok = not single and self.use_cache
+                tr.append(t)
+            return tr[0]
+
+        def generate(d: Insn) -> Tuple[List[str], List[Any], bool]:
+            return self._gen_one(translator(), GENERATORS[d.opc], d)
+        base = lin & 0xFFF
+        page = bytes(view[base:])  # the rest of the page: sliced per instruction below
+        end = 4096 - base  # p (in page) at the page's end
+        heads = heads_of(bits)
+        p = 0
+        ip = rip
+        limit = 1 if single else MAX_BLOCK
+        cacheable = True
+        #: leading chain_safe instructions (see translate_block)
+        safe_n = 0
+        n = 0
+        while n < limit:
+            try:
+                chunk = page[p: p + 15]
+                d = from_head(chunk, heads, ip) or decode(chunk, bits, ip)
+            except NeedMore:
+                if n:
+                    break  # crosses the page: start a new block there
+                chunk = page[p: p + 15]
+                chunk += self._next_page_bytes(lin, 15 - len(chunk))
+                d = decode(chunk, bits, ip)
+                cacheable = False
+            ent = seen(d.raw)
+            if ent.__class__ is tuple:
+                # tier 0's common case: bound from the instruction's bytes, seen before
+                fn, args, rels, own, ended, safe, alone = ent
+                if alone and n:
+                    break  # reads the instruction counter: must start its own block
+                if rels or own:
+                    a = list(args)
+                    for i in own:
+                        a[i] = d
+                    wraps = False
+                    for i, delta in rels:
+                        v = ip + delta
+                        if not 0 <= v <= ip_mask:
+                            wraps = True  # wraps here: generate it
+                            break
+                        a[i] = v
+                    args = tuple(a)
+                    if wraps:
+                        (fn, args), ended = binder.bind_insn(d, mode, ip_mask, generate,
+                                                             decode, (safe, alone))
+                if safe and safe_n == n:
+                    safe_n += 1
+                fns.append((fn, args))
+            else:
+                opc = d.opc
+                alone = opc in ALONE
+                if alone and n:
+                    break
+                safe = chain_safe(d)
+                if safe and safe_n == n:
+                    safe_n += 1
+                g = GENERATORS.get(opc)
+                if g is not None and opc not in FLOW and (not d.lock or lock_ok(d)):
+                    bound_insn, ended = binder.bind_insn(d, mode, ip_mask, generate,
+                                                         decode, (safe, alone))
+                    fns.append(bound_insn)
+                else:  # its own lines, temps and constants
+                    t = translator()
+                    t.k = 0
+                    t.lines, t.consts, t.tmp = [], [], 0
+                    t.may_stop = False
+                    ended = alone = False
+                    nxt: Optional[Tuple[int, int]] = None
+                    if g is None:
+                        ended = True
+                        t.call_helper(helpers.unimplemented, d, terminator=True)
+                    elif d.lock and not lock_ok(d):
+                        ended = True
+                        t.call_helper(helpers.raise_ud, d, terminator=True)
+                    else:
+                        ended = bool(g(t, d))
+                        if t.follow is not None:
+                            # a direct JMP/CALL: keep translating at the target if it is
+                            # on this page
+                            target, t.follow = t.follow, None
+                            new_off = base + p + (target - ip)
+                            if 0 <= new_off < 4096 and n + 1 < limit:
+                                nxt = (target, new_off)
+                            else:
+                                t.jump(f"{target:#x}")
+                                ended = True
+                        elif not ended and t.may_stop:
+                            t.stop_check(d)
+                    fns.append(binder.bind(t.lines, t.consts))
+                    if nxt is not None and not ended:
+                        ips.append(ip)
+                        n += 1
+                        ip, off = nxt
+                        if off < base:  # behind the start: the page from there
+                            base = off
+                            page = bytes(view[off:])
+                            end = 4096 - base
+                        p = off - base
+                        continue
+            ips.append(ip)
+            n += 1
+            if ended:
+                break
+            ln = d.len
+            if alone:
+                ip = (ip + ln) & alone_mask
+                break
+            ip = (ip + ln) & ip_mask
+            p += ln
+            if p >= end:
+                break
+        promote = None
+        if cacheable and self.use_cache:
+            if key is None:
+                key = self._key(single)
+            promote = functools.partial(self._promote, key, single)
+        fn = make_block(st, fns, ips, ip, promote)
+        fn.chain = 0 if single else safe_n  # type: ignore[attr-defined]
         if not cacheable:
             return fn, -1
         return fn, ppage

@@ -19,7 +19,8 @@ instructions retired; on an exception ``c.rip`` is the faulting instruction's RI
   instruction that may fault) and, after a store, checks ``STOP`` (an MMIO or
   code-page write: the block ends after the instruction).
 * a branch back to the block's start is a ``while`` loop over the locals, bounded by
-  ``lim`` (the instruction budget) and kicks, as in the generator-made blocks.
+  ``lim`` (the instruction budget, exactly) and kicks (seen within ``KICK_EVERY``
+  instructions: the back edge compares ``n`` with one bound, ``chk``, below both).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ _TOPCF = "\x00TOPCF\x00"  # placeholder: the CF before the loop's top (resolved 
 State = Tuple[Any, ...]
 MEM: State = ("mem",)
 TOP: State = ("top",)
+
+
+#: a compiled loop looks for a kick (MockVcpu.kick, from another thread) at least this
+#: often (instructions), not on every iteration; the budget it checks on every one
+KICK_EVERY = 4096
 
 
 def _lit(v: int) -> str:
@@ -300,7 +306,10 @@ class Emitter:
 
     def ops(self, it: IrInsn, ops: List[Op], start: int, k: int, ind: int,
             uses: Dict[str, int]) -> None:
+        skip = -1
         for i in range(start, len(ops)):
+            if i == skip:
+                continue
             op = ops[i]
             kind, dst = op.kind, op.dst
             inline = dst is not None and uses.get(dst, 0) <= 1
@@ -339,6 +348,15 @@ class Emitter:
                 self.state = ("prod", op, src)
                 continue
             elif kind == "ld":
+                nxt = ops[i + 1] if i + 1 < len(ops) else None
+                if (nxt is not None and nxt.kind == "set" and nxt.args[1] == dst
+                        and uses.get(dst or "", 0) == 1):
+                    # a load straight into a register (MOV/MOVZX r, [m]): into its local
+                    # (a fault leaves the local as it was: rd raises before the store)
+                    self.load(op, k, ind, f"r{nxt.args[0]}")
+                    self.rs[nxt.args[0]] = "dirty"
+                    skip = i + 1
+                    continue
                 self.load(op, k, ind)
                 continue
             elif kind == "st":
@@ -360,9 +378,9 @@ class Emitter:
             else:
                 self.line(ind, f"{dst} = {expr}")
 
-    def load(self, op: Op, k: int, ind: int) -> None:
+    def load(self, op: Op, k: int, ind: int, into: Optional[str] = None) -> None:
         a, sz = self.val(op.args[0]), op.args[1]
-        dst = op.dst
+        dst = into or op.dst
         self.line(ind, f"p = TR({a} >> 12)")
         if sz == 1:
             self.line(ind, f"if p is not None: {dst} = p[{a} & 0xFFF]")
@@ -405,15 +423,17 @@ class Emitter:
             else:
                 ind2 = ind
             self.line(ind2, f"n += {cnt}")
-            stale = [r for r in sorted(self.rs) if self.rs[r] == "stale"]
-            if stale:  # the top expects every register in its local
-                self.line(ind2, "if n <= lim and not E.kicked:")
-                for r in stale:
-                    self.line(ind2 + 1, f"r{r} = R[{r}]")
-                self.line(ind2 + 1, "continue")
-            else:
-                self.line(ind2, "if n <= lim and not E.kicked: continue")
-            self.exit(ind2, _lit(tgt), "n", self.state)
+            # the budget exactly, a kick every KICK_EVERY instructions at most: below
+            # chk (<= lim) neither needs a look
+            self.line(ind2, "if n > chk:")
+            self.line(ind2 + 1, "if n > lim or E.kicked:")
+            self.exit(ind2 + 2, _lit(tgt), "n", self.state)
+            self.line(ind2 + 1, f"chk = lim if lim - n < {KICK_EVERY} else n + {KICK_EVERY}")
+            # the top expects every register in its local
+            for r in sorted(self.rs):
+                if self.rs[r] == "stale":
+                    self.line(ind2, f"r{r} = R[{r}]")
+            self.line(ind2, "continue")
             if cond is not None:
                 self.exit(ind, _lit(nxt), f"n + {cnt}", self.state)
             self.loop_cnt = cnt
@@ -445,6 +465,7 @@ class Emitter:
         head = ["def blk(lim):", "    n = 0", "    k = 0"]
         if self.looping:
             head.append(f"    lim -= {self.loop_cnt}")
+            head.append("    chk = 0")  # the first back edge looks at the budget and kicks
         if self.looping:
             head += [f"    r{n} = R[{n}]" for n in sorted(self.regs)]
         p0_at = len(head)

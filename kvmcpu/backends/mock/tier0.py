@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from .decode import Insn
 from .state import CpuState
 
 #: runs of a tier-0 block before it is compiled. Measured with the bundled guests from start
-#: to exit, sieve3's first million instructions and mock_mips loop (b) for 4..256: 4 and 256
-#: are slower, 16..128 alike within this host's noise; a block in a loop reaches it within
-#: its first iterations.
-PROMOTE_AFTER = 32
+#: to exit and sieve3's first 2 M instructions for 32..256 (process CPU time, best of 3,
+#: after the tier-0 decode/bind caches made tier 0 cheaper): 96..256 run the short guests
+#: 25-30 % faster than 32 (a compile costs ~2 ms, hundreds of tier-0 runs of a block), sieve3
+#: alike; a block in a loop reaches it within its first iterations.
+PROMOTE_AFTER = 128
 
 InsnFn = Callable[..., Optional[int]]
 #: an instruction bound: its function and the arguments it runs with
@@ -44,6 +45,33 @@ _NUM = re.compile(r"\b(0x[0-9a-fA-F]+|[0-9]+)\b", re.ASCII)
 _SHAPES: Dict[str, types.CodeType] = {}
 _SHAPES_MAX = 50_000
 
+
+
+#: one generated line -> (its shape: the literals taken out, their values), or _QUOTED
+#: (a string literal: the instruction's text is kept as it is). Lines recur across
+#: instructions (only some hold an immediate or an address), so most are not scanned.
+_LINES: Dict[str, Any] = {}
+_LINES_MAX = 100_000
+_QUOTED: Tuple[str, Tuple[int, ...]] = ("", ())
+
+
+#: lines seen once (kept in _LINES from their second sighting: a line with an address or
+#: an immediate of its own is never seen again, and would only add objects to walk)
+_LINES_SEEN: Set[str] = set()
+
+
+def _line_shape(line: str) -> Tuple[str, Tuple[int, ...]]:
+    if "'" in line or '"' in line:
+        ent = _QUOTED
+    else:
+        parts = _NUM.split(line)  # text, literal, text, ... (one scan)
+        ent = ("\x00".join(parts[::2]), tuple([int(v, 0) for v in parts[1::2]]))
+    if line not in _LINES_SEEN:
+        if len(_LINES_SEEN) < _LINES_MAX:
+            _LINES_SEEN.add(line)
+    elif len(_LINES) < _LINES_MAX:
+        _LINES[line] = ent
+    return ent
 
 
 def _insn_code(shape: str, nconst: int, nlit: int) -> types.CodeType:
@@ -63,14 +91,19 @@ def _insn_code(shape: str, nconst: int, nlit: int) -> types.CodeType:
 FLOW = frozenset([*range(0x70, 0x80), *range(0x180, 0x190), 0xE8, 0xE9, 0xEB,
                   0xE0, 0xE1, 0xE2, 0xE3])
 
-_SEEN = 1  # bytes seen once: relocate them on the second sighting
 _NEVER = 2  # their code is not a function of RIP we can rebuild: always generate
 
 #: a relocatable instruction: (function, its arguments (constants, then literals) with
 #: 0 for RIP-relative literals and None for the instruction's own Insn, [(argument index,
-#: RIP delta)], [argument index of the Insn], whether it ends the block)
-Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool]
+#: RIP delta)], [argument index of the Insn], whether it ends the block, and the two
+#: flags the engine gave bind_insn (chain-safe, alone in its block))
+Entry = Tuple[InsnFn, Tuple[Any, ...], List[Tuple[int, int]], List[int], bool, bool, bool]
 Generated = Tuple[List[str], List[Any], bool]
+#: an instruction's first sighting, one flat tuple (the fewer objects kept, the less the
+#: garbage collector walks): (RIP, shape, ended, the indexes of the constants that are the
+#: instruction's Insn, the number of constants, *constants (None for the Insn),
+#: *literal values)
+First = Tuple[Any, ...]
 
 
 class InsnBinder:
@@ -85,44 +118,67 @@ class InsnBinder:
     def __init__(self, namespace: Dict[str, Any]) -> None:
         self.ns = namespace
         self.functions: Dict[str, InsnFn] = {}
-        self.insns: Dict[Tuple[bytes, int], Union[int, Entry]] = {}
+        #: mode -> bytes -> an Entry or _NEVER (from the second sighting on)
+        self.insns: Dict[int, Dict[bytes, Union[int, Entry]]] = {}
+        #: mode -> bytes -> the first sighting (until the second)
+        self.first: Dict[int, Dict[bytes, First]] = {}
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
         """(function, literal values, shape key) of one instruction's lines."""
-        text = "\n".join(lines) if lines else "        pass"
-        if "'" in text or '"' in text:
-            shape, found = text, []  # a string literal: keep the text as it is
-        else:
-            parts = _NUM.split(text)  # text, literal, text, ... (one scan)
-            found = parts[1::2]
-            shape = "\x00".join(parts[::2])
+        if not lines:
+            lines = ("        pass",)
+        values: List[int] = []
+        shapes: List[str] = []
+        cached = _LINES.get
+        for line in lines:
+            ent = cached(line)
+            if ent is None:
+                ent = _line_shape(line)
+            if ent is _QUOTED:
+                text = "\n".join(lines)  # a string literal: keep the text as it is
+                shapes, values = [text], []
+                break
+            shapes.append(ent[0])
+            values += ent[1]
+        shape = "\n".join(shapes)
         key = f"{nconst}|{shape}"
         fn = self.functions.get(key)
         if fn is None:
             code = _SHAPES.get(key)
             if code is None:
-                code = _insn_code(shape, nconst, len(found))
+                code = _insn_code(shape, nconst, len(values))
                 self.compiled += 1
                 if len(_SHAPES) < _SHAPES_MAX:
                     _SHAPES[key] = code
             fn = types.FunctionType(code, self.ns)
             self.functions[key] = fn
-        return fn, [int(v, 0) for v in found], key
+        return fn, values, key
 
     def bind(self, lines: Sequence[str], consts: List[Any]) -> Bound:
         fn, values, _ = self.shape(lines, len(consts))
         return fn, (*consts, *values)
 
+    def table(self, mode: int) -> Dict[bytes, Union[int, Entry]]:
+        """The cache of one mode: instruction bytes -> an Entry or _NEVER (``insns``)."""
+        tab = self.insns.get(mode)
+        if tab is None:
+            tab = self.insns[mode] = {}
+        return tab
+
     def bind_insn(self, d: Insn, mode: int, ip_limit: int,
                   generate: Callable[[Insn], Generated],
-                  decode_at: Callable[[bytes, int, int], Insn]) -> Tuple[Bound, bool]:
+                  decode_at: Callable[[bytes, int, int], Insn],
+                  flags: Tuple[bool, bool] = (False, False)) -> Tuple[Bound, bool]:
         """``d`` bound, and whether it ends the block. ``generate(d)`` runs its generator
-        (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip."""
-        key = (d.raw, mode)
-        ent = self.insns.get(key)
-        if ent is not None and not isinstance(ent, int):
-            fn, args, rels, own, ended = ent
+        (lines, constants, ended); ``decode_at(raw, bits, ip)`` decodes bytes at ip;
+        ``flags`` are kept in the cache entry for the engine (a function of the bytes).
+        The engine reads ``insns`` itself for the common case (an Entry)."""
+        key = d.raw
+        insns = self.table(mode)
+        ent = insns.get(key)
+        if isinstance(ent, tuple):
+            fn, args, rels, own, ended = ent[:5]
             if not rels and not own:
                 return (fn, args), ended
             a = list(args)
@@ -139,31 +195,50 @@ class InsnBinder:
         lines, consts, ended = generate(d)
         fn, values, shape = self.shape(lines, len(consts))
         if ent is None:
-            self.insns[key] = _SEEN
-        elif ent == _SEEN:
-            self.insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
-                                                generate, decode_at)
+            firsts = self.first.setdefault(mode, {})
+            first = firsts.pop(key, None)
+            if first is None:
+                # the first sighting: what _relocatable needs of it (no Insn kept: the
+                # constants that are the instruction are None)
+                if consts:
+                    mine = tuple([i for i, c in enumerate(consts) if c is d])
+                    firsts[key] = (d.ip, shape, ended, mine, len(consts),
+                                       *[None if c is d else c for c in consts], *values)
+                else:
+                    firsts[key] = (d.ip, shape, ended, (), 0, *values)
+            else:
+                insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
+                                                    generate, decode_at, flags, first)
         return (fn, (*consts, *values)), ended
 
     def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
                      consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
-                     decode_at: Callable[[bytes, int, int], Insn]) -> Union[int, Entry]:
-        """Generate d again at another RIP: literals that moved by as much follow RIP."""
-        other = 0x2000 if d.ip == 0x1000 else 0x1000
-        d2 = decode_at(d.raw, d.bits, other)
-        if d2.len != d.len:
-            return _NEVER
-        lines2, consts2, ended2 = generate(d2)
-        _, values2, shape2 = self.shape(lines2, len(consts2))
+                     decode_at: Callable[[bytes, int, int], Insn],
+                     flags: Tuple[bool, bool], first: "First") -> Union[int, Entry]:
+        """d at another RIP (its first sighting's, else generated again at one): literals
+        that moved by as much follow RIP."""
+        other, shape2, ended2, own2, nconst = first[:5]
+        consts2: Tuple[Any, ...] = first[5:5 + nconst]
+        values2: Tuple[int, ...] = first[5 + nconst:]
+        if other == d.ip:
+            other = 0x2000 if d.ip == 0x1000 else 0x1000
+            d2 = decode_at(d.raw, d.bits, other)
+            if d2.len != d.len:
+                return _NEVER
+            lines2, c2s, ended2 = generate(d2)
+            _, v2s, shape2 = self.shape(lines2, len(c2s))
+            values2 = tuple(v2s)
+            consts2 = tuple(None if c is d2 else c for c in c2s)
+            own2 = tuple(i for i, c in enumerate(c2s) if c is d2)
         if shape2 != shape or ended2 != ended or len(consts2) != len(consts):
             return _NEVER
         args: List[Any] = []
         own: List[int] = []
         for i, (c, c2) in enumerate(zip(consts, consts2)):
-            if c is d and c2 is d2:
+            if c is d and i in own2:
                 args.append(None)
                 own.append(i)
-            elif c is c2:
+            elif c is c2 and i not in own2:
                 args.append(c)
             else:
                 return _NEVER
@@ -176,7 +251,7 @@ class InsnBinder:
                 rels.append((len(consts) + i, a - d.ip))
             else:
                 return _NEVER
-        return (fn, tuple(args), rels, own, ended)
+        return (fn, tuple(args), rels, own, ended, flags[0], flags[1])
 
 
 def make_block(st: CpuState, insns: Sequence[Bound], ips: Sequence[int], next_ip: int,
