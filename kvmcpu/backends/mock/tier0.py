@@ -251,6 +251,10 @@ class InsnBinder:
                 rels.append((len(consts) + i, a - d.ip))
             else:
                 return _NEVER
+        if rels and d.asz * 8 < d.bits:
+            # An address-size prefix: a literal that follows RIP is an address that
+            # wraps at the address size (SDM vol. 1, 3.7.5.1), not at the IP's width.
+            return _NEVER
         return (fn, tuple(args), rels, own, ended, flags[0], flags[1])
 
 

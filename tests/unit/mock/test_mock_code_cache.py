@@ -101,3 +101,33 @@ def test_run_does_not_read_translated_pages_to_find_host_writes(vm: Vm, monkeypa
         vcpu.run()
     assert reads == []
     assert clock.instructions_retired == first + 300
+
+
+@pytest.mark.parametrize("promote_after", [None, 1])
+def test_eip_relative_address_wraps_at_32_bits_wherever_the_code_runs(
+        vm: Vm, monkeypatch: pytest.MonkeyPatch, promote_after: Any) -> None:
+    """`67 8b 05 disp32` (mov eax, [eip + disp]) in 64-bit mode: the effective address
+    is (RIP + disp) mod 2**32 (SDM vol. 1, 3.7.5.1: a 32-bit address size truncates
+    the RIP-relative sum). Run at two RIPs where the sum stays below 4 GiB (the second
+    sighting makes tier 0 relocate it by RIP), then at one where it passes 4 GiB: the
+    load must come from the wrapped address, not 4 GiB above it. In tier 0 and with
+    blocks compiled at once."""
+    if promote_after is not None:
+        monkeypatch.setattr(tier0, "PROMOTE_AFTER", promote_after)
+    low = vm.add_ram(0, 4 << 20)
+    high_base = 0xFFE00000
+    high = vm.add_ram(high_base, 2 << 20)
+    disp = 0x10000
+    insn = b"\x67\x8b\x05" + disp.to_bytes(4, "little") + b"\xf4"  # ...; hlt
+    vcpu = vm.create_vcpu(0)
+    seen = []
+    for rip, marker in ((0xFFE01000, 0x11111111), (0xFFE02000, 0x22222222),
+                        (0xFFFF8000, 0x33333333)):
+        ea = (rip + 7 + disp) & 0xFFFFFFFF
+        mem, base = (low, 0) if ea < high_base else (high, high_base)
+        mem[ea - base:ea - base + 4] = marker.to_bytes(4, "little")
+        high[rip - high_base:rip - high_base + len(insn)] = insn
+        vcpu.set_long_mode(rip, rsp=0x200000, identity_gib=4)
+        assert isinstance(vcpu.run(), HltExit)
+        seen.append(vcpu.get_regs().rax & 0xFFFFFFFF)
+    assert seen == [0x11111111, 0x22222222, 0x33333333]
