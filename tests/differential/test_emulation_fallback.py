@@ -62,7 +62,8 @@ def _run_guest(backend: str, **kw: Any) -> Tuple[bytes, Dict[str, int], IrqOnRea
         result = system.run(timeout=120)
         stats = system.cpu.stats
         counts = {"emulated": int(stats.numEmulatedInstructions.value),
-                  "mmio": int(stats.numMMIO.value)}
+                  "mmio": int(stats.numMMIO.value),
+                  "bursts": int(stats.numEmulationBursts.value)}
         return system.serial.output, counts, dev, result.cause
 
 
@@ -108,8 +109,10 @@ def test_fallback_guest_prints_what_the_mock_and_the_host_cpu_compute(
     if reason is not None:
         pytest.skip(reason)
     expected = _expected_line()
-    out, counts, dev, cause = _run_guest("kvm")
+    # One refused instruction at a time (no bursts): KVM runs the rest.
+    out, counts, dev, cause = _run_guest("kvm", cpu_params={"emulationFallbackBurst": 0})
     assert cause == "isa-debug-exit", (cause, out)
+    assert counts["bursts"] == 0
     assert out == expected
     assert mock_run[0] == expected
     assert dev.reads == 1 and mock_run[2].reads == 1
@@ -121,6 +124,30 @@ def test_fallback_guest_prints_what_the_mock_and_the_host_cpu_compute(
         # interrupt handler's write; the mock made both accesses as exits.
         assert counts["mmio"] == 1 and mock_run[1]["mmio"] == 2
     assert mock_run[1]["emulated"] == 0  # the mock never falls back on itself
+
+
+@pytest.mark.kvm
+def test_cpl0_code_in_bursts_on_the_mock_prints_the_same(
+        kvm_backend: Any, mock_run: Tuple[bytes, Dict[str, int], IrqOnRead, str]) -> None:
+    """--emulation-fallback burst where KVM emulates CPL0 code (hybrid.emulates_cpl0): the
+    guest's CPL0 code runs in bursts on the mock; the MMIO read and its interrupt go through the
+    burst (the device sees one read, the handler's write lowers the line)."""
+    reason: Optional[str] = native_available()
+    if reason is not None:
+        pytest.skip(reason)
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS, emulates_cpl0
+
+    out, counts, dev, cause = _run_guest(
+        "kvm", cpu_params={"emulationFallbackBurst": BURST_INSTRUCTIONS})
+    assert cause == "isa-debug-exit", (cause, out)
+    assert out == _expected_line() == mock_run[0]
+    assert dev.reads == 1
+    if emulates_cpl0(kvm_backend):
+        assert counts["bursts"] >= 1
+        assert counts["emulated"] > 13  # the whole guest, not only the refused ones
+        assert counts["mmio"] == mock_run[1]["mmio"] == 2  # both made inside bursts
+    else:
+        assert counts["bursts"] == 0
 
 
 @pytest.mark.kvm

@@ -114,6 +114,16 @@ class MockVcpu(Vcpu):
         return self.engine.instructions_retired
 
     @property
+    def cpl(self) -> int:
+        """The current privilege level (KVM has no ioctl for it: SS.DPL in protected mode)."""
+        return int(self.engine.cpl)
+
+    @property
+    def tsc(self) -> int:
+        """The guest TSC now (IA32_TSC, as RDTSC reads it)."""
+        return int(self.engine.tsc())
+
+    @property
     def cycles(self) -> int:
         """Guest cycles (one per retired instruction; the guest TSC counts them)."""
         return self.engine.cycles

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import logging
 import struct
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ... import uapi
@@ -54,8 +55,11 @@ from ..thread import (
     VcpuEvents,
 )
 from .base import BaseKvmCPU
-from .fallback import EmulationFallback
+from .fallback import Burst, EmulationFallback
+from .hybrid import emulates_cpl0, hybrid_cpuid
 
+#: A burst's host-time bound without a run-timer deadline, and in any case (ns).
+_BURST_NS, _BURST_MAX_NS = 1_000_000, 20_000_000
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
@@ -128,6 +132,11 @@ class X86KvmCPU(BaseKvmCPU):
         self._fallback: Optional[EmulationFallback] = None
         self._fallback_cpuid: Optional[List[uapi.kvm_cpuid_entry2]] = None
         self._fallback_cpuid_of: Optional[List[CpuidEntry]] = None
+        #: CPL0 code runs in bursts on the mock (KVM emulates it here; hybrid.py)
+        self.hybrid = False
+        self._kvm_once = False
+        self._burst: Optional[Burst] = None
+        self._msr_bitmaps: List[Any] = []
 
     def _attach_interrupts(self) -> None:
         src = self.interrupts
@@ -141,8 +150,15 @@ class X86KvmCPU(BaseKvmCPU):
         super().startup_thread()
         kvm = self.vm.kvm
         self._use_xsave = kvm.capXSave()
+        self.hybrid = bool(self.params.emulationFallback and self.params.emulationFallbackBurst
+                           and not self.vm.kernel_lapic and self.vcpu is not None
+                           and self.can_fall_back(self.vcpu)
+                           and emulates_cpl0(self.vm.kvm.backend))
         if not self.tc.cpuid:
             self.tc.cpuid = self.default_cpuid()
+            if self.hybrid:
+                self.tc.cpuid = [CpuidEntry.from_kvm(e)
+                                 for e in hybrid_cpuid([e.to_kvm() for e in self.tc.cpuid])]
         if self.lapic is not None and not self.vm.has_irqchip:
             self._take_apic_msrs()
 
@@ -164,20 +180,7 @@ class X86KvmCPU(BaseKvmCPU):
                      "and TSC-deadline MSRs are not reachable", self.path())
             return
         if not vm.apic_msrs_taken:
-            vm.vm.enable_cap(Cap.X86_USER_SPACE_MSR, uapi.KVM_MSR_EXIT_REASON_FILTER
-                             | uapi.KVM_MSR_EXIT_REASON_INVAL
-                             | uapi.KVM_MSR_EXIT_REASON_UNKNOWN)
-            flt = uapi.kvm_msr_filter()
-            flt.flags = uapi.KVM_MSR_FILTER_DEFAULT_ALLOW
-            bitmaps = []
-            for i, (base, count) in enumerate(USER_APIC_MSR_RANGES):
-                bitmap = (ctypes.c_uint8 * ((count + 7) // 8))()  # all 0: deny -> exit
-                bitmaps.append(bitmap)
-                rng = flt.ranges[i]
-                rng.flags = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
-                rng.nmsrs, rng.base = count, base
-                rng.bitmap = ctypes.addressof(bitmap)
-            vm.vm.set_msr_filter(flt)
+            self._msr_exits_on(vm.vm)
             vm.apic_msrs_taken = True
         vcpu = self._vcpu()
         try:
@@ -210,6 +213,24 @@ class X86KvmCPU(BaseKvmCPU):
             entries = [e for e in entries if (e.function, e.index) != (function, index)]
             entries.append(CpuidEntry(function, index, 0, eax, ebx, ecx, edx))
         return entries
+
+    def _msr_exits_on(self, vm: Any) -> None:
+        """User-space exits for the x2APIC and TSC-deadline MSRs (and unknown ones) on the
+        backend VM ``vm``: the KVM VM, and the emulation fallback's mock VM."""
+        vm.enable_cap(Cap.X86_USER_SPACE_MSR, uapi.KVM_MSR_EXIT_REASON_FILTER
+                      | uapi.KVM_MSR_EXIT_REASON_INVAL | uapi.KVM_MSR_EXIT_REASON_UNKNOWN)
+        flt = uapi.kvm_msr_filter()
+        flt.flags = uapi.KVM_MSR_FILTER_DEFAULT_ALLOW
+        bitmaps = []
+        for i, (base, count) in enumerate(USER_APIC_MSR_RANGES):
+            bitmap = (ctypes.c_uint8 * ((count + 7) // 8))()  # all 0: deny -> exit
+            bitmaps.append(bitmap)
+            rng = flt.ranges[i]
+            rng.flags = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
+            rng.nmsrs, rng.base = count, base
+            rng.bitmap = ctypes.addressof(bitmap)
+        vm.set_msr_filter(flt)
+        self._msr_bitmaps = bitmaps  # alive while a backend may read them
 
     @property
     def apic_id(self) -> int:
@@ -380,17 +401,7 @@ class X86KvmCPU(BaseKvmCPU):
                 or vcpu is None or not self.can_fall_back(vcpu)):
             return super().handleKvmExitInternalError(ex)
         self.syncKvmState()
-        fallback = self._fallback
-        if fallback is None:
-            fallback = self._fallback = EmulationFallback(
-                self.vm._ram, max_instructions=self.params.emulationFallbackInsts)
-        if self._fallback_cpuid_of is not self.tc.cpuid:
-            # What the guest sees: KVM_GET_CPUID2 (KVM may have adjusted what was set).
-            try:
-                self._fallback_cpuid = list(vcpu.get_cpuid2())
-            except KvmIoctlError:
-                self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
-            self._fallback_cpuid_of = self.tc.cpuid
+        fallback = self._fallback_for(vcpu)
         try:
             result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
                                   use_xsave=self._use_xsave, io=self.handleKvmExitIO,
@@ -427,6 +438,24 @@ class X86KvmCPU(BaseKvmCPU):
             return ticks  # the state is written back: KVM tries the next instruction
         raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
 
+    def _fallback_for(self, vcpu: Any) -> EmulationFallback:
+        """The emulation fallback (created on first use) with the CPUID the guest sees."""
+        fallback = self._fallback
+        if fallback is None:
+            fallback = self._fallback = EmulationFallback(
+                self.vm._ram, max_instructions=self.params.emulationFallbackInsts,
+                vm_setup=self._msr_exits_on if self.vm.apic_msrs_taken else None)
+        if self._fallback_cpuid_of is not self.tc.cpuid:
+            # What the guest sees: KVM_GET_CPUID2 (KVM may have adjusted what was set).
+            try:
+                self._fallback_cpuid = list(vcpu.get_cpuid2())
+            except KvmIoctlError:
+                self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
+            if self.hybrid:  # KVM may have put bits back that neither CPU runs
+                self._fallback_cpuid = hybrid_cpuid(self._fallback_cpuid)
+            self._fallback_cpuid_of = self.tc.cpuid
+        return fallback
+
     @staticmethod
     def can_fall_back(vcpu: Any) -> bool:
         """Whether the emulation fallback serves ``vcpu``: not when it has an exact run
@@ -438,6 +467,7 @@ class X86KvmCPU(BaseKvmCPU):
         if self._fallback is not None:
             self._fallback.close()
             self._fallback = None
+        self._burst = None
         super().close()
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
@@ -469,6 +499,13 @@ class X86KvmCPU(BaseKvmCPU):
             # As gem5's kvmRunDrain: inject nothing new while draining, and keep
             # the interrupt window kvmRunDrain may have requested.
             return vcpu.run()
+        if self.hybrid:
+            if self._kvm_once:
+                self._kvm_once = False  # what the mock refused: KVM runs it this once
+            else:
+                ex = self._run_burst(vcpu)
+                if ex is not None:
+                    return ex
         src = self.interrupts
         if src is None and not self.pending_nmi:
             try:
@@ -489,6 +526,111 @@ class X86KvmCPU(BaseKvmCPU):
             elif run.request_interrupt_window:
                 run.request_interrupt_window = 0
         return vcpu.run()
+
+    def _run_burst(self, vcpu: Any) -> Optional[Exit]:
+        """Where KVM emulates CPL0 code, run it on the mock instead (hybrid.py): a burst
+        to the run timer's deadline. None: KVM runs this entry (CPL3, or the mock refused
+        the instruction at RIP)."""
+        sregs = vcpu.get_sregs()
+        if sregs.cr0 & 1 and sregs.ss.dpl != 0:
+            return None  # CPL3: KVM runs it natively
+        fallback = self._fallback_for(vcpu)
+        burst = self._burst
+        if burst is None:
+            try:
+                khz = int(vcpu.get_tsc_khz())
+            except KvmIoctlError:
+                khz = 0
+            burst = self._burst = Burst(self.params.emulationFallbackBurst, 0, khz,
+                                        self._deliver_to, self._burst_exit)
+        eq = self.eventq
+        next_at = eq.next_tick()
+        burst.interrupted = lambda: eq.next_tick() < next_at
+        deadline = getattr(self.run_timer, "deadline", None)
+        now = time.monotonic_ns()
+        burst.deadline_ns = min(deadline, now + _BURST_MAX_NS) if deadline else now + _BURST_NS
+        try:
+            result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
+                                  use_xsave=self._use_xsave, io=self._burst_io,
+                                  mmio=self._burst_mmio,
+                                  guest_debug=self.guest_debug_args(), burst=burst,
+                                  sregs=sregs)
+        except KvmIoctlError as err:
+            raise self._fatal(f"the hybrid CPU could not move the state: {err}",
+                              None) from err
+        done = result.instructions
+        stats = self.stats
+        stats.numEmulatedInstructions.value += done
+        stats.numEmulationBursts.value += 1
+        self.ctr_insts += done
+        stop = result.stop
+        if isinstance(stop, InternalErrorExit):
+            if done == 0:
+                stats.numEmulationRefused.value += 1
+                return None  # the mock cannot run it: KVM's emulator tries
+            self._kvm_once = True
+            return IntrExit(vcpu.kvm_run)  # KVM's emulator tries it at the next entry
+        if stop is None:
+            return IntrExit(vcpu.kvm_run)  # as if the run timer had ended it
+        return stop
+
+    def _burst_io(self, ex: IoExit) -> int:
+        """Port IO of the mock in a burst: counted in numIO as KVM's IO exits are."""
+        self.stats.numIO.value += 1
+        return self.handleKvmExitIO(ex)
+
+    def _burst_mmio(self, ex: MmioExit) -> int:
+        """MMIO of the mock in a burst: counted in numMMIO as KVM's MMIO exits are."""
+        self.stats.numMMIO.value += 1
+        return self.handleKvmExitMMIO(ex)
+
+    def _burst_exit(self, ex: Exit) -> Optional[int]:
+        """An exit of the mock in a burst that the CPU completes there (ticks), or None.
+
+        MSR exits: the local APIC's MSRs go to :meth:`handleKvmExitMSR`; an MSR the mock
+        does not know goes to the KVM vCPU (KVM_GET/SET_MSRS: KVM's paravirtual MSRs,
+        kvm-clock's among them), and after a write the burst ends, so that KVM acts on it
+        (it fills kvm-clock's page at the next entry) before the guest reads the result.
+        """
+        if not isinstance(ex, MsrExit):
+            return None
+        if ex.index in _APIC_MSRS:
+            return self.handleKvmExitMSR(ex)
+        vcpu = self.vcpu
+        burst = self._burst
+        if vcpu is None or burst is None:
+            return None
+        try:
+            if ex.is_write:
+                ex.error = 0 if vcpu.set_msrs([(ex.index, ex.data)]) == 1 else 1
+                burst.end_after = True
+            else:
+                got = vcpu.get_msrs([ex.index])
+                ex.error = 0 if ex.index in got else 1
+                ex.data = got.get(ex.index, 0)
+        except KvmIoctlError:
+            ex.error = 1
+        return 0
+
+    def _deliver_to(self, mock: Any) -> None:
+        """Before an entry of the mock in a burst: what ioctlRun does before KVM_RUN."""
+        if self.pending_nmi:
+            self.pending_nmi = False
+            self.stats.numInterrupts += 1
+            mock.nmi()
+        src = self.interrupts
+        if src is None:
+            return
+        run = mock.kvm_run
+        if src.has_pending():
+            if run.ready_for_interrupt_injection and run.if_flag:
+                self.stats.numInterrupts += 1
+                mock.interrupt(src.acknowledge())
+                run.request_interrupt_window = 1 if src.has_pending() else 0
+            else:
+                run.request_interrupt_window = 1
+        elif run.request_interrupt_window:
+            run.request_interrupt_window = 0
 
     def post_nmi(self) -> None:
         """Queue an NMI for the next entry and wake the thread."""
