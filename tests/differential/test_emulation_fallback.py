@@ -213,3 +213,27 @@ def test_real_mode_daa_through_the_fallback_matches_silicon() -> None:
     if native_available() is None:
         regs, _ = run_native32(body, {}, 0)
         assert outputs["kvm"] == bytes([regs["eax"] & 0xFF])
+
+
+@pytest.mark.kvm
+def test_kvm_clock_set_up_in_a_burst_is_filled_by_kvm(kvm_backend: Any) -> None:
+    """WRMSR MSR_KVM_SYSTEM_TIME_NEW (0x4b564d01, Documentation/virt/kvm/x86/msr.rst)
+    at CPL0 in a burst: the mock does not know the MSR, KVM does; KVM fills the
+    pvclock_vcpu_time_info at the next entry, so the guest's read of tsc_to_system_mul
+    right after the WRMSR must see KVM's value, not the zeros a burst that carried on
+    would read (a kernel divides by it: #DE). The guest prints '1' for non-zero."""
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS
+
+    code = bytes.fromhex(
+        "b9014d564b"      # mov ecx, 0x4b564d01
+        "b801700000"      # mov eax, 0x7001 (the structure at 0x7000, enabled)
+        "31d2" "0f30"     # xor edx, edx; wrmsr
+        "8b042518700000"  # mov eax, [0x7018]: tsc_to_system_mul
+        "85c0" "0f95c0" "0430"  # test eax, eax; setnz al; add al, '0'
+        "66baf803" "ee"   # mov dx, 0x3f8; out dx, al
+        "30c0" "e6f4" "f4")  # isa-debug-exit, hlt
+    for params in ({}, {"emulationFallbackBurst": BURST_INSTRUCTIONS}):
+        with System(backend="kvm", cpu_params=params) as system:
+            system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+            result = system.run(timeout=60)
+            assert (result.cause, system.serial.output) == ("isa-debug-exit", b"1"), params

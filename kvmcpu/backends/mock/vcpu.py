@@ -413,6 +413,12 @@ class MockVcpu(Vcpu):
         self.engine.mode_changed()
         self.engine.tlb_flush()
 
+    def flush_tlb(self) -> None:
+        """Drop the mock's TLBs (what KVM_SET_SREGS does), for a caller that changed the
+        page tables behind the vCPU's back (another backend ran the guest meanwhile)."""
+        self._check_open()
+        self.engine.tlb_flush()
+
     def get_fpu(self) -> uapi.kvm_fpu:
         """Wraps KVM_GET_FPU (state is stored, not computed with: no x87/SSE execution)."""
         self._check_open()

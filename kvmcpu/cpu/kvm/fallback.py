@@ -107,6 +107,9 @@ class EmulationFallback:
         #: mock's own image of it
         self._fpu_given = b""
         self._fpu_as_mock = b""
+        #: the KVM sregs the mock holds (b"": not known), and the MSR values it holds
+        self._sregs_given = b""
+        self._msrs_held: Dict[int, int] = {}
 
     # ------------------------------------------------------------------ set-up
     def _mock(self) -> Vcpu:
@@ -144,7 +147,8 @@ class EmulationFallback:
         self._vcpu = self._vm = None
         self._backend = None
         self._mapped = 0
-        self._fpu_given = b""
+        self._fpu_given = self._sregs_given = b""
+        self._msrs_held = {}
 
     # ------------------------------------------------------------------ running
     def run(self, kvm: Vcpu, *, msrs: Sequence[int], cpuid: Sequence[uapi.kvm_cpuid_entry2],
@@ -192,7 +196,12 @@ class EmulationFallback:
         xcrs_in = kvm.get_xcrs() if use_xsave else None
         events = kvm.get_vcpu_events()
         events.flags &= _EVENT_FLAGS
-        mock.set_sregs(sregs)
+        sregs_raw = _raw(sregs)
+        if sregs_raw != self._sregs_given:
+            mock.set_sregs(sregs)  # (it flushes the mock's TLB)
+            self._sregs_given = sregs_raw
+        else:  # the mock holds these; KVM may have changed page tables meanwhile
+            mock.flush_tlb()
         mock.set_regs(regs)
         fpu_raw = _raw(fpu_in)
         if use_xsave:
@@ -207,7 +216,9 @@ class EmulationFallback:
                 mock.set_fpu(fpu_in)
                 self._fpu_as_mock = _raw(mock.get_fpu())
             self._fpu_given = fpu_raw
-        mock.set_msrs(sorted(msr_in.items()))
+        held = self._msrs_held
+        mock.set_msrs(sorted((m, v) for m, v in msr_in.items()
+                             if m == _MSR_TSC or held.get(m) != v))
         mock.set_vcpu_events(events)
         # -- the run
         set_budget: Callable[[Optional[int]], None] = mock.set_budget
@@ -246,11 +257,14 @@ class EmulationFallback:
                 mock.set_guest_debug(0)
         done = int(mock.instructions_retired) - start
         if isinstance(stop, InternalErrorExit) and done == 0:
+            self._msrs_held = msr_in  # what the mock was given and still holds
             return FallbackResult(0, ticks, stop)  # nothing ran: KVM keeps its state
         # -- mock -> KVM: what differs from what KVM gave
         after_sregs = mock.get_sregs()
-        if _raw(after_sregs) != _raw(sregs):
+        after_raw = _raw(after_sregs)
+        if after_raw != sregs_raw:
             kvm.set_sregs(after_sregs)
+            self._sregs_given = b""  # KVM's form of them is not known
         kvm.set_regs(mock.get_regs())
         if use_xsave:
             xcrs_out = mock.get_xcrs()
@@ -266,8 +280,8 @@ class EmulationFallback:
             else:
                 kvm.set_fpu(fpu_out)
             self._fpu_given = b""  # KVM's form of it is not known
-        changed = [(m, v) for m, v in _get_msrs(mock, carried).items()
-                   if m != _MSR_TSC and msr_in.get(m) != v]
+        held = self._msrs_held = _get_msrs(mock, carried)
+        changed = [(m, v) for m, v in held.items() if m != _MSR_TSC and msr_in.get(m) != v]
         if changed:
             kvm.set_msrs(changed)
         out = mock.get_vcpu_events()

@@ -499,9 +499,9 @@ class X86KvmCPU(BaseKvmCPU):
             # As gem5's kvmRunDrain: inject nothing new while draining, and keep
             # the interrupt window kvmRunDrain may have requested.
             return vcpu.run()
-        if self.hybrid:
+        if self.hybrid and not vcpu.kvm_run.immediate_exit:  # (a half entry: KVM's)
             if self._kvm_once:
-                self._kvm_once = False  # what the mock refused: KVM runs it this once
+                self._kvm_once = False  # what the mock refused, or a KVM MSR: KVM runs
             else:
                 ex = self._run_burst(vcpu)
                 if ex is not None:
@@ -571,6 +571,8 @@ class X86KvmCPU(BaseKvmCPU):
             self._kvm_once = True
             return IntrExit(vcpu.kvm_run)  # KVM's emulator tries it at the next entry
         if stop is None:
+            if burst.ended == "handed to KVM":
+                self._kvm_once = True  # KVM acts on the MSR at its entry (kvm-clock's page)
             return IntrExit(vcpu.kvm_run)  # as if the run timer had ended it
         return stop
 
