@@ -605,7 +605,8 @@ class X86KvmCPU(BaseKvmCPU):
         try:
             if ex.is_write:
                 ex.error = 0 if vcpu.set_msrs([(ex.index, ex.data)]) == 1 else 1
-                burst.end_after = True
+                # KVM took it: it acts at its next entry. Refused: the mock's #GP.
+                burst.end_after = not ex.error
             else:
                 got = vcpu.get_msrs([ex.index])
                 ex.error = 0 if ex.index in got else 1
