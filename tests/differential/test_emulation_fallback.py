@@ -237,3 +237,42 @@ def test_kvm_clock_set_up_in_a_burst_is_filled_by_kvm(kvm_backend: Any) -> None:
             system.load(code, fmt="flat", load_addr=0x100000, mode="long")
             result = system.run(timeout=60)
             assert (result.cause, system.serial.output) == ("isa-debug-exit", b"1"), params
+
+
+@pytest.mark.kvm
+def test_code_kvm_patches_between_bursts_runs_patched_and_io_once(kvm_backend: Any) -> None:
+    """Burst mode: F ("mov al, 'A'; ret") runs on the mock, then a WRMSR KVM takes hands
+    the guest to KVM, which patches F's immediate to 'B' and reads MMIO (an exit KVM
+    completes only at its next KVM_RUN), then the guest prints '-' and calls F again on
+    the mock. The mock must see KVM's write (KVM's dirty log) and must not make the read
+    again: "A-B" and one read, as on KVM without bursts."""
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS, emulates_cpl0
+
+    f_off = 0x1000
+
+    def call(at: int) -> bytes:  # call F from offset ``at``
+        return b"\xe8" + struct.pack("<i", f_off - (at + 5))
+
+    code = bytes.fromhex("bc00000900")  # mov esp, 0x90000
+    code += call(len(code)) + bytes.fromhex(
+        "66baf803" "ee"                            # mov dx, 0x3f8; out dx, al
+        "b9014d564b" "b801700000" "31d2" "0f30")   # wrmsr MSR_KVM_SYSTEM_TIME_NEW
+    store = len(code)  # mov byte [rip+disp32], 'B': c6 05 disp32 imm8, 7 bytes
+    code += b"\xc6\x05" + struct.pack("<i", f_off + 1 - (store + 7)) + b"B"
+    code += bytes.fromhex("8b042500000020"    # mov eax, [MMIO_ADDR]: an MMIO exit
+                          "66baf803" "b02d" "ee")  # mov dx, 0x3f8; mov al, '-'; out dx, al
+    code += call(len(code)) + bytes.fromhex("ee" "30c0" "e6f4" "f4")  # out; exit; hlt
+    code = code.ljust(f_off, b"\x90") + bytes.fromhex("b041" "c3")  # F: mov al, 'A'; ret
+    outputs = {}
+    for name, params in (("kvm", {}), ("burst", {"emulationFallbackBurst": BURST_INSTRUCTIONS})):
+        with System(backend="kvm", cpu_params=params) as system:
+            dev = IrqOnRead(system.devices.pic)
+            system.mmio_bus.add(MMIO_ADDR, 0x1000, dev)
+            system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+            result = system.run(timeout=60)
+            assert result.cause == "isa-debug-exit", (name, system.serial.output)
+            assert dev.reads == 1, name  # KVM's read completed, not made again
+            outputs[name] = system.serial.output
+            if name == "burst" and emulates_cpl0(kvm_backend):
+                assert system.cpu.stats.numEmulationBursts.value >= 2
+    assert outputs == {"kvm": b"A-B", "burst": b"A-B"}

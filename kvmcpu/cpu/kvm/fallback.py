@@ -134,6 +134,13 @@ class EmulationFallback:
             self._mapped += 1
         return self._vcpu
 
+    def kvm_wrote(self, memory: HostMemory, offset: int, length: int) -> None:
+        """KVM's guest code wrote ``[offset, +length)`` of ``memory`` (its dirty log): the
+        mock drops what it translated from those pages (as after a host write)."""
+        vm: Any = self._vm
+        if vm is not None:
+            vm.host_written(memory, offset, length)
+
     @property
     def active(self) -> bool:
         """True once the mock vCPU exists."""

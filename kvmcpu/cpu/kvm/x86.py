@@ -137,6 +137,9 @@ class X86KvmCPU(BaseKvmCPU):
         self._kvm_once = False
         self._burst: Optional[Burst] = None
         self._msr_bitmaps: List[Any] = []
+        #: the KVM VM's slots with dirty logging (hybrid), and whether KVM ran since
+        self._dirty_slots: List[Any] = []
+        self._kvm_ran = False
 
     def _attach_interrupts(self) -> None:
         src = self.interrupts
@@ -154,6 +157,8 @@ class X86KvmCPU(BaseKvmCPU):
                            and not self.vm.kernel_lapic and self.vcpu is not None
                            and self.can_fall_back(self.vcpu)
                            and emulates_cpl0(self.vm.kvm.backend))
+        if self.hybrid:
+            self._log_kvm_writes()
         if not self.tc.cpuid:
             self.tc.cpuid = self.default_cpuid()
             if self.hybrid:
@@ -506,6 +511,7 @@ class X86KvmCPU(BaseKvmCPU):
                 ex = self._run_burst(vcpu)
                 if ex is not None:
                     return ex
+            self._kvm_ran = True
         src = self.interrupts
         if src is None and not self.pending_nmi:
             try:
@@ -531,10 +537,24 @@ class X86KvmCPU(BaseKvmCPU):
         """Where KVM emulates CPL0 code, run it on the mock instead (hybrid.py): a burst
         to the run timer's deadline. None: KVM runs this entry (CPL3, or the mock refused
         the instruction at RIP)."""
+        kvm_ran = self._kvm_ran
+        if kvm_ran:
+            # KVM completes an IN/OUT/MMIO of its last exit only at its next KVM_RUN (the
+            # state is consistent after it: KVM's API doc): a half entry before the state
+            # moves, or the mock would run the instruction again.
+            self._kvm_ran = False
+            run = vcpu.kvm_run
+            run.immediate_exit = 1
+            try:
+                vcpu.run()
+            finally:
+                run.immediate_exit = 0
         sregs = vcpu.get_sregs()
         if sregs.cr0 & 1 and sregs.ss.dpl != 0:
             return None  # CPL3: KVM runs it natively
         fallback = self._fallback_for(vcpu)
+        if kvm_ran:
+            self._code_written_by_kvm(fallback)
         burst = self._burst
         if burst is None:
             try:
@@ -575,6 +595,35 @@ class X86KvmCPU(BaseKvmCPU):
                 self._kvm_once = True  # KVM acts on the MSR at its entry (kvm-clock's page)
             return IntrExit(vcpu.kvm_run)  # as if the run timer had ended it
         return stop
+
+    def _log_kvm_writes(self) -> None:
+        """Hybrid mode: KVM_MEM_LOG_DIRTY_PAGES on the VM's RAM slots, so that what guest
+        code running in KVM writes (kernel text patched by jump labels, pages reused for
+        code) reaches the mock's translation cache before its next burst."""
+        bvm = self.vm.vm
+        for slot in list(bvm.slots.values()):
+            if not slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
+                bvm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory,
+                                           slot.flags | uapi.KVM_MEM_LOG_DIRTY_PAGES,
+                                           size=slot.memory_size, offset=slot.offset)
+            self._dirty_slots.append(bvm.slots[slot.slot])
+
+    def _code_written_by_kvm(self, fallback: EmulationFallback) -> None:
+        """The pages KVM's guest code dirtied since the last look go to the mock."""
+        bvm = self.vm.vm
+        for slot in self._dirty_slots:
+            bits = int.from_bytes(bvm.get_dirty_log(slot.slot), "little")
+            page = 0
+            while bits:
+                if bits & 1:
+                    run = (~bits & (bits + 1)).bit_length() - 1  # consecutive dirty pages
+                    fallback.kvm_wrote(slot.memory, slot.offset + (page << 12), run << 12)
+                    bits >>= run
+                    page += run
+                else:
+                    skip = (bits & -bits).bit_length() - 1
+                    bits >>= skip
+                    page += skip
 
     def _burst_io(self, ex: IoExit) -> int:
         """Port IO of the mock in a burst: counted in numIO as KVM's IO exits are."""
