@@ -276,3 +276,21 @@ def test_code_kvm_patches_between_bursts_runs_patched_and_io_once(kvm_backend: A
             if name == "burst" and emulates_cpl0(kvm_backend):
                 assert system.cpu.stats.numEmulationBursts.value >= 2
     assert outputs == {"kvm": b"A-B", "burst": b"A-B"}
+
+
+@pytest.mark.kvm
+def test_cli_emulation_fallback_burst(kvm_backend: Any, tmp_path: Path) -> None:
+    """`kvmcpu run --emulation-fallback burst` through the real entry point: the guest
+    gets past every refused instruction (then halts for good: no device at MMIO_ADDR),
+    and where KVM emulates CPL0 code the stats count the bursts."""
+    from kvmcpu.cpu.kvm.hybrid import emulates_cpl0
+
+    stats = tmp_path / "stats.txt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmcpu", "run", str(GUEST), "--backend", "kvm",
+         "--serial", "none", "--timeout", "60", "--emulation-fallback", "burst",
+         "--stats-file", str(stats)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in stats.read_text().splitlines() if ".numEmulationBursts " in x)
+    assert (int(line.split()[1]) > 0) == emulates_cpl0(kvm_backend), line
