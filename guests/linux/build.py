@@ -43,7 +43,7 @@ echo "{MARKER}"
 /bin/busybox uname -r
 # ACPI S5 without the kernel's ACPI (acpi=off): SLP_EN with SLP_TYP 0 in PM1a_CNT's high
 # byte (0x605: the PIIX4 PM block at 0x600, as SeaBIOS sets it on QEMU's pc machine):
-# kvmcpu run ends with status 0, cause "power off"; QEMU powers off.
+# kvmcpu run ends with status 0, cause "power off".
 /bin/busybox printf '\\040' | /bin/busybox dd of=/dev/port bs=1 seek=1541 count=1 2>/dev/null
 # else isa-debug-exit: writing 0 to port 0xf4 ends the run with status 1.
 /bin/busybox printf '\\000' | /bin/busybox dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
