@@ -26,10 +26,21 @@ instructions run on the mock, which answers from the masked list.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+import time
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ... import uapi
-from ...backends.exits import HltExit, InternalErrorExit
+from ...backends.exits import (
+    Exit,
+    HltExit,
+    InternalErrorExit,
+    IntrExit,
+    IoExit,
+    MmioExit,
+    MsrExit,
+)
+from ...errors import KvmIoctlError
+from .fallback import Burst, EmulationFallback
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
 
@@ -124,4 +135,175 @@ def emulates_cpl0(backend: object) -> bool:
     return answer
 
 
-__all__ = ["BURST_INSTRUCTIONS", "HIDDEN", "XCR0_KEPT", "emulates_cpl0", "hybrid_cpuid"]
+#: A burst's host-time bound without a run-timer deadline, and in any case (ns).
+BURST_NS, BURST_MAX_NS = 1_000_000, 20_000_000
+
+
+class HybridBursts:
+    """The x86 KVM CPU's burst mode (a mixin of ``X86KvmCPU``; see the module docstring
+    and docs/architecture.md, "The hybrid CPU")."""
+
+    #: MSRs the CPU itself serves (handleKvmExitMSR): the user-space local APIC's
+    USER_MSRS: FrozenSet[int] = frozenset()
+
+    def _run_burst(self, vcpu: Any) -> Optional[Exit]:
+        """Where KVM emulates CPL0 code, run it on the mock instead (hybrid.py): a burst
+        to the run timer's deadline. None: KVM runs this entry (CPL3, or the mock refused
+        the instruction at RIP)."""
+        cpu: Any = self
+        kvm_ran = cpu._kvm_ran
+        if kvm_ran:
+            # KVM completes an IN/OUT/MMIO of its last exit only at its next KVM_RUN (the
+            # state is consistent after it: KVM's API doc): a half entry before the state
+            # moves, or the mock would run the instruction again.
+            cpu._kvm_ran = False
+            run = vcpu.kvm_run
+            run.immediate_exit = 1
+            try:
+                vcpu.run()
+            finally:
+                run.immediate_exit = 0
+        sregs = vcpu.get_sregs()
+        if sregs.cr0 & 1 and sregs.ss.dpl != 0:
+            return None  # CPL3: KVM runs it natively
+        fallback: EmulationFallback = cpu._fallback_for(vcpu)
+        if kvm_ran:
+            cpu._code_written_by_kvm(fallback)
+        burst = cpu._burst
+        if burst is None:
+            try:
+                khz = int(vcpu.get_tsc_khz())
+            except KvmIoctlError:
+                khz = 0
+            burst = cpu._burst = Burst(cpu.params.emulationFallbackBurst, 0, khz,
+                                        cpu._deliver_to, cpu._burst_exit)
+        eq = cpu.eventq
+        next_at = eq.next_tick()
+        burst.interrupted = lambda: eq.next_tick() < next_at
+        deadline = getattr(cpu.run_timer, "deadline", None)
+        now = time.monotonic_ns()
+        burst.deadline_ns = min(deadline, now + BURST_MAX_NS) if deadline else now + BURST_NS
+        try:
+            result = fallback.run(vcpu, msrs=cpu.msr_list(), cpuid=cpu._fallback_cpuid or [],
+                                  use_xsave=cpu._use_xsave, io=cpu._burst_io,
+                                  mmio=cpu._burst_mmio,
+                                  guest_debug=cpu.guest_debug_args(), burst=burst,
+                                  sregs=sregs)
+        except KvmIoctlError as err:
+            raise cpu._fatal(f"the hybrid CPU could not move the state: {err}",
+                              None) from err
+        done = result.instructions
+        stats = cpu.stats
+        stats.numEmulatedInstructions.value += done
+        stats.numEmulationBursts.value += 1
+        cpu.ctr_insts += done
+        stop = result.stop
+        if isinstance(stop, InternalErrorExit):
+            if done == 0:
+                stats.numEmulationRefused.value += 1
+                return None  # the mock cannot run it: KVM's emulator tries
+            cpu._kvm_once = True
+            return IntrExit(vcpu.kvm_run)  # KVM's emulator tries it at the next entry
+        if stop is None:
+            if burst.ended == "handed to KVM":
+                cpu._kvm_once = True  # KVM acts on the MSR at its entry (kvm-clock's page)
+            return IntrExit(vcpu.kvm_run)  # as if the run timer had ended it
+        return stop
+
+    def _log_kvm_writes(self) -> None:
+        """Hybrid mode: KVM_MEM_LOG_DIRTY_PAGES on the VM's RAM slots, so that what guest
+        code running in KVM writes (kernel text patched by jump labels, pages reused for
+        code) reaches the mock's translation cache before its next burst."""
+        cpu: Any = self
+        bvm = cpu.vm.vm
+        for slot in list(bvm.slots.values()):
+            if not slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
+                bvm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory,
+                                           slot.flags | uapi.KVM_MEM_LOG_DIRTY_PAGES,
+                                           size=slot.memory_size, offset=slot.offset)
+            cpu._dirty_slots.append(bvm.slots[slot.slot])
+
+    def _code_written_by_kvm(self, fallback: EmulationFallback) -> None:
+        """The pages KVM's guest code dirtied since the last look go to the mock."""
+        cpu: Any = self
+        bvm = cpu.vm.vm
+        for slot in cpu._dirty_slots:
+            bits = int.from_bytes(bvm.get_dirty_log(slot.slot), "little")
+            page = 0
+            while bits:
+                if bits & 1:
+                    run = (~bits & (bits + 1)).bit_length() - 1  # consecutive dirty pages
+                    fallback.kvm_wrote(slot.memory, slot.offset + (page << 12), run << 12)
+                    bits >>= run
+                    page += run
+                else:
+                    skip = (bits & -bits).bit_length() - 1
+                    bits >>= skip
+                    page += skip
+
+    def _burst_io(self, ex: IoExit) -> int:
+        """Port IO of the mock in a burst: counted in numIO as KVM's IO exits are."""
+        cpu: Any = self
+        cpu.stats.numIO.value += 1
+        return int(cpu.handleKvmExitIO(ex))
+
+    def _burst_mmio(self, ex: MmioExit) -> int:
+        """MMIO of the mock in a burst: counted in numMMIO as KVM's MMIO exits are."""
+        cpu: Any = self
+        cpu.stats.numMMIO.value += 1
+        return int(cpu.handleKvmExitMMIO(ex))
+
+    def _burst_exit(self, ex: Exit) -> Optional[int]:
+        """An exit of the mock in a burst that the CPU completes there (ticks), or None.
+
+        MSR exits: the local APIC's MSRs go to :meth:`handleKvmExitMSR`; an MSR the mock
+        does not know goes to the KVM vCPU (KVM_GET/SET_MSRS: KVM's paravirtual MSRs,
+        kvm-clock's among them), and after a write the burst ends, so that KVM acts on it
+        (it fills kvm-clock's page at the next entry) before the guest reads the result.
+        """
+        cpu: Any = self
+        if not isinstance(ex, MsrExit):
+            return None
+        if ex.index in cpu.USER_MSRS:
+            return int(cpu.handleKvmExitMSR(ex))
+        vcpu = cpu.vcpu
+        burst = cpu._burst
+        if vcpu is None or burst is None:
+            return None
+        try:
+            if ex.is_write:
+                ex.error = 0 if vcpu.set_msrs([(ex.index, ex.data)]) == 1 else 1
+                # KVM took it: it acts at its next entry. Refused: the mock's #GP.
+                burst.end_after = not ex.error
+            else:
+                got = vcpu.get_msrs([ex.index])
+                ex.error = 0 if ex.index in got else 1
+                ex.data = got.get(ex.index, 0)
+        except KvmIoctlError:
+            ex.error = 1
+        return 0
+
+    def _deliver_to(self, mock: Any) -> None:
+        """Before an entry of the mock in a burst: what ioctlRun does before KVM_RUN."""
+        cpu: Any = self
+        if cpu.pending_nmi:
+            cpu.pending_nmi = False
+            cpu.stats.numInterrupts += 1
+            mock.nmi()
+        src = cpu.interrupts
+        if src is None:
+            return
+        run = mock.kvm_run
+        if src.has_pending():
+            if run.ready_for_interrupt_injection and run.if_flag:
+                cpu.stats.numInterrupts += 1
+                mock.interrupt(src.acknowledge())
+                run.request_interrupt_window = 1 if src.has_pending() else 0
+            else:
+                run.request_interrupt_window = 1
+        elif run.request_interrupt_window:
+            run.request_interrupt_window = 0
+
+
+__all__ = ["BURST_INSTRUCTIONS", "HIDDEN", "HybridBursts", "XCR0_KEPT", "emulates_cpl0",
+           "hybrid_cpuid"]

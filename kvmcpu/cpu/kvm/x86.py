@@ -24,7 +24,6 @@ import ctypes
 import errno
 import logging
 import struct
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ... import uapi
@@ -56,10 +55,8 @@ from ..thread import (
 )
 from .base import BaseKvmCPU
 from .fallback import Burst, EmulationFallback
-from .hybrid import emulates_cpl0, hybrid_cpuid
+from .hybrid import HybridBursts, emulates_cpl0, hybrid_cpuid
 
-#: A burst's host-time bound without a run-timer deadline, and in any case (ns).
-_BURST_NS, _BURST_MAX_NS = 1_000_000, 20_000_000
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
@@ -96,7 +93,7 @@ _VENDORS = {
 }
 
 
-class X86KvmCPU(BaseKvmCPU):
+class X86KvmCPU(HybridBursts, BaseKvmCPU):
     """The x86 KVM CPU.
 
     Args:
@@ -110,6 +107,8 @@ class X86KvmCPU(BaseKvmCPU):
         cpuid_overrides: ``{(function, index): (eax, ebx, ecx, edx)}`` applied
             after the supported list.
     """
+
+    USER_MSRS = _APIC_MSRS  # the MSRs handleKvmExitMSR serves (HybridBursts)
 
     def __init__(self, name: str, parent: Any = None, *, vm: Any,
                  interrupts: Any = None, cpuid_vendor: Optional[str] = None,
@@ -532,157 +531,6 @@ class X86KvmCPU(BaseKvmCPU):
             elif run.request_interrupt_window:
                 run.request_interrupt_window = 0
         return vcpu.run()
-
-    def _run_burst(self, vcpu: Any) -> Optional[Exit]:
-        """Where KVM emulates CPL0 code, run it on the mock instead (hybrid.py): a burst
-        to the run timer's deadline. None: KVM runs this entry (CPL3, or the mock refused
-        the instruction at RIP)."""
-        kvm_ran = self._kvm_ran
-        if kvm_ran:
-            # KVM completes an IN/OUT/MMIO of its last exit only at its next KVM_RUN (the
-            # state is consistent after it: KVM's API doc): a half entry before the state
-            # moves, or the mock would run the instruction again.
-            self._kvm_ran = False
-            run = vcpu.kvm_run
-            run.immediate_exit = 1
-            try:
-                vcpu.run()
-            finally:
-                run.immediate_exit = 0
-        sregs = vcpu.get_sregs()
-        if sregs.cr0 & 1 and sregs.ss.dpl != 0:
-            return None  # CPL3: KVM runs it natively
-        fallback = self._fallback_for(vcpu)
-        if kvm_ran:
-            self._code_written_by_kvm(fallback)
-        burst = self._burst
-        if burst is None:
-            try:
-                khz = int(vcpu.get_tsc_khz())
-            except KvmIoctlError:
-                khz = 0
-            burst = self._burst = Burst(self.params.emulationFallbackBurst, 0, khz,
-                                        self._deliver_to, self._burst_exit)
-        eq = self.eventq
-        next_at = eq.next_tick()
-        burst.interrupted = lambda: eq.next_tick() < next_at
-        deadline = getattr(self.run_timer, "deadline", None)
-        now = time.monotonic_ns()
-        burst.deadline_ns = min(deadline, now + _BURST_MAX_NS) if deadline else now + _BURST_NS
-        try:
-            result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
-                                  use_xsave=self._use_xsave, io=self._burst_io,
-                                  mmio=self._burst_mmio,
-                                  guest_debug=self.guest_debug_args(), burst=burst,
-                                  sregs=sregs)
-        except KvmIoctlError as err:
-            raise self._fatal(f"the hybrid CPU could not move the state: {err}",
-                              None) from err
-        done = result.instructions
-        stats = self.stats
-        stats.numEmulatedInstructions.value += done
-        stats.numEmulationBursts.value += 1
-        self.ctr_insts += done
-        stop = result.stop
-        if isinstance(stop, InternalErrorExit):
-            if done == 0:
-                stats.numEmulationRefused.value += 1
-                return None  # the mock cannot run it: KVM's emulator tries
-            self._kvm_once = True
-            return IntrExit(vcpu.kvm_run)  # KVM's emulator tries it at the next entry
-        if stop is None:
-            if burst.ended == "handed to KVM":
-                self._kvm_once = True  # KVM acts on the MSR at its entry (kvm-clock's page)
-            return IntrExit(vcpu.kvm_run)  # as if the run timer had ended it
-        return stop
-
-    def _log_kvm_writes(self) -> None:
-        """Hybrid mode: KVM_MEM_LOG_DIRTY_PAGES on the VM's RAM slots, so that what guest
-        code running in KVM writes (kernel text patched by jump labels, pages reused for
-        code) reaches the mock's translation cache before its next burst."""
-        bvm = self.vm.vm
-        for slot in list(bvm.slots.values()):
-            if not slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
-                bvm.set_user_memory_region(slot.slot, slot.guest_phys_addr, slot.memory,
-                                           slot.flags | uapi.KVM_MEM_LOG_DIRTY_PAGES,
-                                           size=slot.memory_size, offset=slot.offset)
-            self._dirty_slots.append(bvm.slots[slot.slot])
-
-    def _code_written_by_kvm(self, fallback: EmulationFallback) -> None:
-        """The pages KVM's guest code dirtied since the last look go to the mock."""
-        bvm = self.vm.vm
-        for slot in self._dirty_slots:
-            bits = int.from_bytes(bvm.get_dirty_log(slot.slot), "little")
-            page = 0
-            while bits:
-                if bits & 1:
-                    run = (~bits & (bits + 1)).bit_length() - 1  # consecutive dirty pages
-                    fallback.kvm_wrote(slot.memory, slot.offset + (page << 12), run << 12)
-                    bits >>= run
-                    page += run
-                else:
-                    skip = (bits & -bits).bit_length() - 1
-                    bits >>= skip
-                    page += skip
-
-    def _burst_io(self, ex: IoExit) -> int:
-        """Port IO of the mock in a burst: counted in numIO as KVM's IO exits are."""
-        self.stats.numIO.value += 1
-        return self.handleKvmExitIO(ex)
-
-    def _burst_mmio(self, ex: MmioExit) -> int:
-        """MMIO of the mock in a burst: counted in numMMIO as KVM's MMIO exits are."""
-        self.stats.numMMIO.value += 1
-        return self.handleKvmExitMMIO(ex)
-
-    def _burst_exit(self, ex: Exit) -> Optional[int]:
-        """An exit of the mock in a burst that the CPU completes there (ticks), or None.
-
-        MSR exits: the local APIC's MSRs go to :meth:`handleKvmExitMSR`; an MSR the mock
-        does not know goes to the KVM vCPU (KVM_GET/SET_MSRS: KVM's paravirtual MSRs,
-        kvm-clock's among them), and after a write the burst ends, so that KVM acts on it
-        (it fills kvm-clock's page at the next entry) before the guest reads the result.
-        """
-        if not isinstance(ex, MsrExit):
-            return None
-        if ex.index in _APIC_MSRS:
-            return self.handleKvmExitMSR(ex)
-        vcpu = self.vcpu
-        burst = self._burst
-        if vcpu is None or burst is None:
-            return None
-        try:
-            if ex.is_write:
-                ex.error = 0 if vcpu.set_msrs([(ex.index, ex.data)]) == 1 else 1
-                # KVM took it: it acts at its next entry. Refused: the mock's #GP.
-                burst.end_after = not ex.error
-            else:
-                got = vcpu.get_msrs([ex.index])
-                ex.error = 0 if ex.index in got else 1
-                ex.data = got.get(ex.index, 0)
-        except KvmIoctlError:
-            ex.error = 1
-        return 0
-
-    def _deliver_to(self, mock: Any) -> None:
-        """Before an entry of the mock in a burst: what ioctlRun does before KVM_RUN."""
-        if self.pending_nmi:
-            self.pending_nmi = False
-            self.stats.numInterrupts += 1
-            mock.nmi()
-        src = self.interrupts
-        if src is None:
-            return
-        run = mock.kvm_run
-        if src.has_pending():
-            if run.ready_for_interrupt_injection and run.if_flag:
-                self.stats.numInterrupts += 1
-                mock.interrupt(src.acknowledge())
-                run.request_interrupt_window = 1 if src.has_pending() else 0
-            else:
-                run.request_interrupt_window = 1
-        elif run.request_interrupt_window:
-            run.request_interrupt_window = 0
 
     def post_nmi(self) -> None:
         """Queue an NMI for the next entry and wake the thread."""
