@@ -206,9 +206,11 @@ def add_parsers(sub: Any) -> None:
                    help="a reset request (0xcf9, the keyboard controller's pulse) ends the "
                         "run with cause 'reset' and status 0, as QEMU's -no-reboot "
                         "(default: the machine resets and runs the image again)")
-    p.add_argument("--emulation-fallback", default="on", choices=("on", "off"),
+    p.add_argument("--emulation-fallback", default="on", choices=("on", "off", "burst"),
                    help="on KVM, run an instruction KVM's emulator refuses on the mock and "
-                        "carry on (default: on; off: the run ends with status 126)")
+                        "carry on (default: on; off: the run ends with status 126; burst: "
+                        "also run all CPL0 code in bursts on the mock where KVM emulates it, "
+                        "with a CPUID without the SIMD extensions neither runs)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress on stderr (default: when stderr is a terminal)")
@@ -340,6 +342,15 @@ def _check_restore(path: str) -> None:
 _PARALLEL = {"auto": None, "on": True, "off": False}
 
 
+def _burst_params(mode: str) -> Optional[Dict[str, Any]]:
+    """The CPU parameters of ``--emulation-fallback burst`` (None for on/off)."""
+    if mode != "burst":
+        return None
+    from .cpu.kvm.hybrid import BURST_INSTRUCTIONS
+
+    return {"emulationFallbackBurst": BURST_INSTRUCTIONS}
+
+
 def _check_args(args: argparse.Namespace) -> Optional[int]:
     """Validate what needs no System; returns the memory size in bytes.
 
@@ -439,7 +450,7 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                 return System.restore(args.restore, backend=args.backend, serial=sink,
                                       stats_file=args.stats_file, no_reboot=args.no_reboot,
                                       parallel=_PARALLEL[args.parallel],
-                                      emulation_fallback=args.emulation_fallback == "on",
+                                      emulation_fallback=args.emulation_fallback != "off",
                                       **args.sim_quantum_kw)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
@@ -463,7 +474,8 @@ def _build(args: argparse.Namespace, memory: Optional[int], sink: Any) -> System
                         smp=args.smp, parallel=_PARALLEL[args.parallel],
                         stats_file=args.stats_file, no_reboot=args.no_reboot,
                         devices=args.device,
-                        emulation_fallback=args.emulation_fallback == "on",
+                        emulation_fallback=args.emulation_fallback != "off",
+                        cpu_params=_burst_params(args.emulation_fallback),
                         **args.sim_quantum_kw)
     except ConfigError as err:
         raise UsageError(f"--memory {args.memory}: {err}" if "guest RAM" in str(err)

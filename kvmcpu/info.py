@@ -150,7 +150,9 @@ def emulation_fallback_note(backend_name: str) -> str:
                 "the run with KVM_EXIT_INTERNAL_ERROR)")
     return ("on by default (--emulation-fallback): an instruction KVM's emulator refuses "
             "(KVM_EXIT_INTERNAL_ERROR, emulation) runs on the mock over the same memory and "
-            "devices, then KVM continues; counted in numEmulatedInstructions")
+            "devices, then KVM continues; counted in numEmulatedInstructions; "
+            "--emulation-fallback burst runs all CPL0 code on the mock where KVM emulates "
+            "it (numEmulationBursts)")
 
 
 def measure_run_timer_floor(backend: Backend) -> Dict[str, Any]:

@@ -11,9 +11,9 @@ the source tree, and nothing here runs at test time) and writes:
   ``linux-image-*`` dependency, found with ``apt-cache depends``);
 * ``DIR/initramfs.cpio``: an initramfs (cpio "newc", written here in Python)
   holding ``/bin/busybox`` from ``busybox-static`` and an ``/init`` that prints
-  :data:`MARKER`, then ends the run through isa-debug-exit (a write of 0 to port
-  0xf4 through ``/dev/port``: ``kvmcpu run`` status 1), with ``poweroff -f`` as a
-  fallback.
+  :data:`MARKER`, then powers off through ACPI S5 (SLP_EN in PM1a_CNT at port 0x605,
+  written through ``/dev/port``: ``kvmcpu run`` status 0, cause "power off"), with
+  isa-debug-exit (0 to port 0xf4: status 1) and ``poweroff -f`` as fallbacks.
 
 Then (see README.md beside this file)::
 
@@ -41,7 +41,11 @@ INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 echo "{MARKER}"
 /bin/busybox uname -r
-# isa-debug-exit: writing 0 to port 0xf4 ends the run with status 1.
+# ACPI S5 without the kernel's ACPI (acpi=off): SLP_EN with SLP_TYP 0 in PM1a_CNT's high
+# byte (0x605: the PIIX4 PM block at 0x600, as SeaBIOS sets it on QEMU's pc machine):
+# kvmcpu run ends with status 0, cause "power off".
+/bin/busybox printf '\\040' | /bin/busybox dd of=/dev/port bs=1 seek=1541 count=1 2>/dev/null
+# else isa-debug-exit: writing 0 to port 0xf4 ends the run with status 1.
 /bin/busybox printf '\\000' | /bin/busybox dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
 /bin/busybox poweroff -f
 """

@@ -62,7 +62,8 @@ def _run_guest(backend: str, **kw: Any) -> Tuple[bytes, Dict[str, int], IrqOnRea
         result = system.run(timeout=120)
         stats = system.cpu.stats
         counts = {"emulated": int(stats.numEmulatedInstructions.value),
-                  "mmio": int(stats.numMMIO.value)}
+                  "mmio": int(stats.numMMIO.value),
+                  "bursts": int(stats.numEmulationBursts.value)}
         return system.serial.output, counts, dev, result.cause
 
 
@@ -108,8 +109,10 @@ def test_fallback_guest_prints_what_the_mock_and_the_host_cpu_compute(
     if reason is not None:
         pytest.skip(reason)
     expected = _expected_line()
-    out, counts, dev, cause = _run_guest("kvm")
+    # One refused instruction at a time (no bursts): KVM runs the rest.
+    out, counts, dev, cause = _run_guest("kvm", cpu_params={"emulationFallbackBurst": 0})
     assert cause == "isa-debug-exit", (cause, out)
+    assert counts["bursts"] == 0
     assert out == expected
     assert mock_run[0] == expected
     assert dev.reads == 1 and mock_run[2].reads == 1
@@ -121,6 +124,30 @@ def test_fallback_guest_prints_what_the_mock_and_the_host_cpu_compute(
         # interrupt handler's write; the mock made both accesses as exits.
         assert counts["mmio"] == 1 and mock_run[1]["mmio"] == 2
     assert mock_run[1]["emulated"] == 0  # the mock never falls back on itself
+
+
+@pytest.mark.kvm
+def test_cpl0_code_in_bursts_on_the_mock_prints_the_same(
+        kvm_backend: Any, mock_run: Tuple[bytes, Dict[str, int], IrqOnRead, str]) -> None:
+    """--emulation-fallback burst where KVM emulates CPL0 code (hybrid.emulates_cpl0): the
+    guest's CPL0 code runs in bursts on the mock; the MMIO read and its interrupt go through the
+    burst (the device sees one read, the handler's write lowers the line)."""
+    reason: Optional[str] = native_available()
+    if reason is not None:
+        pytest.skip(reason)
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS, emulates_cpl0
+
+    out, counts, dev, cause = _run_guest(
+        "kvm", cpu_params={"emulationFallbackBurst": BURST_INSTRUCTIONS})
+    assert cause == "isa-debug-exit", (cause, out)
+    assert out == _expected_line() == mock_run[0]
+    assert dev.reads == 1
+    if emulates_cpl0(kvm_backend):
+        assert counts["bursts"] >= 1
+        assert counts["emulated"] > 13  # the whole guest, not only the refused ones
+        assert counts["mmio"] == mock_run[1]["mmio"] == 2  # both made inside bursts
+    else:
+        assert counts["bursts"] == 0
 
 
 @pytest.mark.kvm
@@ -186,3 +213,84 @@ def test_real_mode_daa_through_the_fallback_matches_silicon() -> None:
     if native_available() is None:
         regs, _ = run_native32(body, {}, 0)
         assert outputs["kvm"] == bytes([regs["eax"] & 0xFF])
+
+
+@pytest.mark.kvm
+def test_kvm_clock_set_up_in_a_burst_is_filled_by_kvm(kvm_backend: Any) -> None:
+    """WRMSR MSR_KVM_SYSTEM_TIME_NEW (0x4b564d01, Documentation/virt/kvm/x86/msr.rst)
+    at CPL0 in a burst: the mock does not know the MSR, KVM does; KVM fills the
+    pvclock_vcpu_time_info at the next entry, so the guest's read of tsc_to_system_mul
+    right after the WRMSR must see KVM's value, not the zeros a burst that carried on
+    would read (a kernel divides by it: #DE). The guest prints '1' for non-zero."""
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS
+
+    code = bytes.fromhex(
+        "b9014d564b"      # mov ecx, 0x4b564d01
+        "b801700000"      # mov eax, 0x7001 (the structure at 0x7000, enabled)
+        "31d2" "0f30"     # xor edx, edx; wrmsr
+        "8b042518700000"  # mov eax, [0x7018]: tsc_to_system_mul
+        "85c0" "0f95c0" "0430"  # test eax, eax; setnz al; add al, '0'
+        "66baf803" "ee"   # mov dx, 0x3f8; out dx, al
+        "30c0" "e6f4" "f4")  # isa-debug-exit, hlt
+    for params in ({}, {"emulationFallbackBurst": BURST_INSTRUCTIONS}):
+        with System(backend="kvm", cpu_params=params) as system:
+            system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+            result = system.run(timeout=60)
+            assert (result.cause, system.serial.output) == ("isa-debug-exit", b"1"), params
+
+
+@pytest.mark.kvm
+def test_code_kvm_patches_between_bursts_runs_patched_and_io_once(kvm_backend: Any) -> None:
+    """Burst mode: F ("mov al, 'A'; ret") runs on the mock, then a WRMSR KVM takes hands
+    the guest to KVM, which patches F's immediate to 'B' and reads MMIO (an exit KVM
+    completes only at its next KVM_RUN), then the guest prints '-' and calls F again on
+    the mock. The mock must see KVM's write (KVM's dirty log) and must not make the read
+    again: "A-B" and one read, as on KVM without bursts."""
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS, emulates_cpl0
+
+    f_off = 0x1000
+
+    def call(at: int) -> bytes:  # call F from offset ``at``
+        return b"\xe8" + struct.pack("<i", f_off - (at + 5))
+
+    code = bytes.fromhex("bc00000900")  # mov esp, 0x90000
+    code += call(len(code)) + bytes.fromhex(
+        "66baf803" "ee"                            # mov dx, 0x3f8; out dx, al
+        "b9014d564b" "b801700000" "31d2" "0f30")   # wrmsr MSR_KVM_SYSTEM_TIME_NEW
+    store = len(code)  # mov byte [rip+disp32], 'B': c6 05 disp32 imm8, 7 bytes
+    code += b"\xc6\x05" + struct.pack("<i", f_off + 1 - (store + 7)) + b"B"
+    code += bytes.fromhex("8b042500000020"    # mov eax, [MMIO_ADDR]: an MMIO exit
+                          "66baf803" "b02d" "ee")  # mov dx, 0x3f8; mov al, '-'; out dx, al
+    code += call(len(code)) + bytes.fromhex("ee" "30c0" "e6f4" "f4")  # out; exit; hlt
+    code = code.ljust(f_off, b"\x90") + bytes.fromhex("b041" "c3")  # F: mov al, 'A'; ret
+    outputs = {}
+    for name, params in (("kvm", {}), ("burst", {"emulationFallbackBurst": BURST_INSTRUCTIONS})):
+        with System(backend="kvm", cpu_params=params) as system:
+            dev = IrqOnRead(system.devices.pic)
+            system.mmio_bus.add(MMIO_ADDR, 0x1000, dev)
+            system.load(code, fmt="flat", load_addr=0x100000, mode="long")
+            result = system.run(timeout=60)
+            assert result.cause == "isa-debug-exit", (name, system.serial.output)
+            assert dev.reads == 1, name  # KVM's read completed, not made again
+            outputs[name] = system.serial.output
+            if name == "burst" and emulates_cpl0(kvm_backend):
+                assert system.cpu.stats.numEmulationBursts.value >= 2
+    assert outputs == {"kvm": b"A-B", "burst": b"A-B"}
+
+
+@pytest.mark.kvm
+def test_cli_emulation_fallback_burst(kvm_backend: Any, tmp_path: Path) -> None:
+    """`kvmcpu run --emulation-fallback burst` through the real entry point: the guest
+    gets past every refused instruction (then halts for good: no device at MMIO_ADDR),
+    and where KVM emulates CPL0 code the stats count the bursts."""
+    from kvmcpu.cpu.kvm.hybrid import emulates_cpl0
+
+    stats = tmp_path / "stats.txt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmcpu", "run", str(GUEST), "--backend", "kvm",
+         "--serial", "none", "--timeout", "60", "--emulation-fallback", "burst",
+         "--stats-file", str(stats)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in stats.read_text().splitlines() if ".numEmulationBursts " in x)
+    assert (int(line.split()[1]) > 0) == emulates_cpl0(kvm_backend), line

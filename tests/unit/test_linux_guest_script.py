@@ -60,6 +60,31 @@ def test_initramfs_holds_busybox_and_an_init_that_prints_the_marker() -> None:
     # every command line runs busybox or a shell builtin (no stray words)
     assert all(line.startswith(("#", "/bin/busybox ", "echo ")) for line in lines if line), lines
     assert b"seek=244" in init  # isa-debug-exit at port 0xf4 through /dev/port
+    # ACPI S5 first: byte 0x20 (SLP_EN, SLP_TYP 0) at 0x605, PM1a_CNT's high byte
+    s5 = init.index(b"printf '\\040' | /bin/busybox dd of=/dev/port bs=1 seek=1541 count=1")
+    assert s5 < init.index(b"seek=244")
+
+
+@pytest.mark.parametrize("backend", ["mock", "kvm"])
+def test_the_byte_init_writes_to_0x605_powers_the_machine_off(backend: str) -> None:
+    """What /init's dd does through /dev/port (one OUTB of 0x20 to 0x605) ends a run
+    with cause "power off", status 0, as ACPI S5 on QEMU's PIIX4 PM block."""
+    from kvmcpu.errors import BackendUnavailableError
+    from kvmcpu.system import System
+
+    code = bytes.fromhex(  # real mode; first what SeaBIOS does: the PIIX4 PM function
+        # (00:01.3) gets PMBA (0x40) = 0x601 and PMIOSE (0x80 bit 0), through 0xcf8/0xcfc
+        "66b8400b0080" "baf80c" "66ef" "66b801060000" "bafc0c" "66ef"
+        "66b8800b0080" "baf80c" "66ef" "b001" "bafc0c" "ee"
+        "ba0506" "b020" "ee" "f4")  # then /init's OUTB 0x20 to 0x605; hlt
+    try:
+        system = System(backend=backend)
+    except BackendUnavailableError as err:
+        pytest.skip(str(err))
+    with system:
+        system.load(code, fmt="flat")
+        result = system.run(timeout=60)
+        assert (result.cause, result.status) == ("power off", 0)
 
 
 def test_cpio_reads_the_archive() -> None:

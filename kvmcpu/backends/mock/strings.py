@@ -6,7 +6,8 @@ instruction (it resumes when re-executed), as on hardware. Port IO moves one
 element per exit (count 1), like this host's KVM emulator. Long REP runs are
 split into chunks so kicks and budgets are honoured in between.
 
-REP MOVS/STOS with DF=0 over ordinary RAM copy whole page runs at once.
+REP MOVS/STOS over ordinary RAM copy whole page runs at once, upwards (DF=0)
+and downwards (DF=1: a kernel's ``std; rep movsq`` moving itself up in memory).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def string_op(e: "Engine", d: Insn) -> None:
     if rep and count == 0:
         return
     kind = opc & 0xFE
-    if rep and kind in (0xA4, 0xAA) and not st.fl & DF:
-        done = _fast(e, d, kind, n, count, user, lin, src_seg)
+    if rep and kind in (0xA4, 0xAA):
+        fast = _fast_down if st.fl & DF else _fast
+        done = fast(e, d, kind, n, count, user, lin, src_seg)
         if done:
             count = R[1] & am
             if count == 0:
@@ -189,6 +191,59 @@ def _fast(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
             pat = (R[0] & M[n]).to_bytes(n, "little")
             dview[doff: doff + nbytes] = pat * k
         R[7] = _adv(R[7], d.asz, nbytes)
+        count -= k
+        R[1] = _adv(R[1], d.asz, -k)
+        progressed = True
+    return progressed
+
+
+def _fast_down(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
+               lin: Callable[[int, int], int], src_seg: int) -> bool:
+    """Bulk REP MOVS/STOS over RAM pages with DF=1: elements from RSI/RDI down, the
+    same bytes as element by element (a MOVS chunk whose destination lies below an
+    overlapping source is left to the element loop). True if it made progress."""
+    st = e.st
+    R = st.R
+    am = M[d.asz]
+    progressed = False
+    while count:
+        si = R[6] & am
+        di = R[7] & am
+        dlin = lin(ES, di)
+        if dlin & 0xFFF > 4096 - n:
+            break  # the element crosses a page: the element loop
+        room = (dlin & 0xFFF) // n + 1
+        if kind == 0xA4:
+            slin = lin(src_seg, si)
+            if slin & 0xFFF > 4096 - n:
+                break
+            room = min(room, (slin & 0xFFF) // n + 1)
+        k = min(room, count)
+        nbytes = k * n
+        back = nbytes - n  # from the lowest element of the chunk to the current one
+        if di < back or (kind == 0xA4 and si < back):
+            break  # the offset wraps: let the element loop handle it
+        dview = _ram_view(e, dlin, True, user)
+        if dview is None:
+            break
+        dlo = (dlin & 0xFFF) - back
+        if kind == 0xA4:
+            sview = _ram_view(e, slin, False, user)
+            if sview is None:
+                break
+            slo = (slin & 0xFFF) - back
+            try:
+                sp = e.mmu.translate(slin, False, user) - back
+                dp = e.mmu.translate(dlin, True, user) - back
+            except Exception:  # noqa: BLE001 - the element loop raises the fault
+                break
+            if dp < sp < dp + nbytes:
+                break  # a lower destination overlapping the source: element order matters
+            dview[dlo: dlo + nbytes] = bytes(sview[slo: slo + nbytes])
+            R[6] = _adv(R[6], d.asz, -nbytes)
+        else:
+            dview[dlo: dlo + nbytes] = (R[0] & M[n]).to_bytes(n, "little") * k
+        R[7] = _adv(R[7], d.asz, -nbytes)
         count -= k
         R[1] = _adv(R[1], d.asz, -k)
         progressed = True

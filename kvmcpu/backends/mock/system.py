@@ -361,6 +361,11 @@ def grp7(e: "Engine", d: Insn) -> None:
             return xsave.xgetbv(e, d) if rm == 0 else xsave.xsetbv(e, d)
         if op == 1 and rm in (2, 3):  # CLAC / STAC
             return xsave.clac_stac(e, d)
+        if op == 5 and rm == 0 and not d.rep:
+            # SERIALIZE (NP 0F 01 E8; F2/F3 are TSXLDTRK): the mock retires in order and
+            # sees its own code writes, so it has nothing to wait for. A kernel's
+            # sync_core() after each text patch.
+            return None
         if op == 4:  # SMSW r
             v = st.cr0 if d.osz == 8 else st.cr0 & (0xFFFFFFFF if d.osz == 4 else 0xFFFF)
             if d.osz == 2:

@@ -65,6 +65,9 @@ _UNION_MEMBER: Dict[int, str] = {
 ScriptItem = Union[Tuple[int, Dict[str, Any]], Callable[["MockVcpu"], Exit]]
 
 
+#: Exceptions that push an error code (SDM vol. 3, table 6-1): #DF #TS #NP #SS #GP #PF #AC
+_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
+
 class MockVcpu(Vcpu):
     """A software vCPU. Extras over the contract: ``budget``/``set_budget``,
     ``instructions_retired``, ``cycles``, ``script_exit``, ``use_decode_cache``."""
@@ -112,6 +115,16 @@ class MockVcpu(Vcpu):
     def instructions_retired(self) -> int:
         """Exact count of guest instructions retired since the vCPU was created."""
         return self.engine.instructions_retired
+
+    @property
+    def cpl(self) -> int:
+        """The current privilege level (KVM has no ioctl for it: SS.DPL in protected mode)."""
+        return int(self.engine.cpl)
+
+    @property
+    def tsc(self) -> int:
+        """The guest TSC now (IA32_TSC, as RDTSC reads it)."""
+        return int(self.engine.tsc())
 
     @property
     def cycles(self) -> int:
@@ -403,6 +416,12 @@ class MockVcpu(Vcpu):
         self.engine.mode_changed()
         self.engine.tlb_flush()
 
+    def flush_tlb(self) -> None:
+        """Drop the mock's TLBs (what KVM_SET_SREGS does), for a caller that changed the
+        page tables behind the vCPU's back (another backend ran the guest meanwhile)."""
+        self._check_open()
+        self.engine.tlb_flush()
+
     def get_fpu(self) -> uapi.kvm_fpu:
         """Wraps KVM_GET_FPU (state is stored, not computed with: no x87/SSE execution)."""
         self._check_open()
@@ -532,6 +551,12 @@ class MockVcpu(Vcpu):
             ev.interrupt.injected = 1
             ev.interrupt.nr = st.pending_irq
         ev.interrupt.shadow = st.shadow
+        fault = self.engine.pending_exception
+        if fault is not None:  # queued (e.g. the #GP of a refused user-space MSR)
+            ev.exception.injected = 1
+            ev.exception.nr = fault.vector
+            ev.exception.has_error_code = 1 if fault.vector in _ERROR_CODE_VECTORS else 0
+            ev.exception.error_code = fault.error_code
         ev.nmi.pending = st.nmi_pending
         ev.nmi.masked = 1 if st.nmi_masked else 0
         ev.flags = uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
@@ -557,6 +582,8 @@ class MockVcpu(Vcpu):
 
             self.engine.pending_exception = GuestFault(
                 int(events.exception.nr), int(events.exception.error_code))
+        else:  # as KVM: the structure says there is none
+            self.engine.pending_exception = None
 
     def get_debugregs(self) -> uapi.kvm_debugregs:
         """Wraps KVM_GET_DEBUGREGS."""

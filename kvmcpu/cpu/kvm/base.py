@@ -155,6 +155,11 @@ class BaseKvmCPUParams(ClockedObjectParams):
                                           "(internal error, emulation) on the mock, then re-enter")
     emulationFallbackInsts: int = param(1, "instructions the mock runs per emulation fallback",
                                         check=lambda v: v >= 1)
+    emulationFallbackBurst: int = param(
+        0, "where KVM emulates CPL0 code, the most instructions one entry runs on the mock "
+        "instead (0: the mock runs only what KVM's emulator refuses; the CLI's "
+        "--emulation-fallback burst sets hybrid.BURST_INSTRUCTIONS)",
+        check=lambda v: v >= 0)
 
 
 class KvmCPUStats:
@@ -184,6 +189,14 @@ class KvmCPUStats:
         self.numEmulatedInstructions = scalar(
             "numEmulatedInstructions",
             "number of instructions executed by the mock after KVM's emulator failed",
+        )
+        self.numEmulationBursts = scalar(
+            "numEmulationBursts",
+            "number of KVM entries run on the mock instead (CPL0 code KVM would emulate)",
+        )
+        self.numEmulationRefused = scalar(
+            "numEmulationRefused",
+            "number of bursts that left an instruction the mock cannot run to KVM",
         )
         self.hostSecondsInKvm = scalar(
             "hostSecondsInKvm", "host seconds spent inside KVM_RUN", st.Second

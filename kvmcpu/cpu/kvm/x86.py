@@ -54,7 +54,8 @@ from ..thread import (
     VcpuEvents,
 )
 from .base import BaseKvmCPU
-from .fallback import EmulationFallback
+from .fallback import Burst, EmulationFallback
+from .hybrid import HybridBursts, emulates_cpl0, hybrid_cpuid
 
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
@@ -92,7 +93,7 @@ _VENDORS = {
 }
 
 
-class X86KvmCPU(BaseKvmCPU):
+class X86KvmCPU(HybridBursts, BaseKvmCPU):
     """The x86 KVM CPU.
 
     Args:
@@ -106,6 +107,8 @@ class X86KvmCPU(BaseKvmCPU):
         cpuid_overrides: ``{(function, index): (eax, ebx, ecx, edx)}`` applied
             after the supported list.
     """
+
+    USER_MSRS = _APIC_MSRS  # the MSRs handleKvmExitMSR serves (HybridBursts)
 
     def __init__(self, name: str, parent: Any = None, *, vm: Any,
                  interrupts: Any = None, cpuid_vendor: Optional[str] = None,
@@ -128,6 +131,14 @@ class X86KvmCPU(BaseKvmCPU):
         self._fallback: Optional[EmulationFallback] = None
         self._fallback_cpuid: Optional[List[uapi.kvm_cpuid_entry2]] = None
         self._fallback_cpuid_of: Optional[List[CpuidEntry]] = None
+        #: CPL0 code runs in bursts on the mock (KVM emulates it here; hybrid.py)
+        self.hybrid = False
+        self._kvm_once = False
+        self._burst: Optional[Burst] = None
+        self._msr_bitmaps: List[Any] = []
+        #: the KVM VM's slots with dirty logging (hybrid), and whether KVM ran since
+        self._dirty_slots: List[Any] = []
+        self._kvm_ran = False
 
     def _attach_interrupts(self) -> None:
         src = self.interrupts
@@ -141,8 +152,17 @@ class X86KvmCPU(BaseKvmCPU):
         super().startup_thread()
         kvm = self.vm.kvm
         self._use_xsave = kvm.capXSave()
+        self.hybrid = bool(self.params.emulationFallback and self.params.emulationFallbackBurst
+                           and not self.vm.kernel_lapic and self.vcpu is not None
+                           and self.can_fall_back(self.vcpu)
+                           and emulates_cpl0(self.vm.kvm.backend))
+        if self.hybrid:
+            self._log_kvm_writes()
         if not self.tc.cpuid:
             self.tc.cpuid = self.default_cpuid()
+            if self.hybrid:
+                self.tc.cpuid = [CpuidEntry.from_kvm(e)
+                                 for e in hybrid_cpuid([e.to_kvm() for e in self.tc.cpuid])]
         if self.lapic is not None and not self.vm.has_irqchip:
             self._take_apic_msrs()
 
@@ -164,20 +184,7 @@ class X86KvmCPU(BaseKvmCPU):
                      "and TSC-deadline MSRs are not reachable", self.path())
             return
         if not vm.apic_msrs_taken:
-            vm.vm.enable_cap(Cap.X86_USER_SPACE_MSR, uapi.KVM_MSR_EXIT_REASON_FILTER
-                             | uapi.KVM_MSR_EXIT_REASON_INVAL
-                             | uapi.KVM_MSR_EXIT_REASON_UNKNOWN)
-            flt = uapi.kvm_msr_filter()
-            flt.flags = uapi.KVM_MSR_FILTER_DEFAULT_ALLOW
-            bitmaps = []
-            for i, (base, count) in enumerate(USER_APIC_MSR_RANGES):
-                bitmap = (ctypes.c_uint8 * ((count + 7) // 8))()  # all 0: deny -> exit
-                bitmaps.append(bitmap)
-                rng = flt.ranges[i]
-                rng.flags = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
-                rng.nmsrs, rng.base = count, base
-                rng.bitmap = ctypes.addressof(bitmap)
-            vm.vm.set_msr_filter(flt)
+            self._msr_exits_on(vm.vm)
             vm.apic_msrs_taken = True
         vcpu = self._vcpu()
         try:
@@ -210,6 +217,24 @@ class X86KvmCPU(BaseKvmCPU):
             entries = [e for e in entries if (e.function, e.index) != (function, index)]
             entries.append(CpuidEntry(function, index, 0, eax, ebx, ecx, edx))
         return entries
+
+    def _msr_exits_on(self, vm: Any) -> None:
+        """User-space exits for the x2APIC and TSC-deadline MSRs (and unknown ones) on the
+        backend VM ``vm``: the KVM VM, and the emulation fallback's mock VM."""
+        vm.enable_cap(Cap.X86_USER_SPACE_MSR, uapi.KVM_MSR_EXIT_REASON_FILTER
+                      | uapi.KVM_MSR_EXIT_REASON_INVAL | uapi.KVM_MSR_EXIT_REASON_UNKNOWN)
+        flt = uapi.kvm_msr_filter()
+        flt.flags = uapi.KVM_MSR_FILTER_DEFAULT_ALLOW
+        bitmaps = []
+        for i, (base, count) in enumerate(USER_APIC_MSR_RANGES):
+            bitmap = (ctypes.c_uint8 * ((count + 7) // 8))()  # all 0: deny -> exit
+            bitmaps.append(bitmap)
+            rng = flt.ranges[i]
+            rng.flags = uapi.KVM_MSR_FILTER_READ | uapi.KVM_MSR_FILTER_WRITE
+            rng.nmsrs, rng.base = count, base
+            rng.bitmap = ctypes.addressof(bitmap)
+        vm.set_msr_filter(flt)
+        self._msr_bitmaps = bitmaps  # alive while a backend may read them
 
     @property
     def apic_id(self) -> int:
@@ -380,17 +405,7 @@ class X86KvmCPU(BaseKvmCPU):
                 or vcpu is None or not self.can_fall_back(vcpu)):
             return super().handleKvmExitInternalError(ex)
         self.syncKvmState()
-        fallback = self._fallback
-        if fallback is None:
-            fallback = self._fallback = EmulationFallback(
-                self.vm._ram, max_instructions=self.params.emulationFallbackInsts)
-        if self._fallback_cpuid_of is not self.tc.cpuid:
-            # What the guest sees: KVM_GET_CPUID2 (KVM may have adjusted what was set).
-            try:
-                self._fallback_cpuid = list(vcpu.get_cpuid2())
-            except KvmIoctlError:
-                self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
-            self._fallback_cpuid_of = self.tc.cpuid
+        fallback = self._fallback_for(vcpu)
         try:
             result = fallback.run(vcpu, msrs=self.msr_list(), cpuid=self._fallback_cpuid or [],
                                   use_xsave=self._use_xsave, io=self.handleKvmExitIO,
@@ -427,6 +442,24 @@ class X86KvmCPU(BaseKvmCPU):
             return ticks  # the state is written back: KVM tries the next instruction
         raise self._fatal(f"exit {stop!r} during the emulation fallback", stop)
 
+    def _fallback_for(self, vcpu: Any) -> EmulationFallback:
+        """The emulation fallback (created on first use) with the CPUID the guest sees."""
+        fallback = self._fallback
+        if fallback is None:
+            fallback = self._fallback = EmulationFallback(
+                self.vm._ram, max_instructions=self.params.emulationFallbackInsts,
+                vm_setup=self._msr_exits_on if self.vm.apic_msrs_taken else None)
+        if self._fallback_cpuid_of is not self.tc.cpuid:
+            # What the guest sees: KVM_GET_CPUID2 (KVM may have adjusted what was set).
+            try:
+                self._fallback_cpuid = list(vcpu.get_cpuid2())
+            except KvmIoctlError:
+                self._fallback_cpuid = [e.to_kvm() for e in self.tc.cpuid]
+            if self.hybrid:  # KVM may have put bits back that neither CPU runs
+                self._fallback_cpuid = hybrid_cpuid(self._fallback_cpuid)
+            self._fallback_cpuid_of = self.tc.cpuid
+        return fallback
+
     @staticmethod
     def can_fall_back(vcpu: Any) -> bool:
         """Whether the emulation fallback serves ``vcpu``: not when it has an exact run
@@ -438,6 +471,7 @@ class X86KvmCPU(BaseKvmCPU):
         if self._fallback is not None:
             self._fallback.close()
             self._fallback = None
+        self._burst = None
         super().close()
 
     def handleKvmExitHalt(self, ex: HltExit) -> int:
@@ -471,6 +505,14 @@ class X86KvmCPU(BaseKvmCPU):
             # As gem5's kvmRunDrain: inject nothing new while draining, and keep
             # the interrupt window kvmRunDrain may have requested.
             return vcpu.run()
+        if self.hybrid and not vcpu.kvm_run.immediate_exit:  # (a half entry: KVM's)
+            if self._kvm_once:
+                self._kvm_once = False  # what the mock refused, or a KVM MSR: KVM runs
+            else:
+                ex = self._run_burst(vcpu)
+                if ex is not None:
+                    return ex
+            self._kvm_ran = True
         src = self.interrupts
         if src is None and not self.pending_nmi:
             try:
