@@ -72,9 +72,11 @@ ALLOWED = {
     "loader": {"errors", "mem"}, "guests": {"errors"},
     "cpu": {"_ioctl", "backends", "errors", "hostmem", "sim", "uapi"},
     "system": {"backends", "cpu", "devices", "errors", "firmware", "loader", "mem", "power",
-               "sim"},
+               "sim", "smp"},
     # kvmcpu/power.py: the System's S5/S3/reset mixin, of the system layer.
     "power": {"cpu", "devices", "errors", "loader", "mem", "sim"},
+    # kvmcpu/smp.py: the System's CPU-scheduling mixin, of the system layer.
+    "smp": {"cpu", "devices", "errors", "sim"},
     "gdb": {"cpu", "errors", "sim", "system"},
 }
 
