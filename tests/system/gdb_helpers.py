@@ -96,17 +96,18 @@ def stub(backend: str, image: Path = DEBUGME, *extra: str) -> Iterator[Stub]:
 
 
 def gdb_session(cache: Dict[str, str], backend: str, commands: List[str],
-                image: Path = DEBUGME) -> str:
-    """The transcript of a real gdb driving ``kvmcpu run --gdb ... -S`` through
+                image: Path = DEBUGME, *extra: str, key: Optional[str] = None) -> str:
+    """The transcript of a real gdb driving ``kvmcpu run --gdb ... -S [extra]`` through
     ``commands``, with the run's exit status as its last line; computed once per
-    backend and kept in ``cache`` (the test module's), so a module's tests and its
-    mock-vs-KVM comparison share one session per backend."""
-    if backend not in cache:
-        for s in stub(backend, image, "-S"):
+    ``key`` (default: the backend) and kept in ``cache`` (the test module's), so a
+    module's tests and its mock-vs-KVM comparison share one session per configuration."""
+    key = backend if key is None else key
+    if key not in cache:
+        for s in stub(backend, image, "-S", *extra):
             out = run_gdb(s.port, image, commands)
             status, _ = s.wait()
-            cache[backend] = out + f"\nstatus {status}\n"
-    return cache[backend]
+            cache[key] = out + f"\nstatus {status}\n"
+    return cache[key]
 
 
 class RawGdb:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Dict, Iterator, List
 
 import pytest
-from gdb_helpers import ROOT, data_breakpoints, needs_gdb, run_gdb, stub
+from gdb_helpers import ROOT, data_breakpoints, gdb_session, needs_gdb, stub
 
 from kvmcpu.gdb.packet import encode
 from kvmcpu.gdb.target import CAUSE_BREAK, CAUSE_STEP, SystemTarget
@@ -38,13 +38,9 @@ _transcripts: Dict[str, str] = {}
 
 
 def _session(config: str) -> str:
-    if config not in _transcripts:
-        backend, *extra = ARGS[config]
-        for s in stub(backend, SMPDEBUG, "--smp", "2", "-S", *extra):
-            out = run_gdb(s.port, SMPDEBUG, SESSION)
-            status, _ = s.wait()
-            _transcripts[config] = out + f"\nstatus {status}\n"
-    return _transcripts[config]
+    backend, *extra = ARGS[config]
+    return gdb_session(_transcripts, backend, SESSION, SMPDEBUG, "--smp", "2", *extra,
+                       key=config)
 
 
 def _sym(name: str) -> int:

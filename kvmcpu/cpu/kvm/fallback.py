@@ -301,13 +301,14 @@ class EmulationFallback:
         kvm_run.ready_for_interrupt_injection = mock_run.ready_for_interrupt_injection
         return FallbackResult(done, ticks, stop)
 
-def _complete_access(mock: Any) -> None:
-    """A half entry of the mock: the instruction of its last exit completes (RIP past an
-    OUT, the data of an IN or RDMSR in its register), no further code runs."""
-    run = mock.kvm_run
+def complete_access(vcpu: Any) -> None:
+    """A half entry (KVM_RUN with immediate_exit, either backend): the instruction of
+    the vCPU's last exit completes (RIP past an OUT, the data of an IN, an MMIO read
+    or RDMSR in its register), no further code runs."""
+    run = vcpu.kvm_run
     run.immediate_exit = 1
     try:
-        mock.run()
+        vcpu.run()
     finally:
         run.immediate_exit = 0
 
@@ -342,7 +343,7 @@ class Burst:
         #: asked after each IO/MMIO access: True ends the burst (the CPU's event queue
         #: has something due sooner than when the burst began)
         self.interrupted: Optional[Callable[[], bool]] = None
-        self._complete = _complete_access
+        self._complete = complete_access
         #: why the last burst ended: "budget", "deadline", "user", or the stop's kind
         self.ended = ""
         #: set by ``inline``: end the burst once the exit's instruction completed
@@ -418,4 +419,4 @@ def _get_msrs(vcpu: Vcpu, indices: Sequence[int]) -> Dict[int, int]:
     return out
 
 
-__all__ = ["Burst", "EmulationFallback", "FallbackResult"]
+__all__ = ["Burst", "EmulationFallback", "FallbackResult", "complete_access"]

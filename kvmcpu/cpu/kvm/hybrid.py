@@ -40,7 +40,7 @@ from ...backends.exits import (
     MsrExit,
 )
 from ...errors import KvmIoctlError
-from .fallback import Burst, EmulationFallback
+from .fallback import Burst, EmulationFallback, complete_access
 
 log = logging.getLogger("kvmcpu.cpu.kvm")
 
@@ -157,12 +157,7 @@ class HybridBursts:
             # state is consistent after it: KVM's API doc): a half entry before the state
             # moves, or the mock would run the instruction again.
             cpu._kvm_ran = False
-            run = vcpu.kvm_run
-            run.immediate_exit = 1
-            try:
-                vcpu.run()
-            finally:
-                run.immediate_exit = 0
+            complete_access(vcpu)
         sregs = vcpu.get_sregs()
         if sregs.cr0 & 1 and sregs.ss.dpl != 0:
             return None  # CPL3: KVM runs it natively
