@@ -146,6 +146,8 @@ class ParallelCpus:
             t.owner = self
         #: True while :meth:`run` is in progress (the CPUs' events are on their queues).
         self.running = False
+        #: Counts the vCPUs' entries (a debugger's step over an INT3 runs alone).
+        self.gate = EntryGate()
         #: Guards the threads' ``parked`` flags and the quantum's release.
         self.cv = threading.Condition(threading.Lock())
         #: Counts the quanta of a run: :meth:`_release` starts the next one.
@@ -171,7 +173,8 @@ class ParallelCpus:
         for name in ("wakeup", "post_nmi", "post_init", "post_sipi"):
             method = getattr(type(cpu), name).__get__(cpu)
             setattr(cpu, name, _posted(method, t))
-        cpu.ioctlRun = _locked_interrupts(cpu, lambda: self._devices_at(t))
+        cpu.ioctlRun = _locked_interrupts(cpu, lambda: self._devices_at(t), self.gate,
+                                          [o.cpu for o in self.threads if o is not t])
         flush: Callable[[], int] = type(cpu).flushCoalescedMMIO.__get__(cpu)
 
         def flush_coalesced() -> int:
@@ -499,8 +502,45 @@ def _posted(method: Callable[..., None], t: _CpuThread) -> Callable[..., None]:
     return call
 
 
-def _locked_interrupts(cpu: Any, devices: Callable[[], ContextManager[None]]
-                       ) -> Callable[[], Any]:
+class EntryGate:
+    """KVM_RUN of the CPU threads, counted: an entry that runs with one of the
+    debugger's INT3s out of guest memory (a CPU stepping over its breakpoint,
+    ``KvmDebug._entry_lifted``) runs alone, the other vCPUs kicked out and held
+    until it ends, so that none runs through the lifted breakpoint (gdb's all-stop
+    step over a breakpoint)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition(threading.Lock())
+        self.active = 0
+        self.exclusive = False
+
+    @contextlib.contextmanager
+    def entry(self, alone: bool, others: Sequence[Any]) -> Iterator[None]:
+        cv = self.cv
+        with cv:
+            while self.exclusive:
+                cv.wait()
+            if alone:
+                self.exclusive = True
+                for other in others:
+                    vcpu = other.vcpu
+                    if vcpu is not None:
+                        vcpu.kick()
+                while self.active:
+                    cv.wait()
+            self.active += 1
+        try:
+            yield
+        finally:
+            with cv:
+                self.active -= 1
+                if alone:
+                    self.exclusive = False
+                cv.notify_all()
+
+
+def _locked_interrupts(cpu: Any, devices: Callable[[], ContextManager[None]],
+                       gate: EntryGate, others: Sequence[Any]) -> Callable[[], Any]:
     """X86KvmCPU.ioctlRun with the interrupt controller asked on the device queue
     (``devices()``) and KVM_RUN entered outside it."""
     def ioctl_run() -> Any:
@@ -522,9 +562,10 @@ def _locked_interrupts(cpu: Any, devices: Callable[[], ContextManager[None]]
                             run.request_interrupt_window = 1
                     elif run.request_interrupt_window:
                         run.request_interrupt_window = 0
-        try:
-            return vcpu.run()
-        except KvmIoctlError as err:
-            return run_again(vcpu, err)
+        with gate.entry(getattr(cpu, "_entry_lifted", None) is not None, others):
+            try:
+                return vcpu.run()
+            except KvmIoctlError as err:
+                return run_again(vcpu, err)
     return ioctl_run
 
