@@ -115,9 +115,12 @@ class CpuScheduling:
             parallel.interrupt()  # each CPU thread ends its quantum at once
         if on_main_thread and self.backend.name != "mock":
             if parallel is not None and parallel.running:
-                threading.Thread(target=self._kick, args=(False,), daemon=True,
+                threading.Thread(target=self._kick_vcpus, daemon=True,
                                  name="kvmcpu-stop").start()
             return
+        self._kick_vcpus()
+
+    def _kick_vcpus(self) -> None:
         for cpu in getattr(self, "cpus", ()):
             vcpu = cpu.vcpu
             if vcpu is None:
