@@ -34,10 +34,14 @@ from kvmcpu.backends.exits import IoExit
 DONE_PORT = 0xE0
 CR4_OSXSAVE = 1 << 18
 BUF = 0x4000
-SAVED, MXCSR_AT, XINUSE_AT = 0x3000, 0x3C00, 0x3C08
+#: the XSAVE components the test requests (see _cases)
+COMPONENTS = (1 << 10) - 1
+SAVED, MXCSR_AT, XINUSE_AT, RFBM_AT = 0x3000, 0x3C00, 0x3C08, 0x3C20
 
-#: nasm source; {restore} {save} {rr} {rs}. The image is at r15, the work area is
-#: r15 + 0x1000 rounded up to 64 bytes, the results are copied to r15 + SAVED.
+#: nasm source; {restore} {save}. The image is at r15, the work area is r15 + 0x1000
+#: rounded up to 64 bytes, the results are copied to r15 + SAVED; the restore's and the
+#: save's requested-feature bitmaps are read from r15 + RFBM_AT (they follow the host's
+#: XCR0, the program's bytes do not: its assembly is cached for machines without nasm).
 PROGRAM = """
 lea rbx, [r15 + 0x1000 + 63]
 and rbx, -64
@@ -48,10 +52,10 @@ rep movsb
 mov al, 0xa5
 mov ecx, 0xc00
 rep stosb
-mov eax, {rr}
+mov eax, [r15 + 0x3c20]
 xor edx, edx
 {restore} [rbx]
-mov eax, {rs}
+mov eax, [r15 + 0x3c24]
 xor edx, edx
 {save} [rbx + 0xc00]
 stmxcsr [r15 + 0x3c00]
@@ -91,7 +95,7 @@ def host() -> Dict[str, Any]:
     xcr0 = _host_xcr0()
     d0 = _native_cpuid(0xD, 0)
     d1 = _native_cpuid(0xD, 1)
-    comps = {i: _native_cpuid(0xD, i) for i in range(2, 10) if xcr0 >> i & 1}
+    comps = {i: _native_cpuid(0xD, i) for i in range(2, 10) if (xcr0 & COMPONENTS) >> i & 1}
     return {"xcr0": xcr0, "d0": d0, "d1": d1, "comps": comps}
 
 
@@ -127,8 +131,8 @@ def _image(host: Dict[str, Any], bv: int, mxcsr: int = 0x1FA0, fcw: int = 0x27F,
     return bytes(a)
 
 
-def _program(restore: str, save: str, rr: int, rs: int) -> bytes:
-    return asm(PROGRAM.format(restore=restore, save=save, rr=rr, rs=rs))
+def _program(restore: str, save: str) -> bytes:
+    return asm(PROGRAM.format(restore=restore, save=save))
 
 
 def _results(buf: bytes) -> Tuple[bytes, int, int]:
@@ -167,7 +171,10 @@ def _run_vcpu(backend: Backend, code: bytes, buf: bytes, cpuid: List[uapi.kvm_cp
 
 def _cases(host: Dict[str, Any]) -> List[Tuple[str, str, int, int, int, Dict[str, int]]]:
     """(restore, save, XSTATE_BV, RFBM of the restore, RFBM of the save, image options)."""
-    full = host["xcr0"]
+    # The components up to 9 (x87..PKRU): AMX's (17, 18) are armed in XFD for a process
+    # that has not asked for them (arch_prctl ARCH_REQ_XCOMP_PERM), where XRSTOR faults
+    # (#NM, SIGILL natively) -- they are left out of the requested-feature bitmaps.
+    full = host["xcr0"] & COMPONENTS
     ext = full & ~3
     feats = host["d1"][0]
     saves = ["xsave64", "xsave"] + (["xsaveopt64"] if feats & 1 else []) \
@@ -187,8 +194,10 @@ def _check(host: Dict[str, Any], run: Any) -> None:
     failures = []
     for restore, save, bv, rr, rs, opts in _cases(host):
         img = _image(host, bv, **opts)
-        buf = img + bytes(BUF - len(img))
-        code = _program(restore, save, rr, rs)
+        buf = bytearray(img + bytes(BUF - len(img)))
+        struct.pack_into("<II", buf, RFBM_AT, rr, rs)
+        buf = bytes(buf)
+        code = _program(restore, save)
         want = _results(run_native(code + asm(NATIVE_TAIL), {}, 0, buf)[2])
         got = _results(run(code, buf))
         what = f"{restore}/{save} XSTATE_BV={bv:#x} RFBM={rr:#x}/{rs:#x} {opts}"
