@@ -109,7 +109,15 @@ def test_cpuid2(kvm: object, vcpu: KvmVcpu) -> None:
     supported = kvm.get_supported_cpuid()
     vcpu.set_cpuid2(supported)
     back = vcpu.get_cpuid2()
-    assert {(e.function, e.index) for e in back} == {(e.function, e.index) for e in supported}
+    keys = {(e.function, e.index) for e in back}
+    assert keys <= {(e.function, e.index) for e in supported}
+    # Every entry set comes back, except (on some hosts: measured on a 6.18 kernel with
+    # kvm_pvm) leaves whose four registers are zero -- the AMX/AVX10 leaves 0x1d, 0x1e and
+    # 0x24 that KVM_GET_SUPPORTED_CPUID lists empty. Within the maximum basic leaf a
+    # missing entry reads as zeros, so the guest sees the same CPUID either way.
+    dropped = [e for e in supported if (e.function, e.index) not in keys]
+    assert all((e.eax, e.ebx, e.ecx, e.edx) == (0, 0, 0, 0) for e in dropped), [
+        (hex(e.function), e.index) for e in dropped]
     leaf0 = next(e for e in back if e.function == 0)
     want0 = next(e for e in supported if e.function == 0)
     assert (leaf0.eax, leaf0.ebx, leaf0.ecx, leaf0.edx) == (
