@@ -47,6 +47,12 @@ def gen(*opcodes: int) -> Callable[[Callable[["Translator", Insn], Optional[bool
     return deco
 
 
+def sx8(imm: Any) -> Any:
+    """An 8-bit immediate (0..255, as decoded) sign-extended, without a branch on its
+    value (tier 0 binds it parametrically: tier0._Sym)."""
+    return ((imm + 0x80) & 0xFF) - 0x80
+
+
 class Translator:
     """Emits the source of one block. One instance per block."""
 
@@ -135,7 +141,9 @@ class Translator:
         disp = d.disp + extra
         if not parts:
             return f"{disp & amask:#x}"
-        if disp:
+        if disp.__class__ is not int:  # tier 0's symbol (tier0._Sym): whatever its value
+            parts.append(f"{disp:#x}")
+        elif disp:
             parts.append(f"{disp:#x}" if disp >= 0 else f"{disp}")
         if len(parts) == 1 and d.asz == 8:
             return parts[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .codegen import BITS, SGN, M, Translator, gen
+from .codegen import BITS, SGN, M, Translator, gen, sx8
 from .decode import Insn
 from .state import LZ_ADC, LZ_ADD, LZ_DEC, LZ_FIXED, LZ_INC, LZ_LOGIC, LZ_SBB, LZ_SUB
 from .undefined import const_shift_flags
@@ -59,6 +59,7 @@ def _alu_rm(t: Translator, d: Insn, op: int, sz: int, b_expr: str) -> None:
         t.lines.append(flag_line)
 
 
+
 @gen(0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21, 0x28, 0x29, 0x30, 0x31,
      0x38, 0x39)
 def g_alu_rm_r(t: Translator, d: Insn) -> None:
@@ -97,9 +98,7 @@ def g_alu_acc_imm(t: Translator, d: Insn) -> None:
 @gen(0x80, 0x81, 0x82, 0x83)
 def g_grp1(t: Translator, d: Insn) -> None:
     sz = 1 if d.opc in (0x80, 0x82) else d.osz
-    imm = d.imm
-    if d.opc == 0x83:
-        imm = imm - 0x100 if imm & 0x80 else imm
+    imm = sx8(d.imm) if d.opc == 0x83 else d.imm
     _alu_rm(t, d, d.reg & 7, sz, f"{imm & M[sz]:#x}")
 
 
@@ -290,9 +289,7 @@ def g_imul(t: Translator, d: Insn) -> None:
     if d.opc == 0x1AF:
         other = t.rget(d.reg, sz, d)
     else:
-        imm = d.imm
-        if d.opc == 0x6B and imm & 0x80:
-            imm -= 0x100
+        imm = sx8(d.imm) if d.opc == 0x6B else d.imm
         other = f"{imm & M[sz]:#x}"
     lo, hi = t.var(), t.var()
     t.emit(f"{lo}, {hi} = H.imul(c, {src}, {other}, {BITS[sz]})")

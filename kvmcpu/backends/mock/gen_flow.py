@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .codegen import M, Translator, gen
+from .codegen import M, Translator, gen, sx8
 from .decode import Insn
 
 
@@ -112,9 +112,7 @@ def g_pop_r(t: Translator, d: Insn) -> None:
 
 @gen(0x68, 0x6A)
 def g_push_imm(t: Translator, d: Insn) -> None:
-    imm = d.imm
-    if d.opc == 0x6A and imm & 0x80:
-        imm -= 0x100
+    imm = sx8(d.imm) if d.opc == 0x6A else d.imm
     t.push(f"{imm & M[d.osz]:#x}", d.osz)
 
 

@@ -16,10 +16,23 @@ instructions retired (1) after setting ``c.rip`` when the block ends there (a
 branch taken, a terminator, an exit to report). An instruction whose bytes were
 seen twice in a mode is bound from a cached argument tuple (the literals that
 follow RIP patched in), without running its generator or scanning its text.
+
+Instructions that differ only in their RIP, displacement or immediate (one decoder
+*head*: ``decode.from_head``) share one *parametric* binding: the generator runs once
+on a stand-in instruction whose RIP, displacement, immediate and bytes are symbols
+(``_Sym``). A symbol supports only what keeps the generated code a function of the
+fields (adding, subtracting, masking, formatting as a number); every other use --
+truth value, comparison, hashing, indexing, shifting -- raises, and the head is then
+bound per instruction as above. So a generator's choices never depend on a symbol's
+value, and each formatted symbol becomes a constant of the bound function, computed
+from the actual instruction by the same arithmetic the generator did: the bound
+instruction is the one its generator would have produced.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -92,6 +105,113 @@ FLOW = frozenset([*range(0x70, 0x80), *range(0x180, 0x190), 0xE8, 0xE9, 0xEB,
                   0xE0, 0xE1, 0xE2, 0xE3])
 
 _NEVER = 2  # their code is not a function of RIP we can rebuild: always generate
+_SEEN = 3  # bytes bound once from their head's parametric binding (InsnBinder.first)
+
+
+class _NotParametric(Exception):
+    """A generator used a symbol other than by adding, masking or formatting it."""
+
+
+def _no(self: "_Sym", *args: Any) -> Any:
+    raise _NotParametric()
+
+
+class _Sym:
+    """A field of the stand-in instruction (see the module's doc): ``f(d)`` is its value
+    for an instruction ``d``; ``reg`` collects the symbols formatted into the text.
+
+    For instructions of the same bytes only RIP differs, and a symbol also says how it
+    follows RIP: ``k`` the coefficient of RIP in it (None: not linear), ``m`` None when no
+    mask was applied, the all-ones mask applied last, or -1 (another mask, or arithmetic
+    after one): see ``InsnBinder._bytes_entry``.
+    """
+
+    __slots__ = ("f", "reg", "k", "m")
+
+    def __init__(self, f: Callable[[Insn], Any], reg: List["_Sym"], k: Optional[int] = 0,
+                 m: Optional[int] = None) -> None:
+        self.f = f
+        self.reg = reg
+        self.k = k
+        self.m = m
+
+    def _sum(self, o: Any, sign: int) -> "_Sym":
+        f = self.f
+        if o.__class__ is int:
+            fn: Callable[[Insn], Any] = ((lambda d: f(d) + o) if sign > 0
+                                        else (lambda d: f(d) - o))
+            return _Sym(fn, self.reg, self.k, None if self.m is None else -1)
+        if o.__class__ is _Sym:
+            g = o.f
+            fn = (lambda d: f(d) + g(d)) if sign > 0 else (lambda d: f(d) - g(d))
+            k = None if self.k is None or o.k is None else self.k + sign * o.k
+            m = None if self.m is None and o.m is None else -1
+            return _Sym(fn, self.reg, k, m)
+        raise _NotParametric()
+
+    def __add__(self, o: Any) -> "_Sym":
+        return self._sum(o, 1)
+
+    __radd__ = __add__
+
+    def __sub__(self, o: Any) -> "_Sym":
+        return self._sum(o, -1)
+
+    def __rsub__(self, o: Any) -> "_Sym":
+        return (-self)._sum(o, 1) if o.__class__ is int else _no(self)
+
+    def __and__(self, o: Any) -> "_Sym":
+        f = self.f
+        if o.__class__ is not int:
+            raise _NotParametric()
+        if o >= 0 and o & (o + 1) == 0 and self.m != -1:
+            m: Optional[int] = o if self.m is None else min(o, self.m)
+        else:
+            m = -1
+        return _Sym(lambda d: f(d) & o, self.reg, self.k, m)
+
+    __rand__ = __and__
+
+    def __neg__(self) -> "_Sym":
+        f = self.f
+        return _Sym(lambda d: -f(d), self.reg, None if self.k is None else -self.k,
+                    None if self.m is None else -1)
+
+    def __format__(self, spec: str) -> str:
+        if spec not in ("", "#x", "d"):
+            raise _NotParametric()
+        self.reg.append(self)
+        return f"_p{len(self.reg) - 1}_"
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _no
+    __hash__ = __index__ = __int__ = __float__ = __str__ = __repr__ = _no
+    __or__ = __ror__ = __xor__ = __rxor__ = __invert__ = __pos__ = __abs__ = _no
+    __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = _no
+    __mul__ = __rmul__ = __mod__ = __rmod__ = __floordiv__ = __rfloordiv__ = _no
+    __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __divmod__ = __rdivmod__ = _no
+    __round__ = __trunc__ = __floor__ = __ceil__ = _no
+    __len__ = __iter__ = __getitem__ = __contains__ = __call__ = _no
+
+
+def _independent(value: Any, proxy: Insn, depth: int = 0) -> bool:
+    """Whether a constant holds neither the stand-in instruction nor a symbol."""
+    if value is proxy or value.__class__ is _Sym or depth > 4:
+        return False
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return all(_independent(v, proxy, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(_independent(k, proxy, depth + 1) and _independent(v, proxy, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, functools.partial):
+        return (_independent(value.func, proxy, depth + 1)
+                and _independent(value.args, proxy, depth + 1)
+                and _independent(value.keywords, proxy, depth + 1))
+    return True
+
+
+#: a parametric binding of one head: (function, its arguments with None where they are
+#: computed, [argument index of the Insn], [(argument index, f(d))], whether it ends)
+Param = Tuple[InsnFn, Tuple[Any, ...], Tuple[int, ...], Tuple[Tuple[int, "_Sym"], ...], bool]
 
 #: a relocatable instruction: (function, its arguments (constants, then literals) with
 #: 0 for RIP-relative literals and None for the instruction's own Insn, [(argument index,
@@ -121,7 +241,12 @@ class InsnBinder:
         #: mode -> bytes -> an Entry or _NEVER (from the second sighting on)
         self.insns: Dict[int, Dict[bytes, Union[int, Entry]]] = {}
         #: mode -> bytes -> the first sighting (until the second)
-        self.first: Dict[int, Dict[bytes, First]] = {}
+        self.first: Dict[int, Dict[bytes, Any]] = {}  # First, or _SEEN
+        #: mode -> decoder head (the Insn subclass from_head makes) -> a Param or _NEVER
+        self.params: Dict[int, Dict[type, Union[int, Param]]] = {}
+        #: parametric bindings made / refused (for measurements and tests)
+        self.param_made = 0
+        self.param_refused = 0
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
@@ -192,12 +317,36 @@ class InsnBinder:
                 a[i] = v
             else:
                 return (fn, tuple(a)), ended
+        cls = d.__class__
+        if cls is not Insn:
+            ptab = self.params.get(mode)
+            if ptab is None:
+                ptab = self.params[mode] = {}
+            pent = ptab.get(cls)
+            if pent is None:
+                pent = ptab[cls] = self._parametric(d, generate)
+            if pent.__class__ is tuple:
+                pfn, fixed, pown, calc, pended = pent
+                a = list(fixed)
+                for i in pown:
+                    a[i] = d
+                for i, sym in calc:
+                    a[i] = sym.f(d)
+                if ent is None:
+                    firsts = self.first.get(mode)
+                    if firsts is None:
+                        firsts = self.first[mode] = {}
+                    if firsts.pop(key, None) is None:
+                        firsts[key] = _SEEN
+                    else:  # the second sighting of these bytes: bind them by bytes
+                        insns[key] = self._bytes_entry(d, pent, a, ip_limit, flags)
+                return (pfn, tuple(a)), pended
         lines, consts, ended = generate(d)
         fn, values, shape = self.shape(lines, len(consts))
         if ent is None:
             firsts = self.first.setdefault(mode, {})
             first = firsts.pop(key, None)
-            if first is None:
+            if first.__class__ is not tuple:  # None, or _SEEN (a parametric binding)
                 # the first sighting: what _relocatable needs of it (no Insn kept: the
                 # constants that are the instruction are None)
                 if consts:
@@ -210,6 +359,72 @@ class InsnBinder:
                 insns[key] = self._relocatable(d, fn, values, shape, consts, ended,
                                                     generate, decode_at, flags, first)
         return (fn, (*consts, *values)), ended
+
+    def _parametric(self, d: Insn, generate: Callable[[Insn], Generated]
+                    ) -> Union[int, Param]:
+        """The parametric binding of d's head (see the module's doc), or _NEVER."""
+        reg: List[_Sym] = []
+        proxy = d.__class__()
+        fields = d.__dict__
+        proxy.ip = _Sym(operator.attrgetter("ip"), reg, 1)  # type: ignore[assignment]
+        proxy.raw = _Sym(operator.attrgetter("raw"), reg)  # type: ignore[assignment]
+        for name in ("disp", "imm"):
+            if name in fields:
+                setattr(proxy, name, _Sym(operator.attrgetter(name), reg))
+        try:
+            lines, consts, ended = generate(proxy)
+        except Exception:  # noqa: BLE001 - _NotParametric, or what a symbol's refusal led to
+            self.param_refused += 1
+            return _NEVER
+        n = len(consts)
+        out: List[str] = []
+        for line in lines:
+            if "'" in line or '"' in line:
+                self.param_refused += 1
+                return _NEVER  # a string literal: the text is kept as it is (shape())
+            if "_p" in line:
+                for j in range(len(reg)):
+                    line = line.replace(f"_p{j}_", f"K{n + j}")
+            out.append(line)
+        own: List[int] = []
+        calc: List[Tuple[int, _Sym]] = []
+        fixed: List[Any] = []
+        for i, c in enumerate([*consts, *reg]):
+            if c is proxy:
+                own.append(i)
+                fixed.append(None)
+            elif c.__class__ is _Sym:
+                calc.append((i, c))
+                fixed.append(None)
+            elif _independent(c, proxy):
+                fixed.append(c)
+            else:
+                self.param_refused += 1
+                return _NEVER
+        fn, values, _ = self.shape(out, len(fixed))
+        self.param_made += 1
+        return (fn, (*fixed, *values), tuple(own), tuple(calc), ended)
+
+    @staticmethod
+    def _bytes_entry(d: Insn, pent: Param, args: List[Any], ip_limit: int,
+                     flags: Tuple[bool, bool]) -> Union[int, Entry]:
+        """The bytes cache's Entry of d from its head's parametric binding (``args``: d's
+        arguments): a computed argument is a constant of these bytes when it does not
+        follow RIP, follows RIP (an argument at RIP + delta) when it is RIP plus a constant
+        masked at most by an all-ones mask as wide as the IP, else _NEVER."""
+        fn, _, own, calc, ended = pent
+        a = list(args)
+        for i in own:
+            a[i] = None
+        rels: List[Tuple[int, int]] = []
+        for i, sym in calc:
+            if sym.k == 0:
+                continue
+            if sym.k != 1 or (sym.m is not None and (sym.m == -1 or sym.m < ip_limit)):
+                return _NEVER
+            rels.append((i, a[i] - d.ip))
+            a[i] = 0
+        return (fn, tuple(a), rels, list(own), ended, flags[0], flags[1])
 
     def _relocatable(self, d: Insn, fn: InsnFn, values: List[int], shape: str,
                      consts: List[Any], ended: bool, generate: Callable[[Insn], Generated],
