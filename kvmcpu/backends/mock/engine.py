@@ -518,6 +518,9 @@ class Engine:
         stop = self.stop
         stepped = False
         budget: Optional[int] = None
+        # the run page's request_interrupt_window: user space sets it before KVM_RUN and
+        # cannot change it during this call (it is this vCPU's thread)
+        window = window_requested()
         while True:
             if complete_only:
                 # One instruction, none of the entry checks (kick, budget, injection,
@@ -539,7 +542,7 @@ class Engine:
                         self._inject()
                     except TripleFault:
                         return ("shutdown",)
-                if window_requested() and self.ready_for_injection():
+                if window and self.ready_for_injection():
                     return ("irq_window",)
                 single = bool(st.shadow or st.fl & TF or self.single_step or self.hw_bp
                               or (budget is not None and budget < MAX_BLOCK))
