@@ -21,15 +21,15 @@ from .state import CF, CR4_FSGSBASE, FS, GS, MSR_IA32_TSC_AUX
 from .xsave import leaf
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 
-def _has(e: "Engine", function: int, reg: int, bit: int) -> bool:
+def _has(e: "HelperCpu", function: int, reg: int, bit: int) -> bool:
     regs = leaf(e, function, 0)
     return bool(regs and regs[reg] >> bit & 1)
 
 
-def _set_reg(e: "Engine", d: Insn, size: int, value: int) -> None:
+def _set_reg(e: "HelperCpu", d: Insn, size: int, value: int) -> None:
     st = e.st
     if size == 2:
         st.R[d.rm] = (st.R[d.rm] & KEEP[2]) | (value & 0xFFFF)
@@ -37,7 +37,7 @@ def _set_reg(e: "Engine", d: Insn, size: int, value: int) -> None:
         st.R[d.rm] = value & ((1 << (8 * size)) - 1)
 
 
-def rand_pid(e: "Engine", d: Insn) -> None:
+def rand_pid(e: "HelperCpu", d: Insn) -> None:
     """0F C7 /6 RDRAND, /7 RDSEED, F3 0F C7 /7 RDPID (register forms)."""
     st = e.st
     op = d.reg & 7
@@ -57,7 +57,7 @@ def rand_pid(e: "Engine", d: Insn) -> None:
     st.lz = None
 
 
-def fsgsbase(e: "Engine", d: Insn) -> None:
+def fsgsbase(e: "HelperCpu", d: Insn) -> None:
     """F3 0F AE /0 RDFSBASE, /1 RDGSBASE, /2 WRFSBASE, /3 WRGSBASE (register forms)."""
     st = e.st
     op = d.reg & 7
@@ -75,7 +75,7 @@ def fsgsbase(e: "Engine", d: Insn) -> None:
     st.sb[seg] = v
 
 
-def verr_verw(e: "Engine", d: Insn) -> None:
+def verr_verw(e: "HelperCpu", d: Insn) -> None:
     """VERR (0F 00 /4) / VERW (/5): ZF=1 when the segment the selector names could be
     loaded for reading / writing at the current CPL and the selector's RPL (SDM: a null
     selector, one outside its table, a system segment, an unreadable or unwritable

@@ -30,7 +30,7 @@ from .state import (
 )
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 MASKS = {8: 0xFF, 16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
 SIGNS = {8: 0x80, 16: 0x8000, 32: 0x80000000, 64: 0x8000000000000000}
@@ -38,12 +38,12 @@ __all__ = ["PARITY", "cond", "flags", "cf", "set_arith", "szp", "bt_flags", "pop
            "logic_lz", "bcd", "unimplemented", "raise_ud"]
 
 
-def unimplemented(e: "Engine", d: Insn) -> None:
+def unimplemented(e: "HelperCpu", d: Insn) -> None:
     """KVM's answer to an instruction its emulator cannot handle: INTERNAL_ERROR/EMULATION."""
     raise ExitNow("emulation", d.raw, "instruction not emulated")
 
 
-def raise_ud(e: "Engine", d: Insn) -> None:
+def raise_ud(e: "HelperCpu", d: Insn) -> None:
     raise GuestFault(6)
 
 

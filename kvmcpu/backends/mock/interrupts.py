@@ -10,7 +10,7 @@ from .faults import CONTRIBUTORY, DF, HAS_ERROR_CODE, PF, GuestFault
 from .state import AC, CR0_PE, CS, EFER_LMA, IF, NT, RF, SS, TF, VM, Seg
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 KIND_EXC, KIND_EXT, KIND_NMI, KIND_SOFT = 0, 1, 2, 3
 
@@ -19,7 +19,7 @@ class TripleFault(Exception):
     """Delivery of #DF failed: the vCPU shuts down."""
 
 
-def deliver_fault(eng: "Engine", f: GuestFault) -> None:
+def deliver_fault(eng: "HelperCpu", f: GuestFault) -> None:
     """Deliver exception ``f`` raised by the instruction at c.rip (escalating as the SDM says)."""
     st = eng.st
     first = f
@@ -44,7 +44,7 @@ def deliver_fault(eng: "Engine", f: GuestFault) -> None:
         raise TripleFault() from None
 
 
-def deliver(eng: "Engine", vector: int, kind: int, error_code: Optional[int],
+def deliver(eng: "HelperCpu", vector: int, kind: int, error_code: Optional[int],
             return_ip: int) -> None:
     """Push the return frame and jump to the handler of ``vector``.
 
@@ -61,7 +61,7 @@ def deliver(eng: "Engine", vector: int, kind: int, error_code: Optional[int],
     eng.mode_changed()
 
 
-def _deliver_real(eng: "Engine", vector: int, return_ip: int) -> None:
+def _deliver_real(eng: "HelperCpu", vector: int, return_ip: int) -> None:
     st = eng.st
     mmu = eng.mmu
     if vector * 4 + 3 > st.idt_limit:
@@ -83,7 +83,7 @@ def _deliver_real(eng: "Engine", vector: int, return_ip: int) -> None:
     st.rip = entry & 0xFFFF
 
 
-def read_descriptor(eng: "Engine", selector: int) -> tuple:  # type: ignore[type-arg]
+def read_descriptor(eng: "HelperCpu", selector: int) -> tuple:  # type: ignore[type-arg]
     """(low, high) dwords of the GDT/LDT descriptor for ``selector``; #GP if outside the table."""
     st = eng.st
     idx = selector & ~7
@@ -108,7 +108,7 @@ def seg_from_descriptor(selector: int, lo: int, hi: int, hi2: int = 0) -> Seg:
                l=(hi >> 21) & 1, g=g, avl=(hi >> 20) & 1)
 
 
-def _gate(eng: "Engine", vector: int, kind: int, size: int) -> tuple:  # type: ignore[type-arg]
+def _gate(eng: "HelperCpu", vector: int, kind: int, size: int) -> tuple:  # type: ignore[type-arg]
     st = eng.st
     ext = 0 if kind == KIND_SOFT else 1
     if vector * size + size - 1 > st.idt_limit:
@@ -128,7 +128,7 @@ def _gate(eng: "Engine", vector: int, kind: int, size: int) -> tuple:  # type: i
     return gtype, lo >> 16, offset, (hi & 7)
 
 
-def _target_cs(eng: "Engine", sel: int, vector: int) -> Seg:
+def _target_cs(eng: "HelperCpu", sel: int, vector: int) -> Seg:
     if sel & 0xFFFC == 0:
         raise GuestFault(13, 0)
     lo, hi = read_descriptor(eng, sel)
@@ -140,7 +140,7 @@ def _target_cs(eng: "Engine", sel: int, vector: int) -> Seg:
     return cs
 
 
-def _deliver_long(eng: "Engine", vector: int, kind: int, error_code: Optional[int],
+def _deliver_long(eng: "HelperCpu", vector: int, kind: int, error_code: Optional[int],
                   return_ip: int) -> None:
     st = eng.st
     mmu = eng.mmu
@@ -178,7 +178,7 @@ def _deliver_long(eng: "Engine", vector: int, kind: int, error_code: Optional[in
     st.rip = offset
 
 
-def _deliver_prot(eng: "Engine", vector: int, kind: int, error_code: Optional[int],
+def _deliver_prot(eng: "HelperCpu", vector: int, kind: int, error_code: Optional[int],
                   return_ip: int) -> None:
     st = eng.st
     mmu = eng.mmu

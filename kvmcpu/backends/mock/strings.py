@@ -21,7 +21,7 @@ from .state import DF, DS, ES, LZ_SUB
 from .system import _io_allowed, port_in, port_out
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 #: Elements executed per activation before yielding to the run loop.
 CHUNK = 1 << 16
@@ -36,7 +36,7 @@ def _set_reg(st_r: list, n: int, asz: int, v: int) -> None:  # type: ignore[type
         st_r[n] = (st_r[n] & KEEP[2]) | (v & 0xFFFF)
 
 
-def string_op(e: "Engine", d: Insn) -> None:
+def string_op(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     R = st.R
     opc = d.opc
@@ -138,7 +138,7 @@ def string_op(e: "Engine", d: Insn) -> None:
             raise Restart()
 
 
-def _exit_mid(e: "Engine") -> None:
+def _exit_mid(e: "HelperCpu") -> None:
     """An element produced an exit but the REP is not finished: report it with RIP
     still on the instruction (it resumes on the next run)."""
     e.stop[0] = False
@@ -149,7 +149,7 @@ def _exit_mid(e: "Engine") -> None:
     raise Restart()
 
 
-def _fast(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
+def _fast(e: "HelperCpu", d: Insn, kind: int, n: int, count: int, user: bool,
           lin: Callable[[int, int], int], src_seg: int) -> bool:
     """Bulk REP MOVS/STOS over RAM pages (DF=0). Returns True if it made progress."""
     st = e.st
@@ -197,7 +197,7 @@ def _fast(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
     return progressed
 
 
-def _fast_down(e: "Engine", d: Insn, kind: int, n: int, count: int, user: bool,
+def _fast_down(e: "HelperCpu", d: Insn, kind: int, n: int, count: int, user: bool,
                lin: Callable[[int, int], int], src_seg: int) -> bool:
     """Bulk REP MOVS/STOS over RAM pages with DF=1: elements from RSI/RDI down, the
     same bytes as element by element (a MOVS chunk whose destination lies below an
@@ -258,7 +258,7 @@ def _adv(v: int, asz: int, delta: int) -> int:
     return (v & KEEP[2]) | ((v + delta) & 0xFFFF)
 
 
-def _overlaps(e: "Engine", slin: int, dlin: int, nbytes: int, user: bool) -> bool:
+def _overlaps(e: "HelperCpu", slin: int, dlin: int, nbytes: int, user: bool) -> bool:
     """Forward copies where the destination starts inside the source repeat bytes."""
     try:
         sp = e.mmu.translate(slin, False, user)
@@ -268,7 +268,7 @@ def _overlaps(e: "Engine", slin: int, dlin: int, nbytes: int, user: bool) -> boo
     return sp < dp < sp + nbytes
 
 
-def _ram_view(e: "Engine", lin: int, write: bool, user: bool) -> Optional[memoryview]:
+def _ram_view(e: "HelperCpu", lin: int, write: bool, user: bool) -> Optional[memoryview]:
     """The host page behind ``lin`` if it is plain RAM the access may use directly."""
     mmu = e.mmu
     if mmu.watch is not None and lin >> 12 in mmu.watch_pages:

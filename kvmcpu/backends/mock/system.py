@@ -41,7 +41,7 @@ from .state import (
 from .transfer import _ea
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 KVM_HC_MAP_GPA_RANGE = 12
 KVM_ENOSYS = 1000
@@ -49,17 +49,17 @@ KVM_EPERM = 1
 KVM_EINVAL = 22
 
 
-def _priv(e: "Engine") -> None:
+def _priv(e: "HelperCpu") -> None:
     if e.cpl != 0:
         raise GuestFault(13, 0)
 
 
-def _user(e: "Engine") -> bool:
+def _user(e: "HelperCpu") -> bool:
     return e.cpl == 3
 
 
 # -- MSRs ------------------------------------------------------------------------------------
-def write_msr(e: "Engine", index: int, value: int, host: bool = False) -> bool:
+def write_msr(e: "HelperCpu", index: int, value: int, host: bool = False) -> bool:
     """Write an MSR; False when the value is invalid (the guest gets #GP)."""
     st = e.st
     if index not in MSR_INDEX_LIST:
@@ -97,7 +97,7 @@ def write_msr(e: "Engine", index: int, value: int, host: bool = False) -> bool:
     return True
 
 
-def read_msr(e: "Engine", index: int) -> int:
+def read_msr(e: "HelperCpu", index: int) -> int:
     st = e.st
     if index not in MSR_INDEX_LIST:
         raise GuestFault(13, 0)
@@ -118,7 +118,7 @@ def read_msr(e: "Engine", index: int) -> int:
 _MSR_INVAL, _MSR_UNKNOWN, _MSR_FILTER = 1, 2, 4
 
 
-def _msr_to_user(e: "Engine", d: Insn, index: int, write: bool, value: int,
+def _msr_to_user(e: "HelperCpu", d: Insn, index: int, write: bool, value: int,
                  reason: int) -> bool:
     """Hand the access to user space as KVM_EXIT_X86_RDMSR/WRMSR when the VM enabled
     ``reason`` (KVM_CAP_X86_USER_SPACE_MSR); False: the guest takes the #GP. The
@@ -137,7 +137,7 @@ def _failed_reason(index: int) -> int:
     return _MSR_INVAL if 0x800 <= index <= 0x8FF else _MSR_UNKNOWN
 
 
-def rdmsr(e: "Engine", d: Insn) -> None:
+def rdmsr(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     st = e.st
     index = st.R[1] & 0xFFFFFFFF
@@ -156,7 +156,7 @@ def rdmsr(e: "Engine", d: Insn) -> None:
     st.R[2] = v >> 32
 
 
-def wrmsr(e: "Engine", d: Insn) -> None:
+def wrmsr(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     st = e.st
     v = ((st.R[2] & 0xFFFFFFFF) << 32) | (st.R[0] & 0xFFFFFFFF)
@@ -180,7 +180,7 @@ def wrmsr(e: "Engine", d: Insn) -> None:
         raise GuestFault(13, 0)
 
 
-def rdtsc(e: "Engine", d: Insn) -> None:
+def rdtsc(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     if st.cr4 & 4 and e.cpl:
         raise GuestFault(13, 0)
@@ -191,7 +191,7 @@ def rdtsc(e: "Engine", d: Insn) -> None:
         st.R[1] = st.msrs.get(MSR_IA32_TSC_AUX, 0) & 0xFFFFFFFF
 
 
-def cpuid(e: "Engine", d: Insn) -> None:
+def cpuid(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     leaf, sub = st.R[0] & 0xFFFFFFFF, st.R[1] & 0xFFFFFFFF
     found = None
@@ -207,7 +207,7 @@ def cpuid(e: "Engine", d: Insn) -> None:
 
 
 # -- control and debug registers ----------------------------------------------------------------
-def mov_cr(e: "Engine", d: Insn) -> None:
+def mov_cr(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     st = e.st
     n = d.reg
@@ -251,7 +251,7 @@ def mov_cr(e: "Engine", d: Insn) -> None:
     st.rip = d.next_ip
 
 
-def mov_dr(e: "Engine", d: Insn) -> None:
+def mov_dr(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     st = e.st
     n = d.reg
@@ -277,17 +277,17 @@ def mov_dr(e: "Engine", d: Insn) -> None:
         st.dr7 = (v | 0x400) & 0xFFFFFFFF
 
 
-def clts(e: "Engine", d: Insn) -> None:
+def clts(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     e.st.cr0 &= ~CR0_TS
 
 
-def wbinvd(e: "Engine", d: Insn) -> None:
+def wbinvd(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
 
 
 # -- descriptor tables (0F 00 and 0F 01) ----------------------------------------------------------
-def grp6(e: "Engine", d: Insn) -> None:
+def grp6(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     op = d.reg & 7
     if not st.cr0 & CR0_PE:
@@ -337,7 +337,7 @@ def grp6(e: "Engine", d: Insn) -> None:
     raise ExitNow("emulation", d.raw, "0F 00 form not emulated")
 
 
-def grp7(e: "Engine", d: Insn) -> None:
+def grp7(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     op = d.reg & 7
     if d.mod == 3:
@@ -409,7 +409,7 @@ def grp7(e: "Engine", d: Insn) -> None:
     raise ExitNow("emulation", d.raw, "0F 01 form not emulated")
 
 
-def _lmsw(e: "Engine", v: int) -> None:
+def _lmsw(e: "HelperCpu", v: int) -> None:
     _priv(e)
     st = e.st
     st.cr0 = (st.cr0 & ~0xE) | (v & 0xF) | (st.cr0 & CR0_PE)
@@ -417,7 +417,7 @@ def _lmsw(e: "Engine", v: int) -> None:
 
 
 # -- hypercalls -----------------------------------------------------------------------------------
-def hypercall(e: "Engine", d: Insn) -> None:
+def hypercall(e: "HelperCpu", d: Insn) -> None:
     """VMCALL/VMMCALL as kvm_emulate_hypercall: only KVM_HC_MAP_GPA_RANGE reaches user
     space (when enabled with KVM_CAP_EXIT_HYPERCALL); the rest return -KVM_ENOSYS."""
     st = e.st
@@ -440,19 +440,19 @@ def hypercall(e: "Engine", d: Insn) -> None:
 
 
 # -- HLT and port IO ------------------------------------------------------------------------------
-def hlt(e: "Engine", d: Insn) -> None:
+def hlt(e: "HelperCpu", d: Insn) -> None:
     _priv(e)
     e.mmu.pending.append(("hlt",))
     e.stop[0] = True
 
 
-def _io_allowed(e: "Engine", port: int, size: int) -> None:
+def _io_allowed(e: "HelperCpu", port: int, size: int) -> None:
     st = e.st
     if st.cr0 & CR0_PE and e.cpl > (st.fl & IOPL) >> 12:
         raise GuestFault(13, 0)  # no TSS I/O permission bitmap
 
 
-def io_in(e: "Engine", d: Insn) -> None:
+def io_in(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     size = 1 if d.opc in (0xE4, 0xEC) else min(d.osz, 4)
     port = d.imm if d.opc in (0xE4, 0xE5) else st.R[2] & 0xFFFF
@@ -464,7 +464,7 @@ def io_in(e: "Engine", d: Insn) -> None:
         st.R[0] = (st.R[0] & KEEP[size]) | v
 
 
-def port_in(e: "Engine", port: int, size: int) -> int:
+def port_in(e: "HelperCpu", port: int, size: int) -> int:
     rep = e.io_replay
     if rep and rep[0][0] == port and rep[0][1] == size:
         data = rep.pop(0)[3]
@@ -472,7 +472,7 @@ def port_in(e: "Engine", port: int, size: int) -> int:
     raise ExitNow("io_in", port, size, 1)
 
 
-def io_out(e: "Engine", d: Insn) -> None:
+def io_out(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     size = 1 if d.opc in (0xE6, 0xEE) else min(d.osz, 4)
     port = d.imm if d.opc in (0xE6, 0xE7) else st.R[2] & 0xFFFF
@@ -480,7 +480,7 @@ def io_out(e: "Engine", d: Insn) -> None:
     port_out(e, port, size, st.R[0] & M[size])
 
 
-def port_out(e: "Engine", port: int, size: int, value: int) -> None:
+def port_out(e: "HelperCpu", port: int, size: int, value: int) -> None:
     data = value.to_bytes(size, "little")
     if e.vm.coalesced_write(port, data, pio=True):
         return
@@ -489,7 +489,7 @@ def port_out(e: "Engine", port: int, size: int, value: int) -> None:
 
 
 # -- wide compare-exchange ------------------------------------------------------------------------
-def cmpxchg8b(e: "Engine", d: Insn) -> None:
+def cmpxchg8b(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     n = 16 if d.rexw else 8
     a = _ea(e, d)
@@ -514,7 +514,7 @@ def cmpxchg8b(e: "Engine", d: Insn) -> None:
     st.lz = None
 
 
-def rdrand(e: "Engine", d: Insn) -> None:
+def rdrand(e: "HelperCpu", d: Insn) -> None:
     """0F C7 /6 and /7 register forms: RDRAND, RDSEED, RDPID (extensions.py)."""
     from .extensions import rand_pid
 
@@ -522,7 +522,7 @@ def rdrand(e: "Engine", d: Insn) -> None:
 
 
 # -- 0F AE group: fences, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR, CLFLUSH --------------------------------
-def grp15(e: "Engine", d: Insn) -> None:
+def grp15(e: "HelperCpu", d: Insn) -> None:
     op = d.reg & 7
     if d.mod == 3:
         if d.rep == 0xF3 and op < 4:  # RDFSBASE / RDGSBASE / WRFSBASE / WRGSBASE

@@ -33,14 +33,14 @@ from .state import (
 )
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 
-def _user(e: "Engine") -> bool:
+def _user(e: "HelperCpu") -> bool:
     return e.cpl == 3
 
 
-def load_seg(e: "Engine", idx: int, sel: int) -> None:
+def load_seg(e: "HelperCpu", idx: int, sel: int) -> None:
     """Load segment register ``idx`` with ``sel`` (real-mode or protected-mode rules)."""
     st = e.st
     if not st.cr0 & CR0_PE:
@@ -90,7 +90,7 @@ def load_seg(e: "Engine", idx: int, sel: int) -> None:
         e.mode_changed()
 
 
-def _set_accessed(e: "Engine", sel: int, hi: int) -> None:
+def _set_accessed(e: "HelperCpu", sel: int, hi: int) -> None:
     if hi & 0x100:
         return
     st = e.st
@@ -98,7 +98,7 @@ def _set_accessed(e: "Engine", sel: int, hi: int) -> None:
     e.mmu.write_int(base + (sel & ~7) + 5, 1, (hi >> 8) | 1)
 
 
-def load_cs(e: "Engine", sel: int, off: int, *, call: bool = False) -> Seg:
+def load_cs(e: "HelperCpu", sel: int, off: int, *, call: bool = False) -> Seg:
     """Load CS for a far transfer to ``sel`` (code segments only; no gates)."""
     st = e.st
     if not st.cr0 & CR0_PE:
@@ -129,14 +129,14 @@ def load_cs(e: "Engine", sel: int, off: int, *, call: bool = False) -> Seg:
     return cs
 
 
-def _commit_cs(e: "Engine", cs: Seg, ip: int) -> None:
+def _commit_cs(e: "HelperCpu", cs: Seg, ip: int) -> None:
     st = e.st
     st.seg[CS] = cs
     st.rip = ip
     e.mode_changed()
 
 
-def _push(e: "Engine", v: int, n: int) -> None:
+def _push(e: "HelperCpu", v: int, n: int) -> None:
     st = e.st
     sb = e.stack_bits
     m = M[sb // 8]
@@ -146,7 +146,7 @@ def _push(e: "Engine", v: int, n: int) -> None:
     st.R[4] = sp if sb != 16 else (st.R[4] & ~0xFFFF) | sp
 
 
-def _pop_values(e: "Engine", n: int, count: int) -> Tuple[list, int]:  # type: ignore[type-arg]
+def _pop_values(e: "HelperCpu", n: int, count: int) -> Tuple[list, int]:  # type: ignore[type-arg]
     """Read ``count`` stack slots of ``n`` bytes without committing RSP."""
     st = e.st
     m = M[e.stack_bits // 8]
@@ -159,13 +159,13 @@ def _pop_values(e: "Engine", n: int, count: int) -> Tuple[list, int]:  # type: i
     return out, sp
 
 
-def _set_sp(e: "Engine", sp: int) -> None:
+def _set_sp(e: "HelperCpu", sp: int) -> None:
     st = e.st
     st.R[4] = sp if e.stack_bits != 16 else (st.R[4] & ~0xFFFF) | sp
 
 
 # -- helpers called from generated code (signature (engine, insn)) --------------------------
-def mov_sreg(e: "Engine", d: Insn) -> None:
+def mov_sreg(e: "HelperCpu", d: Insn) -> None:
     idx = d.reg & 7
     if idx > 5 or idx == CS:
         raise GuestFault(6)
@@ -180,7 +180,7 @@ def mov_sreg(e: "Engine", d: Insn) -> None:
     e.st.rip = d.next_ip
 
 
-def _ea(e: "Engine", d: Insn, extra: int = 0) -> int:
+def _ea(e: "HelperCpu", d: Insn, extra: int = 0) -> int:
     """Linear address of d's memory operand computed at run time."""
     st = e.st
     amask = M[d.asz]
@@ -201,13 +201,13 @@ def _ea(e: "Engine", d: Insn, extra: int = 0) -> int:
     return (off + st.sb[seg]) & 0xFFFFFFFF
 
 
-def push_sreg(e: "Engine", d: Insn) -> None:
+def push_sreg(e: "HelperCpu", d: Insn) -> None:
     idx = {0x06: ES, 0x0E: CS, 0x16: SS, 0x1E: DS, 0x1A0: FS, 0x1A8: GS}[d.opc]
     n = d.osz
     _push(e, e.st.seg[idx].selector, n)
 
 
-def pop_sreg(e: "Engine", d: Insn) -> None:
+def pop_sreg(e: "HelperCpu", d: Insn) -> None:
     idx = {0x07: ES, 0x17: SS, 0x1F: DS, 0x1A1: FS, 0x1A9: GS}[d.opc]
     vals, sp = _pop_values(e, d.osz, 1)
     load_seg(e, idx, vals[0] & 0xFFFF)
@@ -218,7 +218,7 @@ def pop_sreg(e: "Engine", d: Insn) -> None:
     e.st.rip = d.next_ip
 
 
-def load_far_ptr(e: "Engine", d: Insn) -> None:
+def load_far_ptr(e: "HelperCpu", d: Insn) -> None:
     """LDS/LES/LSS/LFS/LGS."""
     if d.mod == 3:
         raise GuestFault(6)
@@ -237,7 +237,7 @@ def load_far_ptr(e: "Engine", d: Insn) -> None:
     st.rip = d.next_ip
 
 
-def far_jmp_call_imm(e: "Engine", d: Insn) -> None:
+def far_jmp_call_imm(e: "HelperCpu", d: Insn) -> None:
     """JMP/CALL ptr16:16/32 (9A/EA, not in 64-bit mode)."""
     if e.bits == 64:
         raise GuestFault(6)
@@ -248,7 +248,7 @@ def far_jmp_call_imm(e: "Engine", d: Insn) -> None:
     _commit_cs(e, cs, d.imm & M[d.osz])
 
 
-def far_call_jmp_mem(e: "Engine", d: Insn) -> None:
+def far_call_jmp_mem(e: "HelperCpu", d: Insn) -> None:
     """FF /3 (CALL m16:xx) and FF /5 (JMP m16:xx)."""
     n = d.osz
     a = _ea(e, d)
@@ -261,7 +261,7 @@ def far_call_jmp_mem(e: "Engine", d: Insn) -> None:
     _commit_cs(e, cs, off)
 
 
-def far_ret(e: "Engine", d: Insn) -> None:
+def far_ret(e: "HelperCpu", d: Insn) -> None:
     """RETF / RETF imm16 (same privilege, or to an outer one)."""
     n = d.osz
     vals, sp = _pop_values(e, n, 2)
@@ -287,7 +287,7 @@ def far_ret(e: "Engine", d: Insn) -> None:
     _commit_cs(e, cs, ip)
 
 
-def int_n(e: "Engine", d: Insn) -> None:
+def int_n(e: "HelperCpu", d: Insn) -> None:
     """INT n (CD), INT3 (CC), INTO (CE)."""
     if d.opc == 0xCC:
         if e.sw_bp:
@@ -307,7 +307,7 @@ def int_n(e: "Engine", d: Insn) -> None:
     deliver(e, vec, KIND_SOFT, None, d.next_ip)
 
 
-def iret(e: "Engine", d: Insn) -> None:
+def iret(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     n = d.osz
     if not st.cr0 & CR0_PE:
@@ -373,7 +373,7 @@ def iret(e: "Engine", d: Insn) -> None:
     e.mode_changed()
 
 
-def _pop_values_from(e: "Engine", sp: int, n: int, count: int) -> Tuple[list, int]:  # type: ignore[type-arg]
+def _pop_values_from(e: "HelperCpu", sp: int, n: int, count: int) -> Tuple[list, int]:  # type: ignore[type-arg]
     st = e.st
     m = M[e.stack_bits // 8]
     out = []
@@ -384,7 +384,7 @@ def _pop_values_from(e: "Engine", sp: int, n: int, count: int) -> Tuple[list, in
     return out, sp
 
 
-def _set_flags_popf(e: "Engine", v: int, n: int, *, iret: bool = False, cpl: int = -1) -> None:
+def _set_flags_popf(e: "HelperCpu", v: int, n: int, *, iret: bool = False, cpl: int = -1) -> None:
     st = e.st
     if cpl < 0:
         cpl = e.cpl
@@ -403,26 +403,26 @@ def _set_flags_popf(e: "Engine", v: int, n: int, *, iret: bool = False, cpl: int
     st.lz = None
 
 
-def pushf(e: "Engine", d: Insn) -> None:
+def pushf(e: "HelperCpu", d: Insn) -> None:
     fl = e.st.flags() & ~(VM | RF)
     _push(e, fl & M[d.osz], d.osz)
 
 
-def popf(e: "Engine", d: Insn) -> None:
+def popf(e: "HelperCpu", d: Insn) -> None:
     vals, sp = _pop_values(e, d.osz, 1)
     _set_flags_popf(e, vals[0], d.osz)
     _set_sp(e, sp)
     e.st.rip = d.next_ip
 
 
-def cli(e: "Engine", d: Insn) -> None:
+def cli(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     if st.cr0 & CR0_PE and e.cpl > (st.fl & IOPL) >> 12:
         raise GuestFault(13, 0)
     st.fl &= ~IF
 
 
-def sti(e: "Engine", d: Insn) -> None:
+def sti(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     if st.cr0 & CR0_PE and e.cpl > (st.fl & IOPL) >> 12:
         raise GuestFault(13, 0)
@@ -433,7 +433,7 @@ def sti(e: "Engine", d: Insn) -> None:
     st.rip = d.next_ip
 
 
-def enter(e: "Engine", d: Insn) -> None:
+def enter(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     size, level = d.imm, d.imm2 & 31
     n = d.osz
@@ -465,7 +465,7 @@ def enter(e: "Engine", d: Insn) -> None:
     _set_sp(e, sp)
 
 
-def syscall(e: "Engine", d: Insn) -> None:
+def syscall(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     if not st.efer & EFER_SCE or not st.efer & EFER_LMA:
         raise GuestFault(6)
@@ -483,7 +483,7 @@ def syscall(e: "Engine", d: Insn) -> None:
     e.mode_changed()
 
 
-def sysret(e: "Engine", d: Insn) -> None:
+def sysret(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     if not st.efer & EFER_SCE or not st.efer & EFER_LMA:
         raise GuestFault(6)

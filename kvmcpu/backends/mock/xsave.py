@@ -34,7 +34,7 @@ from .faults import GuestFault
 from .state import AC, CR0_TS, CR4_OSXSAVE, MSR_IA32_XSS, VM
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .cpuview import HelperCpu
 
 #: XSTATE_BV/XCOMP_BV bit 63: the compacted format.
 XCOMP_COMPACT = 1 << 63
@@ -45,7 +45,7 @@ _EXT = 576  # first byte after the XSAVE header
 
 
 # -- what CPUID says --------------------------------------------------------------------------
-def leaf(e: "Engine", function: int, index: int = 0) -> Optional[Tuple[int, int, int, int]]:
+def leaf(e: "HelperCpu", function: int, index: int = 0) -> Optional[Tuple[int, int, int, int]]:
     """(eax, ebx, ecx, edx) of the vCPU's CPUID entry, or None."""
     for ent in e.cpuid:
         if ent.function == function and (not ent.flags & 1 or ent.index == index):
@@ -53,17 +53,17 @@ def leaf(e: "Engine", function: int, index: int = 0) -> Optional[Tuple[int, int,
     return None
 
 
-def has_xsave(e: "Engine") -> bool:
+def has_xsave(e: "HelperCpu") -> bool:
     l1 = leaf(e, 1)
     return bool(l1 and l1[2] & (1 << 26))
 
 
-def has_smap(e: "Engine") -> bool:
+def has_smap(e: "HelperCpu") -> bool:
     l7 = leaf(e, 7, 0)
     return bool(l7 and l7[1] & (1 << 20))
 
 
-def xsave_features(e: "Engine") -> int:
+def xsave_features(e: "HelperCpu") -> int:
     """CPUID.(EAX=0DH,ECX=1):EAX: XSAVEOPT(0) XSAVEC(1) XGETBV1(2) XSAVES(3)."""
     if not has_xsave(e):
         return 0
@@ -71,21 +71,21 @@ def xsave_features(e: "Engine") -> int:
     return d1[0] if d1 else 0
 
 
-def supported_xcr0(e: "Engine") -> int:
+def supported_xcr0(e: "HelperCpu") -> int:
     if not has_xsave(e):
         return 0
     d0 = leaf(e, 0xD, 0)
     return (d0[0] | d0[3] << 32) if d0 else 0
 
 
-def supported_xss(e: "Engine") -> int:
+def supported_xss(e: "HelperCpu") -> int:
     if not xsave_features(e) & 8:
         return 0
     d1 = leaf(e, 0xD, 1)
     return (d1[2] | d1[3] << 32) if d1 else 0
 
 
-def components(e: "Engine") -> Dict[int, Tuple[int, int, bool]]:
+def components(e: "HelperCpu") -> Dict[int, Tuple[int, int, bool]]:
     """{i: (size, standard offset, 64-byte aligned when compacted)} for i >= 2."""
     out: Dict[int, Tuple[int, int, bool]] = {}
     mask = supported_xcr0(e) | supported_xss(e)
@@ -97,7 +97,7 @@ def components(e: "Engine") -> Dict[int, Tuple[int, int, bool]]:
     return out
 
 
-def xcr0_refusal(e: "Engine", value: int) -> Optional[str]:
+def xcr0_refusal(e: "HelperCpu", value: int) -> Optional[str]:
     """Why XSETBV/KVM_SET_XCRS refuses ``value`` for XCR0 (SDM XSETBV), or None."""
     if not value & 1:
         return "x87 state (bit 0) must be set"
@@ -116,7 +116,7 @@ def xcr0_refusal(e: "Engine", value: int) -> Optional[str]:
     return None
 
 
-def required_size(e: "Engine", mask: int, compacted: bool) -> int:
+def required_size(e: "HelperCpu", mask: int, compacted: bool) -> int:
     """Bytes of an XSAVE area holding the components of ``mask`` (CPUID 0xD EBX)."""
     comps = components(e)
     end = _EXT
@@ -134,7 +134,7 @@ def required_size(e: "Engine", mask: int, compacted: bool) -> int:
     return end
 
 
-def dynamic_cpuid(e: "Engine", function: int, index: int,
+def dynamic_cpuid(e: "HelperCpu", function: int, index: int,
                   regs: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
     """The bits KVM keeps current (kvm_update_cpuid_runtime): leaf 1 ECX.OSXSAVE from
     CR4, leaf 0xD.0 EBX (size for XCR0) and 0xD.1 EBX (compacted size for XCR0|XSS)."""
@@ -150,11 +150,11 @@ def dynamic_cpuid(e: "Engine", function: int, index: int,
 
 
 # -- XINUSE -----------------------------------------------------------------------------------
-def _xmm_count(e: "Engine") -> int:
+def _xmm_count(e: "HelperCpu") -> int:
     return 16 if e.bits == 64 else 8
 
 
-def xinuse(e: "Engine", mxcsr: bool = False) -> int:
+def xinuse(e: "HelperCpu", mxcsr: bool = False) -> int:
     """XINUSE: the header's XSTATE_BV bits, plus every component not in its initial
     configuration; ``mxcsr``: SSE also when MXCSR is not 1F80H (XSAVEC, XGETBV)."""
     st = e.st
@@ -174,12 +174,12 @@ def xinuse(e: "Engine", mxcsr: bool = False) -> int:
     return used
 
 
-def _image(e: "Engine") -> memoryview:
+def _image(e: "HelperCpu") -> memoryview:
     return memoryview((ctypes.c_ubyte * 4096).from_buffer(e.st.xsave)).cast("B")
 
 
 # -- the instructions -------------------------------------------------------------------------
-def _check_enabled(e: "Engine", feature: int = 0, nm: bool = True) -> None:
+def _check_enabled(e: "HelperCpu", feature: int = 0, nm: bool = True) -> None:
     """#UD unless CPUID has XSAVE (and ``feature`` of leaf 0xD.1) and CR4.OSXSAVE is
     set; #NM when CR0.TS is set (``nm``)."""
     if not has_xsave(e) or not e.st.cr4 & CR4_OSXSAVE:
@@ -190,17 +190,17 @@ def _check_enabled(e: "Engine", feature: int = 0, nm: bool = True) -> None:
         raise GuestFault(7)
 
 
-def _rfbm(e: "Engine", supervisor: bool) -> int:
+def _rfbm(e: "HelperCpu", supervisor: bool) -> int:
     st = e.st
     mask = st.xcr0 | (st.msrs.get(MSR_IA32_XSS, 0) if supervisor else 0)
     return mask & (((st.R[2] & 0xFFFFFFFF) << 32) | (st.R[0] & 0xFFFFFFFF))
 
 
-def _user(e: "Engine") -> bool:
+def _user(e: "HelperCpu") -> bool:
     return e.cpl == 3
 
 
-def _address(e: "Engine", d: Insn) -> int:
+def _address(e: "HelperCpu", d: Insn) -> int:
     from .transfer import _ea
 
     a = _ea(e, d)
@@ -209,7 +209,7 @@ def _address(e: "Engine", d: Insn) -> int:
     return a
 
 
-def _layout(e: "Engine", bv: int, compacted: bool) -> Dict[int, int]:
+def _layout(e: "HelperCpu", bv: int, compacted: bool) -> Dict[int, int]:
     """{component: offset in the area} for the components >= 2 of ``bv``."""
     out: Dict[int, int] = {}
     loc = _EXT
@@ -226,7 +226,7 @@ def _layout(e: "Engine", bv: int, compacted: bool) -> Dict[int, int]:
     return out
 
 
-def _legacy_x87(e: "Engine", wide: bool) -> bytes:
+def _legacy_x87(e: "HelperCpu", wide: bool) -> bytes:
     f = e.st.fpu
     if wide:
         head = struct.pack("<HHBxHQQ", f.fcw, f.fsw, f.ftwx, f.last_opcode, f.last_ip,
@@ -237,7 +237,7 @@ def _legacy_x87(e: "Engine", wide: bool) -> bytes:
     return head + b"".join(bytes(f.fpr[i]) for i in range(8))
 
 
-def save(e: "Engine", d: Insn, kind: str) -> None:
+def save(e: "HelperCpu", d: Insn, kind: str) -> None:
     """XSAVE, XSAVEOPT, XSAVEC, XSAVES (``kind``) to the memory operand of ``d``."""
     st = e.st
     feature = {"xsave": 0, "xsaveopt": 1, "xsavec": 2, "xsaves": 8}[kind]
@@ -281,7 +281,7 @@ def save(e: "Engine", d: Insn, kind: str) -> None:
         mmu.write((a + off) & mmu.lin_mask, data, user)
 
 
-def restore(e: "Engine", d: Insn, kind: str) -> None:
+def restore(e: "HelperCpu", d: Insn, kind: str) -> None:
     """XRSTOR or XRSTORS (``kind``) from the memory operand of ``d``."""
     st = e.st
     supervisor = kind == "xrstors"
@@ -353,7 +353,7 @@ def restore(e: "Engine", d: Insn, kind: str) -> None:
     del raw
 
 
-def xgetbv(e: "Engine", d: Insn) -> None:
+def xgetbv(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     _check_enabled(e, nm=False)
     n = st.R[1] & 0xFFFFFFFF
@@ -367,7 +367,7 @@ def xgetbv(e: "Engine", d: Insn) -> None:
     st.R[2] = v >> 32
 
 
-def xsetbv(e: "Engine", d: Insn) -> None:
+def xsetbv(e: "HelperCpu", d: Insn) -> None:
     st = e.st
     _check_enabled(e, nm=False)
     if e.cpl or st.fl & VM:
@@ -378,7 +378,7 @@ def xsetbv(e: "Engine", d: Insn) -> None:
     st.xcr0 = v
 
 
-def clac_stac(e: "Engine", d: Insn) -> None:
+def clac_stac(e: "HelperCpu", d: Insn) -> None:
     """CLAC (0F 01 CA) / STAC (0F 01 CB): #UD without SMAP in CPUID, at CPL > 0 and in
     virtual-8086 mode."""
     st = e.st
@@ -390,7 +390,7 @@ def clac_stac(e: "Engine", d: Insn) -> None:
         st.fl |= AC
 
 
-def grp15_mem(e: "Engine", d: Insn) -> None:
+def grp15_mem(e: "HelperCpu", d: Insn) -> None:
     """0F AE /4 XSAVE, /5 XRSTOR, /6 XSAVEOPT (memory forms, no 66/F2/F3 prefix)."""
     op = d.reg & 7
     if d.opsize_prefix or d.rep:
@@ -403,7 +403,7 @@ def grp15_mem(e: "Engine", d: Insn) -> None:
         save(e, d, "xsaveopt")
 
 
-def grp9_mem(e: "Engine", d: Insn) -> None:
+def grp9_mem(e: "HelperCpu", d: Insn) -> None:
     """0F C7 /3 XRSTORS, /4 XSAVEC, /5 XSAVES (memory forms)."""
     op = d.reg & 7
     if d.opsize_prefix or d.rep:
