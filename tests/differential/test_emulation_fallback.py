@@ -294,3 +294,60 @@ def test_cli_emulation_fallback_burst(kvm_backend: Any, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in stats.read_text().splitlines() if ".numEmulationBursts " in x)
     assert (int(line.split()[1]) > 0) == emulates_cpl0(kvm_backend), line
+
+
+#: CPL0: EFER.SCE, STAR, LSTAR = entry, SFMASK = 0, SYSRET to CPL3; CPL3: 40,000
+#: instructions (past a burst's chunk: KVM would run the rest), SYSCALL; the LSTAR target
+#: reads CR0 (#GP unless at CPL0; no IDT: a triple fault) and exits.
+SYSCALL_GUEST = """
+bits 64
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 1
+    wrmsr
+    mov ecx, 0xC0000081
+    xor eax, eax
+    mov edx, 0x00100008
+    wrmsr
+    mov ecx, 0xC0000082
+    lea rax, [rel entry]
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    lea rcx, [rel user]
+    mov r11d, 2
+    o64 sysret
+user:
+    mov ecx, 20000
+spin:
+    dec ecx
+    jnz spin
+    syscall
+entry:
+    mov rax, cr0
+    mov al, 0x10
+    out 0xf4, al
+    hlt
+"""
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("backend,burst", [("mock", False), ("kvm", True)])
+def test_syscall_from_cpl3_reaches_cpl0(backend: str, burst: bool) -> None:
+    """SYSCALL at CPL3 loads CS/SS from STAR at CPL0 (SDM vol. 2B, SYSCALL). Nested
+    kvm_pvm leaves CS at CPL3 for a guest that is not PVM-aware
+    (hybrid.syscall_keeps_cpl3): in burst mode the CPU then runs user code on the mock
+    too, and the guest's CPL0 entry runs (on KVM alone it would triple-fault there)."""
+    from mockasm import asm
+
+    from kvmcpu.cpu.kvm.hybrid import BURST_INSTRUCTIONS
+
+    params = {"emulationFallbackBurst": BURST_INSTRUCTIONS} if burst else {}
+    with System(backend=backend, cpu_params=params) as system:
+        system.load(asm(SYSCALL_GUEST), fmt="flat", load_addr=0x100000, mode="long")
+        result = system.run(timeout=60)
+        assert (result.cause, result.status) == ("isa-debug-exit", 0x21)

@@ -348,6 +348,9 @@ class Burst:
         self.ended = ""
         #: set by ``inline``: end the burst once the exit's instruction completed
         self.end_after = False
+        #: CPL3 code runs in the burst too (the host's SYSCALL at CPL3 is wrong:
+        #: hybrid.syscall_keeps_cpl3), instead of ending it for KVM
+        self.user = False
 
     def run(self, mock: Any, tsc0: int, io: Callable[[IoExit], int],
             mmio: Callable[[MmioExit], int]) -> Tuple[int, Optional[Exit]]:
@@ -373,7 +376,7 @@ class Burst:
                 if t >= self.deadline_ns:
                     self.ended = "deadline"
                     return ticks, None
-                if mock.cpl != 0:
+                if mock.cpl != 0 and not self.user:
                     self.ended = "user"
                     return ticks, None
                 if khz:

@@ -135,6 +135,42 @@ def emulates_cpl0(backend: object) -> bool:
     return answer
 
 
+_syscall_cpl3: Dict[str, bool] = {}
+_STAR = (0x08 << 32) | (0x1B << 48)  # SYSCALL: CS 0x08, SS 0x10; SYSRET: CS 0x2b, SS 0x23
+#: the LSTAR target of the SYSCALL probe: HLT (an exit at CPL0, a shutdown at CPL3)
+_ENTRY = 0x1800
+
+
+def syscall_keeps_cpl3(backend: object) -> bool:
+    """True when a SYSCALL at CPL3 reaches the LSTAR target with CS and SS still the
+    user's (CPL3) -- nested ``kvm_pvm`` does so for a guest that is not PVM-aware, where
+    the SDM's SYSCALL loads CS/SS from STAR at CPL0. Probed once per process: CPL3 code
+    runs SYSCALL onto a HLT (at CPL0 a HLT exit; at CPL3 KVM shuts the guest down)."""
+    key = type(backend).__name__
+    if key in _syscall_cpl3:
+        return _syscall_cpl3[key]
+    answer = False
+    try:
+        with backend.create_vm() as vm:  # type: ignore[attr-defined]
+            ram = vm.add_ram(0, _RAM)
+            ram[_CODE:_CODE + 2] = b"\x0f\x05"  # syscall
+            ram[_ENTRY:_ENTRY + 1] = b"\xf4"  # hlt
+            with vm.create_vcpu(0) as vcpu:
+                vcpu.set_cpuid2(backend.get_supported_cpuid())  # type: ignore[attr-defined]
+                vcpu.set_long_mode(_CODE, rsp=0x8000, cpl=3, page_tables=0x40000)
+                sregs = vcpu.get_sregs()
+                sregs.efer |= 1  # EFER.SCE
+                vcpu.set_sregs(sregs)
+                vcpu.set_msrs([(0xC0000081, _STAR), (0xC0000082, _ENTRY), (0xC0000084, 0)])
+                vcpu.run()
+                sregs = vcpu.get_sregs()
+                answer = vcpu.get_regs().rip in (_ENTRY, _ENTRY + 1) and sregs.cs.dpl == 3
+    except Exception as err:  # noqa: BLE001 - a probe that cannot run answers no
+        log.warning("the SYSCALL probe failed: %s", err)
+    _syscall_cpl3[key] = answer
+    return answer
+
+
 #: A burst's host-time bound without a run-timer deadline, and in any case (ns).
 BURST_NS, BURST_MAX_NS = 1_000_000, 20_000_000
 
@@ -159,7 +195,7 @@ class HybridBursts:
             cpu._kvm_ran = False
             complete_access(vcpu)
         sregs = vcpu.get_sregs()
-        if sregs.cr0 & 1 and sregs.ss.dpl != 0:
+        if sregs.cr0 & 1 and sregs.ss.dpl != 0 and not cpu.user_on_mock:
             return None  # CPL3: KVM runs it natively
         fallback: EmulationFallback = cpu._fallback_for(vcpu)
         if kvm_ran:
@@ -172,6 +208,7 @@ class HybridBursts:
                 khz = 0
             burst = cpu._burst = Burst(cpu.params.emulationFallbackBurst, 0, khz,
                                         cpu._deliver_to, cpu._burst_exit)
+            burst.user = bool(cpu.user_on_mock)
         eq = cpu.eventq
         next_at = eq.next_tick()
         burst.interrupted = lambda: eq.next_tick() < next_at
@@ -301,4 +338,5 @@ class HybridBursts:
 
 
 __all__ = ["BURST_INSTRUCTIONS", "HIDDEN", "HybridBursts", "XCR0_KEPT", "emulates_cpl0",
+           "syscall_keeps_cpl3",
            "hybrid_cpuid"]

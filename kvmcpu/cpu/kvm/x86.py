@@ -55,7 +55,7 @@ from ..thread import (
 )
 from .base import BaseKvmCPU
 from .fallback import Burst, EmulationFallback
-from .hybrid import HybridBursts, emulates_cpl0, hybrid_cpuid
+from .hybrid import HybridBursts, emulates_cpl0, hybrid_cpuid, syscall_keeps_cpl3
 
 _Draining = DrainState.Draining  # a global: cheaper than the Enum attribute per entry
 
@@ -133,6 +133,7 @@ class X86KvmCPU(HybridBursts, BaseKvmCPU):
         self._fallback_cpuid_of: Optional[List[CpuidEntry]] = None
         #: CPL0 code runs in bursts on the mock (KVM emulates it here; hybrid.py)
         self.hybrid = False
+        self.user_on_mock = False
         self._kvm_once = False
         self._burst: Optional[Burst] = None
         self._msr_bitmaps: List[Any] = []
@@ -156,6 +157,9 @@ class X86KvmCPU(HybridBursts, BaseKvmCPU):
                            and not self.vm.kernel_lapic and self.vcpu is not None
                            and self.can_fall_back(self.vcpu)
                            and emulates_cpl0(self.vm.kvm.backend))
+        #: burst mode where the host's SYSCALL at CPL3 leaves CS at CPL3: user code runs
+        #: on the mock too (its SYSCALL is the SDM's), else KVM runs it natively
+        self.user_on_mock = self.hybrid and syscall_keeps_cpl3(self.vm.kvm.backend)
         if self.hybrid:
             self._log_kvm_writes()
         if not self.tc.cpuid:
