@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ... import uapi
 from ...backends.exits import (
@@ -101,44 +101,53 @@ def hybrid_cpuid(entries: Sequence[uapi.kvm_cpuid_entry2]) -> List[uapi.kvm_cpui
     return out
 
 
-_emulates: Dict[str, bool] = {}
+_probes: Dict[Tuple[str, str], bool] = {}
 _CODE, _RAM = 0x1000, 0x100000
 #: popcnt eax, ebx; hlt
 _PROBE = bytes.fromhex("f30fb8c3f4")
+_STAR = (0x08 << 32) | (0x1B << 48)  # SYSCALL: CS 0x08, SS 0x10; SYSRET: CS 0x2b, SS 0x23
+#: the LSTAR target of the SYSCALL probe: HLT (an exit at CPL0, a shutdown at CPL3)
+_ENTRY = 0x1800
+
+
+def _probe(name: str, backend: object, code: Dict[int, bytes], cpl: int,
+           check: Callable[[Any], bool]) -> bool:
+    """Run ``code`` ({address: bytes}) in a scratch VM's 64-bit vCPU at ``cpl`` and
+    answer ``check(vcpu)``; False when the probe cannot run (an error is logged).
+    Cached per process and backend class."""
+    key = (name, type(backend).__name__)
+    if key in _probes:
+        return _probes[key]
+    answer = False
+    try:
+        with backend.create_vm() as vm:  # type: ignore[attr-defined]
+            ram = vm.add_ram(0, _RAM)
+            for addr, data in code.items():
+                ram[addr:addr + len(data)] = data
+            with vm.create_vcpu(0) as vcpu:
+                vcpu.set_cpuid2(backend.get_supported_cpuid())  # type: ignore[attr-defined]
+                vcpu.set_long_mode(_CODE, rsp=0x8000, cpl=cpl, page_tables=0x40000)
+                answer = bool(check(vcpu))
+    except Exception as err:  # noqa: BLE001 - a probe that cannot run answers no
+        log.warning("the %s probe failed: %s", name, err)
+    _probes[key] = answer
+    return answer
 
 
 def emulates_cpl0(backend: object) -> bool:
     """True when KVM runs 64-bit CPL0 code in its instruction emulator (it refuses a
     POPCNT at CPL0 that silicon runs). False when the guest reaches the HLT, or when the
     probe cannot run (an error is logged). Cached per process."""
-    key = type(backend).__name__
-    if key in _emulates:
-        return _emulates[key]
-    answer = False
-    try:
-        with backend.create_vm() as vm:  # type: ignore[attr-defined]
-            ram = vm.add_ram(0, _RAM)
-            ram[_CODE:_CODE + len(_PROBE)] = _PROBE
-            with vm.create_vcpu(0) as vcpu:
-                vcpu.set_cpuid2(backend.get_supported_cpuid())  # type: ignore[attr-defined]
-                vcpu.set_long_mode(_CODE, rsp=0x8000, page_tables=0x40000)
-                for _ in range(4):
-                    ex = vcpu.run()
-                    if isinstance(ex, InternalErrorExit):
-                        answer = ex.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION
-                        break
-                    if isinstance(ex, HltExit):
-                        break
-    except Exception as err:  # noqa: BLE001 - a probe that cannot run answers no
-        log.warning("the CPL0 emulation probe failed: %s", err)
-    _emulates[key] = answer
-    return answer
+    def check(vcpu: Any) -> bool:
+        for _ in range(4):
+            ex = vcpu.run()
+            if isinstance(ex, InternalErrorExit):
+                return bool(ex.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION)
+            if isinstance(ex, HltExit):
+                break
+        return False
 
-
-_syscall_cpl3: Dict[str, bool] = {}
-_STAR = (0x08 << 32) | (0x1B << 48)  # SYSCALL: CS 0x08, SS 0x10; SYSRET: CS 0x2b, SS 0x23
-#: the LSTAR target of the SYSCALL probe: HLT (an exit at CPL0, a shutdown at CPL3)
-_ENTRY = 0x1800
+    return _probe("CPL0 emulation", backend, {_CODE: _PROBE}, 0, check)
 
 
 def syscall_keeps_cpl3(backend: object) -> bool:
@@ -146,29 +155,16 @@ def syscall_keeps_cpl3(backend: object) -> bool:
     user's (CPL3) -- nested ``kvm_pvm`` does so for a guest that is not PVM-aware, where
     the SDM's SYSCALL loads CS/SS from STAR at CPL0. Probed once per process: CPL3 code
     runs SYSCALL onto a HLT (at CPL0 a HLT exit; at CPL3 KVM shuts the guest down)."""
-    key = type(backend).__name__
-    if key in _syscall_cpl3:
-        return _syscall_cpl3[key]
-    answer = False
-    try:
-        with backend.create_vm() as vm:  # type: ignore[attr-defined]
-            ram = vm.add_ram(0, _RAM)
-            ram[_CODE:_CODE + 2] = b"\x0f\x05"  # syscall
-            ram[_ENTRY:_ENTRY + 1] = b"\xf4"  # hlt
-            with vm.create_vcpu(0) as vcpu:
-                vcpu.set_cpuid2(backend.get_supported_cpuid())  # type: ignore[attr-defined]
-                vcpu.set_long_mode(_CODE, rsp=0x8000, cpl=3, page_tables=0x40000)
-                sregs = vcpu.get_sregs()
-                sregs.efer |= 1  # EFER.SCE
-                vcpu.set_sregs(sregs)
-                vcpu.set_msrs([(0xC0000081, _STAR), (0xC0000082, _ENTRY), (0xC0000084, 0)])
-                vcpu.run()
-                sregs = vcpu.get_sregs()
-                answer = vcpu.get_regs().rip in (_ENTRY, _ENTRY + 1) and sregs.cs.dpl == 3
-    except Exception as err:  # noqa: BLE001 - a probe that cannot run answers no
-        log.warning("the SYSCALL probe failed: %s", err)
-    _syscall_cpl3[key] = answer
-    return answer
+    def check(vcpu: Any) -> bool:
+        sregs = vcpu.get_sregs()
+        sregs.efer |= 1  # EFER.SCE
+        vcpu.set_sregs(sregs)
+        vcpu.set_msrs([(0xC0000081, _STAR), (0xC0000082, _ENTRY), (0xC0000084, 0)])
+        vcpu.run()
+        return bool(vcpu.get_regs().rip in (_ENTRY, _ENTRY + 1)
+                    and vcpu.get_sregs().cs.dpl == 3)
+
+    return _probe("SYSCALL", backend, {_CODE: b"\x0f\x05", _ENTRY: b"\xf4"}, 3, check)
 
 
 #: A burst's host-time bound without a run-timer deadline, and in any case (ns).
