@@ -244,9 +244,6 @@ class InsnBinder:
         self.first: Dict[int, Dict[bytes, Any]] = {}  # First, or _SEEN
         #: mode -> decoder head (the Insn subclass from_head makes) -> a Param or _NEVER
         self.params: Dict[int, Dict[type, Union[int, Param]]] = {}
-        #: parametric bindings made / refused (for measurements and tests)
-        self.param_made = 0
-        self.param_refused = 0
         self.compiled = 0  # shapes this binder had to compile (for measurements)
 
     def shape(self, lines: Sequence[str], nconst: int) -> Tuple[InsnFn, List[int], str]:
@@ -374,13 +371,11 @@ class InsnBinder:
         try:
             lines, consts, ended = generate(proxy)
         except Exception:  # noqa: BLE001 - _NotParametric, or what a symbol's refusal led to
-            self.param_refused += 1
             return _NEVER
         n = len(consts)
         out: List[str] = []
         for line in lines:
             if "'" in line or '"' in line:
-                self.param_refused += 1
                 return _NEVER  # a string literal: the text is kept as it is (shape())
             if "_p" in line:
                 for j in range(len(reg)):
@@ -399,10 +394,8 @@ class InsnBinder:
             elif _independent(c, proxy):
                 fixed.append(c)
             else:
-                self.param_refused += 1
                 return _NEVER
         fn, values, _ = self.shape(out, len(fixed))
-        self.param_made += 1
         return (fn, (*fixed, *values), tuple(own), tuple(calc), ended)
 
     @staticmethod
